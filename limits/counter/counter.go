@@ -1,0 +1,116 @@
+// Package counter is the seam between counting rules and where counts live:
+// the requests of one SMTP event, the Store that answers them, and GCRA.
+package counter
+
+import (
+	"context"
+	"time"
+)
+
+// Kind is the algorithm behind a key.
+type Kind uint8
+
+const (
+	// KindRate is a GCRA rate: Burst units at once, then one every Interval.
+	KindRate Kind = iota
+	// KindConcurrent counts slots held at once, up to Burst.
+	KindConcurrent
+)
+
+// Op is what a request does to its key.
+type Op uint8
+
+const (
+	OpTake   Op = iota // rate: admit Cost units if within the limit; concurrent: take one slot
+	OpRefund           // rate: give Cost units back (a reservation released); concurrent: free the holder's slot
+	OpPeek             // report the state as a Take of Cost would see it, change nothing
+)
+
+// Request is one key's part in an event. The engine fills the inputs; the
+// store fills the results.
+type Request struct {
+	Key      []byte // "rule:window:dimension-key", built by the engine
+	Kind     Kind
+	Op       Op
+	Interval int64  // rate: nanoseconds per unit (period / N)
+	Burst    int64  // rate: units admitted at once from idle; concurrent: slots
+	Cost     int64  // units this event adds (1, or the message size for bytes)
+	Blocking bool   // a denial of this request refuses the whole event
+	Strict   bool   // add even when denied or when the event is refused
+	Holder   []byte // concurrent: who holds the slot (session id), for leases
+
+	// Results.
+	Allowed    bool
+	RetryAfter time.Duration // when a Take of Cost would be admitted; 0 if now
+	Level      int64         // units in the bucket (rate) or slots held (concurrent) after the event
+}
+
+// Store keeps counters. Implementations must be safe for concurrent use.
+type Store interface {
+	// Do applies the requests of one event as one step. Every request is
+	// judged first; the event is refused when a Blocking request is denied.
+	// Then a request is applied when it was allowed and the event was not
+	// refused, or when it is Strict. Refunds and peeks are never denied.
+	// An error means nothing was applied.
+	Do(ctx context.Context, reqs []Request) error
+
+	// Reset forgets the given keys.
+	Reset(ctx context.Context, keys [][]byte) error
+
+	// Hot returns up to n keys that were recently denied or more than half
+	// full, fullest first, with the parameters they were last seen with.
+	Hot(ctx context.Context, n int) ([]HotKey, error)
+
+	// SetAllow exempts a dimension key ("sender:alice@example.org") from
+	// every rule until the given time; a zero time removes the exemption.
+	SetAllow(ctx context.Context, key string, until time.Time) error
+	// Allows lists the exemptions in force.
+	Allows(ctx context.Context) (map[string]time.Time, error)
+
+	// Len is the number of keys tracked, for metrics; -1 if unknown.
+	Len() int
+
+	// Close flushes what must survive (a snapshot) and frees the store.
+	Close() error
+}
+
+// HotKey is a key close to or over its limit.
+type HotKey struct {
+	Key        string
+	Kind       Kind
+	Interval   int64
+	Burst      int64
+	Level      int64
+	RetryAfter time.Duration
+}
+
+// GCRA is the rate algorithm both stores share (Redis runs the same steps in
+// Lua). tat is the key's theoretical arrival time in Unix nanoseconds (0 for
+// a new key); it returns the tat to store if the request is applied, and the
+// request's results.
+//
+// A bucket of Burst units drains one unit per Interval: new_tat = max(tat,
+// now) + Interval*cost, admitted when new_tat - now <= Interval*Burst.
+func GCRA(now, tat int64, r *Request) (newTAT int64, allowed bool, retry time.Duration, level int64) {
+	if tat < now {
+		tat = now
+	}
+	tolerance := r.Interval * r.Burst
+	switch r.Op {
+	case OpRefund:
+		newTAT = max(tat-r.Interval*r.Cost, now)
+		return newTAT, true, 0, ceilDiv(newTAT-now, r.Interval)
+	}
+	newTAT = tat + r.Interval*r.Cost
+	if diff := newTAT - now; diff > tolerance {
+		return newTAT, false, time.Duration(diff - tolerance), ceilDiv(tat-now, r.Interval)
+	}
+	return newTAT, true, 0, ceilDiv(newTAT-now, r.Interval)
+}
+
+func ceilDiv(a, b int64) int64 {
+	if b <= 0 || a <= 0 {
+		return 0
+	}
+	return (a + b - 1) / b
+}

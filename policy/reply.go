@@ -1,0 +1,264 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Env is what the session knows that a reply may quote.
+type Env struct {
+	ClientIP string
+	Sender   string
+	SASLUser string
+	Rcpt     string
+}
+
+// Reply is a validated SMTP reply template such as
+// "451 4.7.1 Too many messages from {sender}; try again in {retry_after}".
+type Reply struct {
+	code  string // "451"
+	enh   string // "4.7.1"
+	parts []part
+}
+
+type part struct {
+	lit string
+	v   placeholder // 0: literal
+}
+
+type placeholder uint8
+
+const (
+	phNone placeholder = iota
+	phRule
+	phKey
+	phClientIP
+	phSender
+	phSASLUser
+	phRcpt
+	phLimit
+	phRetryAfter
+)
+
+var placeholders = map[string]placeholder{
+	"rule": phRule, "key": phKey, "client_ip": phClientIP, "sender": phSender,
+	"sasl_user": phSASLUser, "rcpt": phRcpt, "limit": phLimit, "retry_after": phRetryAfter,
+}
+
+// maxReplyLine keeps a rendered reply inside SMTP's 512-octet line limit
+// with room for the MTA's own framing.
+const maxReplyLine = 480
+
+// ParseReply validates a reply the way Postfix will judge it: a 4xx or 5xx
+// code, an optional enhanced status code of the same class, printable text
+// and only known placeholders. A missing enhanced code gets x.7.1.
+func ParseReply(s string) (*Reply, error) {
+	if len(s) < 4 || s[3] != ' ' || (s[0] != '4' && s[0] != '5') || !isDigit(s[1]) || !isDigit(s[2]) {
+		return nil, fmt.Errorf("reply %q must start with a 4xx or 5xx code and a space", s)
+	}
+	r := &Reply{code: s[:3]}
+	rest := s[4:]
+	if enh, after, ok := cutEnhanced(rest); ok {
+		if enh[0] != s[0] {
+			return nil, fmt.Errorf("reply %q: enhanced status %s does not match code %s (4xx needs 4.x.x, 5xx needs 5.x.x)", s, enh, r.code)
+		}
+		r.enh, rest = enh, after
+	} else if len(rest) > 1 && isDigit(rest[0]) && rest[1] == '.' {
+		return nil, fmt.Errorf("reply %q: malformed enhanced status code", s)
+	} else {
+		r.enh = string(s[0]) + ".7.1"
+	}
+	if strings.TrimSpace(rest) == "" {
+		return nil, fmt.Errorf("reply %q has no text", s)
+	}
+	for i := 0; i < len(rest); {
+		c, size := utf8.DecodeRuneInString(rest[i:])
+		if c == utf8.RuneError && size <= 1 || c < 0x20 || c == 0x7f {
+			return nil, fmt.Errorf("reply %q: control or invalid character at offset %d", s, 4+i)
+		}
+		i += size
+	}
+	parts, err := parseParts(rest)
+	if err != nil {
+		return nil, fmt.Errorf("reply %q: %w", s, err)
+	}
+	r.parts = parts
+	return r, nil
+}
+
+// MustReply is ParseReply for replies written in the code.
+func MustReply(s string) *Reply {
+	r, err := ParseReply(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// UnmarshalText lets a Reply be a config value.
+func (r *Reply) UnmarshalText(b []byte) error {
+	p, err := ParseReply(string(b))
+	if err != nil {
+		return err
+	}
+	*r = *p
+	return nil
+}
+
+// Code is the three-digit SMTP code.
+func (r *Reply) Code() string { return r.code }
+
+// Temporary reports whether the reply is a 4xx.
+func (r *Reply) Temporary() bool { return r.code[0] == '4' }
+
+// cutEnhanced splits a leading "d.ddd.ddd" status code off s.
+func cutEnhanced(s string) (enh, rest string, ok bool) {
+	end := strings.IndexByte(s, ' ')
+	if end < 0 {
+		end = len(s)
+	}
+	f := strings.Split(s[:end], ".")
+	if len(f) != 3 || len(f[0]) != 1 || (f[0] != "2" && f[0] != "4" && f[0] != "5") {
+		return "", s, false
+	}
+	for _, n := range f[1:] {
+		if len(n) == 0 || len(n) > 3 {
+			return "", s, false
+		}
+		for i := 0; i < len(n); i++ {
+			if !isDigit(n[i]) {
+				return "", s, false
+			}
+		}
+	}
+	return s[:end], strings.TrimLeft(s[end:], " "), true
+}
+
+func parseParts(s string) ([]part, error) {
+	var parts []part
+	for len(s) > 0 {
+		open := strings.IndexByte(s, '{')
+		if open < 0 {
+			parts = append(parts, part{lit: s})
+			break
+		}
+		if open > 0 {
+			parts = append(parts, part{lit: s[:open]})
+		}
+		end := strings.IndexByte(s[open:], '}')
+		if end < 0 {
+			return nil, fmt.Errorf("unclosed placeholder at %q", s[open:])
+		}
+		name := s[open+1 : open+end]
+		ph, ok := placeholders[name]
+		if !ok {
+			return nil, fmt.Errorf("unknown placeholder {%s} (known: {rule} {key} {client_ip} {sender} {sasl_user} {rcpt} {limit} {retry_after})", name)
+		}
+		parts = append(parts, part{v: ph})
+		s = s[open+end+1:]
+	}
+	return parts, nil
+}
+
+// Render fills the template for one verdict and returns the reply as the
+// MTA must receive it: quoted values made printable and bounded, '%'
+// doubled (Postfix and Sendmail treat '%' in milter replies as a format
+// character), and the whole line kept under the SMTP limit.
+func (r *Reply) Render(v *Verdict, env *Env) string {
+	var b strings.Builder
+	b.Grow(96)
+	b.WriteString(r.code)
+	b.WriteByte(' ')
+	b.WriteString(r.enh)
+	b.WriteByte(' ')
+	for _, p := range r.parts {
+		if p.v == phNone {
+			writePercent(&b, p.lit)
+			continue
+		}
+		writePercent(&b, Printable(r.value(p.v, v, env), 200))
+	}
+	out := b.String()
+	if len(out) > maxReplyLine {
+		cut := maxReplyLine
+		for cut > 0 && !utf8.RuneStart(out[cut]) {
+			cut--
+		}
+		// never leave half of a "%%" pair behind
+		if strings.HasSuffix(out[:cut], "%") && !strings.HasSuffix(out[:cut], "%%") {
+			cut--
+		}
+		out = out[:cut]
+	}
+	return out
+}
+
+func (r *Reply) value(p placeholder, v *Verdict, env *Env) string {
+	switch p {
+	case phRule:
+		return v.Source
+	case phKey:
+		return v.Key
+	case phLimit:
+		return v.Limit
+	case phRetryAfter:
+		return FormatRetry(v.RetryAfter)
+	}
+	if env == nil {
+		return ""
+	}
+	switch p {
+	case phClientIP:
+		return env.ClientIP
+	case phSender:
+		if env.Sender == "" {
+			return "<>"
+		}
+		return env.Sender
+	case phSASLUser:
+		return env.SASLUser
+	case phRcpt:
+		return env.Rcpt
+	}
+	return ""
+}
+
+func writePercent(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' {
+			b.WriteByte('%')
+		}
+		b.WriteByte(s[i])
+	}
+}
+
+// FormatRetry renders a retry-after duration for people: "45s", "6m", "2h5m".
+func FormatRetry(d time.Duration) string {
+	if d <= 0 {
+		return "a moment"
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int((d+time.Second-1)/time.Second))
+	case d < time.Hour:
+		m := int((d + time.Minute - 1) / time.Minute)
+		if m == 60 {
+			return "1h"
+		}
+		return fmt.Sprintf("%dm", m)
+	default:
+		h := int(d / time.Hour)
+		m := int((d%time.Hour + time.Minute - 1) / time.Minute)
+		if m == 60 {
+			h, m = h+1, 0
+		}
+		if m == 0 {
+			return fmt.Sprintf("%dh", h)
+		}
+		return fmt.Sprintf("%dh%dm", h, m)
+	}
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
