@@ -1,0 +1,332 @@
+// Package mta starts real mail servers and sluice itself for end-to-end tests
+// and benchmarks: Postfix, Sendmail, smtp-sink and Redis, each under a temp dir.
+package mta
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// EnvE2E is the variable that turns end-to-end tests on. ./test/run sets it.
+const EnvE2E = "SLUICE_E2E"
+
+// Enabled reports whether end-to-end tests run: SLUICE_E2E=1, or CI=true.
+// When they run, a missing server or tool is a failure, never a skip.
+func Enabled() bool {
+	return os.Getenv(EnvE2E) == "1" || os.Getenv("CI") == "true"
+}
+
+const howToRun = "end-to-end tests need real Postfix, Sendmail and Redis: run ./test/run (installs them), or SLUICE_E2E=1 go test ./test/e2e/"
+
+// Require skips t, loudly, unless end-to-end tests are enabled.
+func Require(t testing.TB) {
+	t.Helper()
+	if !Enabled() {
+		t.Skip("SKIPPED: " + howToRun)
+	}
+}
+
+// Main runs the tests of an end-to-end package and cleans up what the
+// package's tests shared (the sluice binary). Use it from TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(mta.Main(m)) }
+func Main(m *testing.M) int {
+	if !Enabled() {
+		fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", strings.ToUpper("end-to-end tests skipped")+": "+howToRun)
+	}
+	code := m.Run()
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+	return code
+}
+
+// Dir makes a fresh directory for one server, removed when the test ends
+// (kept when SLUICE_E2E_KEEP=1, for a look after a failure). Unlike
+// t.TempDir it is traversable by the postfix user, as Postfix requires of
+// every parent of its queue.
+func Dir(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sluice-"+name+"-")
+	if err != nil {
+		t.Fatalf("make temp dir: %v", err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("chmod %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if os.Getenv("SLUICE_E2E_KEEP") == "1" {
+			t.Logf("kept %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Tool returns the path of a program the tests need, failing t when it is
+// missing (./test/run installs every one of them).
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if filepath.IsAbs(name) {
+		if _, err := os.Stat(name); err != nil {
+			t.Fatalf("%s is missing (./test/run installs it): %v", name, err)
+		}
+		return name
+	}
+	if path := sbin(name); filepath.IsAbs(path) {
+		return path
+	}
+	t.Fatalf("%s is not installed (./test/run installs it)", name)
+	return ""
+}
+
+// run runs a command and fails t with its output when it fails.
+// Postfix writes its errors to syslog unless stderr is a terminal, and
+// this machine has no syslog: script(1) gives the command a terminal so
+// that its errors reach the test log.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := runErr(name, args...)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return out
+}
+
+func runErr(name string, args ...string) (string, error) {
+	cmd := exec.Command("script", "-qec", shellQuote(append([]string{sbin(name)}, args...)), "/dev/null")
+	cmd.Stdin = nil
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	text := strings.ReplaceAll(out.String(), "\r\n", "\n")
+	if err != nil {
+		return text, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, text)
+	}
+	return text, nil
+}
+
+// sbin finds a program also in /usr/sbin and /sbin, which a test's PATH
+// may lack.
+func sbin(name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	for _, p := range []string{name, "/usr/sbin/" + name, "/sbin/" + name} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	return name
+}
+
+func execCommand(name string, args ...string) *exec.Cmd {
+	return exec.Command(sbin(name), args...)
+}
+
+func shellQuote(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
+
+// waitFor polls cond until it holds or timeout passes, then fails t with
+// what was awaited and the last error cond gave.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	if err := poll(timeout, cond); err != nil {
+		t.Fatalf("waiting %v for %s: %v", timeout, what, err)
+	}
+}
+
+func poll(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	delay := 10 * time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(delay)
+		if delay < 200*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// tcpListening reports whether something listens on the TCP address
+// host:port, asking the kernel (ss) rather than connecting: a connection
+// to an SMTP port would open a milter session, and one to a milter port a
+// milter session with no MTA behind it.
+func tcpListening(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	out, err := exec.Command("ss", "-Hltn", "sport = :"+port).Output()
+	if err != nil {
+		return fmt.Errorf("ss: %v", err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if f == addr {
+			return nil
+		}
+	}
+	return fmt.Errorf("nothing listens on %s", addr)
+}
+
+// unixListening reports whether path is a socket something listens on.
+func unixListening(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s is not a socket (%v)", path, fi.Mode())
+	}
+	out, err := exec.Command("ss", "-Hlx", "src", path).Output()
+	if err != nil {
+		return fmt.Errorf("ss: %v", err)
+	}
+	if !strings.Contains(string(out), path) {
+		return fmt.Errorf("nothing listens on %s", path)
+	}
+	return nil
+}
+
+// Listening reports whether a socket spec in Postfix's syntax
+// ("inet:host:port" or "unix:/path") has a listener.
+func Listening(spec string) error {
+	network, addr, err := SplitSpec(spec)
+	if err != nil {
+		return err
+	}
+	if network == "unix" {
+		return unixListening(addr)
+	}
+	return tcpListening(addr)
+}
+
+// SplitSpec splits a socket spec in Postfix's syntax into a Go network
+// name ("tcp" or "unix") and address.
+func SplitSpec(spec string) (network, addr string, err error) {
+	kind, rest, ok := strings.Cut(spec, ":")
+	switch {
+	case ok && kind == "unix":
+		return "unix", rest, nil
+	case ok && kind == "inet":
+		if _, _, err := net.SplitHostPort(rest); err != nil {
+			return "", "", fmt.Errorf("socket spec %q: %v", spec, err)
+		}
+		return "tcp", rest, nil
+	}
+	return "", "", fmt.Errorf("socket spec %q: want inet:host:port or unix:/path", spec)
+}
+
+// SendmailSpec turns a socket spec in Postfix's syntax into Sendmail's
+// (inet:PORT@HOST, unix:/path) for INPUT_MAIL_FILTER's S= equate.
+func SendmailSpec(spec string) (string, error) {
+	network, addr, err := SplitSpec(spec)
+	if err != nil {
+		return "", err
+	}
+	if network == "unix" {
+		return "unix:" + addr, nil
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	return "inet:" + port + "@" + host, nil
+}
+
+// process is a server the harness started, in its own process group so
+// that stopping it also ends the children it forked.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // set when done is closed
+}
+
+func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends sig to the process and waits up to timeout for it to exit,
+// then kills its whole group. It reports whether the process exited on sig
+// alone, and its exit error.
+func (p *process) stop(sig syscall.Signal, timeout time.Duration) (clean bool, err error) {
+	if !p.exited() {
+		p.cmd.Process.Signal(sig)
+		select {
+		case <-p.done:
+			clean = true
+		case <-time.After(timeout):
+		}
+	}
+	// Forked children (smtp-sink, Sendmail's per-connection children) go
+	// with the group.
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	return clean, p.err
+}
+
+// exitCode returns the exit code of a finished command, or -1 when it
+// was killed by a signal or never ran.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
