@@ -75,7 +75,7 @@ func (c *Client) Cmd(format string, args ...any) (Reply, error) {
 	}
 	r, err := c.read()
 	if err != nil {
-		return r, fmt.Errorf("%s: %v", strings.Fields(fmt.Sprintf(format, args...)+" ?")[0], err)
+		return r, fmt.Errorf("%s: %v", strings.Fields(fmt.Sprintf(format, args...) + " ?")[0], err)
 	}
 	return r, nil
 }
