@@ -1,0 +1,120 @@
+// Command sluice is a rate-limiting milter for Postfix and Sendmail.
+//
+//	sluice [serve] [-config FILE]   run the milter (the default)
+//	sluice check -config FILE       validate a config and exit
+//	sluice version                  print the version
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+)
+
+// version is set at build time with -ldflags "-X main.version=..."; without
+// it, the module version or VCS revision stands in.
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serveCmd(args, stderr)
+	case "check":
+		return checkCmd(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "sluice", versionString())
+		return 0
+	case "help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sluice: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  sluice [serve] [-config FILE]   run the milter (built-in config without -config)
+  sluice check [-config FILE]     validate a config: errors with file:line, exit 1
+  sluice version                  print the version
+`)
+}
+
+// flags parses a subcommand's flags; it returns -1 to go on, or an exit code.
+func flags(fs *flag.FlagSet, args []string, stderr io.Writer) int {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sluice %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2
+	}
+	return -1
+}
+
+func checkCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	path := fs.String("config", "", "config file to check (default: the built-in config)")
+	if code := flags(fs, args, stderr); code >= 0 {
+		return code
+	}
+	c, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	name := *path
+	if name == "" {
+		name = DefaultConfigName
+	}
+	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", name, len(c.Rules), c.Listen, c.Mode)
+	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "+dirty"
+	}
+	return "devel-" + rev
+}

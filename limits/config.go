@@ -1,0 +1,544 @@
+package limits
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	"sluice/conf"
+	"sluice/lists"
+	"sluice/policy"
+)
+
+// Config is the limits part of the file: the [[limit]] rules, the global
+// trusted list and the [store] table.
+type Config struct {
+	Rules   []Rule      `toml:"limit"`
+	Trusted []string    `toml:"trusted"` // networks no rule applies to unless it says apply_to_trusted
+	Store   StoreConfig `toml:"store"`
+}
+
+// Rule is one [[limit]] as written in the file.
+type Rule struct {
+	Name              string        `toml:"name"`
+	Count             string        `toml:"count"` // connections | concurrent | messages | recipients | bytes
+	Per               any           `toml:"per"`   // a key name or a list of them
+	Max               int64         `toml:"max"`   // concurrent: open connections
+	Rate              any           `toml:"rate"`  // "N/period" or a list of them
+	Burst             int64         `toml:"burst"` // units at once; default N
+	MaxRcptPerMessage int           `toml:"max_rcpt_per_message"`
+	Action            string        `toml:"action"` // default tempfail
+	Mode              string        `toml:"mode"`   // enforce | tag | dry-run
+	Reply             string        `toml:"reply"`
+	Delay             conf.Duration `toml:"delay"`
+	Except            []string      `toml:"except"`
+	IPv4Prefix        int           `toml:"ipv4_prefix"`
+	IPv6Prefix        int           `toml:"ipv6_prefix"`
+	StripExtension    bool          `toml:"strip_extension"`
+	NullSender        string        `toml:"null_sender"` // skip | count
+	CountOn           string        `toml:"count_on"`    // attempt | accepted
+	Strict            bool          `toml:"strict"`
+	Final             bool          `toml:"final"`
+	ApplyToTrusted    bool          `toml:"apply_to_trusted"`
+	Match             Match         `toml:"match"`
+	OnStoreError      string        `toml:"on_store_error"` // allow | tempfail | local; default from [store]
+}
+
+// Match narrows the sessions a rule applies to; every condition given must hold.
+type Match struct {
+	Listener      []string `toml:"listener"`      // {daemon_name} values
+	Authenticated *bool    `toml:"authenticated"` // SMTP AUTH done or not
+	Client        []string `toml:"client"`        // list names or inline networks
+	SenderDomain  []string `toml:"sender_domain"` // list names or inline domains
+	RcptDomain    []string `toml:"rcpt_domain"`   // list names or inline domains
+	Helo          string   `toml:"helo"`          // regexp
+	Sender        string   `toml:"sender"`        // regexp
+}
+
+// count is what a rule counts.
+type count uint8
+
+const (
+	countConnections count = iota
+	countConcurrent
+	countMessages
+	countRecipients
+	countBytes
+)
+
+var countNames = [...]string{"connections", "concurrent", "messages", "recipients", "bytes"}
+
+// stage is where an event of this kind happens.
+func (c count) stage() policy.Stage {
+	switch c {
+	case countConnections, countConcurrent:
+		return policy.StageConnect
+	case countMessages:
+		return policy.StageMail
+	case countRecipients:
+		return policy.StageRcpt
+	}
+	return policy.StageData
+}
+
+var ruleNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// DefaultTrusted is the trusted list when the file does not give one.
+var DefaultTrusted = []string{"127.0.0.0/8", "::1"}
+
+// Defaults fills what the file left out.
+func (c *Config) Defaults() {
+	if c.Trusted == nil {
+		c.Trusted = DefaultTrusted
+	}
+	c.Store.Defaults()
+}
+
+// Validate checks the rules without reading list files; a rule that names
+// a list is checked against the list names given.
+func (c *Config) Validate(listNames map[string]bool) error {
+	if _, err := lists.Parse("trusted", c.Trusted, nil); err != nil {
+		return conf.In(err, "trusted")
+	}
+	seen := make(map[string]bool)
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		if _, err := compileRule(r, nil, listNames); err != nil {
+			return conf.In(err, "limit", conf.Index(i))
+		}
+		if seen[r.Name] {
+			return conf.In(conf.Errorf("name", "rule %q is defined twice", r.Name), "limit", conf.Index(i))
+		}
+		seen[r.Name] = true
+	}
+	return conf.In(c.Store.Validate(), "store")
+}
+
+// rule is a compiled Rule.
+type rule struct {
+	name     string
+	count    count
+	keyer    keyer
+	windows  []window
+	max      int64 // concurrent slots
+	maxRcpt  int
+	action   policy.Action
+	mode     policy.Mode
+	reply    *policy.Reply
+	delay    time.Duration
+	except   *lists.List
+	accepted bool // count_on = accepted
+	strict   bool
+	final    bool
+	trusted  bool // apply_to_trusted
+	match    matcher
+	onError  storeErrorPolicy
+	limit    string // the limit as people read it: "10/1h", "max 3", "50 rcpt/message"
+}
+
+// compileRule checks a Rule and builds its compiled form. With set nil,
+// list names are only checked for existence in names.
+func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) {
+	if !ruleNameRE.MatchString(r.Name) {
+		if r.Name == "" {
+			return nil, conf.Errorf("name", "every [[limit]] needs a name")
+		}
+		return nil, conf.Errorf("name", "%q: use letters, digits, '-', '_' or '.'", r.Name)
+	}
+	c := &rule{name: r.Name}
+	switch {
+	case r.Count != "":
+		found := false
+		for i, n := range countNames {
+			if n == r.Count {
+				c.count, found = count(i), true
+			}
+		}
+		if !found {
+			return nil, conf.Errorf("count", "unknown count %q (want connections, concurrent, messages, recipients or bytes)", r.Count)
+		}
+	case r.MaxRcptPerMessage > 0:
+		c.count = countRecipients
+	default:
+		return nil, conf.Errorf("count", "missing: what does rule %q count (connections, concurrent, messages, recipients or bytes)?", r.Name)
+	}
+
+	if err := c.compileLimit(r); err != nil {
+		return nil, err
+	}
+	if err := c.compileKey(r); err != nil {
+		return nil, err
+	}
+	if err := c.compileAction(r); err != nil {
+		return nil, err
+	}
+	if len(r.Except) > 0 {
+		l, err := lists.Parse(r.Name+".except", r.Except, nil)
+		if err != nil {
+			return nil, conf.In(err, "except")
+		}
+		c.except = l
+	}
+	switch r.CountOn {
+	case "", "attempt":
+	case "accepted":
+		if c.count != countMessages && c.count != countRecipients {
+			return nil, conf.Errorf("count_on", "\"accepted\" applies to messages and recipients; %s are counted when they happen", countNames[c.count])
+		}
+		c.accepted = true
+	default:
+		return nil, conf.Errorf("count_on", "unknown value %q (want attempt or accepted)", r.CountOn)
+	}
+	c.strict, c.final, c.trusted = r.Strict, r.Final, r.ApplyToTrusted
+	m, err := compileMatch(&r.Match, c.count.stage(), set, names)
+	if err != nil {
+		return nil, conf.In(err, "match")
+	}
+	c.match = m
+	if c.onError, err = parseStoreErrorPolicy(r.OnStoreError); err != nil {
+		return nil, conf.In(err, "on_store_error")
+	}
+	return c, nil
+}
+
+func (c *rule) compileLimit(r *Rule) error {
+	if c.count == countConcurrent {
+		if r.Rate != nil {
+			return conf.Errorf("rate", "a concurrent limit takes max, not rate")
+		}
+		if r.Max <= 0 {
+			return conf.Errorf("max", "a concurrent limit needs max > 0 (open connections at once)")
+		}
+		c.max = r.Max
+		c.limit = fmt.Sprintf("%d at once", r.Max)
+		return nil
+	}
+	if r.Max != 0 {
+		return conf.Errorf("max", "max is for count = \"concurrent\"; %s take rate = \"N/period\"", countNames[c.count])
+	}
+	var rates []string
+	switch v := r.Rate.(type) {
+	case nil:
+	case string:
+		rates = []string{v}
+	case []any:
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return conf.Errorf("rate", "each rate is a string like \"30/1m\"")
+			}
+			rates = append(rates, s)
+		}
+		if len(rates) == 0 {
+			return conf.Errorf("rate", "empty list")
+		}
+	default:
+		return conf.Errorf("rate", "a rate is a string like \"120/1m\" or a list of them")
+	}
+	if r.MaxRcptPerMessage < 0 {
+		return conf.Errorf("max_rcpt_per_message", "must not be negative")
+	}
+	if r.MaxRcptPerMessage > 0 {
+		if c.count != countRecipients {
+			return conf.Errorf("max_rcpt_per_message", "applies to count = \"recipients\"")
+		}
+		c.maxRcpt = r.MaxRcptPerMessage
+		c.limit = fmt.Sprintf("%d recipients a message", r.MaxRcptPerMessage)
+	}
+	if len(rates) == 0 {
+		if c.maxRcpt > 0 {
+			return nil
+		}
+		return conf.Errorf("rate", "missing: how many %s per period (e.g. rate = \"120/1m\")?", countNames[c.count])
+	}
+	if r.Burst < 0 {
+		return conf.Errorf("burst", "must not be negative")
+	}
+	if r.Burst > 0 && len(rates) > 1 {
+		return conf.Errorf("burst", "a rule with several windows takes each window's N as its burst")
+	}
+	for _, s := range rates {
+		w, err := parseRate(s, c.count == countBytes)
+		if err != nil {
+			return conf.Errorf("rate", "%v", err)
+		}
+		if r.Burst > 0 {
+			w.burst = r.Burst
+		}
+		if w.interval > (1<<62)/w.burst {
+			return conf.Errorf("burst", "%d at %s overflows the counter", w.burst, s)
+		}
+		c.windows = append(c.windows, w)
+	}
+	if c.limit == "" {
+		c.limit = rates[0]
+		for _, s := range rates[1:] {
+			c.limit += "," + s
+		}
+	}
+	return nil
+}
+
+func (c *rule) compileKey(r *Rule) error {
+	var names []string
+	switch v := r.Per.(type) {
+	case nil:
+		if c.maxRcpt > 0 && len(c.windows) == 0 {
+			return nil // a per-message cap needs no key
+		}
+		return conf.Errorf("per", "missing: what is counted per (client_ip, sender, sasl_user, ...)?")
+	case string:
+		names = []string{v}
+	case []any:
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return conf.Errorf("per", "each key is a string like \"sender\"")
+			}
+			names = append(names, s)
+		}
+	default:
+		return conf.Errorf("per", "a key name or a list of them")
+	}
+	if len(names) == 0 {
+		return conf.Errorf("per", "empty list")
+	}
+	k := &c.keyer
+	for _, n := range names {
+		d, err := parseDim(n)
+		if err != nil {
+			return conf.Errorf("per", "%v", err)
+		}
+		for _, prev := range k.dims {
+			if prev == d {
+				return conf.Errorf("per", "%s given twice", n)
+			}
+		}
+		if d.stage() > c.count.stage() || c.count == countBytes && (d == dimRcpt || d == dimRcptDomain) {
+			return conf.Errorf("per", "%s is not known when %s are counted (at %s)", n, countNames[c.count], c.count.stage())
+		}
+		k.dims = append(k.dims, d)
+	}
+	k.ipv4Prefix, k.ipv6Prefix = 32, 64
+	if r.IPv4Prefix != 0 {
+		if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
+			return conf.Errorf("ipv4_prefix", "must be 1..32")
+		}
+		k.ipv4Prefix = r.IPv4Prefix
+	}
+	if r.IPv6Prefix != 0 {
+		if r.IPv6Prefix < 1 || r.IPv6Prefix > 128 {
+			return conf.Errorf("ipv6_prefix", "must be 1..128")
+		}
+		k.ipv6Prefix = r.IPv6Prefix
+	}
+	k.stripExtension = r.StripExtension
+	switch r.NullSender {
+	case "", "skip":
+	case "count":
+		k.countNull = true
+	default:
+		return conf.Errorf("null_sender", "unknown value %q (want skip or count)", r.NullSender)
+	}
+	return nil
+}
+
+func (c *rule) compileAction(r *Rule) error {
+	c.action = policy.ActionTempfail
+	if r.Action != "" {
+		a, err := policy.ParseAction(r.Action)
+		if err != nil {
+			return conf.Errorf("action", "%v", err)
+		}
+		if a == policy.ActionNone {
+			return conf.Errorf("action", "\"none\" would make the rule do nothing; use mode = \"dry-run\" to only log")
+		}
+		c.action = a
+	}
+	if r.Mode != "" {
+		m, err := policy.ParseMode(r.Mode)
+		if err != nil {
+			return conf.Errorf("mode", "%v", err)
+		}
+		c.mode = m
+	}
+	if r.Reply != "" {
+		if !c.action.Refuses() {
+			return conf.Errorf("reply", "action %s sends no reply", c.action)
+		}
+		rp, err := policy.ParseReply(r.Reply)
+		if err != nil {
+			return conf.Errorf("reply", "%v", err)
+		}
+		if rp.Temporary() != (c.action != policy.ActionReject) {
+			return conf.Errorf("reply", "action %s needs a %s reply, not %s", c.action, map[bool]string{true: "4xx", false: "5xx"}[c.action != policy.ActionReject], rp.Code())
+		}
+		c.reply = rp
+	}
+	if c.action == policy.ActionDelay {
+		if r.Delay <= 0 {
+			return conf.Errorf("delay", "action delay needs delay = \"5s\" (how long to wait before answering)")
+		}
+		c.delay = r.Delay.D()
+	} else if r.Delay != 0 {
+		return conf.Errorf("delay", "only for action = \"delay\"")
+	}
+	return nil
+}
+
+// matcher is a compiled Match.
+type matcher struct {
+	listeners     []string
+	authenticated *bool
+	client        []*lists.List
+	senderDomain  []*lists.List
+	rcptDomain    []*lists.List
+	helo, sender  *regexp.Regexp
+}
+
+func compileMatch(m *Match, at policy.Stage, set *lists.Set, names map[string]bool) (matcher, error) {
+	var c matcher
+	c.listeners = m.Listener
+	c.authenticated = m.Authenticated
+	var err error
+	if c.client, err = listRefs("client", m.Client, set, names); err != nil {
+		return c, err
+	}
+	if c.senderDomain, err = listRefs("sender_domain", m.SenderDomain, set, names); err != nil {
+		return c, err
+	}
+	if c.rcptDomain, err = listRefs("rcpt_domain", m.RcptDomain, set, names); err != nil {
+		return c, err
+	}
+	if m.Helo != "" {
+		if c.helo, err = regexp.Compile(m.Helo); err != nil {
+			return c, conf.Errorf("helo", "%v", err)
+		}
+	}
+	if m.Sender != "" {
+		if c.sender, err = regexp.Compile(m.Sender); err != nil {
+			return c, conf.Errorf("sender", "%v", err)
+		}
+	}
+	// A condition must be decidable where the rule counts.
+	need := map[string]policy.Stage{}
+	if m.Authenticated != nil || len(m.SenderDomain) > 0 || m.Sender != "" {
+		need["authenticated/sender_domain/sender"] = policy.StageMail
+	}
+	if m.Helo != "" {
+		need["helo"] = policy.StageHelo
+	}
+	if len(m.RcptDomain) > 0 {
+		need["rcpt_domain"] = policy.StageRcpt
+	}
+	for what, st := range need {
+		if st > at {
+			return c, fmt.Errorf("%s is not known at %s, where this rule counts", what, at)
+		}
+	}
+	return c, nil
+}
+
+// listRefs resolves entries that name a list; the rest form one inline list.
+func listRefs(key string, entries []string, set *lists.Set, names map[string]bool) ([]*lists.List, error) {
+	var out []*lists.List
+	var inline []string
+	for _, e := range entries {
+		if names[e] {
+			if set != nil {
+				out = append(out, set.Get(e))
+			}
+			continue
+		}
+		inline = append(inline, e)
+	}
+	if len(inline) > 0 {
+		l, err := lists.Parse(key, inline, nil)
+		if err != nil {
+			return nil, conf.In(fmt.Errorf("%w (or name a list defined in [lists])", err), key)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func (m *matcher) matches(f *policy.Facts) bool {
+	if len(m.listeners) > 0 && !containsString(m.listeners, f.Listener) {
+		return false
+	}
+	if m.authenticated != nil && *m.authenticated != f.Authenticated() {
+		return false
+	}
+	if m.client != nil && !anyList(m.client, func(l *lists.List) bool { return l.ContainsIP(f.ClientIP) }) {
+		return false
+	}
+	if m.senderDomain != nil && !anyList(m.senderDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(f.Sender)) }) {
+		return false
+	}
+	if m.rcptDomain != nil && !anyList(m.rcptDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(f.Rcpt)) }) {
+		return false
+	}
+	if m.helo != nil && !m.helo.MatchString(f.Helo) {
+		return false
+	}
+	if m.sender != nil && !m.sender.MatchString(f.Sender) {
+		return false
+	}
+	return true
+}
+
+func anyList(ls []*lists.List, f func(*lists.List) bool) bool {
+	for _, l := range ls {
+		if f(l) {
+			return true
+		}
+	}
+	return false
+}
+
+func containsString(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// storeErrorPolicy is what a rule does when the store cannot answer.
+type storeErrorPolicy uint8
+
+const (
+	onErrorDefault storeErrorPolicy = iota // the [store] default
+	onErrorAllow
+	onErrorTempfail
+	onErrorLocal
+)
+
+func parseStoreErrorPolicy(s string) (storeErrorPolicy, error) {
+	switch s {
+	case "":
+		return onErrorDefault, nil
+	case "allow":
+		return onErrorAllow, nil
+	case "tempfail":
+		return onErrorTempfail, nil
+	case "local":
+		return onErrorLocal, nil
+	}
+	return 0, errors.New("want allow, tempfail or local")
+}
+
+// trustedList compiles the global trusted networks.
+func trustedList(nets []string) (*lists.List, error) {
+	l, err := lists.Parse("trusted", nets, nil)
+	if err != nil {
+		return nil, conf.In(err, "trusted")
+	}
+	return l, nil
+}
+
+// Trusted reports whether ip is on the compiled trusted list.
+func isTrusted(l *lists.List, ip netip.Addr) bool { return l.ContainsIP(ip) }

@@ -1,0 +1,36 @@
+package milter
+
+import (
+	"github.com/emersion/go-milter"
+
+	"sluice/policy"
+)
+
+// negotiate picks the events this policy needs. Every event a milter takes
+// costs the MTA a round trip, so what no rule reads is left out: no body
+// unless bytes are counted, no headers unless sluice writes headers of its
+// own (only then can a forged copy be mistaken for one of ours).
+func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stage][]string) {
+	actions := milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine | milter.OptSetSymList
+	protocol := milter.OptNoUnknown | milter.OptNoData
+	if !p.Limits.Needs(policy.StageData) {
+		protocol |= milter.OptNoBody
+	}
+	if !p.Limits.Needs(policy.StageRcpt) {
+		protocol |= milter.OptNoRcptTo
+	}
+	if !p.Limits.UsesHelo() {
+		protocol |= milter.OptNoHelo
+	}
+	if !p.Limits.MayTag(p.Decide.Mode) {
+		protocol |= milter.OptNoHeaders | milter.OptNoEOH
+	}
+	syms := map[milter.Stage][]string{
+		milter.StageConnect: {"j", "{daemon_name}", "{client_addr}"},
+		milter.StageHelo:    {"{daemon_name}"},
+		milter.StageMailFrom:    {"i", "{auth_authen}", "{daemon_name}"},
+		milter.StageRcptTo:    {"i", "{auth_authen}"},
+		milter.StageEOM:     {"i", "{auth_authen}"},
+	}
+	return actions, protocol, syms
+}

@@ -1,0 +1,390 @@
+package milter
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-milter"
+	"go.uber.org/zap"
+
+	"sluice/limits"
+	"sluice/policy"
+)
+
+var errTooManyFiles = syscall.EMFILE
+
+// stageTimeout bounds the work of one stage (store round trips, DNS), so
+// that sluice answers before the MTA's milter_command_timeout (30s) even
+// when a backend hangs.
+const stageTimeout = 20 * time.Second
+
+// maxLogValue bounds what a client wrote when it reaches a log line.
+const maxLogValue = 256
+
+// session is one MTA connection. go-milter calls its methods from one
+// goroutine, one at a time; close runs on that goroutine too.
+type session struct {
+	srv *Server
+	pol *Policy
+	lim *limits.Session
+	log *zap.Logger
+
+	f        policy.Facts
+	refusals int
+
+	// Verdicts at connect and HELO apply to every message of the session.
+	connTags []policy.Verdict
+	connHold *policy.Verdict
+
+	// The transaction.
+	tags  []policy.Verdict
+	hold  *policy.Verdict
+	strip []headerRef // forged headers to delete at end of message
+	seen  map[string]int
+	size  int64
+}
+
+// headerRef names one occurrence of a header: go-milter's ChangeHeader
+// index counts per header name, from 1.
+type headerRef struct {
+	name  string
+	index int
+}
+
+func newSession(s *Server, p *Policy) *session {
+	return &session{srv: s, pol: p, lim: p.Limits.NewSession(), log: s.log}
+}
+
+// Connect starts the session: who is the client, and may it connect.
+func (s *session) Connect(host, family string, port uint16, addr net.IP, m *milter.Modifier) (resp milter.Response, err error) {
+	defer s.recover(&resp, &err)
+	s.f.ClientIP = clientIP(addr, m.Macros["{client_addr}"])
+	s.f.ClientName = host
+	s.f.Listener = m.Macros["{daemon_name}"]
+	s.f.Trusted = s.pol.Limits.Trusted(s.f.ClientIP)
+	d := s.stage(policy.StageConnect, m)
+	s.keepForSession(&d)
+	return s.reply(&d), nil
+}
+
+// clientIP takes the address from the connect packet, or from the
+// {client_addr} macro when go-milter could not parse it (Sendmail sends
+// IPv6 as "IPv6:2001:db8::1").
+func clientIP(addr net.IP, macro string) netip.Addr {
+	if a, ok := netip.AddrFromSlice(addr); ok {
+		return a.Unmap()
+	}
+	macro = strings.TrimPrefix(strings.Trim(macro, "[]"), "IPv6:")
+	if a, err := netip.ParseAddr(macro); err == nil {
+		return a.Unmap()
+	}
+	return netip.Addr{}
+}
+
+func (s *session) Helo(name string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer s.recover(&resp, &err)
+	s.f.Helo = name
+	s.macros(m)
+	d := s.stage(policy.StageHelo, m)
+	s.keepForSession(&d)
+	return s.reply(&d), nil
+}
+
+func (s *session) MailFrom(from string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer s.recover(&resp, &err)
+	s.endMessage(false) // a new MAIL without an Abort between: the old transaction is over
+	s.f.Sender = from
+	s.f.SASLUser = m.Macros["{auth_authen}"]
+	s.f.RcptCount, s.f.Size, s.f.Rcpt = 0, 0, ""
+	s.macros(m)
+	d := s.stage(policy.StageMail, m)
+	s.keep(&d)
+	return s.reply(&d), nil
+}
+
+func (s *session) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response, err error) {
+	defer s.recover(&resp, &err)
+	s.f.Rcpt = rcpt
+	s.macros(m)
+	d := s.stage(policy.StageRcpt, m)
+	if !d.Refused() {
+		s.f.RcptCount++
+		s.keep(&d)
+	}
+	return s.reply(&d), nil
+}
+
+// Header looks for headers that only sluice may write.
+func (s *session) Header(name, value string, m *milter.Modifier) (milter.Response, error) {
+	if s.seen == nil {
+		s.seen = make(map[string]int)
+	}
+	canon := textproto.CanonicalMIMEHeaderKey(name)
+	s.seen[canon]++
+	if hasPrefixFold(name, "X-Sluice-") {
+		s.strip = append(s.strip, headerRef{name: canon, index: s.seen[canon]})
+	}
+	return milter.RespContinue, nil
+}
+
+func (s *session) Headers(h textproto.MIMEHeader, m *milter.Modifier) (milter.Response, error) {
+	return milter.RespContinue, nil
+}
+
+func (s *session) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, error) {
+	s.size += int64(len(chunk))
+	return milter.RespContinue, nil
+}
+
+// Body is the end of the message: count its bytes, then write what the
+// transaction decided — forged headers out, tags in, hold.
+func (s *session) Body(m *milter.Modifier) (resp milter.Response, err error) {
+	defer s.recover(&resp, &err)
+	s.macros(m)
+	s.f.Size = s.size
+	d := s.stage(policy.StageData, m)
+	if d.Refused() {
+		s.endMessage(false)
+		return s.reply(&d), nil
+	}
+	s.keep(&d)
+	if err := s.edit(m); err != nil {
+		return nil, err
+	}
+	if d.Delay > 0 {
+		s.pause(d.Delay)
+	}
+	s.endMessage(true)
+	// Continue, not Accept: go-milter replaces the backend after Accept.
+	return milter.RespContinue, nil
+}
+
+// Abort ends the transaction without a message; the connection goes on.
+func (s *session) Abort(m *milter.Modifier) error {
+	s.endMessage(false)
+	return nil
+}
+
+// edit sends the end-of-message modifications.
+func (s *session) edit(m *milter.Modifier) error {
+	// Delete from the last occurrence back, so earlier indexes stay valid.
+	for i := len(s.strip) - 1; i >= 0; i-- {
+		h := s.strip[i]
+		if err := m.ChangeHeader(h.index, h.name, ""); err != nil {
+			return fmt.Errorf("remove forged %s: %w", h.name, err)
+		}
+	}
+	for _, tags := range [][]policy.Verdict{s.connTags, s.tags} {
+		for i := range tags {
+			if err := m.AddHeader(s.pol.TagHeader, tagValue(&tags[i])); err != nil {
+				return fmt.Errorf("add %s: %w", s.pol.TagHeader, err)
+			}
+		}
+	}
+	hold := s.hold
+	if hold == nil {
+		hold = s.connHold
+	}
+	if hold != nil {
+		reason := policy.Printable(fmt.Sprintf("sluice: %s crossed by %s", hold.Source, hold.Key), 200)
+		if err := m.Quarantine(reason); err != nil {
+			return fmt.Errorf("hold: %w", err)
+		}
+		s.log.Info("held", s.fields(hold, "hold", policy.ModeEnforce, policy.StageData)...)
+	}
+	return nil
+}
+
+// tagValue is the header value for one crossed limit, one line whatever
+// the client sent.
+func tagValue(v *policy.Verdict) string {
+	var b strings.Builder
+	b.WriteString(v.Source)
+	b.WriteString("; key=")
+	b.WriteString(policy.Printable(v.Key, 300))
+	if v.Detail != "" {
+		b.WriteString("; ")
+		b.WriteString(v.Detail)
+	}
+	b.WriteString("; limit=")
+	b.WriteString(v.Limit)
+	if v.RetryAfter > 0 {
+		b.WriteString("; retry_after=")
+		b.WriteString(policy.FormatRetry(v.RetryAfter))
+	}
+	if v.Action.Refuses() || v.Action == policy.ActionHold || v.Action == policy.ActionDelay {
+		b.WriteString("; would=")
+		b.WriteString(v.Action.String())
+	}
+	return b.String()
+}
+
+// keep remembers a stage's tags and hold for the end of the message. The
+// verdicts live in the limits session's scratch space, so they are copied.
+func (s *session) keep(d *policy.Decision) {
+	for _, v := range d.Tags {
+		s.tags = append(s.tags, *v)
+	}
+	if d.Hold != nil && s.hold == nil {
+		h := *d.Hold
+		s.hold = &h
+	}
+}
+
+// keepForSession remembers tags and hold from connect and HELO, which
+// apply to every message of the session.
+func (s *session) keepForSession(d *policy.Decision) {
+	for _, v := range d.Tags {
+		s.connTags = append(s.connTags, *v)
+	}
+	if d.Hold != nil && s.connHold == nil {
+		h := *d.Hold
+		s.connHold = &h
+	}
+}
+
+func (s *session) endMessage(accepted bool) {
+	ctx, cancel := context.WithTimeout(s.srv.ctx, stageTimeout)
+	s.pol.Limits.EndMessage(ctx, s.lim, accepted)
+	cancel()
+	s.tags, s.hold, s.strip, s.size = s.tags[:0], nil, s.strip[:0], 0
+	clear(s.seen)
+}
+
+// close runs when the MTA connection ends, on the session's goroutine.
+func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), stageTimeout)
+	defer cancel()
+	s.pol.Limits.Close(ctx, s.lim)
+}
+
+// stage asks every part for its verdicts, decides, and settles the counts.
+func (s *session) stage(st policy.Stage, m *milter.Modifier) policy.Decision {
+	ctx, cancel := context.WithTimeout(s.srv.ctx, stageTimeout)
+	defer cancel()
+	vs, err := s.pol.Limits.Check(ctx, st, &s.f, s.lim)
+	if err != nil {
+		s.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
+	}
+	if vs == nil {
+		s.pol.Limits.Settle(ctx, s.lim, false)
+		return policy.Decision{}
+	}
+	env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
+	d := s.pol.Decide.Decide(st, vs, &env)
+	if d.Refused() {
+		s.refusals++
+		s.pol.Decide.Escalate(s.refusals, &d)
+	}
+	s.pol.Limits.Settle(ctx, s.lim, d.Refused())
+	for _, o := range d.Outcomes {
+		s.logOutcome(st, o)
+	}
+	return d
+}
+
+// reply turns a decision into the milter response, after any pause.
+func (s *session) reply(d *policy.Decision) milter.Response {
+	if d.Delay > 0 {
+		s.pause(d.Delay)
+	}
+	if !d.Refused() {
+		return milter.RespContinue
+	}
+	// An SMTP reply keeps the session: go-milter replaces the backend after
+	// its own reject and tempfail responses.
+	return milter.NewResponseStr(byte(milter.ActReplyCode), d.Reply)
+}
+
+func (s *session) pause(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.srv.ctx.Done():
+	}
+}
+
+// macros copies what later stages need: go-milter keeps only the latest
+// stage's macros.
+func (s *session) macros(m *milter.Modifier) {
+	if q := m.Macros["i"]; q != "" {
+		s.f.QueueID = q
+	}
+	if s.f.Listener == "" {
+		s.f.Listener = m.Macros["{daemon_name}"]
+	}
+	if u := m.Macros["{auth_authen}"]; u != "" {
+		s.f.SASLUser = u
+	}
+}
+
+func (s *session) logOutcome(st policy.Stage, o policy.Outcome) {
+	msg := "tagged"
+	switch {
+	case o.Mode == policy.ModeDryRun:
+		msg = "would refuse"
+		if !o.Verdict.Action.Refuses() {
+			msg = "would " + o.Verdict.Action.String()
+		}
+	case o.Action.Refuses():
+		msg = "refused"
+	case o.Action == policy.ActionDelay:
+		msg = "delayed"
+	case o.Action == policy.ActionHold:
+		return // logged when the message is held
+	}
+	s.log.Info(msg, s.fields(o.Verdict, o.Verdict.Action.String(), o.Mode, st)...)
+}
+
+func (s *session) fields(v *policy.Verdict, action string, mode policy.Mode, st policy.Stage) []zap.Field {
+	fs := []zap.Field{
+		zap.String("rule", v.Source),
+		zap.String("key", policy.Printable(v.Key, maxLogValue)),
+		zap.String("action", action),
+		zap.Stringer("mode", mode),
+		zap.Stringer("stage", st),
+		zap.String("client_ip", ipString(s.f.ClientIP)),
+		zap.String("sender", policy.Printable(s.f.Sender, maxLogValue)),
+		zap.String("queue_id", policy.Printable(s.f.QueueID, 32)),
+		zap.String("limit", v.Limit),
+	}
+	if st == policy.StageRcpt {
+		fs = append(fs, zap.String("rcpt", policy.Printable(s.f.Rcpt, maxLogValue)))
+	}
+	if v.Detail != "" {
+		fs = append(fs, zap.String("detail", v.Detail))
+	}
+	if v.RetryAfter > 0 {
+		fs = append(fs, zap.Duration("retry_after", v.RetryAfter))
+	}
+	return fs
+}
+
+// recover keeps a bug in one session from reaching the MTA as a dropped
+// connection: the command gets a temporary failure, the session goes on.
+func (s *session) recover(resp *milter.Response, err *error) {
+	if v := recover(); v != nil {
+		s.log.Error("internal error in session", zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
+		*resp = milter.NewResponseStr(byte(milter.ActReplyCode), "451 4.3.0 Internal error; try again later")
+		*err = nil
+	}
+}
+
+func ipString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
