@@ -26,11 +26,11 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 		protocol |= milter.OptNoHeaders | milter.OptNoEOH
 	}
 	syms := map[milter.Stage][]string{
-		milter.StageConnect: {"j", "{daemon_name}", "{client_addr}"},
-		milter.StageHelo:    {"{daemon_name}"},
-		milter.StageMailFrom:    {"i", "{auth_authen}", "{daemon_name}"},
-		milter.StageRcptTo:    {"i", "{auth_authen}"},
-		milter.StageEOM:     {"i", "{auth_authen}"},
+		milter.StageConnect:  {"j", "{daemon_name}", "{client_addr}"},
+		milter.StageHelo:     {"{daemon_name}"},
+		milter.StageMailFrom: {"i", "{auth_authen}", "{daemon_name}"},
+		milter.StageRcptTo:   {"i", "{auth_authen}"},
+		milter.StageEOM:      {"i", "{auth_authen}"},
 	}
 	return actions, protocol, syms
 }

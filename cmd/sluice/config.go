@@ -115,4 +115,6 @@ func (c *Config) validate() error {
 	return nil
 }
 
-func (c *Config) String() string { return fmt.Sprintf("listen=%s mode=%s rules=%d", c.Listen, c.Mode, len(c.Rules)) }
+func (c *Config) String() string {
+	return fmt.Sprintf("listen=%s mode=%s rules=%d", c.Listen, c.Mode, len(c.Rules))
+}

@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,6 +138,10 @@ type Sluice struct {
 	Listen string
 	Dir    string // private directory; holds the config
 	Config string // path of the config file Start wrote
+	// Group, when set, is the group sluice runs with (it stays root
+	// otherwise), so that a unix socket it creates with mode 0660 is
+	// open to that group: "postfix" for Postfix's smtpd.
+	Group string
 
 	t          testing.TB
 	proc       *process
@@ -199,6 +205,16 @@ func (s *Sluice) Start(body string) {
 		s.t.Fatal(err)
 	}
 	cmd.Stderr = &lockedWriter{mu: &s.mu, w: &s.stderr}
+	if s.Group != "" {
+		g, err := user.LookupGroup(s.Group)
+		if err != nil {
+			s.t.Fatalf("sluice's group: %v", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(gid), NoSetGroups: true},
+		}
+	}
 	s.proc = startProcess(s.t, "sluice", cmd)
 	go s.readLogs(stdout)
 	if !s.cleanupSet {
