@@ -1,0 +1,332 @@
+// Package memstore keeps counters in this process's memory: a sharded,
+// pointer-free hash table with expiry, a key bound and snapshots to disk.
+package memstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sluice/limits/counter"
+)
+
+// ErrClosed is returned by a Store used after Close.
+var ErrClosed = errors.New("memstore: store closed")
+
+// Store is the in-memory counter.Store.
+type Store struct {
+	shards []shard
+	shift  uint // a key's shard is its hash >> shift
+	now    func() int64
+	log    *zap.Logger
+	cfg    Config
+
+	allow allowSet
+	snap  snapshotter
+
+	closed    atomic.Bool
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ counter.Store = (*Store)(nil)
+
+// Option changes how New builds a Store; for tests.
+type Option func(*Store)
+
+// WithClock makes the store read the time from now (Unix nanoseconds)
+// instead of the wall clock.
+func WithClock(now func() int64) Option {
+	return func(s *Store) { s.now = now }
+}
+
+// withFS puts the snapshot's file operations behind fs.
+func withFS(fs fileSystem) Option {
+	return func(s *Store) { s.snap.fs = fs }
+}
+
+// Shards: 256 locks make contention between two cores rare, and each
+// shard's table (max_keys/256 keys) small enough that its reclaim and
+// growth pauses last microseconds. Small stores get fewer shards so each
+// keeps enough keys for eviction to choose well.
+const (
+	maxShards     = 256
+	minShardLimit = 64
+	sweepEvery    = 100 * time.Millisecond
+	sweepShards   = 4 // per tick: a whole pass every 6.4s with 256 shards
+)
+
+// New makes a store and loads its snapshot, if there is one. A snapshot
+// that cannot be used is logged and ignored.
+func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("memory store: %w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Store{
+		now:  func() int64 { return time.Now().UnixNano() },
+		log:  log,
+		cfg:  cfg,
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	s.snap.fs = osFS{}
+	for _, o := range opts {
+		o(s)
+	}
+	n := maxShards
+	for n > 1 && cfg.MaxKeys/n < minShardLimit {
+		n /= 2
+	}
+	s.shift = uint(64 - bits.TrailingZeros(uint(n)))
+	s.shards = make([]shard, n)
+	for i := range s.shards {
+		s.shards[i].init((cfg.MaxKeys+n-1)/n, max(hotKeys/n, 4))
+	}
+	if cfg.Snapshot != "" {
+		s.loadSnapshot()
+	}
+	go s.run()
+	return s, nil
+}
+
+func (s *Store) shard(h uint64) *shard { return &s.shards[h>>s.shift] }
+
+// shardSet is a set of shard indices, locked in increasing order so that
+// two events sharing shards can never wait on each other.
+type shardSet [maxShards / 64]uint64
+
+func (b *shardSet) add(i uint64) { b[i>>6] |= 1 << (i & 63) }
+
+func (s *Store) lockSet(b *shardSet) {
+	for w, m := range b {
+		for ; m != 0; m &= m - 1 {
+			s.shards[w<<6|bits.TrailingZeros64(m)].mu.Lock()
+		}
+	}
+}
+
+func (s *Store) unlockSet(b *shardSet) {
+	for w, m := range b {
+		for ; m != 0; m &= m - 1 {
+			s.shards[w<<6|bits.TrailingZeros64(m)].mu.Unlock()
+		}
+	}
+}
+
+// maxSpan bounds Interval×Burst and Interval×Cost (about 73 years) and
+// maxTAT the stored tat (year 2116), so no sum of them overflows int64.
+const (
+	maxSpan = 1 << 61
+	maxTAT  = 1 << 62
+)
+
+func validRequest(r *counter.Request) error {
+	if len(r.Key) == 0 {
+		return errors.New("empty key")
+	}
+	if r.Op > counter.OpPeek {
+		return fmt.Errorf("unknown op %d", r.Op)
+	}
+	if r.Burst < 0 || r.Cost < 0 {
+		return fmt.Errorf("negative burst %d or cost %d", r.Burst, r.Cost)
+	}
+	switch r.Kind {
+	case counter.KindRate:
+		if r.Interval <= 0 {
+			return fmt.Errorf("interval %d is not positive", r.Interval)
+		}
+		if r.Burst > maxSpan/r.Interval || r.Cost > maxSpan/r.Interval {
+			return fmt.Errorf("interval %d times burst %d or cost %d is out of range", r.Interval, r.Burst, r.Cost)
+		}
+	case counter.KindConcurrent:
+	default:
+		return fmt.Errorf("unknown kind %d", r.Kind)
+	}
+	return nil
+}
+
+// Do applies the requests of one event atomically: the shards of all its
+// keys are held from the first judgement to the last update.
+func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	var hbuf [8]uint64
+	hs := hbuf[:]
+	if len(reqs) > len(hbuf) {
+		hs = make([]uint64, len(reqs))
+	}
+	var set shardSet
+	for i := range reqs {
+		r := &reqs[i]
+		if err := validRequest(r); err != nil {
+			return fmt.Errorf("counter %q: %w", r.Key, err)
+		}
+		hs[i] = hashKey(r.Key, r.Kind)
+		set.add(hs[i] >> s.shift)
+	}
+	s.lockSet(&set)
+	now := s.now()
+	refused := false
+	for i := range reqs {
+		r := &reqs[i]
+		judge(r, s.shard(hs[i]).get(hs[i], now), now)
+		if !r.Allowed && r.Blocking && r.Op == counter.OpTake {
+			refused = true
+		}
+	}
+	for i := range reqs {
+		r := &reqs[i]
+		sh := s.shard(hs[i])
+		if r.Op != counter.OpPeek && (r.Strict || r.Allowed && !refused) {
+			apply(sh, hs[i], r, now)
+		}
+		if isHot(r) {
+			sh.noteHot(hs[i], r, now)
+		}
+	}
+	s.unlockSet(&set)
+	return nil
+}
+
+// judge fills r's results from the key's state v without changing it:
+// whether r is within the limit, and the level as it stands.
+func judge(r *counter.Request, v, now int64) {
+	r.Allowed, r.RetryAfter = true, 0
+	switch r.Kind {
+	case counter.KindRate:
+		if r.Op != counter.OpRefund {
+			_, r.Allowed, r.RetryAfter, _ = counter.GCRA(now, v, r)
+		}
+		r.Level = level(v, now, r.Interval)
+	case counter.KindConcurrent:
+		if r.Op != counter.OpRefund {
+			r.Allowed = v < r.Burst
+		}
+		r.Level = v
+	}
+}
+
+// apply changes the key's state as r asks and sets r.Level to the result.
+// It reads the state again: an earlier request of the same event may have
+// changed it.
+func apply(sh *shard, h uint64, r *counter.Request, now int64) {
+	v := sh.get(h, now)
+	switch r.Kind {
+	case counter.KindRate:
+		// GCRA's new tat is what the take adds whether or not it was
+		// admitted, which is what a strict request wants.
+		v, _, _, _ = counter.GCRA(now, v, r)
+		v = min(v, maxTAT)
+		r.Level = level(v, now, r.Interval)
+	case counter.KindConcurrent:
+		if r.Op == counter.OpRefund {
+			v = max(v-1, 0)
+		} else if v < math.MaxInt64 {
+			v++
+		}
+		r.Level = v
+	}
+	sh.set(h, v, now)
+}
+
+// Reset forgets the given keys, of either kind, and their hot entries.
+func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	for _, key := range keys {
+		for _, k := range []counter.Kind{counter.KindRate, counter.KindConcurrent} {
+			h := hashKey(key, k)
+			sh := s.shard(h)
+			sh.mu.Lock()
+			if i, ok := sh.find(h); ok {
+				sh.del(i)
+			}
+			delete(sh.hot, string(key))
+			sh.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// Len is the number of keys in the table, idle ones not yet reclaimed
+// included.
+func (s *Store) Len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += sh.n
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Close stops the background work and writes the snapshot. Later calls
+// return the first one's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.stop)
+		<-s.done
+		if s.cfg.Snapshot != "" {
+			s.closeErr = s.writeSnapshot()
+		}
+	})
+	return s.closeErr
+}
+
+// run sweeps idle keys a few shards at a time, so reclaiming never holds
+// more than one shard's lock, and writes the snapshot on schedule.
+func (s *Store) run() {
+	defer close(s.done)
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+	var snapC <-chan time.Time
+	if s.cfg.Snapshot != "" {
+		t := time.NewTicker(s.cfg.SnapshotInterval.D())
+		defer t.Stop()
+		snapC = t.C
+	}
+	next := 0
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-sweep.C:
+			for range min(sweepShards, len(s.shards)) {
+				s.sweepShard(next)
+				next = (next + 1) % len(s.shards)
+			}
+		case <-snapC:
+			s.writeSnapshot()
+		}
+	}
+}
+
+func (s *Store) sweepShard(i int) {
+	sh := &s.shards[i]
+	sh.mu.Lock()
+	sh.purge(s.now())
+	sh.mu.Unlock()
+}

@@ -1,0 +1,217 @@
+package memstore
+
+import (
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+
+	"sluice/limits/counter"
+)
+
+// entry is one tracked key. It holds no Go pointer, so a table of a million
+// entries is one allocation the garbage collector never scans, and the key
+// itself is not kept: two keys whose 64-bit hashes collide share a counter
+// (about one chance in 3·10⁷ at a million keys).
+type entry struct {
+	h uint64 // hashKey of the key; 0 marks an empty slot
+	v int64  // KindRate: theoretical arrival time, Unix ns; KindConcurrent: slots held
+}
+
+// kindBit marks concurrency keys inside the hash. It sits between the bits
+// that pick the slot (low) and the shard (high), so neither loses spread.
+const kindBit = 1 << 40
+
+// hashKey is the key's identity in the table: stable across processes
+// (snapshots store hashes, not keys) and never 0.
+func hashKey(key []byte, k counter.Kind) uint64 {
+	h := xxhash.Sum64(key) &^ kindBit
+	if k == counter.KindConcurrent {
+		h |= kindBit
+	}
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
+
+// idle reports whether an entry's state is the same as no entry at all:
+// a rate key whose bucket has drained, a concurrency key with no slot held.
+func (e entry) idle(now int64) bool {
+	if e.h&kindBit != 0 {
+		return e.v <= 0
+	}
+	return e.v <= now
+}
+
+// shard is one lock's worth of the table: an open-addressing hash table
+// with linear probing and backward-shift deletion (no tombstones, so
+// probes stay short however many keys come and go).
+type shard struct {
+	mu    sync.Mutex
+	tab   []entry // length a power of two, load kept at or below 3/4
+	n     int     // occupied slots, idle ones included until reclaimed
+	limit int     // n at most: this shard's part of max_keys
+	max   int     // len(tab) at most
+	hand  int     // where the eviction scan resumes
+	hot   map[string]*hotKey
+	hotN  int // bound on len(hot)
+	_     [64]byte
+}
+
+const minTable = 16
+
+func (sh *shard) init(limit, hot int) {
+	sh.limit = limit
+	sh.max = minTable
+	for sh.max*3 < limit*4 {
+		sh.max *= 2
+	}
+	sh.tab = make([]entry, min(minTable, sh.max))
+	sh.hotN = hot
+}
+
+// find returns the slot holding h, or the empty slot where h would go.
+func (sh *shard) find(h uint64) (int, bool) {
+	mask := len(sh.tab) - 1
+	for i := int(h) & mask; ; i = (i + 1) & mask {
+		switch sh.tab[i].h {
+		case h:
+			return i, true
+		case 0:
+			return i, false
+		}
+	}
+}
+
+// get returns the state of h, 0 when it is not tracked or idle.
+func (sh *shard) get(h uint64, now int64) int64 {
+	if i, ok := sh.find(h); ok && !sh.tab[i].idle(now) {
+		return sh.tab[i].v
+	}
+	return 0
+}
+
+// set stores v for h; an idle v removes the entry.
+func (sh *shard) set(h uint64, v int64, now int64) {
+	i, ok := sh.find(h)
+	e := entry{h, v}
+	switch {
+	case e.idle(now):
+		if ok {
+			sh.del(i)
+		}
+	case ok:
+		sh.tab[i].v = v
+	default:
+		if sh.n >= sh.limit {
+			sh.evict(now)
+			i, _ = sh.find(h)
+		} else if (sh.n+1)*4 > len(sh.tab)*3 {
+			sh.makeRoom(now)
+			i, _ = sh.find(h)
+		}
+		sh.tab[i] = e
+		sh.n++
+	}
+}
+
+// del empties slot i and shifts back the entries of its probe run that
+// may move, so every remaining key stays reachable from its home slot.
+func (sh *shard) del(i int) {
+	mask := len(sh.tab) - 1
+	for j := (i + 1) & mask; sh.tab[j].h != 0; j = (j + 1) & mask {
+		home := int(sh.tab[j].h) & mask
+		// The entry at j may fill the hole at i unless its home lies
+		// cyclically in (i, j].
+		var stays bool
+		if i < j {
+			stays = i < home && home <= j
+		} else {
+			stays = i < home || home <= j
+		}
+		if !stays {
+			sh.tab[i] = sh.tab[j]
+			i = j
+		}
+	}
+	sh.tab[i] = entry{}
+	sh.n--
+}
+
+// purge removes every idle entry. Its cost is the shard's size, a
+// 1/shards part of the table.
+func (sh *shard) purge(now int64) {
+	for i := 0; i < len(sh.tab); {
+		if e := sh.tab[i]; e.h != 0 && e.idle(now) {
+			sh.del(i) // may pull an unseen entry into i: look again
+			continue
+		}
+		i++
+	}
+}
+
+// makeRoom is called when an insert would pass 3/4 load: reclaim idle
+// entries first, and double the table only if that freed less than an
+// eighth of it, so the purge's cost is paid back by the inserts it allows.
+func (sh *shard) makeRoom(now int64) {
+	sh.purge(now)
+	if (sh.n+1)*8 > len(sh.tab)*5 && len(sh.tab) < sh.max {
+		sh.resize(len(sh.tab) * 2)
+	}
+}
+
+func (sh *shard) resize(size int) {
+	old := sh.tab
+	sh.tab = make([]entry, size)
+	mask := size - 1
+	for _, e := range old {
+		if e.h == 0 {
+			continue
+		}
+		i := int(e.h) & mask
+		for sh.tab[i].h != 0 {
+			i = (i + 1) & mask
+		}
+		sh.tab[i] = e
+	}
+}
+
+// evictSample is how many live entries an eviction compares.
+const evictSample = 8
+
+// evict frees one slot in a full shard: the first idle entry met, else
+// among a sample of rate keys the one that would drain soonest (it holds
+// the least information). Concurrency keys with slots held are taken only
+// when the whole shard holds nothing else: forgetting a slot would let
+// the client exceed its limit, and its refund would find nothing.
+func (sh *shard) evict(now int64) {
+	mask := len(sh.tab) - 1
+	victim, held := -1, -1
+	seen := 0
+	i := sh.hand
+	for range len(sh.tab) {
+		i = (i + 1) & mask
+		e := sh.tab[i]
+		switch {
+		case e.h == 0:
+			continue
+		case e.idle(now):
+			victim = i
+		case e.h&kindBit != 0:
+			if held < 0 || e.v < sh.tab[held].v {
+				held = i
+			}
+			continue
+		case victim < 0 || e.v < sh.tab[victim].v:
+			victim = i
+		}
+		if seen++; sh.tab[victim].idle(now) || seen >= evictSample {
+			break
+		}
+	}
+	sh.hand = i
+	if victim < 0 {
+		victim = held
+	}
+	sh.del(victim)
+}
