@@ -1,0 +1,277 @@
+package dnstest
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/miekg/dns"
+)
+
+// Fault makes the server misbehave for some questions.
+type Fault uint8
+
+const (
+	// NoFault answers normally. Set it on one type to exempt that type
+	// from a fault set on all types of a name.
+	NoFault Fault = iota
+	// ServFail answers SERVFAIL, as a resolver does when it cannot reach
+	// the authority.
+	ServFail
+	// Timeout never answers: the client's query times out.
+	Timeout
+	// Refused answers REFUSED.
+	Refused
+)
+
+func (f Fault) String() string {
+	switch f {
+	case NoFault:
+		return "none"
+	case ServFail:
+		return "SERVFAIL"
+	case Timeout:
+		return "timeout"
+	case Refused:
+		return "REFUSED"
+	}
+	return fmt.Sprintf("fault(%d)", uint8(f))
+}
+
+// AnyType stands for every query type in Fault.
+const AnyType uint16 = 0
+
+type question struct {
+	name  string // lower case, fully qualified
+	qtype uint16
+}
+
+// Zone is the data the server answers from. Names are compared without
+// regard to ASCII case. A Zone may be changed while a server answers from
+// it.
+type Zone struct {
+	mu     sync.RWMutex
+	rrs    map[string][]dns.RR
+	names  map[string]bool // names that exist, including empty non-terminals
+	faults map[question]Fault
+	negTTL uint32
+}
+
+// NewZone returns an empty zone: every name is NXDOMAIN.
+func NewZone() *Zone {
+	return &Zone{
+		rrs:    make(map[string][]dns.RR),
+		names:  make(map[string]bool),
+		faults: make(map[question]Fault),
+	}
+}
+
+func canonical(name string) string { return strings.ToLower(dns.Fqdn(name)) }
+
+// Add adds records. TXT and SPF strings longer than 255 bytes are split into
+// several character-strings, as a zone file compiler does.
+func (z *Zone) Add(rrs ...dns.RR) *Zone {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, rr := range rrs {
+		rr = dns.Copy(rr)
+		h := rr.Header()
+		h.Name = dns.Fqdn(h.Name)
+		if h.Class == 0 {
+			h.Class = dns.ClassINET
+		}
+		switch rr := rr.(type) {
+		case *dns.TXT:
+			rr.Txt = splitStrings(rr.Txt)
+		case *dns.SPF:
+			rr.Txt = splitStrings(rr.Txt)
+		}
+		name := canonical(h.Name)
+		z.rrs[name] = append(z.rrs[name], rr)
+		z.markExists(name)
+	}
+	return z
+}
+
+// AddText adds records written in zone-file syntax, e.g.
+// "example.com. 300 IN TXT \"v=spf1 -all\"".
+func (z *Zone) AddText(lines ...string) error {
+	for _, l := range lines {
+		rr, err := dns.NewRR(l)
+		if err != nil {
+			return fmt.Errorf("dnstest: record %q: %w", l, err)
+		}
+		if rr == nil {
+			return fmt.Errorf("dnstest: record %q is empty", l)
+		}
+		z.Add(rr)
+	}
+	return nil
+}
+
+// MustAddText is AddText for records written in a test; it panics on a
+// syntax error.
+func (z *Zone) MustAddText(lines ...string) *Zone {
+	if err := z.AddText(lines...); err != nil {
+		panic(err)
+	}
+	return z
+}
+
+// AddName makes name exist without records of its own (NODATA, not
+// NXDOMAIN, for every type).
+func (z *Zone) AddName(name string) *Zone {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.markExists(canonical(name))
+	return z
+}
+
+// markExists marks name and its ancestors as existing: a name with data
+// below it is an empty non-terminal, which answers NODATA.
+func (z *Zone) markExists(name string) {
+	for n := name; n != "." && n != ""; {
+		z.names[n] = true
+		i := strings.IndexByte(n, '.')
+		n = n[i+1:]
+	}
+}
+
+// Fault makes questions for name and qtype (AnyType: every type) fail. A
+// fault on one type wins over one on AnyType, so NoFault on a type exempts
+// it.
+func (z *Zone) Fault(name string, qtype uint16, f Fault) *Zone {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.faults[question{canonical(name), qtype}] = f
+	return z
+}
+
+// NegativeTTL sets the TTL and minimum of the SOA record sent with NXDOMAIN
+// and NODATA answers, which a resolver uses to cache them (RFC 2308).
+// The default is 0: negative answers are not cached.
+func (z *Zone) NegativeTTL(ttl uint32) *Zone {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.negTTL = ttl
+	return z
+}
+
+func (z *Zone) fault(name string, qtype uint16) Fault {
+	if f, ok := z.faults[question{name, qtype}]; ok {
+		return f
+	}
+	return z.faults[question{name, AnyType}]
+}
+
+// maxChain bounds CNAME chasing inside the zone, which also ends loops.
+const maxChain = 8
+
+// answer fills m's answer for q, following CNAMEs inside the zone.
+func (z *Zone) answer(q dns.Question, m *dns.Msg) (Fault, bool) {
+	z.mu.RLock()
+	defer z.mu.RUnlock()
+	name := canonical(q.Name)
+	if f := z.fault(name, q.Qtype); f != NoFault {
+		return f, false
+	}
+	owner := q.Name
+	seen := make(map[string]bool)
+	for range maxChain {
+		seen[name] = true
+		var cname *dns.CNAME
+		found := false
+		for _, rr := range z.rrs[name] {
+			t := rr.Header().Rrtype
+			if t == q.Qtype || q.Qtype == dns.TypeANY {
+				m.Answer = append(m.Answer, withOwner(rr, owner))
+				found = true
+			} else if c, ok := rr.(*dns.CNAME); ok {
+				cname = c
+			}
+		}
+		if found || cname == nil {
+			return NoFault, z.names[name]
+		}
+		m.Answer = append(m.Answer, withOwner(cname, owner))
+		name, owner = canonical(cname.Target), cname.Target
+		if seen[name] {
+			return NoFault, true
+		}
+		if f := z.fault(name, q.Qtype); f != NoFault {
+			return f, false
+		}
+	}
+	return NoFault, true
+}
+
+func (z *Zone) negativeTTL() uint32 {
+	z.mu.RLock()
+	defer z.mu.RUnlock()
+	return z.negTTL
+}
+
+// withOwner returns a copy of rr under the name the client asked for, in
+// the case it used.
+func withOwner(rr dns.RR, owner string) dns.RR {
+	rr = dns.Copy(rr)
+	rr.Header().Name = dns.Fqdn(owner)
+	return rr
+}
+
+// splitStrings cuts character-strings at 255 bytes. The strings are in
+// miekg/dns presentation form, where an escape such as \\ or \034 stands
+// for one byte, so the cut counts bytes on the wire.
+func splitStrings(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		for {
+			n, cut := 0, len(s)
+			for i := 0; i < len(s); n++ {
+				if n == 255 {
+					cut = i
+					break
+				}
+				switch {
+				case s[i] == '\\' && isDDD(s[i+1:]):
+					i += 4
+				case s[i] == '\\' && i+1 < len(s):
+					i += 2
+				default:
+					i++
+				}
+			}
+			out = append(out, s[:cut])
+			if cut == len(s) {
+				break
+			}
+			s = s[cut:]
+		}
+	}
+	return out
+}
+
+func isDDD(s string) bool {
+	return len(s) >= 3 && isDigit(s[0]) && isDigit(s[1]) && isDigit(s[2])
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// EscapeTXT turns raw bytes into the presentation form miekg/dns expects in
+// TXT strings, so a backslash or a quote in data stays itself.
+func EscapeTXT(raw string) string {
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < ' ' || c > '~':
+			fmt.Fprintf(&b, "\\%03d", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
