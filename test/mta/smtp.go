@@ -159,6 +159,25 @@ func (tr Transaction) Refused() (string, Reply) {
 	return "", Reply{}
 }
 
+// QueueID is the queue id the MTA gave an accepted message, read from its
+// reply to the end of data ("250 2.0.0 Ok: queued as ID" from Postfix,
+// "250 2.0.0 ID Message accepted for delivery" from Sendmail); "" when
+// the message was not accepted or the reply names none.
+func (tr Transaction) QueueID() string {
+	if !tr.Accepted() {
+		return ""
+	}
+	if _, after, ok := strings.Cut(tr.Data.Text, "queued as "); ok {
+		if f := strings.Fields(after); len(f) > 0 {
+			return f[0]
+		}
+	}
+	if f := strings.Fields(tr.Data.Text); len(f) >= 3 && strings.HasPrefix(f[2], "Message") {
+		return f[1]
+	}
+	return ""
+}
+
 func (tr Transaction) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "MAIL: %v", tr.Mail)

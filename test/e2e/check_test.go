@@ -1,0 +1,90 @@
+package e2e
+
+// The command line: `sluice check` names the file and line of a bad
+// config and exits 1; `serve` refuses the same config the same way.
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"sluice/test/mta"
+)
+
+func TestCheckConfig(t *testing.T) {
+	mta.Require(t)
+	dir := t.TempDir()
+	good := `listen = "inet:127.0.0.1:8890"
+mode = "enforce"
+
+[log]
+level = "info"
+
+[[limit]]
+name = "msgs-per-sender"
+count = "messages"
+per = "sender"
+rate = "10/1h"
+action = "tempfail"
+`
+	for _, tc := range []struct {
+		name   string
+		config string // replaces line want.line of good ("" for the good config)
+		line   int
+		want   string // in the error, after "FILE:LINE: "
+	}{
+		{name: "good"},
+		{name: "unknown-key", line: 2, config: `mdoe = "enforce"`, want: "mdoe"},
+		{name: "bad-rate", line: 11, config: `rate = "ten per hour"`, want: "rate"},
+		{name: "bad-mode", line: 2, config: `mode = "sometimes"`, want: "mode"},
+		{name: "bad-action", line: 12, config: `action = "explode"`, want: "action"},
+		{name: "bad-cidr", line: 12, config: `except = ["192.0.2.0/33"]`, want: "192.0.2.0/33"},
+		{name: "bad-listen", line: 1, config: `listen = "tcp:nowhere"`, want: "listen"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lines := strings.Split(good, "\n")
+			if tc.line > 0 {
+				lines[tc.line-1] = tc.config
+			}
+			path := filepath.Join(dir, tc.name+".toml")
+			if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := mta.RunSluice(t, "check", "-config", path)
+			t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
+			if tc.line == 0 {
+				if res.Code != 0 {
+					t.Fatalf("check of a good config: exit %d: %s", res.Code, res.Stderr)
+				}
+				return
+			}
+			prefix := path + ":" + strconv.Itoa(tc.line) + ":"
+			if res.Code != 1 || !strings.Contains(res.Stderr, prefix) || !strings.Contains(res.Stderr, tc.want) {
+				t.Errorf("check: exit %d, stderr %q; want exit 1 and %q ... %q", res.Code, res.Stderr, prefix, tc.want)
+			}
+			res = mta.RunSluice(t, "serve", "-config", path)
+			if res.Code == 0 || !strings.Contains(res.Stderr, prefix) {
+				t.Errorf("serve: exit %d, stderr %q; want a failure naming %q", res.Code, res.Stderr, prefix)
+			}
+		})
+	}
+
+	t.Run("missing-file", func(t *testing.T) {
+		path := filepath.Join(dir, "nonexistent.toml")
+		res := mta.RunSluice(t, "check", "-config", path)
+		t.Logf("sluice check (exit %d): %s", res.Code, res.Stderr)
+		if res.Code != 1 || !strings.Contains(res.Stderr, path) {
+			t.Errorf("check of a missing file: exit %d, stderr %q; want exit 1 naming the file", res.Code, res.Stderr)
+		}
+	})
+
+	t.Run("version", func(t *testing.T) {
+		res := mta.RunSluice(t, "version")
+		if res.Code != 0 || !strings.HasPrefix(res.Stdout, "sluice") {
+			t.Errorf("version: exit %d, %q", res.Code, res.Stdout)
+		}
+		t.Logf("%s", strings.TrimSpace(res.Stdout))
+	})
+}
