@@ -83,6 +83,7 @@ type Server struct {
 	cfg Config
 	log *zap.Logger
 	pol atomic.Pointer[Policy]
+	obs Observer
 
 	ctx    context.Context // cancelled when sessions must stop waiting
 	cancel context.CancelFunc
@@ -96,7 +97,7 @@ type Server struct {
 
 // NewServer makes a server that will run sessions on p.
 func NewServer(cfg Config, p *Policy, log *zap.Logger) *Server {
-	s := &Server{cfg: cfg, log: log, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, log: log, obs: nopObserver{}, conns: make(map[*conn]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.pol.Store(p)
 	return s
@@ -147,6 +148,7 @@ func (s *Server) start(raw net.Conn) {
 	c := newConn(raw, s.cfg.IdleTimeout.D(), nil)
 	c.onClose = func() {
 		sess.close()
+		s.obs.SessionClosed()
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
@@ -156,6 +158,7 @@ func (s *Server) start(raw net.Conn) {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	s.obs.SessionOpened()
 	actions, protocol, syms := negotiate(p)
 	ms := &milter.Server{
 		NewMilter: func() milter.Milter { return sess },

@@ -266,7 +266,9 @@ func (s *session) close() {
 }
 
 // stage asks every part for its verdicts, decides, and settles the counts.
-func (s *session) stage(st policy.Stage, m *milter.Modifier) policy.Decision {
+func (s *session) stage(st policy.Stage, m *milter.Modifier) (d policy.Decision) {
+	start := time.Now()
+	defer func() { s.srv.obs.Stage(st, time.Since(start), &d) }() // metrics
 	ctx, cancel := context.WithTimeout(s.srv.ctx, stageTimeout)
 	defer cancel()
 	vs, err := s.pol.Limits.Check(ctx, st, &s.f, s.lim)
@@ -278,7 +280,7 @@ func (s *session) stage(st policy.Stage, m *milter.Modifier) policy.Decision {
 		return policy.Decision{}
 	}
 	env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
-	d := s.pol.Decide.Decide(st, vs, &env)
+	d = s.pol.Decide.Decide(st, vs, &env)
 	if d.Refused() {
 		s.refusals++
 		s.pol.Decide.Escalate(s.refusals, &d)

@@ -1,0 +1,34 @@
+package milter
+
+import (
+	"time"
+
+	"sluice/policy"
+)
+
+// Observer hears what the server does, for metrics. Its methods are called
+// from every session's goroutine at once: they must be cheap, safe for
+// concurrent use, and must not block.
+type Observer interface {
+	// SessionOpened and SessionClosed bracket each MTA connection.
+	SessionOpened()
+	SessionClosed()
+	// Stage reports a stage's decision and the time sluice took to reach it
+	// (the store, checks and decision; not a pause asked for by the policy).
+	// d and what it points to are only valid during the call.
+	Stage(st policy.Stage, took time.Duration, d *policy.Decision)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) SessionOpened()                                      {}
+func (nopObserver) SessionClosed()                                      {}
+func (nopObserver) Stage(policy.Stage, time.Duration, *policy.Decision) {}
+
+// Observe makes o hear every session from now on. Call it before Serve.
+func (s *Server) Observe(o Observer) {
+	if o == nil {
+		o = nopObserver{}
+	}
+	s.obs = o
+}
