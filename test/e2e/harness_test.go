@@ -288,6 +288,40 @@ func TestHarnessPostfixMilterDown(t *testing.T) {
 	}
 }
 
+// TestHarnessPostfixQueue: Queue sees a held message, Postsuper releases
+// it and it is delivered.
+func TestHarnessPostfixQueue(t *testing.T) {
+	mta.Require(t)
+	pf := mta.StartPostfix(t, mta.PostfixOptions{
+		Main: map[string]string{"smtpd_sender_restrictions": "check_sender_access inline:{held@example.test=HOLD}"},
+	})
+	c := session(t, pf.Addr, "192.0.2.20")
+	for _, from := range []string{"held@example.test", "free@example.test"} {
+		tr, err := c.Send(from, []string{rcpt}, mta.NewMessage(from, rcpt, "queue"))
+		if err != nil || !tr.Accepted() {
+			t.Fatalf("%s: %v %v", from, tr, err)
+		}
+	}
+	c.Quit()
+	msgs := pf.WaitDelivered(1, 30*time.Second)
+	q := pf.Queue()
+	if len(msgs) != 1 || msgs[0].From() != "free@example.test" {
+		t.Errorf("sink: %d messages (%v), want only free@example.test's", len(msgs), msgs)
+	}
+	if len(q) != 1 || q[0].QueueName != "hold" || q[0].Sender != "held@example.test" {
+		t.Fatalf("queue %+v: want one held message from held@example.test", q)
+	}
+	t.Logf("held: %s from %s to %s", q[0].QueueID, q[0].Sender, q[0].Recipients[0].Address)
+	pf.Postsuper("-H", "ALL") // into the deferred queue
+	pf.Flush()
+	if msgs := pf.WaitDelivered(2, 30*time.Second); len(msgs) != 2 {
+		t.Errorf("after release: %d messages in the sink, want 2", len(msgs))
+	}
+	if q := pf.Queue(); len(q) != 0 {
+		t.Errorf("queue after release: %+v", q)
+	}
+}
+
 // TestHarnessSendmail: Sendmail with a milter attached relays to the sink
 // and gives the milter its {daemon_name} and the queue id at MAIL.
 func TestHarnessSendmail(t *testing.T) {

@@ -219,6 +219,16 @@ func TestPostfixSenderLimit(t *testing.T) {
 		t.Errorf("delivered: %d from %s, %d from %s, %d in all; want 10, 3, 13", a, alice, c, carol, len(msgs))
 	}
 	checkRuleLines(t, ruleLines(sl, "msgs-per-sender"), 5, "192.0.2.1", alice, false, aliceTrs, [2]int{11, 15})
+
+	// The start-up line names the listener and the version; SIGTERM
+	// stops sluice cleanly.
+	start := sl.WaitLog(time.Second, "the start-up line", func(l mta.LogLine) bool { return l.Msg() == "listening" })
+	if !strings.Contains(start.String(), `"`+sl.Listen+`"`) || start.Str("version") == "" {
+		t.Errorf("start-up line %v: want the listener %s and the version", start, sl.Listen)
+	}
+	if code := sl.Stop(10 * time.Second); code != 0 {
+		t.Errorf("sluice exited with %d on SIGTERM, want 0", code)
+	}
 }
 
 // Case 2: the same policy with mode = "tag": all 15 delivered, exactly

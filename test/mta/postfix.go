@@ -115,8 +115,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
 	}
 
-	run(t, bin, "-c", p.etc, "check")
-	run(t, bin, "-c", p.etc, "start")
+	run(t, bin, "-c", p.etc, "start") // runs "postfix check" first
 	p.active = true
 	t.Cleanup(p.Stop)
 	for _, a := range []string{p.Addr, p.SubmissionAddr} {
@@ -294,6 +293,14 @@ func (p *Postfix) queueErr() ([]QueueEntry, error) {
 		q = append(q, e)
 	}
 	return q, nil
+}
+
+// Postsuper runs postsuper on this Postfix's queue: "-H", "ALL" releases
+// held messages (into the deferred queue: Flush sends them), "-d", "ALL"
+// deletes every message.
+func (p *Postfix) Postsuper(args ...string) string {
+	p.t.Helper()
+	return run(p.t, "postsuper", append([]string{"-c", p.etc}, args...)...)
 }
 
 // Flush asks Postfix to retry every deferred message now.
