@@ -1,0 +1,321 @@
+// Package metrics turns what sluice does into Prometheus metrics and serves
+// them, with /healthz and /readyz, on an HTTP listener bound to localhost.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"sluice/conf"
+	"sluice/policy"
+)
+
+// Config is the [metrics] table. Metrics are off when listen is empty (the
+// table is absent): an HTTP port is something an admin opens on purpose.
+type Config struct {
+	Listen string `toml:"listen"` // host:port, e.g. "127.0.0.1:9465"
+}
+
+// DefaultListen is the port the example config and the docs use (9465 is
+// free in Prometheus' list of default ports).
+const DefaultListen = "127.0.0.1:9465"
+
+// Defaults fills what the file left out: nothing, metrics stay off.
+func (c *Config) Defaults() {}
+
+// Validate checks the [metrics] keys.
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return conf.Errorf("listen", "%q: %v (write host:port, e.g. %q)", c.Listen, err, DefaultListen)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return conf.Errorf("listen", "%q: port %q is not a number from 1 to 65535", c.Listen, port)
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return conf.Errorf("listen", "%q: host %q is not an IP address", c.Listen, host)
+	}
+	return nil
+}
+
+// Enabled reports whether metrics are served.
+func (c *Config) Enabled() bool { return c.Listen != "" }
+
+// Buckets for sluice's own work per stage and per store call: from tens of
+// microseconds (memory store) to the stage timeout (a hanging backend).
+var latencyBuckets = []float64{
+	0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+	0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
+}
+
+// Metrics holds every sluice metric. It is safe for concurrent use; the
+// per-stage series are resolved once so that a session's hot path does no
+// map lookups.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	sessionsOpen  prometheus.Gauge
+	sessionsTotal prometheus.Counter
+	stageTime     [policy.StageData + 1]prometheus.Observer
+	replies       [policy.StageData + 1][policy.ActionReject + 1]prometheus.Counter
+	decisions     *prometheus.CounterVec
+
+	checks    *prometheus.CounterVec
+	checkTime *prometheus.HistogramVec
+
+	storeOps    *prometheus.CounterVec
+	storeErrors *prometheus.CounterVec
+	storeTime   *prometheus.HistogramVec
+
+	reloads      *prometheus.CounterVec
+	reloadOK     prometheus.Gauge
+	reloadAt     prometheus.Gauge
+	rules        prometheus.Gauge
+	shuttingDown prometheus.Gauge
+}
+
+// New makes the metrics, registered in a registry of their own with the Go
+// runtime and process collectors.
+func New(version string) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	f := factory{m.reg}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f.gauge(prometheus.GaugeOpts{
+		Name:        "sluice_build_info",
+		Help:        "Always 1; the labels say which sluice runs.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	}).Set(1)
+
+	m.sessionsOpen = f.gauge(prometheus.GaugeOpts{
+		Name: "sluice_sessions_open",
+		Help: "MTA connections (milter sessions) open now.",
+	})
+	m.sessionsTotal = f.counter(prometheus.CounterOpts{
+		Name: "sluice_sessions_total",
+		Help: "MTA connections (milter sessions) accepted.",
+	})
+	stageTime := f.histogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_stage_duration_seconds",
+		Help:    "Time sluice took to answer an SMTP stage (counting, checks, decision), pauses asked for by the policy excluded.",
+		Buckets: latencyBuckets,
+	}, "stage")
+	replies := f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_replies_total",
+		Help: "Answers to the MTA by stage; action none is continue, the others are refusals.",
+	}, "stage", "action")
+	for st := policy.StageConnect; st <= policy.StageData; st++ {
+		m.stageTime[st] = stageTime.WithLabelValues(st.String())
+		for a := policy.ActionNone; a <= policy.ActionReject; a++ {
+			if a == policy.ActionNone || a.Refuses() {
+				m.replies[st][a] = replies.WithLabelValues(st.String(), a.String())
+			}
+		}
+	}
+	m.decisions = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_decisions_total",
+		Help: "Verdicts by rule or check, the action it asks for and the mode it was applied in; " +
+			"a refusing action in mode tag or dry-run is a refusal that would have happened.",
+	}, "rule", "action", "mode")
+
+	m.checks = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_check_results_total",
+		Help: "Results of sender checks (check=spf: pass, fail, softfail, neutral, none, temperror, permerror).",
+	}, "check", "result")
+	m.checkTime = f.histogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_check_duration_seconds",
+		Help:    "Time a sender check took, DNS lookups included.",
+		Buckets: latencyBuckets,
+	}, "check")
+
+	m.storeOps = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_store_operations_total",
+		Help: "Calls to the counter store, by store (memory, redis, local fallback) and operation.",
+	}, "store", "op")
+	m.storeErrors = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_store_errors_total",
+		Help: "Counter store calls that failed; each rule's on_store_error then decided.",
+	}, "store", "op")
+	m.storeTime = f.histogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_store_duration_seconds",
+		Help:    "Latency of counter store calls.",
+		Buckets: latencyBuckets,
+	}, "store", "op")
+
+	m.reloads = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_config_reloads_total",
+		Help: "Config reloads (SIGHUP) by result; a failed one leaves the running config in force.",
+	}, "result")
+	for _, r := range []string{"success", "failure"} {
+		m.reloads.WithLabelValues(r)
+	}
+	m.reloadOK = f.gauge(prometheus.GaugeOpts{
+		Name: "sluice_config_last_reload_successful",
+		Help: "1 when the last config load or reload succeeded, 0 when the file on disk was refused.",
+	})
+	m.reloadAt = f.gauge(prometheus.GaugeOpts{
+		Name: "sluice_config_last_reload_success_timestamp_seconds",
+		Help: "When the config in force was loaded (Unix time).",
+	})
+	m.rules = f.gauge(prometheus.GaugeOpts{
+		Name: "sluice_config_rules",
+		Help: "Limit rules in the config in force.",
+	})
+	m.shuttingDown = f.gauge(prometheus.GaugeOpts{
+		Name: "sluice_shutting_down",
+		Help: "1 once sluice stopped accepting connections to exit.",
+	})
+	return m
+}
+
+// Registry is where the metrics are registered, for the HTTP handler and
+// for tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// SessionOpened counts a new MTA connection.
+func (m *Metrics) SessionOpened() {
+	m.sessionsOpen.Inc()
+	m.sessionsTotal.Inc()
+}
+
+// SessionClosed counts an MTA connection gone.
+func (m *Metrics) SessionClosed() { m.sessionsOpen.Dec() }
+
+// Stage records a stage's latency, its answer and every verdict in it.
+func (m *Metrics) Stage(st policy.Stage, took time.Duration, d *policy.Decision) {
+	if st > policy.StageData {
+		return
+	}
+	m.stageTime[st].Observe(took.Seconds())
+	if a := d.Action; a <= policy.ActionReject {
+		if c := m.replies[st][a]; c != nil {
+			c.Inc()
+		}
+	}
+	for i := range d.Outcomes {
+		o := &d.Outcomes[i]
+		m.decisions.WithLabelValues(o.Source, o.Verdict.Action.String(), o.Mode.String()).Inc()
+	}
+}
+
+// Check records the result of one sender check (check "spf", result
+// "pass") and how long it took. The auth wiring calls it.
+func (m *Metrics) Check(check, result string, took time.Duration) {
+	m.checks.WithLabelValues(check, result).Inc()
+	m.checkTime.WithLabelValues(check).Observe(took.Seconds())
+}
+
+// ConfigLoaded records a config put in force (at start or by a reload).
+func (m *Metrics) ConfigLoaded(rules int, reload bool) {
+	if reload {
+		m.reloads.WithLabelValues("success").Inc()
+	}
+	m.reloadOK.Set(1)
+	m.reloadAt.SetToCurrentTime()
+	m.rules.Set(float64(rules))
+}
+
+// ReloadFailed records a reload that left the running config in force.
+func (m *Metrics) ReloadFailed() {
+	m.reloads.WithLabelValues("failure").Inc()
+	m.reloadOK.Set(0)
+}
+
+// ShuttingDown records that sluice stopped accepting connections.
+func (m *Metrics) ShuttingDown() { m.shuttingDown.Set(1) }
+
+// SnapshotStatuser is what a store that writes snapshots tells about them
+// (the memory store does).
+type SnapshotStatuser interface {
+	SnapshotStatus() (last time.Time, err error)
+}
+
+// Lener reports the number of keys a store tracks; -1 when unknown.
+type Lener interface{ Len() int }
+
+// WatchStore exports the store's tracked keys and, if it writes
+// snapshots, their age and whether the last write failed. The values are
+// read at each scrape.
+func (m *Metrics) WatchStore(s Lener) {
+	m.reg.MustRegister(&storeCollector{s: s})
+}
+
+var (
+	keysDesc = prometheus.NewDesc("sluice_store_keys",
+		"Keys the counter store tracks now (idle ones not yet reclaimed included).", nil, nil)
+	snapAgeDesc = prometheus.NewDesc("sluice_snapshot_age_seconds",
+		"Seconds since the counter snapshot was last written (or loaded at start).", nil, nil)
+	snapFailDesc = prometheus.NewDesc("sluice_snapshot_write_failing",
+		"1 when the last snapshot write failed (full or read-only disk): counters are kept in memory and the write is retried.", nil, nil)
+)
+
+type storeCollector struct{ s Lener }
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keysDesc
+	if _, ok := c.s.(SnapshotStatuser); ok {
+		ch <- snapAgeDesc
+		ch <- snapFailDesc
+	}
+}
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	if n := c.s.Len(); n >= 0 {
+		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(n))
+	}
+	ss, ok := c.s.(SnapshotStatuser)
+	if !ok {
+		return
+	}
+	last, err := ss.SnapshotStatus()
+	if !last.IsZero() {
+		ch <- prometheus.MustNewConstMetric(snapAgeDesc, prometheus.GaugeValue, time.Since(last).Seconds())
+	}
+	failing := 0.0
+	if err != nil {
+		failing = 1
+	}
+	ch <- prometheus.MustNewConstMetric(snapFailDesc, prometheus.GaugeValue, failing)
+}
+
+// factory registers what it makes.
+type factory struct{ reg *prometheus.Registry }
+
+func (f factory) gauge(o prometheus.GaugeOpts) prometheus.Gauge {
+	g := prometheus.NewGauge(o)
+	f.reg.MustRegister(g)
+	return g
+}
+
+func (f factory) counter(o prometheus.CounterOpts) prometheus.Counter {
+	c := prometheus.NewCounter(o)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) counterVec(o prometheus.CounterOpts, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(o, labels)
+	f.reg.MustRegister(c)
+	return c
+}
+
+func (f factory) histogramVec(o prometheus.HistogramOpts, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(o, labels)
+	f.reg.MustRegister(h)
+	return h
+}
+
+// errNotReady is what /readyz says while sluice is starting or stopping.
+var errNotReady = errors.New("not ready")
+
+// ReadyFunc answers /readyz: nil when sluice can take sessions and count.
+type ReadyFunc func(ctx context.Context) error
