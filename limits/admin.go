@@ -90,7 +90,7 @@ func (e *Engine) Allow(ctx context.Context, key string, until time.Time) ([]stri
 	}
 	// Take effect now on this host rather than at the next refresh.
 	if m, err := e.store.Allows(ctx); err == nil {
-		e.allows.Store(&allowCache{at: time.Now(), until: m})
+		e.setExemptions(m)
 	}
 	return keys, nil
 }

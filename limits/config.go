@@ -33,7 +33,7 @@ type Rule struct {
 	Mode              string        `toml:"mode"`   // enforce | tag | dry-run
 	Reply             string        `toml:"reply"`
 	Delay             conf.Duration `toml:"delay"`
-	Except            []string      `toml:"except"`
+	Except            []string      `toml:"except"` // client networks, sender addresses or domains, SASL users the rule skips
 	IPv4Prefix        int           `toml:"ipv4_prefix"`
 	IPv6Prefix        int           `toml:"ipv6_prefix"`
 	StripExtension    bool          `toml:"strip_extension"`
@@ -82,6 +82,10 @@ func (c count) stage() policy.Stage {
 	}
 	return policy.StageData
 }
+
+// maxWindows bounds the rates of one rule: each window's index is one
+// digit of its store key.
+const maxWindows = 10
 
 var ruleNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
@@ -135,7 +139,9 @@ type rule struct {
 	trusted  bool // apply_to_trusted
 	match    matcher
 	onError  storeErrorPolicy
-	limit    string // the limit as people read it: "10/1h", "max 3", "50 rcpt/message"
+	limit    string // the limit as people read it: "10/1h", "3 at once"
+	// rcptLimit is the max_rcpt_per_message cap as people read it.
+	rcptLimit string
 }
 
 // compileRule checks a Rule and builds its compiled form. With set nil,
@@ -245,16 +251,20 @@ func (c *rule) compileLimit(r *Rule) error {
 			return conf.Errorf("max_rcpt_per_message", "applies to count = \"recipients\"")
 		}
 		c.maxRcpt = r.MaxRcptPerMessage
-		c.limit = fmt.Sprintf("%d recipients a message", r.MaxRcptPerMessage)
+		c.rcptLimit = fmt.Sprintf("%d recipients a message", r.MaxRcptPerMessage)
 	}
 	if len(rates) == 0 {
 		if c.maxRcpt > 0 {
+			c.limit = c.rcptLimit
 			return nil
 		}
 		return conf.Errorf("rate", "missing: how many %s per period (e.g. rate = \"120/1m\")?", countNames[c.count])
 	}
 	if r.Burst < 0 {
 		return conf.Errorf("burst", "must not be negative")
+	}
+	if len(rates) > maxWindows {
+		return conf.Errorf("rate", "%d windows; a rule takes at most %d", len(rates), maxWindows)
 	}
 	if r.Burst > 0 && len(rates) > 1 {
 		return conf.Errorf("burst", "a rule with several windows takes each window's N as its burst")
@@ -335,12 +345,26 @@ func (c *rule) compileKey(r *Rule) error {
 		k.ipv6Prefix = r.IPv6Prefix
 	}
 	k.stripExtension = r.StripExtension
+	if r.StripExtension && !k.has(dimSender) && !k.has(dimRcpt) {
+		return conf.Errorf("strip_extension", "applies to rules counted per sender or rcpt")
+	}
+	if (r.IPv4Prefix != 0 || r.IPv6Prefix != 0) && !k.has(dimClientIP) {
+		return conf.Errorf(map[bool]string{true: "ipv4_prefix", false: "ipv6_prefix"}[r.IPv4Prefix != 0], "applies to rules counted per client_ip")
+	}
+	// The null sender has no address and no domain: only a key made of
+	// them must say whether a bounce skips the rule or counts as "<>". A
+	// rule per client_ip (or sasl_user...) counts bounces like any other
+	// mail; skipping them there would let anyone walk around it with
+	// MAIL FROM:<>.
 	switch r.NullSender {
 	case "", "skip":
 	case "count":
 		k.countNull = true
 	default:
 		return conf.Errorf("null_sender", "unknown value %q (want skip or count)", r.NullSender)
+	}
+	if r.NullSender != "" && !k.has(dimSender) && !k.has(dimSenderDomain) {
+		return conf.Errorf("null_sender", "applies to rules counted per sender or sender_domain; this rule counts bounces like any other mail")
 	}
 	return nil
 }
@@ -396,6 +420,16 @@ type matcher struct {
 	senderDomain  []*lists.List
 	rcptDomain    []*lists.List
 	helo, sender  *regexp.Regexp
+}
+
+// has reports whether the key includes dimension d.
+func (k *keyer) has(d dim) bool {
+	for _, x := range k.dims {
+		if x == d {
+			return true
+		}
+	}
+	return false
 }
 
 func compileMatch(m *Match, at policy.Stage, set *lists.Set, names map[string]bool) (matcher, error) {

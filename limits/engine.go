@@ -3,6 +3,7 @@
 package limits
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -75,7 +76,10 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		st := r.count.stage()
 		e.byStage[st] = append(e.byStage[st], r)
 	}
-	e.allows.Store(&allowCache{})
+	// Stale from the start: the first check reads the store's exemptions.
+	c := &allowCache{}
+	c.stale.Store(true)
+	e.allows.Store(c)
 	return e, nil
 }
 
@@ -93,19 +97,18 @@ type Session struct {
 	buf      []byte
 	reqs     []counter.Request
 	owners   []*rule
-	refused  bool // the store refused the last checked event
+	via      []counter.Store // the store that applied reqs[i]; nil: none did
 	verdicts []policy.Verdict
 	scratch  []counter.Request
 	leases   []held // concurrent slots, released at Close
 	reserved []held // count_on = accepted: released unless the message is accepted
 }
 
+// held is a count kept past its stage, with the store that holds it, so it
+// is given back where it was taken (the fallback store after a failure).
 type held struct {
-	key  []byte
-	kind counter.Kind
-	iv   int64
-	cost int64
-	b    int64
+	store counter.Store
+	req   counter.Request // the refund, with its own copy of the key
 }
 
 // NewSession starts the state of one MTA connection.
@@ -119,16 +122,21 @@ func (e *Engine) NewSession() *Session {
 // A store failure is handled by each rule's on_store_error; the error is
 // returned only for logging.
 func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s *Session) ([]policy.Verdict, error) {
-	s.buf, s.reqs, s.owners, s.verdicts, s.refused = s.buf[:0], s.reqs[:0], s.owners[:0], s.verdicts[:0], false
-	for _, r := range e.byStage[st] {
+	s.buf, s.reqs, s.owners, s.via, s.verdicts = s.buf[:0], s.reqs[:0], s.owners[:0], s.via[:0], s.verdicts[:0]
+	rules := e.byStage[st]
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	allows := e.exemptions()
+	for _, r := range rules {
 		if !e.applies(r, f) {
 			continue
 		}
 		if r.maxRcpt > 0 && f.RcptCount >= r.maxRcpt {
-			s.verdicts = append(s.verdicts, r.verdict(fmt.Sprintf("message:%d rcpt", f.RcptCount+1), 0, int64(f.RcptCount+1)))
+			s.verdicts = append(s.verdicts, r.rcptVerdict(f.RcptCount+1))
 		}
 		if len(r.windows) > 0 || r.count == countConcurrent {
-			e.addRequests(r, f, s)
+			e.addRequests(r, f, s, allows)
 		}
 		if r.final {
 			break
@@ -139,13 +147,9 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 	}
 	err := e.store.Do(ctx, s.reqs)
 	if err != nil {
-		e.storeFailed(ctx, s, err)
-	}
-	for i := range s.reqs {
-		q := &s.reqs[i]
-		if !q.Allowed && q.Blocking {
-			s.refused = true
-		}
+		e.storeFailed(ctx, s)
+	} else {
+		markApplied(s.reqs, s.via, e.store)
 	}
 	for i := 0; i < len(s.reqs); {
 		r := s.owners[i]
@@ -164,6 +168,24 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 	return s.result(), err
 }
 
+// markApplied records which requests st applied, by the rule of
+// counter.Store.Do: a request is applied when it is strict, or allowed in
+// an event no blocking request refused.
+func markApplied(reqs []counter.Request, via []counter.Store, st counter.Store) {
+	refused := false
+	for i := range reqs {
+		if q := &reqs[i]; !q.Allowed && q.Blocking {
+			refused = true
+		}
+	}
+	for i := range reqs {
+		via[i] = nil
+		if q := &reqs[i]; q.Op == counter.OpTake && (q.Strict || q.Allowed && !refused) {
+			via[i] = st
+		}
+	}
+}
+
 func (s *Session) result() []policy.Verdict {
 	if len(s.verdicts) == 0 {
 		return nil
@@ -173,13 +195,13 @@ func (s *Session) result() []policy.Verdict {
 
 // addRequests appends one request per window of r ("name:0:key", "name:1:key"),
 // or one concurrency request ("name:c:key").
-func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session) {
+func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[string]time.Time) {
 	start := len(s.buf)
 	s.buf = append(s.buf, r.name...)
 	s.buf = append(s.buf, ':', '0', ':')
 	dimStart := len(s.buf)
 	var ok bool
-	if s.buf, ok = r.keyer.appendKey(s.buf, f); !ok || e.exempt(s.buf[dimStart:]) {
+	if s.buf, ok = r.keyer.appendKey(s.buf, f); !ok || len(allows) > 0 && exempt(allows, s.buf[dimStart:]) {
 		s.buf = s.buf[:start]
 		return
 	}
@@ -188,6 +210,7 @@ func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session) {
 		s.buf[dimStart-2] = 'c'
 		s.reqs = append(s.reqs, counter.Request{Key: s.buf[start:], Kind: counter.KindConcurrent, Burst: r.max, Cost: 1, Blocking: blocking, Strict: r.strict, Holder: s.holder})
 		s.owners = append(s.owners, r)
+		s.via = append(s.via, nil)
 		return
 	}
 	cost := int64(1)
@@ -205,6 +228,7 @@ func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session) {
 		}
 		s.reqs = append(s.reqs, counter.Request{Key: key, Kind: counter.KindRate, Interval: w.interval, Burst: w.burst, Cost: cost, Blocking: blocking, Strict: r.strict})
 		s.owners = append(s.owners, r)
+		s.via = append(s.via, nil)
 	}
 }
 
@@ -221,14 +245,29 @@ func dimKey(key []byte) []byte {
 	return key
 }
 
+// applies reports whether r counts this session's event: the client is
+// not trusted (unless the rule says so), not excepted, and the match holds.
 func (e *Engine) applies(r *rule, f *policy.Facts) bool {
 	if f.Trusted && !r.trusted {
 		return false
 	}
-	if r.except != nil && r.except.ContainsIP(f.ClientIP) {
+	if r.except != nil && r.excepted(f) {
 		return false
 	}
 	return r.match.matches(f)
+}
+
+// excepted reports whether the rule's except list names the client's
+// address or network, the sender (address or domain) or the SASL user.
+func (r *rule) excepted(f *policy.Facts) bool {
+	l := r.except
+	if l.ContainsIP(f.ClientIP) {
+		return true
+	}
+	if s := trimPath(f.Sender); s != "" && l.MatchAddress(s) {
+		return true
+	}
+	return f.SASLUser != "" && l.MatchAddress(f.SASLUser)
 }
 
 func (r *rule) verdict(key string, retry time.Duration, seen int64) policy.Verdict {
@@ -236,17 +275,24 @@ func (r *rule) verdict(key string, retry time.Duration, seen int64) policy.Verdi
 		Source: r.name, Action: r.action, Mode: r.mode, Reply: r.reply, Delay: r.delay,
 		Key: key, Limit: r.limit, RetryAfter: retry,
 	}
-	switch {
-	case r.count == countConcurrent:
+	if r.count == countConcurrent {
 		v.Detail = fmt.Sprintf("open=%d", seen)
-	case r.maxRcpt > 0 && len(r.windows) == 0:
-		v.Detail = fmt.Sprintf("rcpt=%d", seen)
-		if r.reply == nil && r.action == policy.ActionTempfail {
-			v.Reply = tooManyRcpts
-		}
-		v.Text = "Too many recipients ({limit})"
-	default:
+	} else {
 		v.Detail = fmt.Sprintf("count=%d", seen)
+	}
+	return v
+}
+
+// rcptVerdict is the verdict of a max_rcpt_per_message cap crossed by the
+// n-th recipient.
+func (r *rule) rcptVerdict(n int) policy.Verdict {
+	v := policy.Verdict{
+		Source: r.name, Action: r.action, Mode: r.mode, Reply: r.reply, Delay: r.delay,
+		Key: "message", Limit: r.rcptLimit, Detail: "rcpt=" + strconv.Itoa(n),
+		Text: "Too many recipients ({limit})",
+	}
+	if r.reply == nil && r.action == policy.ActionTempfail {
+		v.Reply = tooManyRcpts
 	}
 	return v
 }
@@ -254,14 +300,19 @@ func (r *rule) verdict(key string, retry time.Duration, seen int64) policy.Verdi
 // Postfix answers its own smtpd_recipient_limit with this code.
 var tooManyRcpts = policy.MustReply("452 4.5.3 Too many recipients ({limit})")
 
-// storeFailed answers every request by its rule's on_store_error.
-func (e *Engine) storeFailed(ctx context.Context, s *Session, err error) {
+// storeFailed answers every request by its rule's on_store_error, after
+// the store applied none of them: allow lets the event through uncounted,
+// tempfail refuses it, local asks the fallback store.
+func (e *Engine) storeFailed(ctx context.Context, s *Session) {
 	local := s.scratch[:0]
 	for i := range s.reqs {
 		q := &s.reqs[i]
+		s.via[i] = nil
 		switch s.owners[i].onError {
 		case onErrorTempfail:
-			q.Allowed, q.RetryAfter = false, 0
+			// A tempfail for an unreachable store must not be mistaken
+			// for a limit, hence blocking whatever the rule's action.
+			q.Allowed, q.RetryAfter, q.Blocking = false, 0, true
 		case onErrorLocal:
 			if e.fallback != nil {
 				local = append(local, *q)
@@ -273,27 +324,24 @@ func (e *Engine) storeFailed(ctx context.Context, s *Session, err error) {
 		}
 	}
 	if len(local) > 0 {
+		via := make([]counter.Store, len(local))
 		if ferr := e.fallback.Do(ctx, local); ferr != nil {
 			e.log.Error("fallback store failed", zap.Error(ferr))
 			for i := range local {
 				local[i].Allowed = true
 			}
+		} else {
+			markApplied(local, via, e.fallback)
 		}
 		j := 0
 		for i := range s.reqs {
 			if s.owners[i].onError == onErrorLocal {
-				s.reqs[i] = local[j]
+				s.reqs[i], s.via[i] = local[j], via[j]
 				j++
 			}
 		}
 	}
 	s.scratch = local[:0]
-	// A tempfail for an unreachable store must not be mistaken for a limit.
-	for i := range s.reqs {
-		if s.owners[i].onError == onErrorTempfail {
-			s.reqs[i].Blocking = true
-		}
-	}
 }
 
 // Settle applies the stage's decision: a refused event gives back what it
@@ -302,36 +350,38 @@ func (e *Engine) storeFailed(ctx context.Context, s *Session, err error) {
 // EndMessage.
 func (e *Engine) Settle(ctx context.Context, s *Session, refused bool) {
 	refunds := s.scratch[:0]
-	for i := range s.reqs {
-		q := &s.reqs[i]
-		if !(q.Strict || q.Allowed && !s.refused) {
-			continue // the store did not apply it
+	for pass, st := range [2]counter.Store{e.store, e.fallback} {
+		if st == nil {
+			continue
 		}
-		r := s.owners[i]
-		switch {
-		case q.Kind == counter.KindConcurrent:
-			if refused && !q.Strict {
-				refunds = append(refunds, refund(q))
-			} else {
-				s.leases = append(s.leases, hold(q))
+		refunds = refunds[:0]
+		for i := range s.reqs {
+			if s.via[i] != st {
+				continue // not applied, or applied by the other store
 			}
-		case refused && !q.Strict:
-			refunds = append(refunds, refund(q))
-		case !refused && r.accepted:
-			s.reserved = append(s.reserved, hold(q))
+			q := &s.reqs[i]
+			switch {
+			case refused && !q.Strict:
+				refunds = append(refunds, refund(q))
+			case q.Kind == counter.KindConcurrent:
+				s.leases = append(s.leases, hold(q, st))
+			case !refused && s.owners[i].accepted:
+				s.reserved = append(s.reserved, hold(q, st))
+			}
 		}
+		e.giveBack(ctx, st, refunds, pass == 1)
 	}
-	s.reqs, s.owners = s.reqs[:0], s.owners[:0]
-	e.refund(ctx, refunds)
+	s.reqs, s.owners, s.via = s.reqs[:0], s.owners[:0], s.via[:0]
 	s.scratch = refunds[:0]
 }
 
 // EndMessage closes the transaction: an accepted message keeps what it
 // counted; an aborted or refused one gives its reservations back.
 func (e *Engine) EndMessage(ctx context.Context, s *Session, accepted bool) {
-	if !accepted && len(s.reserved) > 0 {
+	if !accepted {
 		e.release(ctx, s, s.reserved)
 	}
+	clear(s.reserved)
 	s.reserved = s.reserved[:0]
 }
 
@@ -346,22 +396,29 @@ func (e *Engine) release(ctx context.Context, s *Session, hs []held) {
 	if len(hs) == 0 {
 		return
 	}
-	reqs := make([]counter.Request, len(hs))
-	for i, h := range hs {
-		reqs[i] = counter.Request{Key: h.key, Kind: h.kind, Op: counter.OpRefund, Interval: h.iv, Burst: h.b, Cost: h.cost, Holder: s.holder}
+	for pass, st := range [2]counter.Store{e.store, e.fallback} {
+		if st == nil {
+			continue
+		}
+		reqs := s.scratch[:0]
+		for i := range hs {
+			if hs[i].store == st {
+				reqs = append(reqs, hs[i].req)
+			}
+		}
+		e.giveBack(ctx, st, reqs, pass == 1)
+		s.scratch = reqs[:0]
 	}
-	e.refund(ctx, reqs)
 }
 
-func (e *Engine) refund(ctx context.Context, reqs []counter.Request) {
+// giveBack sends refunds to the store that took them. A failure is only
+// logged: the counts then drain on their own with time.
+func (e *Engine) giveBack(ctx context.Context, st counter.Store, reqs []counter.Request, fallback bool) {
 	if len(reqs) == 0 {
 		return
 	}
-	if err := e.store.Do(ctx, reqs); err != nil {
-		e.log.Warn("could not give back counted events", zap.Int("keys", len(reqs)), zap.Error(err))
-		if e.fallback != nil {
-			_ = e.fallback.Do(ctx, reqs)
-		}
+	if err := st.Do(ctx, reqs); err != nil {
+		e.log.Warn("could not give back counted events", zap.Int("keys", len(reqs)), zap.Bool("fallback", fallback), zap.Error(err))
 	}
 }
 
@@ -369,27 +426,50 @@ func refund(q *counter.Request) counter.Request {
 	return counter.Request{Key: q.Key, Kind: q.Kind, Op: counter.OpRefund, Interval: q.Interval, Burst: q.Burst, Cost: q.Cost, Holder: q.Holder}
 }
 
-func hold(q *counter.Request) held {
-	return held{key: append([]byte(nil), q.Key...), kind: q.Kind, iv: q.Interval, cost: q.Cost, b: q.Burst}
+func hold(q *counter.Request, st counter.Store) held {
+	r := refund(q)
+	r.Key = append([]byte(nil), q.Key...)
+	return held{store: st, req: r}
 }
 
 // allowCache is the exemptions in force, refreshed from the store now and
 // then so that an exemption set on one host reaches the others.
 type allowCache struct {
-	at    time.Time
+	stale atomic.Bool
 	until map[string]time.Time
 }
 
-func (e *Engine) exempt(key []byte) bool {
+// exemptions returns the exemptions in force, starting a refresh from the
+// store when they are older than allowMaxAge. It reads no clock: a timer
+// marks the cache stale, and is armed again only by a refresh, so an
+// engine that no session uses any more (after a reload) goes quiet.
+func (e *Engine) exemptions() map[string]time.Time {
 	c := e.allows.Load()
-	if time.Since(c.at) > e.allowMaxAge && e.refreshing.CompareAndSwap(false, true) {
+	if c.stale.Load() && e.refreshing.CompareAndSwap(false, true) {
 		go e.refreshAllows()
 	}
-	if len(c.until) == 0 {
-		return false
+	return c.until
+}
+
+// exempt reports whether a dimension key, or one of the dimensions of a
+// composite key, is exempted: an exemption of "sender:alice@example.org"
+// covers "sender:alice@example.org,rcpt_domain:example.net" too. Values
+// escape ',', so splitting on it is exact.
+func exempt(allows map[string]time.Time, key []byte) bool {
+	now := time.Now()
+	for {
+		if t, ok := allows[string(key)]; ok && now.Before(t) {
+			return true
+		}
+		i := bytes.IndexByte(key, ',')
+		if i < 0 {
+			return false
+		}
+		if t, ok := allows[string(key[:i])]; ok && now.Before(t) {
+			return true
+		}
+		key = key[i+1:]
 	}
-	t, ok := c.until[string(key)]
-	return ok && time.Now().Before(t)
 }
 
 func (e *Engine) refreshAllows() {
@@ -401,7 +481,14 @@ func (e *Engine) refreshAllows() {
 		e.log.Warn("could not read exemptions", zap.Error(err))
 		m = e.allows.Load().until
 	}
-	e.allows.Store(&allowCache{at: time.Now(), until: m})
+	e.setExemptions(m)
+}
+
+// setExemptions puts m in force until the next refresh, allowMaxAge from now.
+func (e *Engine) setExemptions(m map[string]time.Time) {
+	c := &allowCache{until: m}
+	e.allows.Store(c)
+	time.AfterFunc(e.allowMaxAge, func() { c.stale.Store(true) })
 }
 
 // UsesHelo reports whether any rule reads the HELO name.

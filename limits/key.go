@@ -3,8 +3,12 @@ package limits
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
+
+	"github.com/cespare/xxhash/v2"
 
 	"sluice/policy"
 )
@@ -52,6 +56,12 @@ func parseDim(s string) (dim, error) {
 // keyer builds a rule's dimension key ("sender:alice@example.org",
 // "client_ip:2001:db8:1:2::/64", "sasl_user:bob,rcpt_domain:gmail.com")
 // into a caller's buffer, so a check allocates nothing.
+//
+// A key is injective in its normalised values: each value is escaped
+// (see appendValueBytes) so that no value can forge the ',' between two
+// dimensions, and it is bounded: a value longer than maxValueLen is cut
+// and ends in a hash of the whole. Whatever the client sends, a key is
+// printable ASCII or UTF-8, at most len(dims)*(maxValueLen+15) bytes.
 type keyer struct {
 	dims           []dim
 	ipv4Prefix     int
@@ -59,6 +69,11 @@ type keyer struct {
 	stripExtension bool
 	countNull      bool // null sender counted as "<>" rather than skipped
 }
+
+// maxValueLen bounds one dimension's value in a key. An SMTP path is at
+// most 256 octets (RFC 5321 §4.5.3.1.3); anything longer is a client
+// playing games, and still gets a distinct key through the hash.
+const maxValueLen = 256
 
 // appendKey appends the key for f to buf. ok is false when a dimension has
 // no value (no client IP, not authenticated, null sender skipped, no HELO):
@@ -70,9 +85,11 @@ func (k *keyer) appendKey(buf []byte, f *policy.Facts) (out []byte, ok bool) {
 		}
 		buf = append(buf, dimNames[d]...)
 		buf = append(buf, ':')
+		start := len(buf)
 		if buf, ok = k.appendValue(buf, d, f); !ok {
 			return buf, false
 		}
+		buf = boundValue(buf, start)
 	}
 	return buf, true
 }
@@ -82,27 +99,31 @@ func (k *keyer) appendValue(buf []byte, d dim, f *policy.Facts) ([]byte, bool) {
 	case dimClientIP:
 		return appendPrefix(buf, f.ClientIP, k.ipv4Prefix, k.ipv6Prefix)
 	case dimSender, dimSenderDomain:
-		if f.Sender == "" {
+		a := trimPath(f.Sender)
+		if a == "" {
 			if !k.countNull {
 				return buf, false
 			}
 			return append(buf, "<>"...), true
 		}
 		if d == dimSender {
-			return appendAddress(buf, f.Sender, k.stripExtension)
+			return appendAddress(buf, a, k.stripExtension, true), true
 		}
-		return appendLower(buf, domainOf(f.Sender)), domainOf(f.Sender) != ""
+		dom := domainOf(a)
+		return appendNorm(buf, dom, true), dom != ""
 	case dimRcpt:
-		return appendAddress(buf, f.Rcpt, k.stripExtension)
+		a := trimPath(f.Rcpt)
+		return appendAddress(buf, a, k.stripExtension, true), a != ""
 	case dimRcptDomain:
-		return appendLower(buf, domainOf(f.Rcpt)), domainOf(f.Rcpt) != ""
+		dom := domainOf(trimPath(f.Rcpt))
+		return appendNorm(buf, dom, true), dom != ""
 	case dimSASLUser:
-		return appendLower(buf, f.SASLUser), f.SASLUser != ""
+		return appendNorm(buf, f.SASLUser, true), f.SASLUser != ""
 	case dimHelo:
-		h := strings.TrimSuffix(f.Helo, ".")
-		return appendLower(buf, h), h != ""
+		h := strings.TrimRight(f.Helo, ".")
+		return appendNorm(buf, h, true), h != ""
 	case dimListener:
-		return append(buf, f.Listener...), f.Listener != ""
+		return appendNorm(buf, f.Listener, true), f.Listener != ""
 	}
 	return buf, false
 }
@@ -130,48 +151,145 @@ func appendPrefix(buf []byte, ip netip.Addr, v4, v6 int) ([]byte, bool) {
 	return p.AppendTo(buf), true
 }
 
-// appendAddress writes a lower-cased address, without its +extension when
-// asked. The whole address is folded, not just the domain: local parts are
-// case-sensitive in theory, but a limit that Alice@ and alice@ can split is
-// one a spammer walks around.
-func appendAddress(buf []byte, a string, strip bool) ([]byte, bool) {
-	if a == "" {
-		return buf, false
+// trimPath drops what may surround an address as the MTA passed it: angle
+// brackets, and trailing dots of a domain ("alice@example.org."). The null
+// sender, "" or "<>", becomes "".
+func trimPath(a string) string {
+	i, j := 0, len(a)
+	for i < j && a[i] == '<' {
+		i++
 	}
-	if strip {
-		at := strings.LastIndexByte(a, '@')
-		local := a
-		if at >= 0 {
-			local = a[:at]
-		}
-		if plus := strings.IndexByte(local, '+'); plus > 0 {
-			buf = appendLower(buf, local[:plus])
-			if at >= 0 {
-				buf = appendLower(buf, a[at:])
-			}
-			return buf, true
-		}
+	for j > i && (a[j-1] == '>' || a[j-1] == '.') {
+		j--
 	}
-	return appendLower(buf, a), true
+	return a[i:j]
 }
 
+// normalizeAddress is an address as limits count it: see appendAddress.
+// Applying it twice gives the same as once.
+func normalizeAddress(a string, strip bool) string {
+	return string(appendAddress(nil, trimPath(a), strip, false))
+}
+
+// appendAddress writes a lower-cased address, without its +extension when
+// asked (user+tag@example.org counts as user@example.org; a quoted local
+// part is left whole). The whole address is folded, not just the domain:
+// local parts are case-sensitive in theory, but a limit that Alice@ and
+// alice@ can split is one a spammer walks around. a has been through
+// trimPath; esc escapes the result for a key.
+func appendAddress(buf []byte, a string, strip, esc bool) []byte {
+	if strip {
+		if at := strings.LastIndexByte(a, '@'); at > 0 && a[0] != '"' {
+			if plus := strings.IndexByte(a[:at], '+'); plus > 0 {
+				buf = appendNorm(buf, a[:plus], esc)
+				return appendNorm(buf, a[at:], esc)
+			}
+		}
+	}
+	return appendNorm(buf, a, esc)
+}
+
+// domainOf is the part of a trimmed address after its last '@'.
 func domainOf(a string) string {
 	if at := strings.LastIndexByte(a, '@'); at >= 0 {
-		return strings.TrimSuffix(a[at+1:], ".")
+		return strings.TrimRight(a[at+1:], ".")
 	}
 	return ""
 }
 
-func appendLower(buf []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
+// appendNorm appends s lower-cased rune by rune (without allocating, unlike
+// strings.ToLower), escaped for a key when esc is set. Bytes that are not
+// UTF-8 are kept as they are (or escaped), so that two different inputs do
+// not both become U+FFFD.
+func appendNorm(buf []byte, s string, esc bool) []byte {
+	if esc {
+		// The common case, printable ASCII: one table lookup a byte into
+		// room made once.
+		n := len(buf)
+		buf = slices.Grow(buf, len(s))[:n+len(s)]
+		dst := buf[n:]
+		for i := 0; i < len(s); i++ {
+			c := keyByte[s[i]]
+			if c == 0 {
+				return appendNormSlow(buf[:n+i], s[i:], esc)
+			}
+			dst[i] = c
+		}
+		return buf
+	}
+	return appendNormSlow(buf, s, esc)
+}
+
+// keyByte maps each printable ASCII byte that a key keeps to its lower
+// case; the rest (controls, space, ',', '%', DEL, non-ASCII) to 0.
+var keyByte = func() (t [256]byte) {
+	for c := '!'; c < 0x7f; c++ {
+		if c != ',' && c != '%' {
+			t[c] = byte(unicode.ToLower(c))
+		}
+	}
+	return t
+}()
+
+func appendNormSlow(buf []byte, s string, esc bool) []byte {
+	for i := 0; i < len(s); {
 		c := s[i]
-		if c >= utf8.RuneSelf {
-			return append(buf, strings.ToLower(s[i:])...)
+		if c < utf8.RuneSelf {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf = appendByte(buf, c, esc)
+			i++
+			continue
 		}
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = appendByte(buf, c, esc)
+			i++
+			continue
 		}
-		buf = append(buf, c)
+		buf = utf8.AppendRune(buf, unicode.ToLower(r))
+		i += size
+	}
+	return buf
+}
+
+// appendByte appends one ASCII byte, or one byte of invalid UTF-8, escaped
+// as %XX when esc is set and it could break a key apart (',' separates
+// dimensions, '%' is the escape itself) or a log line (controls, space,
+// DEL, invalid UTF-8).
+func appendByte(buf []byte, c byte, esc bool) []byte {
+	if esc && (c <= ' ' || c == ',' || c == '%' || c >= 0x7f) {
+		const hex = "0123456789ABCDEF"
+		return append(buf, '%', hex[c>>4], hex[c&15])
+	}
+	return append(buf, c)
+}
+
+// boundValue cuts the value that starts at buf[start:] when it is longer
+// than maxValueLen: it keeps a prefix, cut at a character or escape
+// boundary, and ends it with "%~" and the hash of the whole value, so long
+// values stay distinct. "%~" never appears in an escaped value, so a cut
+// value cannot equal an uncut one.
+func boundValue(buf []byte, start int) []byte {
+	v := buf[start:]
+	if len(v) <= maxValueLen {
+		return buf
+	}
+	h := xxhash.Sum64(v)
+	keep := maxValueLen - 18
+	for keep > 0 && !utf8.RuneStart(v[keep]) {
+		keep--
+	}
+	if keep >= 1 && v[keep-1] == '%' {
+		keep--
+	} else if keep >= 2 && v[keep-2] == '%' {
+		keep -= 2
+	}
+	buf = append(buf[:start+keep], '%', '~')
+	const hex = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		buf = append(buf, hex[(h>>shift)&15])
 	}
 	return buf
 }
