@@ -3,6 +3,7 @@
 package resolver
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -334,7 +335,7 @@ func interpret(m *dns.Msg, fqdn string, qtype uint16, maxTTL time.Duration) (ans
 		var target string
 		for _, rr := range m.Answer {
 			h := rr.Header()
-			if !strings.EqualFold(h.Name, cur) {
+			if !sameName(h.Name, cur) {
 				continue
 			}
 			if h.Rrtype == qtype {
@@ -393,7 +394,7 @@ func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (*dn
 		return nil, "", &net.DNSError{Err: "query rate limit reached", Name: fqdn, IsTemporary: true}
 	}
 	q := new(dns.Msg)
-	q.SetQuestion(escapeName(fqdn), qtype)
+	q.SetQuestion(fqdn, qtype)
 	q.SetEdns0(1232, false)
 	attempts := max(2, len(r.servers))
 	var lastErr *net.DNSError
@@ -464,7 +465,7 @@ func exchangeOn(ctx context.Context, network, server string, q *dns.Msg) (*dns.M
 		}
 		return nil, err
 	}
-	if len(m.Question) != 1 || !strings.EqualFold(m.Question[0].Name, q.Question[0].Name) || m.Question[0].Qtype != q.Question[0].Qtype {
+	if len(m.Question) != 1 || !sameName(m.Question[0].Name, q.Question[0].Name) || m.Question[0].Qtype != q.Question[0].Qtype {
 		return nil, errors.New("answer for another question")
 	}
 	return m, nil
@@ -478,8 +479,10 @@ func netError(err error, name, server string) *net.DNSError {
 	return &net.DNSError{Err: err.Error(), Name: name, Server: server, IsTemporary: true}
 }
 
-// wireName returns name fully qualified if it can be a DNS name: labels of
-// 1 to 63 bytes, 255 bytes in all on the wire.
+// wireName returns name fully qualified and in miekg/dns's presentation
+// form (so that it compares equal to the names in answers) if it can be a
+// DNS name: labels of 1 to 63 bytes, 255 bytes in all on the wire. name is
+// raw: a backslash in it is a backslash.
 func wireName(name string) (string, bool) {
 	if name == "" || name == "." {
 		return "", false
@@ -496,16 +499,28 @@ func wireName(name string) (string, bool) {
 			return "", false
 		}
 	}
-	return fqdn, true
+	buf := make([]byte, 256)
+	n, err := dns.PackDomainName(strings.ReplaceAll(fqdn, `\`, `\\`), buf, 0, nil, false)
+	if err != nil {
+		return "", false
+	}
+	s, _, err := dns.UnpackDomainName(buf[:n], 0)
+	return s, err == nil
 }
 
-// escapeName puts a raw name into miekg/dns's presentation form, in which
-// a backslash escapes.
-func escapeName(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
+// sameName compares two names in presentation form as DNS does: on the
+// wire, ignoring ASCII case.
+func sameName(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
 	}
-	return strings.ReplaceAll(s, `\`, `\\`)
+	wa, wb := make([]byte, 256), make([]byte, 256)
+	na, err := dns.PackDomainName(a, wa, 0, nil, false)
+	if err != nil {
+		return false
+	}
+	nb, err := dns.PackDomainName(b, wb, 0, nil, false)
+	return err == nil && bytes.EqualFold(wa[:na], wb[:nb])
 }
 
 // unescape turns a character-string from miekg/dns's presentation form

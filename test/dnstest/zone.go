@@ -66,7 +66,19 @@ func NewZone() *Zone {
 	}
 }
 
-func canonical(name string) string { return strings.ToLower(dns.Fqdn(name)) }
+// canonical is the form names are compared in: the presentation form
+// miekg/dns gives a name it unpacks (so "a b" and "a\\ b" are one name),
+// fully qualified, in lower case.
+func canonical(name string) string {
+	name = dns.Fqdn(name)
+	buf := make([]byte, 256)
+	if n, err := dns.PackDomainName(name, buf, 0, nil, false); err == nil {
+		if s, _, err := dns.UnpackDomainName(buf[:n], 0); err == nil {
+			name = s
+		}
+	}
+	return strings.ToLower(name)
+}
 
 // Add adds records. TXT and SPF strings longer than 255 bytes are split into
 // several character-strings, as a zone file compiler does.

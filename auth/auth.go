@@ -1,0 +1,345 @@
+// Package auth checks who a client and its sender claim to be — SPF,
+// sender and HELO checks, reverse DNS, blocklists, access tables — and
+// answers with policy verdicts and RFC 8601 / RFC 7208 headers.
+//
+// The milter session drives it:
+//
+//	c, err := auth.New(&cfg, log)         // loads access tables
+//	c.Connect(ctx, facts)                 // starts the client's DNS lookups early
+//	vs := c.Mail(ctx, facts, &msg)        // every check; verdicts for policy.Decide
+//	hs := c.Headers(&msg)                 // at end of message: headers to add
+//	c.Forged(name, value)                 // incoming Authentication-Results to remove
+//
+// Every check answers at MAIL FROM, in this order: helo_access and
+// sender_access (an OK entry skips everything after it for the message),
+// client_rdns and dnsbl, require_fqdn_helo, helo_syntax, helo_not_ours,
+// require_fqdn_sender, sender_domain_exists, then SPF. HELO and client
+// checks wait for MAIL FROM, as Postfix's smtpd_delay_reject does, so that
+// an access table entry can still waive them. The DNS work of one message
+// runs concurrently and is bounded by the context. A refusal does not stop
+// the later checks, so that in tag mode the headers show everything that
+// would have been refused.
+//
+// Trusted clients (policy.Facts.Trusted) skip everything; authenticated
+// ones skip the checks and SPF unless skip_authenticated = false.
+package auth
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"sluice/auth/resolver"
+	"sluice/policy"
+)
+
+// dnsResolver is what the checks ask DNS through; *resolver.Resolver is
+// the real one. Its errors are *net.DNSError: IsNotFound for NXDOMAIN,
+// IsTimeout or IsTemporary for answers that may differ on a retry.
+type dnsResolver interface {
+	LookupTXT(ctx context.Context, name string) ([]string, error)
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+	LookupAddr(ctx context.Context, addr string) ([]string, error)
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Checker answers auth's questions for every session. It is safe for
+// concurrent use.
+type Checker struct {
+	id  string
+	res dnsResolver
+	log *zap.Logger
+
+	spf *spfChecker // nil when SPF is off
+
+	checksSkipAuth bool
+	heloAccess     *accessCheck
+	senderAccess   *accessCheck
+	clientRDNS     *rdnsCheck
+	dnsbl          []*dnsblCheck
+	fqdnHelo       *rule
+	heloSyntax     *rule
+	heloNotOurs    *notOursCheck
+	fqdnSender     *rule
+	domainExists   *dnsRules
+
+	prefetch chan struct{} // bounds lookups started at Connect
+}
+
+// maxPrefetch bounds the Connect-time lookups in flight, so a connection
+// flood cannot pile up goroutines waiting on DNS.
+const maxPrefetch = 256
+
+// New builds a Checker from a config that passed Validate. It loads the
+// access tables; their errors name the file and line.
+func New(cfg *Config, log *zap.Logger) (*Checker, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	var res dnsResolver
+	if cfg.SPF.Enabled || cfg.Checks.any() {
+		r, err := resolver.New(&cfg.DNS, log)
+		if err != nil {
+			return nil, err
+		}
+		res = r
+	}
+	return newChecker(cfg, log, res)
+}
+
+func newChecker(cfg *Config, log *zap.Logger, res dnsResolver) (*Checker, error) {
+	c := &Checker{id: cfg.AuthservID, res: res, log: log, prefetch: make(chan struct{}, maxPrefetch)}
+	var err error
+	if cfg.SPF.Enabled {
+		if c.spf, err = newSPFChecker(&cfg.SPF); err != nil {
+			return nil, fmt.Errorf("spf: %w", err)
+		}
+	}
+	if err := c.compileChecks(&cfg.Checks); err != nil {
+		return nil, fmt.Errorf("checks: %w", err)
+	}
+	return c, nil
+}
+
+func (k *ChecksConfig) any() bool {
+	return k.RequireFQDNSender != nil || k.SenderDomainExists != nil || k.RequireFQDNHelo != nil ||
+		k.HeloSyntax != nil || k.HeloNotOurs != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0 ||
+		k.SenderAccess != nil || k.HeloAccess != nil
+}
+
+// Enabled reports whether anything is configured at all, so the milter can
+// skip the work (and the events) when nothing is.
+func (c *Checker) Enabled() bool {
+	return c.spf != nil || c.heloAccess != nil || c.senderAccess != nil || c.clientRDNS != nil ||
+		len(c.dnsbl) > 0 || c.fqdnHelo != nil || c.heloSyntax != nil || c.heloNotOurs != nil ||
+		c.fqdnSender != nil || c.domainExists != nil
+}
+
+// AuthservID is our name in Authentication-Results.
+func (c *Checker) AuthservID() string { return c.id }
+
+// Result is one check's outcome for a message, for headers, logs and
+// metrics.
+type Result struct {
+	Check  string        // "spf", "dnsbl:zen.example", "require_fqdn_helo"...
+	Value  string        // pass, fail, listed, temperror, ok...
+	Action policy.Action // what the configuration asks for; none for a pass
+	Mode   policy.Mode
+	Detail string // the same text as the verdict's Detail
+}
+
+// Message is auth's state for one transaction, kept by the session from
+// MAIL FROM to end of message. The zero value is ready; Mail resets it.
+type Message struct {
+	ip      netip.Addr
+	results []Result
+	spf     *spfOutcome
+}
+
+// Results are the outcomes of the checks that ran for the message, in
+// check order.
+func (m *Message) Results() []Result { return m.results }
+
+// SPF is the SPF result ("pass", "fail"...) and whether SPF ran.
+func (m *Message) SPF() (string, bool) {
+	if m.spf == nil {
+		return "", false
+	}
+	return string(m.spf.result), true
+}
+
+// outcome is what a check says: a result, and a verdict when the result
+// asks for an action.
+type outcome struct {
+	res Result
+	v   *policy.Verdict
+}
+
+// Connect starts the lookups the client checks will need (PTR, forward
+// confirmation, blocklists), so that their answers are cached or in
+// flight by MAIL FROM. It returns at once; nothing is decided here.
+func (c *Checker) Connect(ctx context.Context, f *policy.Facts) {
+	if f.Trusted || !f.ClientIP.IsValid() || c.clientRDNS == nil && len(c.dnsbl) == 0 {
+		return
+	}
+	select {
+	case c.prefetch <- struct{}{}:
+	default:
+		return // busy: MAIL FROM will ask
+	}
+	ip := f.ClientIP.Unmap()
+	// Detached from the callback, which returns now; the resolver's own
+	// timeout bounds each lookup.
+	pctx := context.WithoutCancel(ctx)
+	go func() {
+		defer func() { <-c.prefetch }()
+		defer c.recoverTo("prefetch", nil)
+		c.clientOutcomes(pctx, ip)
+	}()
+}
+
+// Check order: the index of each check's slot in Mail.
+const (
+	slotHeloAccess = iota
+	slotSenderAccess
+	slotClientRDNS
+	slotDNSBL
+	slotFQDNHelo
+	slotHeloSyntax
+	slotHeloNotOurs
+	slotFQDNSender
+	slotDomainExists
+	slotSPF
+	nSlots
+)
+
+// Mail runs every check for the transaction that f.Sender starts and
+// returns the verdicts that ask for an action. The results are kept in m
+// for Headers.
+func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []policy.Verdict {
+	*m = Message{ip: f.ClientIP.Unmap()}
+	if f.Trusted {
+		return nil
+	}
+	var slots [nSlots][]outcome
+	runChecks := !(f.Authenticated() && c.checksSkipAuth)
+	if runChecks {
+		slots[slotHeloAccess] = c.heloAccess.check(f.Helo)
+		if !allowed(slots[slotHeloAccess]) {
+			slots[slotSenderAccess] = c.senderAccess.check(f.Sender)
+		}
+		if allowed(slots[slotHeloAccess]) || allowed(slots[slotSenderAccess]) {
+			return m.collect(slots[:])
+		}
+	}
+	var wg sync.WaitGroup
+	run := func(slot int, fn func() []outcome) {
+		wg.Go(func() {
+			defer c.recoverTo(checkNames[slot], &slots[slot])
+			slots[slot] = fn()
+		})
+	}
+	if runChecks {
+		if ip := f.ClientIP.Unmap(); ip.IsValid() {
+			run(slotClientRDNS, func() []outcome { return c.rdnsOutcome(ctx, ip) })
+			run(slotDNSBL, func() []outcome { return c.dnsblOutcomes(ctx, ip) })
+		}
+		if c.domainExists != nil {
+			run(slotDomainExists, func() []outcome { return c.checkDomainExists(ctx, f.Sender) })
+		}
+		slots[slotFQDNHelo] = c.checkFQDNHelo(f.Helo)
+		slots[slotHeloSyntax] = c.checkHeloSyntax(f.Helo)
+		slots[slotHeloNotOurs] = c.checkHeloNotOurs(f.Helo, f.ClientIP)
+		slots[slotFQDNSender] = c.checkFQDNSender(f.Sender)
+	}
+	if c.spf != nil && f.ClientIP.IsValid() && !(f.Authenticated() && c.spf.skipAuth) {
+		run(slotSPF, func() []outcome {
+			o := c.checkSPF(ctx, f)
+			m.spf = &o
+			return o.outcomes(c.spf)
+		})
+	}
+	wg.Wait()
+	return m.collect(slots[:])
+}
+
+var checkNames = [nSlots]string{"helo_access", "sender_access", "client_rdns", "dnsbl", "require_fqdn_helo",
+	"helo_syntax", "helo_not_ours", "require_fqdn_sender", "sender_domain_exists", "spf"}
+
+func allowed(os []outcome) bool {
+	return len(os) == 1 && os[0].res.Value == "ok"
+}
+
+func (m *Message) collect(slots [][]outcome) []policy.Verdict {
+	var vs []policy.Verdict
+	for _, s := range slots {
+		for _, o := range s {
+			m.results = append(m.results, o.res)
+			if o.v != nil {
+				vs = append(vs, *o.v)
+			}
+		}
+	}
+	return vs
+}
+
+// recoverTo keeps a panic in a check from taking the daemon down with
+// every session: the check gives no result and the panic is logged.
+func (c *Checker) recoverTo(what string, slot *[]outcome) {
+	if p := recover(); p != nil {
+		c.log.Error("auth check panicked", zap.String("check", what), zap.Any("panic", p),
+			zap.ByteString("stack", debug.Stack()))
+		if slot != nil {
+			*slot = nil
+		}
+	}
+}
+
+// Forged reports whether an incoming header is an Authentication-Results
+// that claims to come from us: only we may write those, so the milter
+// removes them.
+func (c *Checker) Forged(name, value string) bool {
+	if !strings.EqualFold(name, "Authentication-Results") {
+		return false
+	}
+	id, ok := authservID(value)
+	return ok && strings.EqualFold(id, c.id)
+}
+
+// authservID reads the authserv-id at the start of an
+// Authentication-Results value: a token or a quoted-string, after any
+// whitespace and comments.
+func authservID(v string) (string, bool) {
+	i := skipCFWS(v, 0)
+	if i >= len(v) {
+		return "", false
+	}
+	if v[i] == '"' {
+		var b strings.Builder
+		for i++; i < len(v); i++ {
+			switch v[i] {
+			case '\\':
+				if i+1 < len(v) {
+					i++
+					b.WriteByte(v[i])
+				}
+			case '"':
+				return b.String(), true
+			default:
+				b.WriteByte(v[i])
+			}
+		}
+		return "", false
+	}
+	j := i
+	for j < len(v) && v[j] > ' ' && v[j] != ';' && v[j] != '(' && v[j] != '"' {
+		j++
+	}
+	return v[i:j], j > i
+}
+
+// skipCFWS skips folding whitespace and (possibly nested) comments.
+func skipCFWS(v string, i int) int {
+	depth := 0
+	for ; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case c == '\\' && depth > 0:
+			i++
+		case depth > 0, c == ' ', c == '\t', c == '\r', c == '\n':
+		default:
+			return i
+		}
+	}
+	return i
+}

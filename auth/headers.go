@@ -1,0 +1,169 @@
+package auth
+
+import (
+	"fmt"
+	"strings"
+
+	"blitiri.com.ar/go/spf"
+	"github.com/emersion/go-msgauth/authres"
+
+	"sluice/policy"
+)
+
+// Header is one header field to add at end of message. Values are one
+// line, printable, and bounded.
+type Header struct {
+	Name, Value string
+}
+
+// CheckHeader is the header that shows each check that asked for an action.
+const CheckHeader = "X-Sluice-Check"
+
+// Headers returns the headers for a message at its end: Authentication-
+// Results (RFC 8601) with our authserv-id, Received-SPF (RFC 7208 §9.1)
+// when SPF ran, and one X-Sluice-Check per check that asked for an
+// action, so that in tag mode everything that would have been refused
+// shows. An SPF result that is only tagged shows in the first two alone.
+func (c *Checker) Headers(m *Message) []Header {
+	var hs []Header
+	var ar []authres.Result
+	if o := m.spf; o != nil {
+		r := &authres.SPFResult{Value: authres.ResultValue(o.result)}
+		if o.identity == "helo" {
+			r.Helo = arValue(o.helo)
+		} else {
+			r.From = arValue(o.sender)
+		}
+		ar = append(ar, r)
+	}
+	for _, r := range m.results {
+		if r.Check == "client_rdns" && c.clientRDNS != nil && c.clientRDNS.fcrdns {
+			// iprev (RFC 8601 §3) is exactly the forward-confirmed check.
+			ar = append(ar, &authres.IPRevResult{Value: authres.ResultValue(r.Value), IP: m.ip.String()})
+		}
+	}
+	if len(ar) > 0 {
+		hs = append(hs, Header{"Authentication-Results", strings.TrimSpace(authres.Format(c.id, ar))})
+	}
+	if m.spf != nil {
+		hs = append(hs, Header{"Received-SPF", c.receivedSPF(m.spf)})
+	}
+	for _, r := range m.results {
+		if r.Action == policy.ActionNone || r.Check == "spf" && r.Action == policy.ActionTag {
+			continue
+		}
+		v := r.Check + "=" + r.Value + " action=" + r.Action.String()
+		if r.Mode != policy.ModeEnforce {
+			v += " mode=" + r.Mode.String()
+		}
+		if r.Detail != "" {
+			v += " " + comment(r.Detail)
+		}
+		hs = append(hs, Header{CheckHeader, v})
+	}
+	return hs
+}
+
+// receivedSPF formats the Received-SPF value: the result, a comment for
+// people, then key=value pairs.
+func (c *Checker) receivedSPF(o *spfOutcome) string {
+	who := o.checked
+	var text string
+	switch o.result {
+	case spf.Pass:
+		text = fmt.Sprintf("domain of %s designates %s as permitted sender", who, o.ip)
+	case spf.Fail:
+		text = fmt.Sprintf("domain of %s does not designate %s as permitted sender", who, o.ip)
+	case spf.SoftFail:
+		text = fmt.Sprintf("domain of transitioning %s does not designate %s as permitted sender", who, o.ip)
+	case spf.Neutral:
+		text = fmt.Sprintf("%s is neither permitted nor denied by domain of %s", o.ip, who)
+	case spf.None:
+		text = fmt.Sprintf("domain of %s does not designate permitted sender hosts", who)
+	default:
+		text = fmt.Sprintf("error in processing during lookup of %s", who)
+	}
+	var b strings.Builder
+	b.WriteString(string(o.result))
+	b.WriteString(" ")
+	b.WriteString(comment(c.id + ": " + text))
+	kv := func(k, v string) {
+		b.WriteString(" ")
+		b.WriteString(k)
+		b.WriteString("=")
+		b.WriteString(kvValue(v))
+		b.WriteString(";")
+	}
+	kv("client-ip", o.ip.String())
+	if o.sender != "" {
+		kv("envelope-from", o.sender)
+	}
+	if o.helo != "" {
+		kv("helo", o.helo)
+	}
+	kv("receiver", c.id)
+	kv("identity", o.identity)
+	if o.mechanism != "" {
+		kv("mechanism", o.mechanism)
+	}
+	if o.problem != "" {
+		kv("problem", o.problem)
+	}
+	return strings.TrimSuffix(b.String(), ";")
+}
+
+// arValue makes a client-sent value safe for authres.Format, which quotes
+// a value with spaces or specials but does not escape a backslash inside
+// the quotes: with no double quote left in the value, a backslash cannot
+// end the quoted-string early.
+func arValue(s string) string {
+	return strings.ReplaceAll(safe(s), `"`, `\x22`)
+}
+
+// kvValue writes a Received-SPF value as a dot-atom when it is one, else
+// as a quoted-string (RFC 5322 §3.2).
+func kvValue(s string) string {
+	s = safe(s)
+	if isDotAtom(s) {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+func isDotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' ||
+			strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// comment puts text in parentheses, escaping what would end the comment.
+func comment(s string) string {
+	s = safe(s)
+	var b strings.Builder
+	b.WriteByte('(')
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '(' || c == ')' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte(')')
+	return b.String()
+}
