@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"time"
 
 	"sluice/conf"
@@ -8,20 +9,29 @@ import (
 
 // Config is the global part of the policy: the top-level keys of the file.
 type Config struct {
-	Mode         Mode          `toml:"mode"`          // enforce | tag | dry-run
-	MaxDelay     conf.Duration `toml:"max_delay"`     // cap on any pause before a reply
-	SoftRefusals int           `toml:"soft_refusals"` // after this many refusals in a session, pause before each reply
-	HardRefusals int           `toml:"hard_refusals"` // after this many, 421 and disconnect
-	RefusalDelay conf.Duration `toml:"refusal_delay"` // the pause after soft_refusals
+	Mode          Mode          `toml:"mode"`           // enforce | tag | dry-run
+	MaxDelay      conf.Duration `toml:"max_delay"`      // cap on any pause before a reply
+	MilterTimeout conf.Duration `toml:"milter_timeout"` // how long the MTA waits for a milter reply
+	SoftRefusals  int           `toml:"soft_refusals"`  // after this many refusals in a session, pause before each reply
+	HardRefusals  int           `toml:"hard_refusals"`  // after this many, 421 and disconnect
+	RefusalDelay  conf.Duration `toml:"refusal_delay"`  // the pause after soft_refusals
 }
+
+// delayMargin is what a pause must leave of the MTA's milter timeout for
+// the stage's own work (counter store, DNS) and the network.
+const delayMargin = 5 * time.Second
 
 // Defaults fills what the file left out. Postfix's own defaults for
 // smtpd_soft_error_limit, smtpd_hard_error_limit and smtpd_error_sleep_time
-// are 10, 20 and 1s; a milter that answers slower than milter_command_timeout
-// (30s) is cut off, so pauses stop at 20s.
+// are 10, 20 and 1s, and its milter_command_timeout is 30s: a milter that
+// answers slower is cut off, so pauses stop at 20s — or earlier when the
+// MTA waits less (Sendmail's INPUT_MAIL_FILTER T=R: is 10s by default).
 func (c *Config) Defaults() {
+	if c.MilterTimeout == 0 {
+		c.MilterTimeout = conf.Duration(30 * time.Second)
+	}
 	if c.MaxDelay == 0 {
-		c.MaxDelay = conf.Duration(20 * time.Second)
+		c.MaxDelay = conf.Duration(min(20*time.Second, max(c.MilterTimeout.D()-delayMargin, time.Second)))
 	}
 	if c.SoftRefusals == 0 {
 		c.SoftRefusals = 10
@@ -30,14 +40,18 @@ func (c *Config) Defaults() {
 		c.HardRefusals = 20
 	}
 	if c.RefusalDelay == 0 {
-		c.RefusalDelay = conf.Duration(time.Second)
+		c.RefusalDelay = conf.Duration(min(time.Second, c.MaxDelay.D()))
 	}
 }
 
 // Validate checks the global policy keys.
 func (c *Config) Validate() error {
-	if c.MaxDelay.D() >= 30*time.Second {
-		return conf.Errorf("max_delay", "%s is not below Postfix's default milter_command_timeout (30s): the MTA would give up on sluice", c.MaxDelay.D())
+	if c.MilterTimeout.D() < delayMargin+time.Second {
+		return conf.Errorf("milter_timeout", "%s is too short: no MTA waits less than %s for a milter", c.MilterTimeout.D(), delayMargin+time.Second)
+	}
+	if c.MaxDelay.D() > c.MilterTimeout.D()-delayMargin {
+		return conf.Errorf("max_delay", "%s does not leave %s of milter_timeout (%s) for the stage's own work: the MTA would give up on sluice (Postfix: milter_command_timeout; Sendmail: T=R: in INPUT_MAIL_FILTER)",
+			c.MaxDelay.D(), delayMargin, c.MilterTimeout.D())
 	}
 	if c.SoftRefusals < 0 {
 		return conf.Errorf("soft_refusals", "must not be negative")
@@ -47,6 +61,14 @@ func (c *Config) Validate() error {
 	}
 	if c.RefusalDelay.D() > c.MaxDelay.D() {
 		return conf.Errorf("refusal_delay", "%s is above max_delay %s", c.RefusalDelay.D(), c.MaxDelay.D())
+	}
+	return nil
+}
+
+// CheckDelay validates a rule's or check's own pause against the cap.
+func (c *Config) CheckDelay(d time.Duration) error {
+	if d > c.MaxDelay.D() {
+		return fmt.Errorf("%s is above max_delay (%s)", d, c.MaxDelay.D())
 	}
 	return nil
 }
@@ -66,6 +88,11 @@ type Decision struct {
 	Hold     *Verdict      // quarantine the message at end of message
 	Tags     []*Verdict    // show as headers at end of message
 	Outcomes []Outcome     // every verdict, for logs and metrics
+
+	// Escalation is what the session's earlier refusals added to this
+	// reply: ActionDelay (past soft_refusals), ActionDisconnect (past
+	// hard_refusals) or ActionNone.
+	Escalation Action
 }
 
 // Refused reports whether the decision refuses the command.
@@ -114,19 +141,30 @@ func (c *Config) Decide(stage Stage, vs []Verdict, env *Env) Decision {
 	return d
 }
 
-// Escalate applies the session's refusal count after a refusal: past
-// soft_refusals each reply waits refusal_delay, past hard_refusals the
-// session is ended with 421, as Postfix does with its own error counts.
-func (c *Config) Escalate(refusals int, d *Decision) {
-	if !d.Refused() || c.Mode != ModeEnforce {
+// Escalate applies the session's record to a stage's reply, as Postfix
+// does with its own error count: once a session has had soft_refusals
+// refusals, every further reply waits refusal_delay; once it has had
+// hard_refusals, the next command is answered 421 and the MTA closes the
+// session. prior is the number of refusals the session was given before
+// this reply (a session that delivers a message starts again from zero).
+//
+// Only enforced refusals count. A refusal that tag or dry-run mode turned
+// into a header or a log line changed nothing for the client, and
+// escalating on it would make a rule in tag mode delay or disconnect
+// clients: the roll-out mode would no longer be safe.
+func (c *Config) Escalate(prior int, d *Decision) {
+	if c.Mode != ModeEnforce {
 		return
 	}
-	if c.HardRefusals > 0 && refusals >= c.HardRefusals && d.Action != ActionDisconnect {
-		d.Action = ActionDisconnect
+	if c.HardRefusals > 0 && prior >= c.HardRefusals {
+		d.Action, d.Escalation = ActionDisconnect, ActionDisconnect
 		d.Reply = "421 4.7.0 Too many refused commands; closing connection"
+		d.Delay = 0
+		return
 	}
-	if c.SoftRefusals > 0 && refusals >= c.SoftRefusals {
+	if c.SoftRefusals > 0 && prior >= c.SoftRefusals {
 		d.Delay = min(d.Delay+c.RefusalDelay.D(), c.MaxDelay.D())
+		d.Escalation = ActionDelay
 	}
 }
 

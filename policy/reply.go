@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Env is what the session knows that a reply may quote.
@@ -51,9 +50,14 @@ var placeholders = map[string]placeholder{
 // with room for the MTA's own framing.
 const maxReplyLine = 480
 
-// ParseReply validates a reply the way Postfix will judge it: a 4xx or 5xx
-// code, an optional enhanced status code of the same class, printable text
-// and only known placeholders. A missing enhanced code gets x.7.1.
+// ParseReply validates a reply the way Postfix and Sendmail will judge it
+// (Postfix's milter8.c: a 4 or 5, two more digits and a space; an enhanced
+// status code, when given, of the same class; a single '%' is eaten, so
+// sluice doubles every '%' when it renders), plus what SMTP itself asks
+// of a reply line: printable ASCII text (RFC 5321 4.2), within the line
+// limit. Placeholders must be known ones. A missing enhanced code gets
+// x.7.1. A reply that passes here never turns into Postfix's "451 4.3.5
+// Server configuration problem" at run time.
 func ParseReply(s string) (*Reply, error) {
 	if len(s) < 4 || s[3] != ' ' || (s[0] != '4' && s[0] != '5') || !isDigit(s[1]) || !isDigit(s[2]) {
 		return nil, fmt.Errorf("reply %q must start with a 4xx or 5xx code and a space", s)
@@ -66,26 +70,57 @@ func ParseReply(s string) (*Reply, error) {
 		}
 		r.enh, rest = enh, after
 	} else if len(rest) > 1 && isDigit(rest[0]) && rest[1] == '.' {
-		return nil, fmt.Errorf("reply %q: malformed enhanced status code", s)
+		return nil, fmt.Errorf("reply %q: malformed enhanced status code (want class.subject.detail, e.g. %c.7.1)", s, s[0])
 	} else {
 		r.enh = string(s[0]) + ".7.1"
 	}
 	if strings.TrimSpace(rest) == "" {
 		return nil, fmt.Errorf("reply %q has no text", s)
 	}
-	for i := 0; i < len(rest); {
-		c, size := utf8.DecodeRuneInString(rest[i:])
-		if c == utf8.RuneError && size <= 1 || c < 0x20 || c == 0x7f {
-			return nil, fmt.Errorf("reply %q: control or invalid character at offset %d", s, 4+i)
+	for i := 0; i < len(rest); i++ {
+		if c := rest[i]; c < 0x20 || c >= 0x7f {
+			return nil, fmt.Errorf("reply %q: character %q at offset %d: a reply is printable ASCII on one line", s, c, 4+i)
 		}
-		i += size
 	}
 	parts, err := parseParts(rest)
 	if err != nil {
 		return nil, fmt.Errorf("reply %q: %w", s, err)
 	}
 	r.parts = parts
+	if n := len(r.code) + len(r.enh) + 2 + literalLen(parts); n > maxReplyLine {
+		return nil, fmt.Errorf("reply %q is %d characters without its placeholders; the limit is %d", s, n, maxReplyLine)
+	}
 	return r, nil
+}
+
+// ParseReplyFor is ParseReply for a rule or check whose action is a: the
+// reply's class must fit it. tempfail takes a 4xx, reject a 5xx, and
+// disconnect exactly 421 — the only code that makes the MTA hang up.
+func ParseReplyFor(a Action, s string) (*Reply, error) {
+	if !a.Refuses() {
+		return nil, fmt.Errorf("action %s sends no reply", a)
+	}
+	r, err := ParseReply(s)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case a == ActionDisconnect && r.code != "421":
+		return nil, fmt.Errorf("reply %q: action disconnect needs a 421 reply (4.x.x), not %s", s, r.code)
+	case a == ActionReject && r.Temporary():
+		return nil, fmt.Errorf("reply %q: action reject needs a 5xx reply, not %s", s, r.code)
+	case a == ActionTempfail && !r.Temporary():
+		return nil, fmt.Errorf("reply %q: action tempfail needs a 4xx reply, not %s", s, r.code)
+	}
+	return r, nil
+}
+
+func literalLen(parts []part) int {
+	n := 0
+	for _, p := range parts {
+		n += len(p.lit) + strings.Count(p.lit, "%")
+	}
+	return n
 }
 
 // MustReply is ParseReply for replies written in the code.
@@ -163,7 +198,7 @@ func parseParts(s string) ([]part, error) {
 }
 
 // Render fills the template for one verdict and returns the reply as the
-// MTA must receive it: quoted values made printable and bounded, '%'
+// MTA must receive it: quoted values made printable ASCII and bounded, '%'
 // doubled (Postfix and Sendmail treat '%' in milter replies as a format
 // character), and the whole line kept under the SMTP limit.
 func (r *Reply) Render(v *Verdict, env *Env) string {
@@ -178,16 +213,18 @@ func (r *Reply) Render(v *Verdict, env *Env) string {
 			writePercent(&b, p.lit)
 			continue
 		}
-		writePercent(&b, Printable(r.value(p.v, v, env), 200))
+		writePercent(&b, ASCII(r.value(p.v, v, env), 200))
 	}
 	out := b.String()
 	if len(out) > maxReplyLine {
 		cut := maxReplyLine
-		for cut > 0 && !utf8.RuneStart(out[cut]) {
-			cut--
+		// Every '%' was doubled: an odd run at the cut is half a pair,
+		// which the MTA would read as an escape of nothing.
+		run := 0
+		for run < cut && out[cut-1-run] == '%' {
+			run++
 		}
-		// never leave half of a "%%" pair behind
-		if strings.HasSuffix(out[:cut], "%") && !strings.HasSuffix(out[:cut], "%%") {
+		if run%2 == 1 {
 			cut--
 		}
 		out = out[:cut]
