@@ -36,6 +36,13 @@ type Counter struct {
 // ErrNoRule is returned when no rule counts per the dimensions of a key.
 var ErrNoRule = errors.New("no rule counts per")
 
+// KeyError is a key or rule name that names no counter: the asker's
+// mistake, not the store's.
+type KeyError struct{ Err error }
+
+func (e *KeyError) Error() string { return e.Err.Error() }
+func (e *KeyError) Unwrap() error { return e.Err }
+
 // Show reads every counter of key, for one rule or all.
 func (e *Engine) Show(ctx context.Context, key, rule string) ([]Counter, error) {
 	cs, reqs, err := e.counters(key, rule)
@@ -169,7 +176,7 @@ func (e *Engine) rule(name string) *rule {
 func (e *Engine) counters(key, rule string) ([]Counter, []counter.Request, error) {
 	dims, f, err := parseDimKey(key)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &KeyError{err}
 	}
 	var cs []Counter
 	var reqs []counter.Request
@@ -204,9 +211,9 @@ func (e *Engine) counters(key, rule string) ([]Counter, []counter.Request, error
 	}
 	if !found {
 		if rule != "" && e.rule(rule) == nil {
-			return nil, nil, fmt.Errorf("no rule named %q in the config in force", rule)
+			return nil, nil, &KeyError{fmt.Errorf("no rule named %q in the config in force", rule)}
 		}
-		return nil, nil, fmt.Errorf("%w %s (the rules count per: %s)", ErrNoRule, dimList(dims), e.dimsInUse())
+		return nil, nil, &KeyError{fmt.Errorf("%w %s (the rules count per: %s)", ErrNoRule, dimList(dims), e.dimsInUse())}
 	}
 	return cs, reqs, nil
 }

@@ -4,9 +4,11 @@ import (
 	_ "embed"
 	"fmt"
 
+	"sluice/admin"
 	"sluice/conf"
 	"sluice/limits"
 	"sluice/lists"
+	"sluice/metrics"
 	"sluice/milter"
 	"sluice/policy"
 )
@@ -17,10 +19,12 @@ type Config struct {
 	MilterConfig
 	PolicyConfig
 	LimitsConfig
-	AuthservID      string        `toml:"authserv_id"`
-	Lists           lists.Config  `toml:"lists"`
-	Log             LogConfig     `toml:"log"`
-	ShutdownTimeout conf.Duration `toml:"shutdown_timeout"`
+	AuthservID      string         `toml:"authserv_id"`
+	Lists           lists.Config   `toml:"lists"`
+	Log             LogConfig      `toml:"log"`
+	ShutdownTimeout conf.Duration  `toml:"shutdown_timeout"`
+	Metrics         metrics.Config `toml:"metrics"`
+	Admin           admin.Config   `toml:"admin"`
 }
 
 // LogConfig is the [log] table.
@@ -83,6 +87,8 @@ func (c *Config) defaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = conf.Duration(30e9)
 	}
+	c.Metrics.Defaults()
+	c.Admin.Defaults()
 }
 
 func (c *Config) validate() error {
@@ -106,6 +112,15 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return conf.In(conf.Errorf("level", "unknown level %q (want debug, info, warn or error)", c.Log.Level), "log")
+	}
+	if err := c.Metrics.Validate(); err != nil {
+		return conf.In(err, "metrics")
+	}
+	if err := c.Admin.Validate(); err != nil {
+		return conf.In(err, "admin")
+	}
+	if c.ShutdownTimeout < 0 {
+		return conf.Errorf("shutdown_timeout", "must not be negative")
 	}
 	switch c.Log.Format {
 	case "json", "console":

@@ -2,6 +2,8 @@
 //
 //	sluice [serve] [-config FILE]   run the milter (the default)
 //	sluice check -config FILE       validate a config and exit
+//	sluice counters top|show|reset|allow|allows ...
+//	                                see and change a running sluice's counters
 //	sluice version                  print the version
 package main
 
@@ -32,6 +34,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serveCmd(args, stderr)
 	case "check":
 		return checkCmd(args, stdout, stderr)
+	case "counters":
+		return countersCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0
@@ -48,6 +52,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   sluice [serve] [-config FILE]   run the milter (built-in config without -config)
   sluice check [-config FILE]     validate a config: errors with file:line, exit 1
+  sluice counters COMMAND ...     see, reset and exempt counters of a running sluice
+                                  (top, show KEY, reset KEY, allow KEY -for 2h, allows)
   sluice version                  print the version
 `)
 }

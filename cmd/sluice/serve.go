@@ -2,20 +2,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/signal"
+	"reflect"
+	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"sluice/admin"
 	"sluice/limits"
 	"sluice/limits/counter"
 	"sluice/lists"
+	"sluice/metrics"
 	"sluice/milter"
 )
 
@@ -41,6 +50,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 	d := &daemon{path: *path, log: log}
 	if err := d.run(c); err != nil {
 		log.Error("sluice stopped", zap.Error(err))
+		d.notify("STATUS=stopped: " + oneLine(err.Error()))
 		return 1
 	}
 	return 0
@@ -68,54 +78,190 @@ func newLogger(c *LogConfig, w io.Writer) (*zap.Logger, error) {
 type daemon struct {
 	path     string
 	log      *zap.Logger
-	store    counter.Store
+	raw      counter.Store // the store itself, for readiness and snapshot status
+	store    counter.Store // what the engines use: raw, counted when metrics are on
 	fallback counter.Store
 	srv      *milter.Server
 	lists    *lists.Set
 	cfg      *Config
+	met      *metrics.Metrics // nil when [metrics] is off
+
+	activated bool // the milter sockets came from systemd
+	serving   atomic.Bool
+	stopping  atomic.Bool
 }
 
 func (d *daemon) run(c *Config) error {
 	var err error
-	d.store, d.fallback, err = limits.OpenStore(&c.Store, d.log)
+	d.cfg = c
+	d.raw, d.fallback, err = limits.OpenStore(&c.Store, d.log)
 	if err != nil {
 		return err
 	}
-	defer d.closeStores()
+	d.store = d.raw
+	if c.Metrics.Enabled() {
+		d.met = metrics.New(versionString())
+		d.store = d.met.Store(c.Store.Backend, d.raw)
+		d.met.WatchStore(d.raw)
+		if d.fallback != nil {
+			d.fallback = d.met.Store("local", d.fallback)
+		}
+	}
+	stores := []counter.Store{d.raw, d.fallback}
+	defer func() {
+		// On an error at start; a normal stop has closed them already.
+		if stores != nil {
+			d.closeStores(stores)
+		}
+	}()
 	p, set, err := d.build(c, nil)
 	if err != nil {
 		return err
 	}
-	d.cfg, d.lists = c, set
-	ln, err := milter.Listen(c.Listen)
+	d.lists = set
+	lns, err := d.listeners(c.Listen)
 	if err != nil {
 		return err
 	}
 	d.srv = milter.NewServer(c.MilterConfig, p, d.log)
-	d.log.Info("listening", zap.String("listen", c.Listen), zap.String("version", versionString()),
+	if d.met != nil {
+		d.srv.Observe(d.met)
+		d.met.ConfigLoaded(len(c.Rules), false)
+	}
+
+	// The side doors open before the milter socket, so that a port in use
+	// stops sluice before any mail reaches it.
+	var metricsSrv *metrics.Server
+	if c.Metrics.Enabled() {
+		if metricsSrv, err = d.met.Listen(c.Metrics.Listen, d.ready, d.log.Named("metrics")); err != nil {
+			closeAll(lns)
+			return err
+		}
+		defer closeQuietly(metricsSrv.Close)
+	}
+	var adminSrv *admin.Server
+	if c.Admin.Socket != "" {
+		if adminSrv, err = d.serveAdmin(c.Admin.Socket); err != nil {
+			closeAll(lns)
+			return err
+		}
+		defer closeQuietly(adminSrv.Close)
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	served := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { served <- d.srv.Serve(ln) }()
+	}
+	d.serving.Store(true)
+	fields := []zap.Field{zap.String("listen", listenNames(lns)), zap.String("version", versionString()),
 		zap.Stringer("mode", c.Mode), zap.Int("limits", len(c.Rules)), zap.String("store", c.Store.Backend),
-		zap.String("config", configName(d.path)))
+		zap.String("config", configName(d.path)), zap.Bool("systemd_socket", d.activated)}
+	if metricsSrv != nil {
+		fields = append(fields, zap.Stringer("metrics", metricsSrv.Addr()))
+	}
+	if adminSrv != nil {
+		fields = append(fields, zap.String("admin", c.Admin.Socket))
+	}
+	d.log.Info("listening", fields...)
 	if d.path == "" {
 		d.log.Info("running on the built-in config; add to Postfix's main.cf: " + postfixLines(c.Listen))
 	}
+	d.notify(sd.SdNotifyReady + "\n" + d.status())
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	served := make(chan error, 1)
-	go func() { served <- d.srv.Serve(ln) }()
 	for {
 		select {
 		case err := <-served:
-			return fmt.Errorf("serve %s: %w", c.Listen, err)
+			return fmt.Errorf("serve %s: %w", listenNames(lns), err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				d.reload()
 				continue
 			}
-			return d.shutdown(sig)
+			err := d.shutdown(sig, sigs)
+			if metricsSrv != nil {
+				closeQuietly(metricsSrv.Close)
+			}
+			if adminSrv != nil {
+				closeQuietly(adminSrv.Close)
+			}
+			serr := d.closeStores(stores)
+			stores = nil
+			if err == nil && serr != nil {
+				return serr
+			}
+			if err == nil {
+				d.log.Info("stopped")
+			}
+			return err
 		}
 	}
+}
+
+// listeners returns the sockets systemd passed (socket activation), or
+// opens the configured one.
+func (d *daemon) listeners(spec string) ([]net.Listener, error) {
+	passed, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("sockets from systemd: %w", err)
+	}
+	var lns []net.Listener
+	for _, ln := range passed {
+		if ln != nil {
+			lns = append(lns, ln)
+		}
+	}
+	if len(passed) > 0 {
+		if len(lns) == 0 {
+			return nil, errors.New("systemd passed sockets, but none is a stream socket sluice can accept on")
+		}
+		d.activated = true
+		d.log.Info("using the sockets systemd passed; listen in the config is not used",
+			zap.String("sockets", listenNames(lns)), zap.String("config_listen", spec))
+		return lns, nil
+	}
+	ln, err := milter.Listen(spec)
+	if err != nil {
+		return nil, err
+	}
+	return []net.Listener{ln}, nil
+}
+
+// serveAdmin opens the admin socket, readable and writable by sluice's
+// own user only.
+func (d *daemon) serveAdmin(path string) (*admin.Server, error) {
+	ln, err := milter.Listen("unix:" + path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	engine := func() admin.Counters { return d.srv.Policy().Limits }
+	return admin.Serve(ln, engine, d.log.Named("admin")), nil
+}
+
+// ready answers /readyz: sluice takes sessions and its store answers.
+func (d *daemon) ready(ctx context.Context) error {
+	switch {
+	case d.stopping.Load():
+		return metrics.NotReady("shutting down")
+	case !d.serving.Load():
+		return metrics.NotReady("starting")
+	}
+	var err error
+	if p, ok := d.raw.(interface{ Ping(context.Context) error }); ok {
+		err = p.Ping(ctx)
+	} else {
+		_, err = d.raw.Allows(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("counter store %s: %w", d.cfg.Store.Backend, err)
+	}
+	return nil
 }
 
 // build compiles a policy from c. prev is the list set in force, whose
@@ -136,48 +282,148 @@ func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, 
 }
 
 // reload re-reads the config and list files; new sessions get the new
-// policy, sessions in flight finish on theirs, counters stay. A bad config
-// leaves the running one in force.
+// policy, sessions in flight finish on theirs, counters stay (they live in
+// the store, which a reload keeps). A bad config leaves the running one in
+// force. systemd hears RELOADING=1 before and READY=1 after, either way.
 func (d *daemon) reload() {
+	d.notify(sd.SdNotifyReloading + "\n" + sd.SdNotifyMonotonicUsec())
 	c, err := loadConfig(d.path)
+	if err == nil {
+		d.warnRestartOnly(c)
+		var p *milter.Policy
+		var set *lists.Set
+		if p, set, err = d.build(c, d.lists); err == nil {
+			d.srv.SetPolicy(p)
+			d.cfg, d.lists = c, set
+		}
+	}
 	if err != nil {
 		d.log.Error("reload failed; the running config stays in force", zap.Error(err))
+		if d.met != nil {
+			d.met.ReloadFailed()
+		}
+		d.notify(sd.SdNotifyReady + "\nSTATUS=reload failed, running config kept: " + oneLine(err.Error()))
 		return
 	}
-	if c.Listen != d.cfg.Listen {
+	if d.met != nil {
+		d.met.ConfigLoaded(len(c.Rules), true)
+	}
+	d.log.Info("reloaded", zap.String("config", configName(d.path)), zap.Stringer("mode", c.Mode), zap.Int("limits", len(c.Rules)))
+	d.notify(sd.SdNotifyReady + "\n" + d.status())
+}
+
+// warnRestartOnly says which changes a reload does not apply.
+func (d *daemon) warnRestartOnly(c *Config) {
+	if c.Listen != d.cfg.Listen && !d.activated {
 		d.log.Warn("listen changed; it takes a restart", zap.String("running", d.cfg.Listen), zap.String("file", c.Listen))
 	}
-	if c.Store != d.cfg.Store {
-		d.log.Warn("[store] changed; it takes a restart")
+	for _, ch := range []struct {
+		what    string
+		changed bool
+	}{
+		{"[store]", !reflect.DeepEqual(c.Store, d.cfg.Store)},
+		{"[metrics]", c.Metrics != d.cfg.Metrics},
+		{"[admin]", c.Admin != d.cfg.Admin},
+		{"[log]", c.Log != d.cfg.Log},
+	} {
+		if ch.changed {
+			d.log.Warn(ch.what + " changed; it takes a restart")
+		}
 	}
-	p, set, err := d.build(c, d.lists)
-	if err != nil {
-		d.log.Error("reload failed; the running config stays in force", zap.Error(err))
-		return
-	}
-	d.srv.SetPolicy(p)
-	d.cfg, d.lists = c, set
-	d.log.Info("reloaded", zap.String("config", configName(d.path)), zap.Stringer("mode", c.Mode), zap.Int("limits", len(c.Rules)))
 }
 
-func (d *daemon) shutdown(sig os.Signal) error {
-	d.log.Info("stopping", zap.Stringer("signal", sig), zap.Int("sessions", d.srv.Sessions()))
+// shutdown stops accepting, lets sessions in flight finish until
+// shutdown_timeout, and cuts off the rest; a second SIGTERM or SIGINT cuts
+// them off at once. What was cut gets milter_default_action from the MTA
+// (tempfail: the client retries).
+func (d *daemon) shutdown(sig os.Signal, sigs <-chan os.Signal) error {
+	d.stopping.Store(true)
+	if d.met != nil {
+		d.met.ShuttingDown()
+	}
+	n := d.srv.Sessions()
+	d.notify(sd.SdNotifyStopping + fmt.Sprintf("\nSTATUS=stopping: waiting for %d sessions", n))
+	d.log.Info("stopping", zap.Stringer("signal", sig), zap.Int("sessions", n),
+		zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout.D()))
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout.D())
 	defer cancel()
-	_ = d.srv.Shutdown(ctx)
-	return nil
+	done := make(chan struct{})
+	go func() {
+		_ = d.srv.Shutdown(ctx)
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			return nil
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				d.log.Warn("second signal; cutting off sessions in flight", zap.Stringer("signal", s))
+				cancel()
+			}
+		}
+	}
 }
 
-func (d *daemon) closeStores() {
-	for _, s := range []counter.Store{d.store, d.fallback} {
+// closeStores closes the stores, which writes the memory store's snapshot.
+func (d *daemon) closeStores(stores []counter.Store) error {
+	var errs []error
+	for _, s := range stores {
 		if s == nil {
 			continue
 		}
 		if err := s.Close(); err != nil {
 			d.log.Error("closing counter store", zap.Error(err))
+			errs = append(errs, err)
 		}
 	}
+	if len(errs) > 0 {
+		return fmt.Errorf("counter store not closed cleanly: %w", errors.Join(errs...))
+	}
+	return nil
 }
+
+// notify tells systemd (Type=notify) where sluice is; without
+// NOTIFY_SOCKET it does nothing.
+func (d *daemon) notify(state string) {
+	if _, err := sd.SdNotify(false, state); err != nil {
+		d.log.Warn("could not notify systemd", zap.Error(err))
+	}
+}
+
+// status is the line `systemctl status` shows.
+func (d *daemon) status() string {
+	return fmt.Sprintf("STATUS=serving %s: %d limits, mode %s, store %s", configName(d.path), len(d.cfg.Rules), d.cfg.Mode, d.cfg.Store.Backend)
+}
+
+func listenNames(lns []net.Listener) string {
+	names := make([]string, len(lns))
+	for i, ln := range lns {
+		a := ln.Addr()
+		if a.Network() == "unix" {
+			names[i] = "unix:" + a.String()
+		} else {
+			names[i] = "inet:" + a.String()
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// closeQuietly stops a side server, giving a request in progress a moment.
+func closeQuietly(close func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = close(ctx)
+}
+
+// oneLine keeps a multi-line error on one STATUS= line.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 func configName(path string) string {
 	if path == "" {
