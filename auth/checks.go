@@ -395,10 +395,12 @@ func (c *Checker) checkFQDNHelo(helo string) []outcome {
 		return nil
 	}
 	const name = "require_fqdn_helo"
-	if _, ok := access.AddressLiteral(helo); ok || isFQDN(helo) {
+	// An address literal is as qualified as a name can be; whether it is
+	// well formed is helo_syntax's business.
+	if strings.HasPrefix(helo, "[") || isFQDN(helo) {
 		return pass(name, "")
 	}
-	return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO %q is not a fully-qualified domain name", safe(helo)))
+	return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO \"%s\" is not a fully-qualified domain name", safe(helo)))
 }
 
 func (c *Checker) checkHeloSyntax(helo string) []outcome {
@@ -411,13 +413,13 @@ func (c *Checker) checkHeloSyntax(helo string) []outcome {
 		if _, ok := access.AddressLiteral(helo); ok {
 			return pass(name, "")
 		}
-		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO %q is not a valid address literal", safe(helo)))
+		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO \"%s\" is not a valid address literal", safe(helo)))
 	}
 	if _, err := netip.ParseAddr(helo); err == nil {
-		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO %q is an address without brackets", safe(helo)))
+		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO \"%s\" is an address without brackets", safe(helo)))
 	}
 	if !validHostname(helo) {
-		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO %q is not a valid host name", safe(helo)))
+		return r.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO \"%s\" is not a valid host name", safe(helo)))
 	}
 	return pass(name, "")
 }
@@ -435,7 +437,7 @@ func (c *Checker) checkHeloNotOurs(helo string, client netip.Addr) []outcome {
 		}
 	}
 	if isLiteral && n.addrs[ip.Unmap()] || !isLiteral && n.names[normName(helo)] {
-		return n.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO %q is our own name or address", safe(helo)))
+		return n.outcome(name, "fail", safe(helo), fmt.Sprintf("HELO \"%s\" is our own name or address", safe(helo)))
 	}
 	return pass(name, "")
 }
@@ -455,7 +457,7 @@ func (c *Checker) checkFQDNSender(sender string) []outcome {
 	if ok && isFQDN(domain) {
 		return pass(name, "")
 	}
-	return r.outcome(name, "fail", safe(sender), fmt.Sprintf("sender %q is not a fully-qualified address", safe(sender)))
+	return r.outcome(name, "fail", safe(sender), fmt.Sprintf("sender \"%s\" is not a fully-qualified address", safe(sender)))
 }
 
 func (c *Checker) checkDomainExists(ctx context.Context, sender string) []outcome {

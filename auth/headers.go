@@ -112,13 +112,16 @@ func (c *Checker) receivedSPF(o *spfOutcome) string {
 	return strings.TrimSuffix(b.String(), ";")
 }
 
-// arValue makes a client-sent value safe for authres.Format, which quotes
-// a value with spaces or specials but does not escape a backslash inside
-// the quotes: with no double quote left in the value, a backslash cannot
-// end the quoted-string early.
+// arValue makes a client-sent value safe for Authentication-Results.
+// authres.Format quotes a value with specials but does not escape a
+// backslash inside the quotes, and many readers (authres.Parse among them)
+// split results at every ';' and parameters at every space, quoted or not;
+// so those characters are written as \xNN escapes, like Printable's.
 func arValue(s string) string {
-	return strings.ReplaceAll(safe(s), `"`, `\x22`)
+	return arEscaper.Replace(safe(s))
 }
+
+var arEscaper = strings.NewReplacer(`"`, `\x22`, ";", `\x3b`, " ", `\x20`, "(", `\x28`, ")", `\x29`)
 
 // kvValue writes a Received-SPF value as a dot-atom when it is one, else
 // as a quoted-string (RFC 5322 §3.2).

@@ -1,0 +1,482 @@
+package auth
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"sluice/policy"
+)
+
+const (
+	none     = policy.ActionNone
+	tag      = policy.ActionTag
+	tempfail = policy.ActionTempfail
+	reject   = policy.ActionReject
+)
+
+func TestRequireFQDNSender(t *testing.T) {
+	c := checker(t, newFake(), func(c *Config) { c.Checks.RequireFQDNSender = &Check{} })
+	for _, tc := range []struct {
+		sender, value string
+	}{
+		{"alice@example.com", "pass"},
+		{"alice@example.com.", "pass"},
+		{"alice@[192.0.2.1]", "pass"},
+		{"alice", "fail"},
+		{"alice@localhost", "fail"},
+		{"alice@localhost.", "fail"},
+		{"alice@example..com", "fail"},
+		{"", ""}, // the null sender has no domain to qualify
+	} {
+		s := session{ip: "192.0.2.1", helo: "mx.example.com", sender: tc.sender}
+		vs, m := mail(c, s)
+		action := none
+		if tc.value == "fail" {
+			action = reject
+		}
+		expect(t, m, vs, "require_fqdn_sender", tc.value, action)
+		if tc.value == "fail" {
+			v, _ := verdict(vs, "require_fqdn_sender")
+			if got, want := reply(v, s), "550 5.1.7 <"+tc.sender+">: Sender address rejected: need fully-qualified address"; got != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		}
+	}
+}
+
+func TestSenderDomainExists(t *testing.T) {
+	f := newFake()
+	f.mx["mx.example"] = []*net.MX{{Host: "mail.mx.example.", Pref: 10}}
+	f.mx["nullmx.example"] = []*net.MX{{Host: ".", Pref: 0}}
+	f.addIP("aonly.example", "192.0.2.10")
+	f.txt["txtonly.example"] = []string{"hello"}
+	f.fail("MX", "servfail.example", errServFail)
+	f.fail("MX", "timeout.example", errTimeout)
+	f.txt["atimeout.example"] = nil
+	f.fail("A+AAAA", "atimeout.example", errTimeout)
+	c := checker(t, f, func(c *Config) { c.Checks.SenderDomainExists = &DNSCheck{} })
+	for _, tc := range []struct {
+		domain, value string
+		action        policy.Action
+		reply         string
+	}{
+		{"mx.example", "pass", none, ""},
+		{"aonly.example", "pass", none, ""},
+		{"nxdomain.example", "fail", reject, "550 5.1.8 <u@nxdomain.example>: Sender address rejected: Domain not found"},
+		{"nullmx.example", "fail", reject, ""},
+		{"txtonly.example", "fail", reject, ""},
+		{"servfail.example", "temperror", tempfail, "451 4.1.8 <u@servfail.example>: Sender address rejected: cannot look up the domain now; try again later"},
+		{"timeout.example", "temperror", tempfail, ""},
+		{"atimeout.example", "temperror", tempfail, ""},
+	} {
+		s := session{ip: "192.0.2.1", helo: "h.example", sender: "u@" + tc.domain}
+		vs, m := mail(c, s)
+		r := expect(t, m, vs, "sender_domain_exists", tc.value, tc.action)
+		if tc.reply != "" {
+			v, _ := verdict(vs, "sender_domain_exists")
+			if got := reply(v, s); got != tc.reply {
+				t.Errorf("%s: reply %q, want %q", tc.domain, got, tc.reply)
+			}
+		}
+		if tc.domain == "nullmx.example" && !strings.Contains(r.Detail, "null MX") {
+			t.Errorf("null MX detail %q", r.Detail)
+		}
+	}
+	// skipped without a domain to ask about
+	for _, sender := range []string{"", "alice", "alice@[192.0.2.1]"} {
+		vs, m := mail(c, session{ip: "192.0.2.1", helo: "h.example", sender: sender})
+		expect(t, m, vs, "sender_domain_exists", "", none)
+	}
+
+	// in tag mode a temporary failure is only tagged too
+	c = checker(t, f, func(c *Config) { c.Checks.SenderDomainExists = &DNSCheck{Check: Check{Action: "tag"}} })
+	vs, m := mail(c, session{ip: "192.0.2.1", helo: "h.example", sender: "u@servfail.example"})
+	expect(t, m, vs, "sender_domain_exists", "temperror", tag)
+}
+
+func TestHeloChecks(t *testing.T) {
+	old := hostname
+	hostname = func() (string, error) { return "mx.ours.example", nil }
+	defer func() { hostname = old }()
+	c := checker(t, newFake(), func(c *Config) {
+		c.Checks.RequireFQDNHelo = &Check{}
+		c.Checks.HeloSyntax = &Check{Action: "tempfail"}
+		c.Checks.HeloNotOurs = &HeloNotOurs{Names: []string{"mx.ours.example", "MX2.ours.example.", "192.0.2.25", "2001:db8::25"}}
+	})
+	for _, tc := range []struct {
+		helo               string
+		fqdn, syntax, ours string
+	}{
+		{"client.example.net", "pass", "pass", "pass"},
+		{"client_1.example.net", "pass", "pass", "pass"},
+		{"localhost", "fail", "pass", "pass"},
+		{"[192.0.2.7]", "pass", "pass", "pass"},
+		{"[IPv6:2001:db8::7]", "pass", "pass", "pass"},
+		{"[192.0.2.999]", "pass", "fail", "pass"},
+		{"192.0.2.7", "pass", "fail", "pass"},
+		{"-bad.example.net", "pass", "fail", "pass"},
+		{"bad-.example.net", "pass", "fail", "pass"},
+		{"a..example.net", "fail", "fail", "pass"},
+		{"héllo.example.net", "pass", "fail", "pass"},
+		{"bad name.example", "pass", "fail", "pass"},
+		{strings.Repeat("x", 64) + ".example", "pass", "fail", "pass"},
+		{"MX.Ours.Example.", "pass", "pass", "fail"},
+		{"mx2.ours.example", "pass", "pass", "fail"},
+		{"[192.0.2.25]", "pass", "pass", "fail"},
+		{"192.0.2.25", "pass", "fail", "fail"},
+		{"[IPv6:2001:DB8::25]", "pass", "pass", "fail"},
+		{"", "", "", ""}, // no HELO: the MTA's smtpd_helo_required decides
+	} {
+		s := session{ip: "198.51.100.1", helo: tc.helo, sender: "a@b.example"}
+		vs, m := mail(c, s)
+		act := func(v string, a policy.Action) policy.Action {
+			if v == "fail" {
+				return a
+			}
+			return none
+		}
+		expect(t, m, vs, "require_fqdn_helo", tc.fqdn, act(tc.fqdn, reject))
+		expect(t, m, vs, "helo_syntax", tc.syntax, act(tc.syntax, tempfail))
+		expect(t, m, vs, "helo_not_ours", tc.ours, act(tc.ours, reject))
+	}
+	s := session{ip: "198.51.100.1", helo: "localhost", sender: "a@b.example"}
+	vs, _ := mail(c, s)
+	v, _ := verdict(vs, "require_fqdn_helo")
+	if got, want := reply(v, s), "550 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname"; got != want {
+		t.Errorf("reply %q, want %q", got, want)
+	}
+	s.helo = "bad name.example"
+	vs, _ = mail(c, s)
+	v, _ = verdict(vs, "helo_syntax")
+	if got, want := reply(v, s), "451 4.5.2 <bad name.example>: Helo command rejected: Invalid name"; got != want {
+		t.Errorf("reply %q, want %q", got, want)
+	}
+	// we may call ourselves what we are
+	vs, m := mail(c, session{ip: "192.0.2.25", helo: "mx.ours.example", sender: "a@b.example"})
+	expect(t, m, vs, "helo_not_ours", "", none)
+
+	// the default list is the host name
+	c = checker(t, newFake(), func(c *Config) { c.Checks.HeloNotOurs = &HeloNotOurs{} })
+	vs, m = mail(c, session{ip: "198.51.100.1", helo: "mx.ours.example", sender: "a@b.example"})
+	expect(t, m, vs, "helo_not_ours", "fail", reject)
+}
+
+func TestClientRDNS(t *testing.T) {
+	f := newFake()
+	f.ptr["192.0.2.1"] = []string{"mail.example.com."}
+	f.addIP("mail.example.com", "192.0.2.1", "2001:db8::1")
+	f.ptr["192.0.2.2"] = []string{"liar.example.com."}
+	f.addIP("liar.example.com", "192.0.2.99")
+	f.ptr["192.0.2.3"] = []string{"other.example.com.", "slow.example.com."}
+	f.addIP("other.example.com", "192.0.2.98")
+	f.txt["slow.example.com"] = nil
+	f.fail("A", "slow.example.com", errTimeout)
+	f.ptr["192.0.2.4"] = []string{"a.example.", "b.example."}
+	f.addIP("a.example", "192.0.2.97")
+	f.addIP("b.example", "192.0.2.4")
+	f.ptr["2001:db8::1"] = []string{"mail.example.com."}
+	f.fail("PTR", "5.2.0.192.in-addr.arpa.", errServFail)
+	f.fail("PTR", "6.2.0.192.in-addr.arpa.", errTimeout)
+
+	exists := checker(t, f, func(c *Config) { c.Checks.ClientRDNS = &ClientRDNS{} })
+	fcrdns := checker(t, f, func(c *Config) {
+		c.Checks.ClientRDNS = &ClientRDNS{Require: "fcrdns"}
+	})
+	for _, tc := range []struct {
+		ip             string
+		exists, fcrdns string
+	}{
+		{"192.0.2.1", "pass", "pass"},
+		{"192.0.2.2", "pass", "fail"},      // PTR does not resolve back
+		{"192.0.2.3", "pass", "temperror"}, // one name fails, one times out
+		{"192.0.2.4", "pass", "pass"},      // the second name confirms
+		{"192.0.2.5", "temperror", "temperror"},
+		{"192.0.2.6", "temperror", "temperror"},
+		{"192.0.2.7", "fail", "fail"}, // no PTR
+		{"2001:db8::1", "pass", "pass"},
+	} {
+		for _, run := range []struct {
+			c    *Checker
+			want string
+		}{{exists, tc.exists}, {fcrdns, tc.fcrdns}} {
+			s := session{ip: tc.ip, helo: "h.example", sender: "a@b.example"}
+			vs, m := mail(run.c, s)
+			action := map[string]policy.Action{"pass": none, "fail": reject, "temperror": tempfail}[run.want]
+			expect(t, m, vs, "client_rdns", run.want, action)
+		}
+	}
+	s := session{ip: "192.0.2.7", helo: "h.example", sender: "a@b.example"}
+	vs, _ := mail(exists, s)
+	v, _ := verdict(vs, "client_rdns")
+	if got, want := reply(v, s), "550 5.7.25 Client host rejected: cannot find your reverse hostname, [192.0.2.7]"; got != want {
+		t.Errorf("reply %q, want %q", got, want)
+	}
+	s.ip = "192.0.2.6"
+	vs, _ = mail(fcrdns, s)
+	v, _ = verdict(vs, "client_rdns")
+	if got, want := reply(v, s), "451 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.6]"; got != want {
+		t.Errorf("reply %q, want %q", got, want)
+	}
+	// no address (unix socket, unknown client): nothing to check
+	vs, m := mail(exists, session{helo: "h.example", sender: "a@b.example"})
+	expect(t, m, vs, "client_rdns", "", none)
+}
+
+func TestDNSBL(t *testing.T) {
+	f := newFake()
+	f.addIP("2.0.0.127.zen.example", "127.0.0.2")
+	f.addIP("10.2.0.192.zen.example", "127.0.0.4", "127.0.0.10")
+	f.addIP("11.2.0.192.zen.example", "192.0.2.200") // a wildcard gone wrong
+	f.addIP("12.2.0.192.zen.example", "127.255.255.254")
+	f.fail("A", "13.2.0.192.zen.example", errTimeout)
+	f.fail("A", "13.2.0.192.bl.example", errServFail)
+	f.addIP("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.zen.example", "127.0.0.3")
+	f.addIP("10.2.0.192.bl.example", "127.0.0.2")
+	c := checker(t, f, func(c *Config) {
+		c.Checks.DNSBL = []DNSBL{
+			{Zone: "zen.example"},
+			{Zone: "bl.example.", DNSCheck: DNSCheck{Check: Check{Action: "tag"}, TempError: "tempfail"}, Codes: []string{"127.0.0.3"}},
+		}
+	})
+	for _, tc := range []struct {
+		ip       string
+		zen, bl  string
+		zenA, bA policy.Action
+	}{
+		{"127.0.0.2", "listed", "pass", reject, none},
+		{"192.0.2.10", "listed", "pass", reject, none}, // bl answers 127.0.0.2, not one of its codes
+		{"192.0.2.11", "pass", "pass", none, none},
+		{"192.0.2.12", "temperror", "pass", none, none}, // the list refused the query
+		{"192.0.2.13", "temperror", "temperror", none, tempfail},
+		{"192.0.2.14", "pass", "pass", none, none},
+		{"2001:db8::1", "listed", "pass", reject, none},
+	} {
+		s := session{ip: tc.ip, helo: "h.example", sender: "a@b.example"}
+		vs, m := mail(c, s)
+		r := expect(t, m, vs, "dnsbl:zen.example", tc.zen, tc.zenA)
+		expect(t, m, vs, "dnsbl:bl.example", tc.bl, tc.bA)
+		if tc.ip == "192.0.2.10" && !strings.Contains(r.Detail, "127.0.0.4,127.0.0.10") {
+			t.Errorf("detail %q lacks the answers", r.Detail)
+		}
+	}
+	s := session{ip: "127.0.0.2", helo: "h.example", sender: "a@b.example"}
+	f.calls = nil
+	vs, _ := mail(c, s)
+	v, _ := verdict(vs, "dnsbl:zen.example")
+	if got, want := reply(v, s), "550 5.7.1 Service unavailable; client host [127.0.0.2] blocked using zen.example"; got != want {
+		t.Errorf("reply %q, want %q", got, want)
+	}
+	if got := f.called("A 2.0.0.127."); len(got) != 2 {
+		t.Errorf("queries %v, want one per zone", got)
+	}
+	// a listing with the codes of bl.example
+	f.addIP("10.2.0.192.bl.example", "127.0.0.3")
+	vs, m := mail(c, session{ip: "192.0.2.10", helo: "h.example", sender: "a@b.example"})
+	expect(t, m, vs, "dnsbl:bl.example", "listed", tag)
+}
+
+// TestDNSBLZonesInParallel proves the zones are asked at once: each lookup
+// waits until all have arrived, which never happens if they are asked one
+// after the other (the lookups then time out and the test fails).
+func TestDNSBLZonesInParallel(t *testing.T) {
+	f := newFake()
+	var arrived sync.WaitGroup
+	arrived.Add(3)
+	all := make(chan struct{})
+	go func() { arrived.Wait(); close(all) }()
+	f.hook = func(ctx context.Context, qtype, name string) error {
+		if !strings.HasPrefix(name, "1.2.0.192.") {
+			return nil
+		}
+		arrived.Done()
+		select {
+		case <-all:
+			return nil
+		case <-time.After(5 * time.Second):
+			return errTimeout
+		}
+	}
+	for _, z := range []string{"a.example", "b.example", "c.example"} {
+		f.addIP("1.2.0.192."+z, "127.0.0.2")
+	}
+	c := checker(t, f, func(c *Config) {
+		c.Checks.DNSBL = []DNSBL{{Zone: "a.example"}, {Zone: "b.example"}, {Zone: "c.example"}}
+	})
+	vs, m := mail(c, session{ip: "192.0.2.1", helo: "h.example", sender: "a@b.example"})
+	for _, z := range []string{"a.example", "b.example", "c.example"} {
+		expect(t, m, vs, "dnsbl:"+z, "listed", reject)
+	}
+}
+
+func TestChecksBoundedByContext(t *testing.T) {
+	f := newFake()
+	f.hook = func(ctx context.Context, qtype, name string) error {
+		<-ctx.Done() // a server that never answers
+		return errTimeout
+	}
+	c := checker(t, f, func(c *Config) {
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{TempError: "tempfail"}}}
+		c.Checks.SenderDomainExists = &DNSCheck{}
+		c.SPF.Enabled = true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var m Message
+	vs := c.Mail(ctx, session{ip: "192.0.2.1", helo: "h.example", sender: "a@b.example"}.facts(), &m)
+	expect(t, &m, vs, "dnsbl:zen.example", "temperror", tempfail)
+	expect(t, &m, vs, "sender_domain_exists", "temperror", tempfail)
+	expect(t, &m, vs, "spf", "temperror", tag)
+}
+
+func TestPanicInCheckIsContained(t *testing.T) {
+	f := newFake()
+	f.hook = func(ctx context.Context, qtype, name string) error {
+		if qtype == "PTR" {
+			panic("resolver bug")
+		}
+		return nil
+	}
+	c := checker(t, f, func(c *Config) {
+		c.Checks.ClientRDNS = &ClientRDNS{}
+		c.Checks.RequireFQDNHelo = &Check{}
+	})
+	vs, m := mail(c, session{ip: "192.0.2.1", helo: "localhost", sender: "a@b.example"})
+	expect(t, m, vs, "client_rdns", "", none)
+	expect(t, m, vs, "require_fqdn_helo", "fail", reject) // the other checks still answer
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestAccessLists(t *testing.T) {
+	senders := writeFile(t, "senders", `
+partner.example        OK
+boss@corp.example      OK
+corp.example           REJECT Spoofed sender {sender}
+noreply@               TEMPFAIL
+bulk.example           TAG newsletter
+<>                     TAG bounce
+`)
+	helos := writeFile(t, "helos", `
+relay.partner.example  OK
+.dyn.example           REJECT
+`)
+	f := newFake()
+	f.addIP("1.2.0.192.zen.example", "127.0.0.2") // listed: only an OK lets it through
+	f.txt["corp.example"] = []string{"v=spf1 -all"}
+	c := checker(t, f, func(c *Config) {
+		c.Checks.SenderAccess = &AccessList{File: senders}
+		c.Checks.HeloAccess = &AccessList{File: helos, Mode: policy.ModeTag}
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}}
+		c.SPF.Enabled = true
+	})
+	base := session{ip: "192.0.2.1", helo: "h.example"}
+	for _, tc := range []struct {
+		helo, sender string
+		check, value string
+		action       policy.Action
+		reply        string
+		allowed      bool
+	}{
+		{"", "a@partner.example", "sender_access", "ok", none, "", true},
+		{"", "boss@corp.example", "sender_access", "ok", none, "", true},
+		{"", "x@corp.example", "sender_access", "reject", reject, "550 5.7.1 <x@corp.example>: Sender address rejected: Spoofed sender x@corp.example", false},
+		{"", "noreply@any.example", "sender_access", "tempfail", tempfail, "451 4.7.1 <noreply@any.example>: Sender address rejected: Access denied", false},
+		{"", "a@bulk.example", "sender_access", "tag", tag, "", false},
+		{"", "", "sender_access", "tag", tag, "", false},
+		{"relay.partner.example", "x@corp.example", "helo_access", "ok", none, "", true},
+		{"host9.dyn.example", "a@b.example", "helo_access", "reject", reject, "550 5.7.1 <host9.dyn.example>: Helo command rejected: Access denied", false},
+	} {
+		s := base
+		if tc.helo != "" {
+			s.helo = tc.helo
+		}
+		s.sender = tc.sender
+		vs, m := mail(c, s)
+		r := expect(t, m, vs, tc.check, tc.value, tc.action)
+		if tc.reply != "" {
+			v, _ := verdict(vs, tc.check)
+			if got := reply(v, s); got != tc.reply {
+				t.Errorf("%s: reply %q, want %q", tc.sender, got, tc.reply)
+			}
+		}
+		_, listed := result(m, "dnsbl:zen.example")
+		_, spf := m.SPF()
+		if tc.allowed == (listed || spf) {
+			t.Errorf("%s/%s: allowed %v but dnsbl ran %v, spf ran %v", s.helo, s.sender, tc.allowed, listed, spf)
+		}
+		if tc.check == "helo_access" && tc.value != "ok" && r.Mode != policy.ModeTag {
+			t.Errorf("helo_access mode %v, want tag", r.Mode)
+		}
+	}
+	if f.called("TXT") == nil {
+		t.Error("SPF never asked DNS")
+	}
+
+	// errors at load name the file and line
+	bad := writeFile(t, "bad", "ok.example OK\nbad.example REJECT {nope}\n")
+	cfg := &Config{AuthservID: "mx.sluice.test", Checks: ChecksConfig{SenderAccess: &AccessList{File: bad}}}
+	cfg.Defaults()
+	if _, err := newChecker(cfg, nil, f); err == nil || !strings.Contains(err.Error(), bad+":2:") {
+		t.Errorf("bad placeholder: %v, want it to name %s:2", err, bad)
+	}
+	cfg.Checks.SenderAccess.File = bad + ".missing"
+	if _, err := newChecker(cfg, nil, f); err == nil || !strings.Contains(err.Error(), bad+".missing") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestTrustedAndAuthenticated(t *testing.T) {
+	f := newFake()
+	f.txt["example.com"] = []string{"v=spf1 -all"}
+	edit := func(skip bool) func(*Config) {
+		return func(c *Config) {
+			c.Checks.RequireFQDNHelo = &Check{}
+			c.Checks.SkipAuthenticated = &skip
+			c.SPF.Enabled = true
+			c.SPF.SkipAuthenticated = &skip
+			c.SPF.Fail = "reject"
+		}
+	}
+	skipping := checker(t, f, edit(true))
+	checking := checker(t, f, edit(false))
+	s := session{ip: "192.0.2.1", helo: "localhost", sender: "a@example.com"}
+
+	vs, m := mail(skipping, session{ip: s.ip, helo: s.helo, sender: s.sender, trusted: true})
+	if len(vs) != 0 || len(m.Results()) != 0 {
+		t.Errorf("trusted client: %v %v", vs, m.Results())
+	}
+	vs, m = mail(skipping, session{ip: s.ip, helo: s.helo, sender: s.sender, user: "alice"})
+	if len(vs) != 0 || len(m.Results()) != 0 {
+		t.Errorf("authenticated client with skip_authenticated: %v %v", vs, m.Results())
+	}
+	vs, m = mail(checking, session{ip: s.ip, helo: s.helo, sender: s.sender, user: "alice"})
+	expect(t, m, vs, "require_fqdn_helo", "fail", reject)
+	expect(t, m, vs, "spf", "fail", reject)
+	vs, m = mail(skipping, s)
+	expect(t, m, vs, "spf", "fail", reject)
+}
+
+func TestEnabled(t *testing.T) {
+	if checker(t, newFake(), func(*Config) {}).Enabled() {
+		t.Error("nothing configured, but Enabled")
+	}
+	if !checker(t, newFake(), func(c *Config) { c.Checks.HeloSyntax = &Check{} }).Enabled() {
+		t.Error("helo_syntax configured, but not Enabled")
+	}
+	if !checker(t, newFake(), func(c *Config) { c.SPF.Enabled = true }).Enabled() {
+		t.Error("spf enabled, but not Enabled")
+	}
+}
