@@ -1,0 +1,492 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-milter"
+)
+
+// Config is one round of load.
+type Config struct {
+	Addr        string  `json:"addr"`
+	Concurrency int     `json:"concurrency"`
+	Sessions    int     `json:"sessions"`
+	Messages    int     `json:"messages_per_session"`
+	Rcpts       int     `json:"rcpts_per_message"`
+	Clients     int     `json:"clients"`
+	Senders     int     `json:"senders"`
+	Recipients  int     `json:"recipients"`
+	Headers     int     `json:"headers"`
+	BodySize    int     `json:"body_bytes"`
+	Rate        float64 `json:"rate"`
+	Offset      int     `json:"offset"`
+}
+
+// The stages timed, in protocol order. "message" is a whole transaction,
+// MAIL to end of message.
+var stageNames = []string{"negotiate", "connect", "helo", "mail", "rcpt", "header", "eoh", "body", "eom", "message"}
+
+const (
+	stNegotiate = iota
+	stConnect
+	stHelo
+	stMail
+	stRcpt
+	stHeader
+	stEOH
+	stBody
+	stEOM
+	stMessage
+	nStages
+)
+
+// Stage is the latency of one kind of command: from writing it to reading
+// the milter's answer.
+type Stage struct {
+	N    int           `json:"n"`
+	P50  time.Duration `json:"p50_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
+	Max  time.Duration `json:"max_ns"`
+}
+
+// Result is one round against one milter.
+type Result struct {
+	Sessions       int               `json:"sessions"`
+	Messages       int               `json:"messages"`
+	Elapsed        time.Duration     `json:"elapsed_ns"`
+	SessionsPerSec float64           `json:"sessions_per_s"`
+	MsgsPerSec     float64           `json:"messages_per_s"`
+	Negotiated     string            `json:"negotiated"`
+	Refused        map[string]int    `json:"refused,omitempty"`
+	Errors         int               `json:"errors"`
+	FirstError     string            `json:"first_error,omitempty"`
+	CPUSeconds     float64           `json:"milter_cpu_s,omitempty"`
+	CPUPerMsg      float64           `json:"milter_cpu_ms_per_message,omitempty"`
+	SelfCPUPerMsg  float64           `json:"load_cpu_ms_per_message,omitempty"`
+	Stages         map[string]*Stage `json:"stages"`
+}
+
+// worker is one goroutine's share of the round; nothing in it is shared.
+type worker struct {
+	cfg     *Config
+	client  *milter.Client
+	dial    *dialer
+	pace    *pacer
+	lat     [nStages][]time.Duration
+	refused [nStages]int
+	msgs    int
+	errs    int
+	firstEr error
+	neg     string
+	body    []byte
+}
+
+// Run drives one round against cfg.Addr. pid, when not 0, is the milter's
+// process, whose CPU time is read before and after.
+func Run(cfg Config, pid int) (*Result, error) {
+	network, addr, err := splitSpec(cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	var next atomic.Int64
+	p := &pacer{rate: cfg.Rate}
+	workers := make([]*worker, cfg.Concurrency)
+	for i := range workers {
+		w := &worker{cfg: &cfg, pace: p, body: body(cfg.BodySize), dial: &dialer{d: net.Dialer{Timeout: 10 * time.Second}}}
+		w.client = milter.NewClientWithOptions(network, addr, milter.ClientOptions{
+			Dialer:       w.dial,
+			ReadTimeout:  30 * time.Second,
+			WriteTimeout: 30 * time.Second,
+			// What Postfix offers that go-milter understands; the v6
+			// actions would make go-milter's server refuse to negotiate.
+			ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
+		})
+		workers[i] = w
+	}
+	cpu0, err := procCPU(pid)
+	if err != nil {
+		return nil, err
+	}
+	self0 := selfCPU()
+	start := time.Now()
+	p.start = start
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= cfg.Sessions {
+					return
+				}
+				w.session(k)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	cpu1, err := procCPU(pid)
+	if err != nil {
+		return nil, err
+	}
+	self1 := selfCPU()
+
+	r := &Result{Sessions: cfg.Sessions, Elapsed: elapsed, Stages: map[string]*Stage{}, Refused: map[string]int{}}
+	var all [nStages][]time.Duration
+	for _, w := range workers {
+		r.Messages += w.msgs
+		r.Errors += w.errs
+		if w.firstEr != nil && r.FirstError == "" {
+			r.FirstError = w.firstEr.Error()
+		}
+		if w.neg != "" {
+			r.Negotiated = w.neg
+		}
+		for st := range nStages {
+			all[st] = append(all[st], w.lat[st]...)
+			if w.refused[st] > 0 {
+				r.Refused[stageNames[st]] += w.refused[st]
+			}
+		}
+	}
+	for st := range nStages {
+		r.Stages[stageNames[st]] = summarize(all[st])
+	}
+	r.SessionsPerSec = float64(r.Sessions) / elapsed.Seconds()
+	r.MsgsPerSec = float64(r.Messages) / elapsed.Seconds()
+	if pid != 0 && r.Messages > 0 {
+		r.CPUSeconds = (cpu1 - cpu0).Seconds()
+		r.CPUPerMsg = ms(cpu1-cpu0) / float64(r.Messages)
+	}
+	if r.Messages > 0 {
+		r.SelfCPUPerMsg = ms(self1-self0) / float64(r.Messages)
+	}
+	return r, nil
+}
+
+// session runs the k-th session of the round.
+func (w *worker) session(k int) {
+	if err := w.trySession(k); err != nil {
+		w.errs++
+		if w.firstEr == nil {
+			w.firstEr = err
+		}
+	}
+}
+
+func (w *worker) trySession(k int) error {
+	cfg := w.cfg
+	t0 := time.Now()
+	w.dial.conn = nil
+	s, err := w.client.Session()
+	if err != nil {
+		if w.dial.conn != nil {
+			w.dial.conn.Close()
+		}
+		return err
+	}
+	w.lat[stNegotiate] = append(w.lat[stNegotiate], time.Since(t0))
+	conn := w.dial.conn
+	defer conn.Close()
+	if w.neg == "" {
+		w.neg = negotiated(s)
+	}
+
+	n := cfg.Offset + k%cfg.Clients + 1
+	ip := fmt.Sprintf("10.%d.%d.%d", n>>16&255, n>>8&255, n&255)
+	host := fmt.Sprintf("host%d.client.test", n)
+	if err := s.Macros(milter.CodeConn, "j", "mx.example.test", "{daemon_name}", "smtpd",
+		"{daemon_addr}", "127.0.0.1", "{daemon_port}", "25", "v", "Postfix 3.7.11",
+		"_", host+" ["+ip+"]", "{client_addr}", ip, "{client_name}", host, "{client_ptr}", host); err != nil {
+		return err
+	}
+	act, err := timed(&w.lat[stConnect], func() (*milter.Action, error) {
+		return s.Conn(host, milter.FamilyInet, uint16(1024+k%60000), ip)
+	})
+	if err != nil {
+		return err
+	}
+	w.note(stConnect, act)
+	if !s.ProtocolOption(milter.OptNoHelo) {
+		if err := s.Macros(milter.CodeHelo, "{tls_version}", "", "{cipher}", "", "{cipher_bits}", "",
+			"{cert_subject}", "", "{cert_issuer}", ""); err != nil {
+			return err
+		}
+		act, err := timed(&w.lat[stHelo], func() (*milter.Action, error) { return s.Helo(host) })
+		if err != nil {
+			return err
+		}
+		w.note(stHelo, act)
+	}
+	for m := 0; m < cfg.Messages; m++ {
+		if err := w.message(s, k, m, ip); err != nil {
+			return err
+		}
+	}
+	// Postfix ends the milter session with QUIT; go-milter's Close would
+	// send one more Abort first.
+	_, err = conn.Write([]byte{0, 0, 0, 1, byte(milter.CodeQuit)})
+	return err
+}
+
+// message sends one transaction as Postfix does, and the Abort that
+// Postfix sends after every transaction, accepted or not.
+func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
+	cfg := w.cfg
+	w.pace.wait()
+	seq := k*cfg.Messages + m
+	sender := fmt.Sprintf("user%d@sender%d.test", cfg.Offset+seq%cfg.Senders, seq%97)
+	qid := fmt.Sprintf("%X", 0x1000000+seq)
+	start := time.Now()
+	if err := s.Macros(milter.CodeMail, "{auth_type}", "", "{auth_authen}", "", "{auth_author}", "",
+		"{mail_addr}", sender, "{mail_host}", "", "{mail_mailer}", "smtp", "{client_addr}", ip, "{daemon_name}", "smtpd"); err != nil {
+		return err
+	}
+	act, err := timed(&w.lat[stMail], func() (*milter.Action, error) { return s.Mail(sender, []string{"SIZE=1000"}) })
+	if err != nil {
+		return err
+	}
+	if w.note(stMail, act) {
+		return s.Abort()
+	}
+	accepted := 0
+	for r := 0; r < cfg.Rcpts; r++ {
+		if s.ProtocolOption(milter.OptNoRcptTo) {
+			accepted++
+			continue
+		}
+		j := (seq*cfg.Rcpts + r) % cfg.Recipients
+		rcpt := fmt.Sprintf("rcpt%d@dest%d.test", j, j%50)
+		if err := s.Macros(milter.CodeRcpt, "i", qid, "{rcpt_addr}", rcpt, "{rcpt_host}", "", "{rcpt_mailer}", "smtp", "{auth_authen}", ""); err != nil {
+			return err
+		}
+		act, err := timed(&w.lat[stRcpt], func() (*milter.Action, error) { return s.Rcpt(rcpt, nil) })
+		if err != nil {
+			return err
+		}
+		if !w.note(stRcpt, act) {
+			accepted++
+		}
+	}
+	if accepted == 0 {
+		return s.Abort()
+	}
+	if !s.ProtocolOption(milter.OptNoHeaders) {
+		for h := 0; h < cfg.Headers; h++ {
+			name, value := header(h, sender, qid)
+			act, err := timed(&w.lat[stHeader], func() (*milter.Action, error) { return s.HeaderField(name, value) })
+			if err != nil {
+				return err
+			}
+			if w.note(stHeader, act) {
+				return s.Abort()
+			}
+		}
+	}
+	if !s.ProtocolOption(milter.OptNoEOH) {
+		if err := s.Macros(milter.CodeEOH, "i", qid); err != nil {
+			return err
+		}
+		act, err := timed(&w.lat[stEOH], s.HeaderEnd)
+		if err != nil {
+			return err
+		}
+		if w.note(stEOH, act) {
+			return s.Abort()
+		}
+	}
+	if !s.ProtocolOption(milter.OptNoBody) && len(w.body) > 0 {
+		act, err := timed(&w.lat[stBody], func() (*milter.Action, error) { return s.BodyChunk(w.body) })
+		if err != nil {
+			return err
+		}
+		if w.note(stBody, act) {
+			return s.Abort()
+		}
+	}
+	if err := s.Macros(milter.CodeEOB, "i", qid, "{auth_authen}", "", "{daemon_name}", "mx.example.test"); err != nil {
+		return err
+	}
+	act, err = timed(&w.lat[stEOM], func() (*milter.Action, error) {
+		_, act, err := s.End()
+		return act, err
+	})
+	if err != nil {
+		return err
+	}
+	w.lat[stMessage] = append(w.lat[stMessage], time.Since(start))
+	if !w.note(stEOM, act) {
+		w.msgs++
+	}
+	return s.Abort()
+}
+
+// note counts a refusal; it reports whether the action ends the
+// transaction.
+func (w *worker) note(st int, act *milter.Action) bool {
+	if act.Code == milter.ActContinue {
+		return false
+	}
+	w.refused[st]++
+	return true
+}
+
+func timed(into *[]time.Duration, f func() (*milter.Action, error)) (*milter.Action, error) {
+	t := time.Now()
+	act, err := f()
+	*into = append(*into, time.Since(t))
+	return act, err
+}
+
+func header(i int, sender, qid string) (string, string) {
+	switch i {
+	case 0:
+		return "Received", "from host.client.test (host.client.test [10.0.0.1])\n\tby mx.example.test (Postfix) with ESMTP id " + qid
+	case 1:
+		return "From", "<" + sender + ">"
+	case 2:
+		return "To", "<rcpt@dest.test>"
+	case 3:
+		return "Subject", "load test message " + qid
+	case 4:
+		return "Date", "Mon, 1 Jan 2024 00:00:00 +0000"
+	case 5:
+		return "Message-ID", "<" + qid + "@client.test>"
+	}
+	return "X-Load-" + strconv.Itoa(i), "value " + strconv.Itoa(i)
+}
+
+func body(n int) []byte {
+	line := []byte("The quick brown fox jumps over the lazy dog 0123456789.\r\n")
+	b := make([]byte, 0, n)
+	for len(b) < n {
+		b = append(b, line[:min(len(line), n-len(b))]...)
+	}
+	return b
+}
+
+// negotiated names the events the milter takes.
+func negotiated(s *milter.ClientSession) string {
+	var ev []string
+	for _, e := range []struct {
+		opt  milter.OptProtocol
+		name string
+	}{
+		{milter.OptNoConnect, "connect"}, {milter.OptNoHelo, "helo"}, {milter.OptNoMailFrom, "mail"},
+		{milter.OptNoRcptTo, "rcpt"}, {milter.OptNoHeaders, "header"}, {milter.OptNoEOH, "eoh"},
+		{milter.OptNoBody, "body"},
+	} {
+		if !s.ProtocolOption(e.opt) {
+			ev = append(ev, e.name)
+		}
+	}
+	return strings.Join(append(ev, "eom"), ",")
+}
+
+func summarize(d []time.Duration) *Stage {
+	if len(d) == 0 {
+		return &Stage{}
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	at := func(q float64) time.Duration {
+		i := int(q * float64(len(d)))
+		return d[min(i, len(d)-1)]
+	}
+	return &Stage{N: len(d), P50: at(0.50), P99: at(0.99), P999: at(0.999), Max: d[len(d)-1]}
+}
+
+// pacer spaces message starts evenly at rate per second across workers.
+type pacer struct {
+	rate  float64
+	start time.Time
+	n     atomic.Int64
+}
+
+func (p *pacer) wait() {
+	if p.rate <= 0 {
+		return
+	}
+	i := p.n.Add(1) - 1
+	at := p.start.Add(time.Duration(float64(i) / p.rate * float64(time.Second)))
+	if d := time.Until(at); d > 0 {
+		time.Sleep(d)
+	}
+}
+
+// dialer gives go-milter's client a buffered reader (it reads each
+// packet's length and body with separate calls, which would otherwise be
+// two system calls per answer on the machine under test), and keeps the
+// connection for its worker: go-milter's ClientSession keeps it private,
+// and the worker writes QUIT itself. Session dials on the worker's own
+// goroutine, so nothing here is shared.
+type dialer struct {
+	d    net.Dialer
+	conn net.Conn
+}
+
+func (d *dialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := d.d.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	d.conn = &bufConn{Conn: c, r: bufio.NewReaderSize(c, 4096)}
+	return d.conn, nil
+}
+
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// procCPU returns the user+system CPU time a process has used.
+func procCPU(pid int) (time.Duration, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("milter CPU: %w", err)
+	}
+	// The command name may hold spaces; the fields after it do not.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("milter CPU: short /proc stat line")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	// Linux reports in clock ticks of 1/100 s (USER_HZ).
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func splitSpec(spec string) (network, addr string, err error) {
+	kind, rest, ok := strings.Cut(spec, ":")
+	switch {
+	case ok && kind == "inet":
+		return "tcp", rest, nil
+	case ok && kind == "unix":
+		return "unix", rest, nil
+	}
+	return "", "", fmt.Errorf("socket %q: want inet:host:port or unix:/path", spec)
+}

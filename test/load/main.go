@@ -1,0 +1,215 @@
+// Command load drives a milter the way Postfix does, with go-milter's client,
+// and reports sessions/s, messages/s and latency per stage.
+//
+//	load -addr inet:127.0.0.1:8890 -concurrency 20 -sessions 2000 -messages 5
+//	load -addr inet:127.0.0.1:8890 -pid $(pidof sluice) \
+//	     -baseline-addr inet:127.0.0.1:8891 -baseline-pid $(pidof noopmilter) -rounds 3
+//
+// Each session negotiates, sends Postfix's macros and CONNECT, HELO, and
+// then M messages: MAIL, RCPT, the header fields, end of header, a body
+// chunk, end of message, and an Abort, as Postfix does after every
+// transaction. Events the milter negotiated away are not sent, as Postfix
+// skips them. With -baseline-addr the same load runs against both milters
+// in alternating rounds and the medians are compared; with -pid the
+// milter's own CPU time per message is read from /proc.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg Config
+	var addr, baseAddr, name, baseName, out string
+	var pid, basePid, rounds int
+	fs.StringVar(&addr, "addr", "inet:127.0.0.1:8890", "milter to drive: inet:host:port or unix:/path")
+	fs.IntVar(&pid, "pid", 0, "process id of that milter, to read its CPU time (0: not measured)")
+	fs.StringVar(&name, "name", "sluice", "name of that milter in the report")
+	fs.StringVar(&baseAddr, "baseline-addr", "", "baseline milter, driven with the same load in alternating rounds")
+	fs.IntVar(&basePid, "baseline-pid", 0, "process id of the baseline milter")
+	fs.StringVar(&baseName, "baseline-name", "noop", "name of the baseline in the report")
+	fs.IntVar(&rounds, "rounds", 1, "rounds per milter; medians are reported")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 20, "sessions open at once")
+	fs.IntVar(&cfg.Sessions, "sessions", 2000, "sessions in all, per round")
+	fs.IntVar(&cfg.Messages, "messages", 5, "messages per session")
+	fs.IntVar(&cfg.Rcpts, "rcpts", 1, "recipients per message")
+	fs.IntVar(&cfg.Clients, "clients", 5000, "distinct client IPs (10.0.0.0/8, round robin over sessions)")
+	fs.IntVar(&cfg.Senders, "senders", 10000, "distinct envelope senders (round robin over messages)")
+	fs.IntVar(&cfg.Recipients, "recipients", 1000, "distinct recipients")
+	fs.IntVar(&cfg.Headers, "headers", 8, "header fields per message")
+	fs.IntVar(&cfg.BodySize, "body", 200, "body bytes per message")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "messages per second to pace at (0: as fast as the milter answers)")
+	fs.IntVar(&cfg.Offset, "offset", 0, "first client and sender number, so that rounds can use fresh keys")
+	fs.StringVar(&out, "json", "", "also write the results as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cfg.Concurrency < 1 || cfg.Sessions < 1 || cfg.Messages < 0 || cfg.Rcpts < 1 ||
+		cfg.Clients < 1 || cfg.Senders < 1 || cfg.Recipients < 1 || cfg.Headers < 0 || rounds < 1 {
+		fmt.Fprintln(stderr, "load: counts must be positive")
+		return 2
+	}
+
+	targets := []*target{{name: name, addr: addr, pid: pid}}
+	if baseAddr != "" {
+		targets = append([]*target{{name: baseName, addr: baseAddr, pid: basePid}}, targets...)
+	}
+	for r := 0; r < rounds; r++ {
+		for _, t := range targets {
+			c := cfg
+			c.Addr = t.addr
+			// Fresh keys each round: counters from an earlier round must
+			// not turn this one into a run of refusals.
+			c.Offset = cfg.Offset + r*(cfg.Clients+cfg.Senders)
+			res, err := Run(c, t.pid)
+			if err != nil {
+				fmt.Fprintf(stderr, "load: %s: %v\n", t.name, err)
+				return 1
+			}
+			fmt.Fprintf(stdout, "# %s round %d/%d\n", t.name, r+1, rounds)
+			res.Print(stdout)
+			t.results = append(t.results, res)
+		}
+	}
+	for _, t := range targets {
+		t.median = median(t.results)
+	}
+	if len(targets) == 2 {
+		printComparison(stdout, cfg, targets[0], targets[1])
+	}
+	if out != "" {
+		if err := writeJSON(out, cfg, targets); err != nil {
+			fmt.Fprintln(stderr, "load:", err)
+			return 1
+		}
+	}
+	for _, t := range targets {
+		if t.median.Errors > 0 {
+			fmt.Fprintf(stderr, "load: %s: %d sessions ended in errors\n", t.name, t.median.Errors)
+			return 1
+		}
+	}
+	return 0
+}
+
+type target struct {
+	name    string
+	addr    string
+	pid     int
+	results []*Result
+	median  *Result
+}
+
+// median returns the round with the median messages/s.
+func median(rs []*Result) *Result {
+	s := append([]*Result(nil), rs...)
+	sort.Slice(s, func(i, j int) bool { return s[i].MsgsPerSec < s[j].MsgsPerSec })
+	return s[len(s)/2]
+}
+
+// printComparison prints the medians side by side, and "ratio" lines that
+// test/bench/run gathers into its table.
+func printComparison(w io.Writer, cfg Config, base, t *target) {
+	b, s := base.median, t.median
+	fmt.Fprintf(w, "\n# medians of %d rounds: %s vs %s (%d sessions x %d messages, concurrency %d",
+		len(t.results), t.name, base.name, cfg.Sessions, cfg.Messages, cfg.Concurrency)
+	if cfg.Rate > 0 {
+		fmt.Fprintf(w, ", paced at %.0f msgs/s", cfg.Rate)
+	}
+	fmt.Fprintln(w, ")")
+	fmt.Fprintf(w, "%-22s %12s %12s\n", "", base.name, t.name)
+	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "sessions/s", b.SessionsPerSec, s.SessionsPerSec)
+	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "messages/s", b.MsgsPerSec, s.MsgsPerSec)
+	fmt.Fprintf(w, "%-22s %12s %12s\n", "events negotiated", b.Negotiated, s.Negotiated)
+	if b.CPUPerMsg > 0 || s.CPUPerMsg > 0 {
+		fmt.Fprintf(w, "%-22s %12.3f %12.3f\n", "milter CPU ms/message", b.CPUPerMsg, s.CPUPerMsg)
+	}
+	fmt.Fprintf(w, "%-22s %12.3f %12.3f\n", "message p99 ms", ms(b.Stages["message"].P99), ms(s.Stages["message"].P99))
+	label := "load"
+	if cfg.Rate > 0 {
+		label = fmt.Sprintf("load@%.0f/s", cfg.Rate)
+	}
+	fmt.Fprintf(w, "ratio\t%s: %s/%s messages/s\t%.2f\t>= 1.00\n", label, t.name, base.name, s.MsgsPerSec/b.MsgsPerSec)
+	if s.CPUPerMsg > 0 {
+		fmt.Fprintf(w, "value\t%s: %s CPU ms/message\t%.3f\t<= 0.150\n", label, t.name, s.CPUPerMsg)
+	}
+	if s.CPUPerMsg > 0 && b.CPUPerMsg > 0 {
+		fmt.Fprintf(w, "ratio\t%s: %s/%s CPU per message\t%.2f\t\n", label, t.name, base.name, s.CPUPerMsg/b.CPUPerMsg)
+	}
+	worst, stage := time.Duration(0), ""
+	for _, st := range stageNames {
+		if st == "message" {
+			continue // a transaction, not a stage
+		}
+		if x, ok := s.Stages[st]; ok && x.N > 0 && x.P99 > worst {
+			worst, stage = x.P99, st
+		}
+	}
+	fmt.Fprintf(w, "value\t%s: %s worst p99 per stage (%s), ms\t%.3f\t<= 1.000\n", label, t.name, stage, ms(worst))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func writeJSON(path string, cfg Config, targets []*target) error {
+	type entry struct {
+		Name   string    `json:"name"`
+		Addr   string    `json:"addr"`
+		Rounds []*Result `json:"rounds"`
+		Median *Result   `json:"median"`
+	}
+	doc := struct {
+		Config  Config  `json:"config"`
+		Targets []entry `json:"targets"`
+	}{Config: cfg}
+	for _, t := range targets {
+		doc.Targets = append(doc.Targets, entry{t.name, t.addr, t.results, t.median})
+	}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// Print writes one round's results as a table.
+func (r *Result) Print(w io.Writer) {
+	fmt.Fprintf(w, "sessions %d in %.2fs: %.0f sessions/s, %d messages: %.0f messages/s; negotiated %s\n",
+		r.Sessions, r.Elapsed.Seconds(), r.SessionsPerSec, r.Messages, r.MsgsPerSec, r.Negotiated)
+	if len(r.Refused) > 0 {
+		var parts []string
+		for _, st := range stageNames {
+			if n := r.Refused[st]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", st, n))
+			}
+		}
+		fmt.Fprintf(w, "refused: %s\n", strings.Join(parts, ", "))
+	}
+	if r.Errors > 0 {
+		fmt.Fprintf(w, "errors: %d (first: %s)\n", r.Errors, r.FirstError)
+	}
+	if r.CPUPerMsg > 0 {
+		fmt.Fprintf(w, "milter CPU: %.3f ms per message (%.2fs in all); load generator CPU %.3f ms per message\n",
+			r.CPUPerMsg, r.CPUSeconds, r.SelfCPUPerMsg)
+	}
+	fmt.Fprintf(w, "%-10s %8s %9s %9s %9s %9s\n", "stage", "n", "p50 ms", "p99 ms", "p99.9 ms", "max ms")
+	for _, st := range stageNames {
+		x, ok := r.Stages[st]
+		if !ok || x.N == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%-10s %8d %9.3f %9.3f %9.3f %9.3f\n", st, x.N, ms(x.P50), ms(x.P99), ms(x.P999), ms(x.Max))
+	}
+}
