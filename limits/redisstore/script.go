@@ -1,0 +1,189 @@
+package redisstore
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+)
+
+// script is a Lua script and its SHA-1, by which EVALSHA names it.
+type script struct{ src, sha string }
+
+func newScript(src string) *script {
+	h := sha1.Sum([]byte(src))
+	return &script{src: src, sha: hex.EncodeToString(h[:])}
+}
+
+// Lua in Redis has only doubles: integers are exact up to 2^53. Times are
+// Unix nanoseconds (about 2^60), so the scripts keep "now" as seconds and
+// nanoseconds apart and do the GCRA arithmetic on nanoseconds relative to
+// now, which the store bounds to maxSpan; every product, sum and quotient
+// then stays exact. A rate key holds its theoretical arrival time (tat) as
+// decimal Unix nanoseconds and expires when the bucket is empty again; a
+// concurrency key is a sorted set of holders scored by lease expiry (Unix
+// milliseconds of the Redis clock).
+
+// maxSpan bounds interval×burst, interval×cost and the stored tat - now:
+// 2^52 ns, about 52 days. Sums of two stay within 2^53.
+const maxSpan = 1 << 52
+
+// Fields per request in the take script's ARGV, after the 4 header fields.
+const (
+	argHeader = 4
+	argStride = 7
+)
+
+// takeScript runs the requests of one event (on one slot under Cluster)
+// as counter.Store.Do documents: judge every request on the state before
+// the event, refuse the event when a blocking take is denied, then apply
+// what is allowed (or strict).
+//
+// ARGV: now_s, now_ns (both "" to use Redis's TIME), lease_ms, min_ttl_ms,
+// then per key: kind (0 rate, 1 concurrent), op (0 take, 1 refund,
+// 2 peek), interval, burst, cost, flags (1 blocking, 2 strict), holder.
+// Returns per key: allowed (0/1), retry_ns, level, applied (0/1).
+var takeScript = newScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local real_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s, now_ns = tonumber(t[1]), tonumber(t[2]) * 1000
+if ARGV[1] ~= '' then now_s, now_ns = tonumber(ARGV[1]), tonumber(ARGV[2]) end
+local lease = tonumber(ARGV[3])
+local min_ttl = tonumber(ARGV[4])
+local max_span = 4503599627370496
+
+local function divmod(a, b)
+  local q = math.floor(a / b)
+  local r = a - q * b
+  if r < 0 then q, r = q - 1, r + b elseif r >= b then q, r = q + 1, r - b end
+  return q, r
+end
+local function ceildiv(a, b)
+  if a <= 0 then return 0 end
+  local q, r = divmod(a, b)
+  if r > 0 then q = q + 1 end
+  return q
+end
+-- stored tat -> nanoseconds after now (0 when idle)
+local function rel(v)
+  if not v then return 0 end
+  local s = tonumber(string.sub(v, 1, -10)) or 0
+  local n = tonumber(string.sub(v, -9)) or 0
+  local d = (s - now_s) * 1000000000 + (n - now_ns)
+  if d < 0 then return 0 end
+  return d
+end
+local function store(key, d)
+  if d <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  local q, r = divmod(now_ns + d, 1000000000)
+  local ttl = ceildiv(d, 1000000) + 1
+  if ttl < min_ttl then ttl = min_ttl end
+  redis.call('SET', key, string.format('%d%09d', now_s + q, r), 'PX', ttl)
+end
+
+local n = #KEYS
+local state = {}
+local res = {}
+local refused = false
+for i = 1, n do
+  local b = 4 + (i - 1) * 7
+  local kind, op = ARGV[b + 1], ARGV[b + 2]
+  local key = KEYS[i]
+  local allowed, retry, level = 1, 0, 0
+  if kind == '0' then
+    local iv, burst, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+    local d = state[key]
+    if d == nil then
+      d = rel(redis.call('GET', key))
+      state[key] = d
+    end
+    if op ~= '1' then
+      local diff = d + iv * cost
+      local tol = iv * burst
+      if diff > tol then allowed, retry = 0, diff - tol end
+    end
+    level = ceildiv(d, iv)
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', real_ms)
+    level = redis.call('ZCARD', key)
+    if op ~= '1' and level >= tonumber(ARGV[b + 4]) then allowed = 0 end
+  end
+  if allowed == 0 and op == '0' and tonumber(ARGV[b + 6]) % 2 == 1 then refused = true end
+  res[i * 4 - 3], res[i * 4 - 2], res[i * 4 - 1], res[i * 4] = allowed, retry, level, 0
+end
+for i = 1, n do
+  local b = 4 + (i - 1) * 7
+  local kind, op = ARGV[b + 1], ARGV[b + 2]
+  local strict = tonumber(ARGV[b + 6]) >= 2
+  if op ~= '2' and (strict or (res[i * 4 - 3] == 1 and not refused)) then
+    local key = KEYS[i]
+    if kind == '0' then
+      local iv, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5])
+      local d = state[key]
+      if op == '1' then
+        d = d - iv * cost
+        if d < 0 then d = 0 end
+      else
+        d = d + iv * cost
+        if d > max_span then d = max_span end
+      end
+      state[key] = d
+      store(key, d)
+      res[i * 4 - 1] = ceildiv(d, iv)
+    else
+      local holder = ARGV[b + 7]
+      if op == '1' then
+        redis.call('ZREM', key, holder)
+      else
+        redis.call('ZADD', key, real_ms + lease, holder)
+        redis.call('PEXPIRE', key, lease * 2)
+      end
+      res[i * 4 - 1] = redis.call('ZCARD', key)
+    end
+    res[i * 4] = 1
+  end
+end
+return res
+`)
+
+// refreshScript extends the leases this host holds, on one slot: KEYS are
+// the concurrency keys, ARGV lease_ms then one holder per key. A lease
+// that is gone (expired, released, or Redis restarted empty) is not
+// brought back: doing so could race with its release. Returns the number
+// of leases found.
+var refreshScript = newScript(`
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local real_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local found = 0
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], real_ms + lease, ARGV[i + 1])
+    found = found + 1
+    redis.call('PEXPIRE', KEYS[i], lease * 2)
+  end
+end
+return found
+`)
+
+// hotScript records keys worth naming in Hot: KEYS[1] is a sorted set of
+// key names scored by when they were last noted (Unix ms), KEYS[2] a hash
+// of their parameters; ARGV: the most to keep, then name, params, seen
+// triples. The oldest names beyond the bound are dropped.
+var hotScript = newScript(`
+local keep = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  redis.call('ZADD', KEYS[1], ARGV[i + 2], ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+local over = redis.call('ZCARD', KEYS[1]) - keep
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+  redis.call('HDEL', KEYS[2], unpack(old))
+end
+return over
+`)

@@ -1,0 +1,389 @@
+// Package redisstore keeps counters in Redis or Valkey, shared by a fleet
+// of sluice hosts: GCRA and concurrency leases in Lua, one round trip per event.
+package redisstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"sluice/limits/counter"
+)
+
+// ErrClosed is returned by a Store used after Close.
+var ErrClosed = errors.New("redis store: closed")
+
+// ErrUnavailable is returned without trying while Redis is known to be
+// down (the circuit breaker is open).
+var ErrUnavailable = errors.New("redis store: unavailable, waiting before the next try")
+
+// Store is the Redis counter.Store.
+type Store struct {
+	client   redis.UniversalClient
+	cluster  bool
+	log      *zap.Logger
+	prefix   string
+	timeout  time.Duration
+	leaseMS  int64
+	instance string // unique per process: holders are instance/session
+
+	now    func() int64 // for tests: the time GCRA reads instead of Redis's TIME
+	minTTL int64        // ms; with a test clock, keys must outlive real time
+
+	brk    *breaker
+	leases leaseSet
+	hot    hotQueue
+	stats  stats
+	warn   *sampler // store errors off the SMTP path
+	fbLog  *sampler // fallbacks by on_store_error
+
+	closed    atomic.Bool
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+var _ counter.Store = (*Store)(nil)
+
+// Option changes how Open builds a Store; for tests.
+type Option func(*Store)
+
+// WithClock makes GCRA read the time from now (Unix nanoseconds) instead
+// of Redis's TIME. Leases still use Redis's clock.
+func WithClock(now func() int64) Option {
+	return func(s *Store) { s.now, s.minTTL = now, int64(time.Hour/time.Millisecond) }
+}
+
+// WithHook adds a go-redis hook to the client, e.g. to count round trips.
+func WithHook(h redis.Hook) Option {
+	return func(s *Store) { s.client.AddHook(h) }
+}
+
+// Open makes a store. It does not need Redis to be up: it tries once,
+// briefly, and when Redis does not answer it says so loudly and starts
+// anyway; calls then fail fast (and rules follow on_store_error) until
+// Redis answers.
+func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("redis store: %w", err)
+	}
+	ro, err := cfg.options()
+	if err != nil {
+		return nil, fmt.Errorf("redis store: %w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Store{
+		client:   redis.NewUniversalClient(ro),
+		cluster:  cfg.Cluster,
+		log:      log,
+		prefix:   cfg.Prefix,
+		timeout:  cfg.Timeout.D(),
+		leaseMS:  int64(cfg.LeaseTime.D() / time.Millisecond),
+		instance: instanceID(),
+		brk:      newBreaker(cfg.RetryBackoff.D(), cfg.RetryBackoffMax.D()),
+		warn:     newSampler(),
+		fbLog:    newSampler(),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout.D()+s.timeout)
+	err = s.loadScripts(ctx)
+	cancel()
+	if err != nil {
+		s.brk.done(false)
+		log.Error("REDIS STORE UNREACHABLE at start: sluice runs, and every rule follows its on_store_error until Redis answers",
+			zap.Strings("addrs", cfg.Addrs), zap.Error(err))
+	} else {
+		log.Info("redis store connected", zap.Strings("addrs", cfg.Addrs), zap.Bool("cluster", cfg.Cluster),
+			zap.String("master_name", cfg.MasterName), zap.String("instance", s.instance))
+	}
+	go s.run(cfg.LeaseTime.D() / 3)
+	return s, nil
+}
+
+// instanceID names this process in lease holders, so that sessions of two
+// hosts (whose session numbers both start at 1) never share a slot.
+func instanceID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	rand.Read(b[:])
+	return host + ":" + strconv.Itoa(os.Getpid()) + ":" + hex.EncodeToString(b[:])
+}
+
+// loadScripts puts the scripts in every server's cache, so that EVALSHA
+// finds them; a server that lost them (restart, SCRIPT FLUSH) answers
+// NOSCRIPT and gets the script's source once.
+func (s *Store) loadScripts(ctx context.Context) error {
+	load := func(ctx context.Context, c redis.Scripter) error {
+		for _, sc := range []*script{takeScript, refreshScript, hotScript} {
+			if err := c.ScriptLoad(ctx, sc.src).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return load(ctx, c) })
+	}
+	return load(ctx, s.client)
+}
+
+// redisKey is the Redis key of a counter: prefix, kind, and the key with
+// its dimension part ("sender:alice@example.org" in "rule:0:sender:...")
+// as the Cluster hash tag, so that every window and rule about the same
+// sender, IP or user lives on one slot and is judged by one script.
+func (s *Store) redisKey(kind counter.Kind, key []byte) string {
+	k := "r:"
+	if kind == counter.KindConcurrent {
+		k = "c:"
+	}
+	split, colons := 0, 0
+	for i, c := range key {
+		if c == ':' {
+			if colons++; colons == 2 {
+				split = i + 1
+				break
+			}
+		}
+	}
+	b := make([]byte, 0, len(s.prefix)+len(k)+len(key)+2)
+	b = append(b, s.prefix...)
+	b = append(b, k...)
+	b = append(b, key[:split]...)
+	b = append(b, '{')
+	b = append(b, key[split:]...)
+	b = append(b, '}')
+	return string(b)
+}
+
+func (s *Store) holder(h []byte) string { return s.instance + "/" + string(h) }
+
+func validRequest(r *counter.Request) error {
+	if len(r.Key) == 0 {
+		return errors.New("empty key")
+	}
+	if r.Op > counter.OpPeek {
+		return fmt.Errorf("unknown op %d", r.Op)
+	}
+	if r.Burst < 0 || r.Cost < 0 {
+		return fmt.Errorf("negative burst %d or cost %d", r.Burst, r.Cost)
+	}
+	switch r.Kind {
+	case counter.KindRate:
+		if r.Interval <= 0 {
+			return fmt.Errorf("interval %d is not positive", r.Interval)
+		}
+		if r.Burst > maxSpan/r.Interval || r.Cost > maxSpan/r.Interval {
+			return fmt.Errorf("interval %d times burst %d or cost %d is above the Redis store's 52 days", r.Interval, r.Burst, r.Cost)
+		}
+	case counter.KindConcurrent:
+	default:
+		return fmt.Errorf("unknown kind %d", r.Kind)
+	}
+	return nil
+}
+
+// Do applies the requests of one event. With one server or Sentinel it is
+// one script call, all-or-nothing as counter.Store documents. Under
+// Cluster the requests are grouped by slot, one script call per slot, all
+// in one pipeline (one round trip, to each node in parallel); each slot's
+// group is all-or-nothing, and when a group refuses the event, what the
+// other groups applied is given back by a second call (see the README).
+func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	for i := range reqs {
+		if err := validRequest(&reqs[i]); err != nil {
+			return fmt.Errorf("counter %q: %w", reqs[i].Key, err)
+		}
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	return s.call(ctx, func(ctx context.Context) error {
+		return s.do(ctx, reqs)
+	})
+}
+
+// call runs f under the store's timeout and circuit breaker.
+func (s *Store) call(ctx context.Context, f func(context.Context) error) error {
+	if !s.brk.allow() {
+		s.stats.fastFails.Add(1)
+		return ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	s.stats.calls.Add(1)
+	err := f(ctx)
+	switch {
+	case err == nil || answered(err):
+		if _, closed := s.brk.done(true); closed {
+			s.log.Warn("redis store answers again; counting in Redis resumes")
+		}
+	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
+		s.brk.abandon()
+	default:
+		s.stats.errors.Add(1)
+		if opened, _ := s.brk.done(false); opened {
+			s.stats.opens.Add(1)
+			s.log.Error("REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff", zap.Error(err))
+		}
+	}
+	return err
+}
+
+// answered reports an error that Redis itself gave about the request: it
+// is up, and the breaker stays closed.
+func answered(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, p := range []string{"CLUSTERDOWN", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS", "BUSY"} {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// fill copies a result into its request and keeps the store's own books:
+// the leases it holds and the keys worth naming in Hot.
+func (s *Store) fill(r *counter.Request, res result) {
+	r.Allowed, r.RetryAfter, r.Level = res.allowed == 1, time.Duration(res.retry), res.level
+	if r.Allowed {
+		r.RetryAfter = 0
+	}
+	if r.Kind == counter.KindConcurrent && res.applied == 1 {
+		key := s.redisKey(r.Kind, r.Key)
+		if r.Op == counter.OpRefund {
+			s.leases.remove(key, s.holder(r.Holder))
+		} else if r.Op == counter.OpTake {
+			s.leases.add(key, s.holder(r.Holder))
+		}
+	}
+	if r.Op == counter.OpTake && (!r.Allowed || r.Level*2 > r.Burst) {
+		s.hot.note(r)
+	}
+}
+
+// Reset forgets the given keys, of either kind.
+func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return s.call(ctx, func(ctx context.Context) error {
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			names := make([]any, 0, 2*len(keys))
+			for _, k := range keys {
+				for _, kind := range []counter.Kind{counter.KindRate, counter.KindConcurrent} {
+					p.Del(ctx, s.redisKey(kind, k))
+					names = append(names, hotName(kind, k))
+				}
+			}
+			p.ZRem(ctx, s.hotSeenKey(), names...)
+			p.HDel(ctx, s.hotParamsKey(), toStrings(names)...)
+			return nil
+		})
+		return err
+	})
+}
+
+func toStrings(a []any) []string {
+	out := make([]string, len(a))
+	for i, v := range a {
+		out[i] = v.(string)
+	}
+	return out
+}
+
+// Len is unknown: the keys are in Redis, shared with other hosts.
+func (s *Store) Len() int { return -1 }
+
+// Close stops the background work, gives back the slots this process
+// still holds and closes the connections. Later calls return nil.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
+		defer cancel()
+		s.flushHot(ctx)
+		s.releaseAll(ctx)
+		s.closed.Store(true)
+		err = s.client.Close()
+	})
+	return err
+}
+
+// run refreshes this process's leases and writes hot keys now and then.
+func (s *Store) run(refreshEvery time.Duration) {
+	defer close(s.done)
+	refresh := time.NewTicker(refreshEvery)
+	defer refresh.Stop()
+	hot := time.NewTicker(time.Second)
+	defer hot.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-refresh.C:
+			ctx, cancel := context.WithTimeout(context.Background(), refreshEvery)
+			s.refreshLeases(ctx)
+			cancel()
+		case <-hot.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
+			s.flushHot(ctx)
+			cancel()
+		}
+	}
+}
+
+// Client is the underlying go-redis client, for tests and benchmarks.
+func (s *Store) Client() redis.UniversalClient { return s.client }
+
+// sampler lets a few log lines of a kind through and counts the others.
+type sampler struct {
+	lim        *rate.Limiter
+	suppressed atomic.Uint64
+}
+
+func newSampler() *sampler { return &sampler{lim: rate.NewLimiter(rate.Every(10*time.Second), 3)} }
+
+// ok reports whether to log now, and how many lines were held back since
+// the last one.
+func (m *sampler) ok() (bool, uint64) {
+	if !m.lim.Allow() {
+		m.suppressed.Add(1)
+		return false, 0
+	}
+	return true, m.suppressed.Swap(0)
+}
