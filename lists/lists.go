@@ -4,7 +4,9 @@ package lists
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"regexp"
@@ -19,12 +21,12 @@ import (
 //	example.com                              that domain exactly
 //	.example.com                             every subdomain of example.com
 //	alice@example.com                        that address (case-insensitive)
-//	/^mx[0-9]+\./                            a regexp (Go syntax), matched against the value
+//	/^mx[0-9]+\./                            a regexp (Go syntax, case-insensitive)
 type List struct {
 	Name     string
 	ranges   []ipRange // sorted, merged
 	domains  map[string]struct{}
-	suffixes []string // ".example.com"
+	suffixes map[string]struct{} // ".example.com"
 	addrs    map[string]struct{}
 	res      []*regexp.Regexp
 }
@@ -55,66 +57,171 @@ func Load(name, path string) (*List, error) {
 		return nil, fmt.Errorf("list %s: %w", name, err)
 	}
 	defer f.Close()
+	l, err := Read(name, path, f)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", name, err)
+	}
+	return l, nil
+}
+
+// maxLine bounds one line of a list file; a longer one is an error, not
+// a silent cut.
+const maxLine = 64 << 10
+
+// Read parses a list file's content; path names it in errors
+// ("/etc/sluice/jp.cidr:12: ..."). Blank lines and lines starting with
+// '#' are skipped, and '#' starts a comment after an entry. A regexp
+// entry runs from its first '/' to the last '/' that only blanks or a
+// comment follow, so a pattern may hold '#' and '/' itself.
+func Read(name, path string, r io.Reader) (*List, error) {
 	var entries []string
 	var lines []int
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if i := strings.IndexByte(line, '#'); i >= 0 && !strings.HasPrefix(strings.TrimSpace(line), "/") {
-			line = line[:i]
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxLine)
+	n := 0
+	for sc.Scan() {
+		n++
+		e, err := entry(sc.Text())
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
-		if line = strings.TrimSpace(line); line != "" {
-			entries = append(entries, line)
+		if e != "" {
+			entries = append(entries, e)
 			lines = append(lines, n)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("list %s: read %s: %w", name, path, err)
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("%s:%d: line longer than %d bytes", path, n+1, maxLine)
+		}
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return Parse(name, entries, func(i int) string { return fmt.Sprintf("%s:%d", path, lines[i]) })
+}
+
+// entry is the entry on one line of a list file, "" for none.
+func entry(line string) (string, error) {
+	line = strings.TrimSpace(line)
+	if line == "" || line[0] == '#' {
+		return "", nil
+	}
+	if line[0] == '/' {
+		for end := len(line) - 1; end > 0; end-- {
+			if line[end] != '/' {
+				continue
+			}
+			if rest := strings.TrimSpace(line[end+1:]); rest == "" || rest[0] == '#' {
+				return line[:end+1], nil
+			}
+		}
+		return "", fmt.Errorf("regexp %q has no closing /", line)
+	}
+	if i := strings.IndexByte(line, '#'); i >= 0 {
+		line = strings.TrimSpace(line[:i])
+	}
+	if f := strings.Fields(line); len(f) > 1 {
+		return "", fmt.Errorf("one entry a line: %q has %d (a Postfix table's result column has no meaning here)", line, len(f))
+	}
+	return line, nil
 }
 
 func (l *List) add(e string) error {
 	switch {
 	case e == "":
 		return fmt.Errorf("empty entry")
-	case len(e) >= 2 && e[0] == '/' && e[len(e)-1] == '/':
-		re, err := regexp.Compile(e[1 : len(e)-1])
+	case e[0] == '/':
+		if len(e) < 3 || e[len(e)-1] != '/' {
+			return fmt.Errorf("regexp %q: write it between slashes, /like this/", e)
+		}
+		// RE2: matching time is linear in the input, whatever the client sends.
+		re, err := regexp.Compile("(?i)" + e[1:len(e)-1])
 		if err != nil {
 			return fmt.Errorf("bad regexp %s: %w", e, err)
 		}
 		l.res = append(l.res, re)
+	case strings.Contains(e, "@"):
+		local, domain, _ := strings.Cut(e, "@")
+		if local == "" || strings.ContainsAny(e, " \t") || strings.Contains(domain, "@") {
+			return fmt.Errorf("bad address %q", e)
+		}
+		if err := checkDomain(domain); err != nil {
+			return fmt.Errorf("address %q: %w", e, err)
+		}
+		if l.addrs == nil {
+			l.addrs = make(map[string]struct{})
+		}
+		l.addrs[strings.ToLower(strings.TrimSuffix(e, "."))] = struct{}{}
 	case strings.Contains(e, "/"):
 		p, err := netip.ParsePrefix(e)
 		if err != nil {
 			return fmt.Errorf("bad network %q: %w", e, err)
 		}
-		p = p.Masked()
-		l.ranges = append(l.ranges, ipRange{p.Addr(), lastAddr(p)})
-	case strings.Contains(e, "@"):
-		if l.addrs == nil {
-			l.addrs = make(map[string]struct{})
+		if p.Addr().Zone() != "" {
+			return fmt.Errorf("network %q: zones have no meaning here", e)
 		}
-		l.addrs[strings.ToLower(e)] = struct{}{}
+		if p != p.Masked() {
+			return fmt.Errorf("network %q has bits set past /%d; did you mean %s?", e, p.Bits(), p.Masked())
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			// ::ffff:192.0.2.0/120 is 192.0.2.0/24: clients are compared unmapped.
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		l.ranges = append(l.ranges, ipRange{p.Addr(), lastAddr(p)})
 	default:
 		if a, err := netip.ParseAddr(e); err == nil {
-			a = a.Unmap()
+			a = a.Unmap().WithZone("")
 			l.ranges = append(l.ranges, ipRange{a, a})
 			return nil
 		}
-		if strings.ContainsAny(e, " \t:[]") || strings.Trim(e, ".") == "" {
-			return fmt.Errorf("%q is neither a network, an address, a domain nor a /regexp/", e)
+		suffix := strings.HasPrefix(e, ".")
+		d := strings.TrimSuffix(strings.TrimPrefix(e, "."), ".")
+		if err := checkDomain(d); err != nil {
+			return err
 		}
-		e = strings.ToLower(e)
-		if strings.HasPrefix(e, ".") {
-			l.suffixes = append(l.suffixes, e)
+		d = strings.ToLower(d)
+		if suffix {
+			if l.suffixes == nil {
+				l.suffixes = make(map[string]struct{})
+			}
+			l.suffixes["."+d] = struct{}{}
 			return nil
 		}
 		if l.domains == nil {
 			l.domains = make(map[string]struct{})
 		}
-		l.domains[strings.TrimSuffix(e, ".")] = struct{}{}
+		l.domains[d] = struct{}{}
+	}
+	return nil
+}
+
+// checkDomain refuses what cannot be a domain name, so that a mistyped
+// address or network ("192.0.2.300", "10.0.0.0-8") is an error rather
+// than a domain that never matches.
+func checkDomain(d string) error {
+	if d == "" {
+		return fmt.Errorf("empty domain")
+	}
+	if len(d) > 253 {
+		return fmt.Errorf("domain %.20q... is longer than 253 characters", d)
+	}
+	numeric := true
+	for _, label := range strings.Split(d, ".") {
+		if label == "" {
+			return fmt.Errorf("%q: empty label: is neither a network, an address, a domain nor a /regexp/", d)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case c >= '0' && c <= '9':
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '-', c == '_', c >= 0x80:
+				numeric = false
+			default:
+				return fmt.Errorf("%q is neither a network, an address, a domain nor a /regexp/", d)
+			}
+		}
+	}
+	if numeric {
+		return fmt.Errorf("%q is not a valid IP address", d)
 	}
 	return nil
 }
@@ -144,15 +251,26 @@ func (l *List) MatchDomain(d string) bool {
 		return false
 	}
 	d = strings.TrimSuffix(strings.ToLower(d), ".")
+	return l.hasDomain(d) || l.matchRE(d)
+}
+
+// hasDomain looks d and each of its parents up: one map probe per label,
+// however many suffixes the list holds.
+func (l *List) hasDomain(d string) bool {
 	if _, ok := l.domains[d]; ok {
 		return true
 	}
-	for _, s := range l.suffixes {
-		if strings.HasSuffix(d, s) {
-			return true
+	if len(l.suffixes) == 0 {
+		return false
+	}
+	for i := 1; i < len(d); i++ {
+		if d[i] == '.' {
+			if _, ok := l.suffixes[d[i:]]; ok {
+				return true
+			}
 		}
 	}
-	return l.matchRE(d)
+	return false
 }
 
 // MatchAddress reports whether address a is listed, its domain matches as
@@ -161,27 +279,25 @@ func (l *List) MatchAddress(a string) bool {
 	if l == nil || a == "" {
 		return false
 	}
-	la := strings.ToLower(a)
+	la := strings.TrimSuffix(strings.ToLower(a), ".")
 	if _, ok := l.addrs[la]; ok {
 		return true
 	}
-	if at := strings.LastIndexByte(la, '@'); at >= 0 {
-		d := la[at+1:]
-		if _, ok := l.domains[d]; ok {
-			return true
-		}
-		for _, s := range l.suffixes {
-			if strings.HasSuffix(d, s) {
-				return true
-			}
-		}
+	if at := strings.LastIndexByte(la, '@'); at >= 0 && l.hasDomain(la[at+1:]) {
+		return true
 	}
 	return l.matchRE(a)
 }
 
-// MatchString reports whether s equals a listed domain (case-insensitive)
-// or matches a regexp: for HELO names.
-func (l *List) MatchString(s string) bool { return l.MatchDomain(s) }
+// MatchHost reports whether a client's host name matches as a domain.
+// The names MTAs give for a client without a verified PTR name —
+// "unknown" (Postfix) and "[192.0.2.7]" (Sendmail) — never match.
+func (l *List) MatchHost(name string) bool {
+	if name == "" || name == "unknown" || name[0] == '[' {
+		return false
+	}
+	return l.MatchDomain(name)
+}
 
 func (l *List) matchRE(s string) bool {
 	for _, re := range l.res {

@@ -2,7 +2,9 @@ package lists
 
 import (
 	"fmt"
+	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 
 	"sluice/conf"
@@ -14,14 +16,21 @@ type Config map[string]any
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
-// Validate checks names and value shapes; files are read by Build.
+// Validate checks names and inline entries; files are read by Build.
 func (c Config) Validate() error {
-	for name, v := range c {
+	for _, name := range c.names() {
+		v := c[name]
 		if !nameRE.MatchString(name) {
 			return conf.Errorf(name, "list name must be letters, digits, '-' or '_'")
 		}
-		if _, _, err := source(v); err != nil {
+		entries, path, err := source(v)
+		if err != nil {
 			return conf.In(err, name)
+		}
+		if path == "" {
+			if _, err := Parse(name, entries, nil); err != nil {
+				return conf.In(err, name)
+			}
 		}
 	}
 	return nil
@@ -33,6 +42,11 @@ func source(v any) (entries []string, path string, err error) {
 		p, ok := strings.CutPrefix(v, "file:")
 		if !ok || p == "" {
 			return nil, "", fmt.Errorf("a list is an array of entries or \"file:/path\", not %q", v)
+		}
+		if !filepath.IsAbs(p) {
+			// sluice runs from / under systemd: a relative path would name
+			// a different file there than where the admin tried it.
+			return nil, "", fmt.Errorf("list file %q: the path must be absolute", p)
 		}
 		return nil, p, nil
 	case []any:
@@ -48,6 +62,17 @@ func source(v any) (entries []string, path string, err error) {
 	return nil, "", fmt.Errorf("a list is an array of entries or \"file:/path\"")
 }
 
+// names are the list names in order, so that the first error reported
+// is the same every time.
+func (c Config) names() []string {
+	names := make([]string, 0, len(c))
+	for name := range c {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
 // Set is the named lists, compiled.
 type Set struct{ byName map[string]*List }
 
@@ -56,7 +81,8 @@ type Set struct{ byName map[string]*List }
 // returned in keptOld; without prev, any error fails the build.
 func (c Config) Build(prev *Set) (s *Set, keptOld []error, err error) {
 	s = &Set{byName: make(map[string]*List, len(c))}
-	for name, v := range c {
+	for _, name := range c.names() {
+		v := c[name]
 		entries, path, err := source(v)
 		if err != nil {
 			return nil, nil, conf.In(err, name)
@@ -70,7 +96,7 @@ func (c Config) Build(prev *Set) (s *Set, keptOld []error, err error) {
 		if err != nil {
 			if old := prev.Get(name); old != nil && path != "" {
 				s.byName[name] = old
-				keptOld = append(keptOld, fmt.Errorf("list %s: %w (keeping the list loaded before)", name, err))
+				keptOld = append(keptOld, fmt.Errorf("%w (keeping the list loaded before)", err))
 				continue
 			}
 			return nil, nil, conf.In(err, name)
@@ -97,5 +123,6 @@ func (s *Set) Names() []string {
 	for n := range s.byName {
 		names = append(names, n)
 	}
+	sort.Strings(names)
 	return names
 }
