@@ -1,7 +1,6 @@
 package mta
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -27,7 +26,8 @@ var build struct {
 }
 
 // Binary returns the path of a sluice binary: $SLUICE_BIN when set, else
-// ./cmd/sluice built once per test binary into a temp dir.
+// ./cmd/sluice built once per test binary into a temp dir, with
+// $SLUICE_BUILD_FLAGS ("-race", say) added to go build.
 func Binary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("SLUICE_BIN"); p != "" {
@@ -45,7 +45,8 @@ func Binary(t testing.TB) string {
 			return
 		}
 		out := filepath.Join(build.dir, "sluice")
-		cmd := exec.Command("go", "build", "-o", out, "./cmd/sluice")
+		args := append([]string{"build", "-o", out}, strings.Fields(os.Getenv("SLUICE_BUILD_FLAGS"))...)
+		cmd := exec.Command("go", append(args, "./cmd/sluice")...)
 		cmd.Dir = root
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("go build ./cmd/sluice: %v\n%s", err, msg)
@@ -200,10 +201,9 @@ func (s *Sluice) Start(body string) {
 	from := len(s.Logs())
 	cmd := exec.Command(Binary(s.t), "serve", "-config", s.Config)
 	cmd.Dir = s.Dir
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	// A Writer, not StdoutPipe: Wait then returns only after the last
+	// line was read, so lines printed at shutdown are never lost.
+	cmd.Stdout = &lineWriter{line: s.addLine}
 	cmd.Stderr = &lockedWriter{mu: &s.mu, w: &s.stderr}
 	if s.Group != "" {
 		g, err := user.LookupGroup(s.Group)
@@ -216,13 +216,12 @@ func (s *Sluice) Start(body string) {
 		}
 	}
 	s.proc = startProcess(s.t, "sluice", cmd)
-	go s.readLogs(stdout)
 	if !s.cleanupSet {
 		s.cleanupSet = true
 		s.t.Cleanup(s.cleanup)
 	}
 
-	_, err = s.waitLog(from, 20*time.Second, func(l LogLine) bool { return l.Msg() == "listening" })
+	_, err := s.waitLog(from, 20*time.Second, func(l LogLine) bool { return l.Msg() == "listening" })
 	if err != nil {
 		s.t.Fatalf("sluice did not start: %v\n%s", err, s.dump())
 	}
@@ -241,21 +240,17 @@ func (s *Sluice) cleanup() {
 	}
 }
 
-func (s *Sluice) readLogs(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		var l LogLine
-		s.mu.Lock()
-		if err := json.Unmarshal(sc.Bytes(), &l); err == nil && l != nil {
-			s.lines = append(s.lines, l)
-		} else {
-			s.other = append(s.other, sc.Text())
-		}
-		close(s.grew)
-		s.grew = make(chan struct{})
-		s.mu.Unlock()
+func (s *Sluice) addLine(text []byte) {
+	var l LogLine
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := json.Unmarshal(text, &l); err == nil && l != nil {
+		s.lines = append(s.lines, l)
+	} else {
+		s.other = append(s.other, string(text))
 	}
+	close(s.grew)
+	s.grew = make(chan struct{})
 }
 
 // dump is everything sluice printed, for failure messages.
@@ -371,6 +366,25 @@ func (s *Sluice) Kill() {
 
 // Running reports whether the daemon is still running.
 func (s *Sluice) Running() bool { return s.proc != nil && !s.proc.exited() }
+
+// lineWriter hands each complete line written to it to line.
+type lineWriter struct {
+	buf  []byte
+	line func([]byte)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.line(w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
 
 type lockedWriter struct {
 	mu *sync.Mutex
