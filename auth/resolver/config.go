@@ -91,11 +91,11 @@ func serverAddr(s string) (string, error) {
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", fmt.Errorf("%q is not an address or address:port", s)
+		host, port = s, "53"
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return "", fmt.Errorf("%q: the server must be an IP address, not a name", s)
+		return "", fmt.Errorf("%q: a server is an IP address, optionally with :port (sluice cannot look up its resolver by name)", s)
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || p == 0 {

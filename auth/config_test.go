@@ -1,0 +1,174 @@
+package auth
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"sluice/conf"
+	"sluice/policy"
+)
+
+// decode reads auth's part of a file the way the loader does: strict.
+func decode(t *testing.T, text string) *Config {
+	t.Helper()
+	var cfg Config
+	d := toml.NewDecoder(strings.NewReader(text))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&cfg); err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	cfg.Defaults()
+	return &cfg
+}
+
+func TestConfigFile(t *testing.T) {
+	cfg := decode(t, `
+authserv_id = "mx.example.test"
+
+[dns]
+servers = ["127.0.0.1:5353", "::1"]
+timeout = "2s"
+cache_size = 5000
+rate = 200
+
+[spf]
+enabled = true
+skip_authenticated = false
+fail = "reject"
+temperror = "tempfail"
+
+[spf.reply]
+fail = "550 5.7.23 SPF says no for {sender}"
+
+[checks]
+require_fqdn_sender = "reject"
+sender_domain_exists = { action = "tempfail", mode = "tag" }
+require_fqdn_helo = "tag"
+helo_syntax = "reject"
+helo_not_ours = { names = ["mx.example.test", "192.0.2.25"] }
+client_rdns = "fcrdns"
+sender_access = "/etc/sluice/sender_access"
+helo_access = { file = "/etc/sluice/helo_access", mode = "dry-run" }
+
+[[checks.dnsbl]]
+zone = "zen.example"
+action = "reject"
+reply = "554 5.7.1 Listed at zen.example: [{client_ip}]"
+
+[[checks.dnsbl]]
+zone = "bl.example"
+action = "tag"
+codes = ["127.0.0.2", "127.0.0.4/30"]
+`)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	k := cfg.Checks
+	for _, c := range []struct {
+		what      string
+		got, want any
+	}{
+		{"dns timeout", cfg.DNS.Timeout.D(), 2 * time.Second},
+		{"dns burst default", cfg.DNS.Burst, 40},
+		{"spf fail", cfg.SPF.Fail, "reject"},
+		{"spf softfail default", cfg.SPF.SoftFail, "tag"},
+		{"spf skip_authenticated", *cfg.SPF.SkipAuthenticated, false},
+		{"spf reply", cfg.SPF.Reply.Fail.Code(), "550"},
+		{"checks skip_authenticated default", *k.SkipAuthenticated, true},
+		{"require_fqdn_sender", k.RequireFQDNSender.Action, "reject"},
+		{"sender_domain_exists mode", k.SenderDomainExists.Mode, policy.ModeTag},
+		{"sender_domain_exists temperror default", k.SenderDomainExists.TempError, "tempfail"},
+		{"require_fqdn_helo", k.RequireFQDNHelo.Action, "tag"},
+		{"helo_not_ours default action", k.HeloNotOurs.Action, "reject"},
+		{"client_rdns", k.ClientRDNS.Require, "fcrdns"},
+		{"client_rdns action", k.ClientRDNS.Action, "reject"},
+		{"client_rdns temperror", k.ClientRDNS.TempError, "tempfail"},
+		{"dnsbl zone", k.DNSBL[0].Zone, "zen.example"},
+		{"dnsbl temperror default", k.DNSBL[0].TempError, "none"},
+		{"dnsbl codes", len(k.DNSBL[1].Codes), 2},
+		{"sender_access", k.SenderAccess.File, "/etc/sluice/sender_access"},
+		{"helo_access mode", k.HeloAccess.Mode, policy.ModeDryRun},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	old := hostname
+	hostname = func() (string, error) { return "host.example.test", nil }
+	defer func() { hostname = old }()
+	cfg := decode(t, "[spf]\nenabled = true\n")
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AuthservID != "host.example.test" {
+		t.Errorf("authserv_id default %q", cfg.AuthservID)
+	}
+	for _, a := range []string{cfg.SPF.Fail, cfg.SPF.SoftFail, cfg.SPF.Neutral, cfg.SPF.None, cfg.SPF.TempError, cfg.SPF.PermError} {
+		if a != "tag" {
+			t.Errorf("SPF results must default to tag, got %q", a)
+		}
+	}
+	c, err := newChecker(cfg, nil, newFake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Enabled() || c.AuthservID() != "host.example.test" {
+		t.Error("checker from defaults")
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		text, path, msg string
+	}{
+		{`authserv_id = "mx example"`, "authserv_id", "not a valid authserv-id"},
+		{"authserv_id = \"a;b\"", "authserv_id", "not a valid authserv-id"},
+		{"[dns]\ntimeout = \"1m\"", "dns.timeout", "above"},
+		{"[dns]\nservers = [\"ns.example\"]", "dns.servers.0", "IP address"},
+		{"[spf]\nfail = \"bounce\"", "spf.fail", "unknown action"},
+		{"[spf]\ntimeout = \"1m\"", "spf.timeout", "25s"},
+		{"[spf]\nfail = \"tempfail\"\n[spf.reply]\nfail = \"550 5.7.23 no\"", "spf.reply.fail", "permanent but the action is tempfail"},
+		{"[spf.reply]\ntemperror = \"451 4.7.24 later\"", "", ""}, // tag: a reply that is never sent is fine
+		{"[checks]\nrequire_fqdn_sender = \"drop\"", "checks.require_fqdn_sender.action", "unknown action"},
+		{"[checks]\nhelo_syntax = { action = \"reject\", reply = \"451 4.5.2 later\" }", "checks.helo_syntax.reply", "temporary but the action is reject"},
+		{"[checks]\nsender_domain_exists = { temperror = \"hold\" }", "checks.sender_domain_exists.temperror", "unknown action"},
+		{"[checks]\nclient_rdns = \"maybe\"", "checks.client_rdns.require", "exists or fcrdns"},
+		{"[checks]\nhelo_not_ours = { names = [\"ok.example\", \"bad name\"] }", "checks.helo_not_ours.names.1", "neither a host name nor an address"},
+		{"[[checks.dnsbl]]\nzone = \"zen.example\"\n[[checks.dnsbl]]\nzone = \"ZEN.example.\"", "checks.dnsbl.1.zone", "already listed as dnsbl 0"},
+		{"[[checks.dnsbl]]\nzone = \"\"", "checks.dnsbl.0.zone", "not a DNS zone"},
+		{"[[checks.dnsbl]]\nzone = \"zen.example\"\ncodes = [\"127.0.0.2\", \"10.0.0.1\"]", "checks.dnsbl.0.codes.1", "outside 127.0.0.0/8"},
+		{"[checks]\nsender_access = { mode = \"tag\" }", "checks.sender_access", "no file"},
+	} {
+		cfg := decode(t, tc.text)
+		if cfg.AuthservID == "" {
+			cfg.AuthservID = "mx.example.test"
+		}
+		err := cfg.Validate()
+		if tc.path == "" {
+			if err != nil {
+				t.Errorf("%q: %v", tc.text, err)
+			}
+			continue
+		}
+		var ce *conf.Error
+		if !errors.As(err, &ce) || strings.Join(ce.Path, ".") != tc.path || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%q: error %v, want one at %s containing %q", tc.text, err, tc.path, tc.msg)
+		}
+	}
+}
+
+func TestUnknownKeysAreRefused(t *testing.T) {
+	var cfg Config
+	d := toml.NewDecoder(strings.NewReader("[checks]\nrequire_fqdn_sender = { acton = \"reject\" }\n"))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&cfg); err == nil {
+		t.Error("a misspelt key was accepted")
+	}
+}
