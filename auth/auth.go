@@ -247,7 +247,12 @@ func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []polic
 		})
 	}
 	wg.Wait()
-	return m.collect(slots[:])
+	vs := m.collect(slots[:])
+	if ce := c.log.Check(zap.DebugLevel, "auth checks"); ce != nil {
+		ce.Write(zap.Stringer("client_ip", f.ClientIP), zap.String("sender", safe(f.Sender)),
+			zap.Any("results", m.results), zap.Int("verdicts", len(vs)))
+	}
+	return vs
 }
 
 var checkNames = [nSlots]string{"helo_access", "sender_access", "client_rdns", "dnsbl", "require_fqdn_helo",

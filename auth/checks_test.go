@@ -146,17 +146,9 @@ func TestHeloChecks(t *testing.T) {
 		expect(t, m, vs, "helo_not_ours", tc.ours, act(tc.ours, reject))
 	}
 	s := session{ip: "198.51.100.1", helo: "localhost", sender: "a@b.example"}
-	vs, _ := mail(c, s)
-	v, _ := verdict(vs, "require_fqdn_helo")
-	if got, want := reply(v, s), "550 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname"; got != want {
-		t.Errorf("reply %q, want %q", got, want)
-	}
+	wantReply(t, c, s, "require_fqdn_helo", "550 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname")
 	s.helo = "bad name.example"
-	vs, _ = mail(c, s)
-	v, _ = verdict(vs, "helo_syntax")
-	if got, want := reply(v, s), "451 4.5.2 <bad name.example>: Helo command rejected: Invalid name"; got != want {
-		t.Errorf("reply %q, want %q", got, want)
-	}
+	wantReply(t, c, s, "helo_syntax", "451 4.5.2 <bad name.example>: Helo command rejected: Invalid name")
 	// we may call ourselves what we are
 	vs, m := mail(c, session{ip: "192.0.2.25", helo: "mx.ours.example", sender: "a@b.example"})
 	expect(t, m, vs, "helo_not_ours", "", none)
@@ -212,17 +204,9 @@ func TestClientRDNS(t *testing.T) {
 		}
 	}
 	s := session{ip: "192.0.2.7", helo: "h.example", sender: "a@b.example"}
-	vs, _ := mail(exists, s)
-	v, _ := verdict(vs, "client_rdns")
-	if got, want := reply(v, s), "550 5.7.25 Client host rejected: cannot find your reverse hostname, [192.0.2.7]"; got != want {
-		t.Errorf("reply %q, want %q", got, want)
-	}
+	wantReply(t, exists, s, "client_rdns", "550 5.7.25 Client host rejected: cannot find your reverse hostname, [192.0.2.7]")
 	s.ip = "192.0.2.6"
-	vs, _ = mail(fcrdns, s)
-	v, _ = verdict(vs, "client_rdns")
-	if got, want := reply(v, s), "451 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.6]"; got != want {
-		t.Errorf("reply %q, want %q", got, want)
-	}
+	wantReply(t, fcrdns, s, "client_rdns", "451 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.6]")
 	// no address (unix socket, unknown client): nothing to check
 	vs, m := mail(exists, session{helo: "h.example", sender: "a@b.example"})
 	expect(t, m, vs, "client_rdns", "", none)
@@ -267,11 +251,7 @@ func TestDNSBL(t *testing.T) {
 	}
 	s := session{ip: "127.0.0.2", helo: "h.example", sender: "a@b.example"}
 	f.calls = nil
-	vs, _ := mail(c, s)
-	v, _ := verdict(vs, "dnsbl:zen.example")
-	if got, want := reply(v, s), "550 5.7.1 Service unavailable; client host [127.0.0.2] blocked using zen.example"; got != want {
-		t.Errorf("reply %q, want %q", got, want)
-	}
+	wantReply(t, c, s, "dnsbl:zen.example", "550 5.7.1 Service unavailable; client host [127.0.0.2] blocked using zen.example")
 	if got := f.called("A 2.0.0.127."); len(got) != 2 {
 		t.Errorf("queries %v, want one per zone", got)
 	}

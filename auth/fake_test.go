@@ -216,6 +216,16 @@ func reply(v policy.Verdict, s session) string {
 	return v.Reply.Render(&v, &policy.Env{ClientIP: s.ip, Sender: s.sender})
 }
 
+// wantReply runs a session and checks the reply of one check's verdict.
+func wantReply(t *testing.T, c *Checker, s session, check, want string) {
+	t.Helper()
+	vs, _ := mail(c, s)
+	v, ok := verdict(vs, check)
+	if got := reply(v, s); !ok || got != want {
+		t.Errorf("%s: reply %q, want %q", check, got, want)
+	}
+}
+
 func expect(t *testing.T, m *Message, vs []policy.Verdict, check, value string, action policy.Action) Result {
 	t.Helper()
 	r, ok := result(m, check)

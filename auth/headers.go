@@ -23,7 +23,10 @@ const CheckHeader = "X-Sluice-Check"
 // Results (RFC 8601) with our authserv-id, Received-SPF (RFC 7208 §9.1)
 // when SPF ran, and one X-Sluice-Check per check that asked for an
 // action, so that in tag mode everything that would have been refused
-// shows. An SPF result that is only tagged shows in the first two alone.
+// shows. An SPF result that is only tagged shows in the first two alone;
+// a check in dry-run mode changes nothing in the message, so it only
+// shows in the verdicts (for logs and metrics). The milter should not
+// make tag headers of its own from auth's verdicts: these are they.
 func (c *Checker) Headers(m *Message) []Header {
 	var hs []Header
 	var ar []authres.Result
@@ -49,7 +52,8 @@ func (c *Checker) Headers(m *Message) []Header {
 		hs = append(hs, Header{"Received-SPF", c.receivedSPF(m.spf)})
 	}
 	for _, r := range m.results {
-		if r.Action == policy.ActionNone || r.Check == "spf" && r.Action == policy.ActionTag {
+		if r.Action == policy.ActionNone || r.Mode == policy.ModeDryRun ||
+			r.Check == "spf" && r.Action == policy.ActionTag {
 			continue
 		}
 		v := r.Check + "=" + r.Value + " action=" + r.Action.String()

@@ -261,3 +261,18 @@ func TestForged(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunChangesNothing: a check in dry-run mode gives a verdict (for
+// logs and metrics) but no header.
+func TestDryRunChangesNothing(t *testing.T) {
+	c := checker(t, newFake(), func(c *Config) {
+		c.Checks.RequireFQDNHelo = &Check{Action: "reject", Mode: policy.ModeDryRun}
+	})
+	vs, m := mail(c, session{ip: "192.0.2.1", helo: "localhost", sender: "a@b.example"})
+	if v, ok := verdict(vs, "require_fqdn_helo"); !ok || v.Mode != policy.ModeDryRun {
+		t.Fatalf("verdict %+v %v", v, ok)
+	}
+	if hs := c.Headers(m); len(hs) != 0 {
+		t.Errorf("headers in dry-run: %v", hs)
+	}
+}

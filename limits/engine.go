@@ -29,6 +29,7 @@ type Engine struct {
 	mode     policy.Mode   // the global mode: a denial only refuses in enforce mode
 	onError  storeErrorPolicy
 	log      *zap.Logger
+	failures storeFailures // on_store_error bookkeeping
 
 	allows      atomic.Pointer[allowCache]
 	refreshing  atomic.Bool
@@ -42,12 +43,16 @@ type Options struct {
 	Fallback counter.Store // may be nil: "local" then behaves like "allow"
 	Mode     policy.Mode
 	Log      *zap.Logger
+	// Recorder is told of every store failure that rules answered by
+	// on_store_error; nil: the store itself, if it is a StoreErrorRecorder.
+	Recorder StoreErrorRecorder
 }
 
 // New compiles the rules. The store is shared: a reload makes a new Engine
 // on the same store, so counters survive it.
 func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 	e := &Engine{store: opt.Store, fallback: opt.Fallback, mode: opt.Mode, log: opt.Log, allowMaxAge: 2 * time.Second}
+	e.failures.init(opt.Recorder, opt.Store)
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -120,7 +125,8 @@ func (e *Engine) NewSession() *Session {
 // Check counts the event at stage st and returns the verdicts of the rules
 // it crosses (nil when none). Call Settle once the stage's decision is known.
 // A store failure is handled by each rule's on_store_error; the error is
-// returned only for logging.
+// returned only for logging, and only now and then while the store stays
+// down (the rest are counted).
 func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s *Session) ([]policy.Verdict, error) {
 	s.buf, s.reqs, s.owners, s.via, s.verdicts = s.buf[:0], s.reqs[:0], s.owners[:0], s.via[:0], s.verdicts[:0]
 	rules := e.byStage[st]
@@ -147,7 +153,7 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 	}
 	err := e.store.Do(ctx, s.reqs)
 	if err != nil {
-		e.storeFailed(ctx, s)
+		err = e.storeFailed(ctx, s, err)
 	} else {
 		markApplied(s.reqs, s.via, e.store)
 	}
@@ -299,50 +305,6 @@ func (r *rule) rcptVerdict(n int) policy.Verdict {
 
 // Postfix answers its own smtpd_recipient_limit with this code.
 var tooManyRcpts = policy.MustReply("452 4.5.3 Too many recipients ({limit})")
-
-// storeFailed answers every request by its rule's on_store_error, after
-// the store applied none of them: allow lets the event through uncounted,
-// tempfail refuses it, local asks the fallback store.
-func (e *Engine) storeFailed(ctx context.Context, s *Session) {
-	local := s.scratch[:0]
-	for i := range s.reqs {
-		q := &s.reqs[i]
-		s.via[i] = nil
-		switch s.owners[i].onError {
-		case onErrorTempfail:
-			// A tempfail for an unreachable store must not be mistaken
-			// for a limit, hence blocking whatever the rule's action.
-			q.Allowed, q.RetryAfter, q.Blocking = false, 0, true
-		case onErrorLocal:
-			if e.fallback != nil {
-				local = append(local, *q)
-				continue
-			}
-			q.Allowed = true
-		default:
-			q.Allowed = true
-		}
-	}
-	if len(local) > 0 {
-		via := make([]counter.Store, len(local))
-		if ferr := e.fallback.Do(ctx, local); ferr != nil {
-			e.log.Error("fallback store failed", zap.Error(ferr))
-			for i := range local {
-				local[i].Allowed = true
-			}
-		} else {
-			markApplied(local, via, e.fallback)
-		}
-		j := 0
-		for i := range s.reqs {
-			if s.owners[i].onError == onErrorLocal {
-				s.reqs[i], s.via[i] = local[j], via[j]
-				j++
-			}
-		}
-	}
-	s.scratch = local[:0]
-}
 
 // Settle applies the stage's decision: a refused event gives back what it
 // took (unless its rule is strict); an accepted one keeps its concurrency

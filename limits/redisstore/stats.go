@@ -1,10 +1,6 @@
 package redisstore
 
-import (
-	"sync/atomic"
-
-	"go.uber.org/zap"
-)
+import "sync/atomic"
 
 // stats are the store's counters since it was opened.
 type stats struct {
@@ -46,8 +42,7 @@ func (s *Store) Stats() Stats {
 
 // RecordFallback counts requests that rules answered by their
 // on_store_error policy ("allow", "tempfail" or "local") because the store
-// failed, and logs it, sampled: the first few, then one every 10 seconds
-// with the number held back.
+// failed. The engine logs the failures, sampled.
 func (s *Store) RecordFallback(policy string, requests int, err error) {
 	i := 0
 	switch policy {
@@ -57,8 +52,4 @@ func (s *Store) RecordFallback(policy string, requests int, err error) {
 		i = 2
 	}
 	s.stats.fallbacks[i].Add(uint64(requests))
-	if ok, n := s.fbLog.ok(); ok {
-		s.log.Warn("redis store failed: rules answer by on_store_error", zap.String("on_store_error", policy),
-			zap.Int("requests", requests), zap.Uint64("suppressed", n), zap.Error(err))
-	}
 }

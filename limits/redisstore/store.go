@@ -46,7 +46,6 @@ type Store struct {
 	hot    hotQueue
 	stats  stats
 	warn   *sampler // store errors off the SMTP path
-	fbLog  *sampler // fallbacks by on_store_error
 
 	closed    atomic.Bool
 	stop      chan struct{}
@@ -96,7 +95,6 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		instance: instanceID(),
 		brk:      newBreaker(cfg.RetryBackoff.D(), cfg.RetryBackoffMax.D()),
 		warn:     newSampler(),
-		fbLog:    newSampler(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
