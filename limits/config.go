@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 
 	"sluice/conf"
@@ -389,15 +391,9 @@ func (c *rule) compileAction(r *Rule) error {
 		c.mode = m
 	}
 	if r.Reply != "" {
-		if !c.action.Refuses() {
-			return conf.Errorf("reply", "action %s sends no reply", c.action)
-		}
-		rp, err := policy.ParseReply(r.Reply)
+		rp, err := policy.ParseReplyFor(c.action, r.Reply)
 		if err != nil {
 			return conf.Errorf("reply", "%v", err)
-		}
-		if rp.Temporary() != (c.action != policy.ActionReject) {
-			return conf.Errorf("reply", "action %s needs a %s reply, not %s", c.action, map[bool]string{true: "4xx", false: "5xx"}[c.action != policy.ActionReject], rp.Code())
 		}
 		c.reply = rp
 	}
@@ -416,7 +412,7 @@ func (c *rule) compileAction(r *Rule) error {
 type matcher struct {
 	listeners     []string
 	authenticated *bool
-	client        []*lists.List
+	client        []*lists.List // named lists, then the inline entries as one list
 	senderDomain  []*lists.List
 	rcptDomain    []*lists.List
 	helo, sender  *regexp.Regexp
@@ -432,8 +428,17 @@ func (k *keyer) has(d dim) bool {
 	return false
 }
 
+// compileMatch compiles a rule's match for a rule that counts at stage
+// at. Every condition must be decidable there: a HELO is not known at
+// connect, nor a sender before MAIL FROM, and only a rule that counts
+// recipients sees one recipient.
 func compileMatch(m *Match, at policy.Stage, set *lists.Set, names map[string]bool) (matcher, error) {
 	var c matcher
+	for i, l := range m.Listener {
+		if l == "" {
+			return c, conf.In(conf.Errorf(conf.Index(i), "empty listener name"), "listener")
+		}
+	}
 	c.listeners = m.Listener
 	c.authenticated = m.Authenticated
 	var err error
@@ -446,50 +451,67 @@ func compileMatch(m *Match, at policy.Stage, set *lists.Set, names map[string]bo
 	if c.rcptDomain, err = listRefs("rcpt_domain", m.RcptDomain, set, names); err != nil {
 		return c, err
 	}
-	if m.Helo != "" {
-		if c.helo, err = regexp.Compile(m.Helo); err != nil {
-			return c, conf.Errorf("helo", "%v", err)
+	if c.helo, err = compilePattern("helo", m.Helo); err != nil {
+		return c, err
+	}
+	if c.sender, err = compilePattern("sender", m.Sender); err != nil {
+		return c, err
+	}
+	for _, need := range []struct {
+		given bool
+		key   string
+		st    policy.Stage
+	}{
+		{m.Helo != "", "helo", policy.StageHelo},
+		{m.Authenticated != nil, "authenticated", policy.StageMail},
+		{len(m.SenderDomain) > 0, "sender_domain", policy.StageMail},
+		{m.Sender != "", "sender", policy.StageMail},
+	} {
+		if need.given && need.st > at {
+			return c, conf.Errorf(need.key, "not known at %s, where this rule counts (it is known from %s on)", at, need.st)
 		}
 	}
-	if m.Sender != "" {
-		if c.sender, err = regexp.Compile(m.Sender); err != nil {
-			return c, conf.Errorf("sender", "%v", err)
-		}
-	}
-	// A condition must be decidable where the rule counts.
-	need := map[string]policy.Stage{}
-	if m.Authenticated != nil || len(m.SenderDomain) > 0 || m.Sender != "" {
-		need["authenticated/sender_domain/sender"] = policy.StageMail
-	}
-	if m.Helo != "" {
-		need["helo"] = policy.StageHelo
-	}
-	if len(m.RcptDomain) > 0 {
-		need["rcpt_domain"] = policy.StageRcpt
-	}
-	for what, st := range need {
-		if st > at {
-			return c, fmt.Errorf("%s is not known at %s, where this rule counts", what, at)
-		}
+	if len(m.RcptDomain) > 0 && at != policy.StageRcpt {
+		return c, conf.Errorf("rcpt_domain", "only a rule that counts recipients sees one recipient; this one counts at %s", at)
 	}
 	return c, nil
 }
 
-// listRefs resolves entries that name a list; the rest form one inline list.
+// compilePattern compiles a match regexp. Like Postfix's regexp tables,
+// it ignores case: HELO names and addresses are case-insensitive in
+// practice, and a pattern that Alice@ escapes is a hole. (?-i) turns
+// that off.
+func compilePattern(key, pattern string) (*regexp.Regexp, error) {
+	if pattern == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile("(?i)" + pattern)
+	if err != nil {
+		return nil, conf.Errorf(key, "%v", err)
+	}
+	return re, nil
+}
+
+// listRefs resolves entries that name a list; the rest form one inline
+// list. A bare word that names no list is an error, not a domain that
+// never matches: it is almost always a list name mistyped or not defined.
 func listRefs(key string, entries []string, set *lists.Set, names map[string]bool) ([]*lists.List, error) {
 	var out []*lists.List
 	var inline []string
-	for _, e := range entries {
+	for i, e := range entries {
 		if names[e] {
 			if set != nil {
 				out = append(out, set.Get(e))
 			}
 			continue
 		}
+		if e != "" && !strings.ContainsAny(e, ".:/@") {
+			return nil, conf.In(conf.Errorf(conf.Index(i), "no list named %q in [lists] (an inline entry is a network, an address, a domain with a dot, or a /regexp/)", e), key)
+		}
 		inline = append(inline, e)
 	}
 	if len(inline) > 0 {
-		l, err := lists.Parse(key, inline, nil)
+		l, err := lists.Parse(key+" (inline)", inline, nil)
 		if err != nil {
 			return nil, conf.In(fmt.Errorf("%w (or name a list defined in [lists])", err), key)
 		}
@@ -498,43 +520,54 @@ func listRefs(key string, entries []string, set *lists.Set, names map[string]boo
 	return out, nil
 }
 
-func (m *matcher) matches(f *policy.Facts) bool {
-	if len(m.listeners) > 0 && !containsString(m.listeners, f.Listener) {
-		return false
+// condition names one of a Match's conditions.
+type condition uint8
+
+const (
+	condNone condition = iota
+	condListener
+	condAuthenticated
+	condClient
+	condSenderDomain
+	condRcptDomain
+	condHelo
+	condSender
+)
+
+var conditionKeys = [...]string{"", "listener", "authenticated", "client", "sender_domain", "rcpt_domain", "helo", "sender"}
+
+func (m *matcher) matches(f *policy.Facts) bool { return m.failed(f) == condNone }
+
+// failed returns the first condition f does not meet, or condNone when
+// every condition given holds. It allocates nothing.
+func (m *matcher) failed(f *policy.Facts) condition {
+	if len(m.listeners) > 0 && !slices.Contains(m.listeners, f.Listener) {
+		return condListener
 	}
 	if m.authenticated != nil && *m.authenticated != f.Authenticated() {
-		return false
+		return condAuthenticated
 	}
-	if m.client != nil && !anyList(m.client, func(l *lists.List) bool { return l.ContainsIP(f.ClientIP) }) {
-		return false
+	if m.client != nil && !anyList(m.client, func(l *lists.List) bool { return l.ContainsIP(f.ClientIP) || l.MatchHost(f.ClientName) }) {
+		return condClient
 	}
-	if m.senderDomain != nil && !anyList(m.senderDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(f.Sender)) }) {
-		return false
+	if m.senderDomain != nil && !anyList(m.senderDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(trimPath(f.Sender))) }) {
+		return condSenderDomain
 	}
-	if m.rcptDomain != nil && !anyList(m.rcptDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(f.Rcpt)) }) {
-		return false
+	if m.rcptDomain != nil && !anyList(m.rcptDomain, func(l *lists.List) bool { return l.MatchDomain(domainOf(trimPath(f.Rcpt))) }) {
+		return condRcptDomain
 	}
 	if m.helo != nil && !m.helo.MatchString(f.Helo) {
-		return false
+		return condHelo
 	}
-	if m.sender != nil && !m.sender.MatchString(f.Sender) {
-		return false
+	if m.sender != nil && !m.sender.MatchString(trimPath(f.Sender)) {
+		return condSender
 	}
-	return true
+	return condNone
 }
 
 func anyList(ls []*lists.List, f func(*lists.List) bool) bool {
 	for _, l := range ls {
 		if f(l) {
-			return true
-		}
-	}
-	return false
-}
-
-func containsString(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
 			return true
 		}
 	}
