@@ -97,7 +97,7 @@ func TestMatchConditions(t *testing.T) {
 		t.Fatal(err)
 	}
 	lc := lists.Config{
-		"jp":      "file:" + jp,
+		"jp":       "file:" + jp,
 		"freemail": []any{"gmail.com", "yahoo.co.jp", `/^mail\.ru$/`},
 		"partners": []any{"example.org", ".partner.example"},
 	}
