@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -25,45 +26,12 @@ func decode(t *testing.T, text string) *Config {
 	return &cfg
 }
 
-func TestConfigFile(t *testing.T) {
-	cfg := decode(t, `
-authserv_id = "mx.example.test"
-
-[dns]
-servers = ["127.0.0.1:5353", "::1"]
-timeout = "2s"
-cache_size = 5000
-rate = 200
-
-[spf]
-enabled = true
-skip_authenticated = false
-fail = "reject"
-temperror = "tempfail"
-
-[spf.reply]
-fail = "550 5.7.23 SPF says no for {sender}"
-
-[checks]
-require_fqdn_sender = "reject"
-sender_domain_exists = { action = "tempfail", mode = "tag" }
-require_fqdn_helo = "tag"
-helo_syntax = "reject"
-helo_not_ours = { names = ["mx.example.test", "192.0.2.25"] }
-client_rdns = "fcrdns"
-sender_access = "/etc/sluice/sender_access"
-helo_access = { file = "/etc/sluice/helo_access", mode = "dry-run" }
-
-[[checks.dnsbl]]
-zone = "zen.example"
-action = "reject"
-reply = "554 5.7.1 Listed at zen.example: [{client_ip}]"
-
-[[checks.dnsbl]]
-zone = "bl.example"
-action = "tag"
-codes = ["127.0.0.2", "127.0.0.4/30"]
-`)
+func TestExampleConfig(t *testing.T) {
+	text, err := os.ReadFile("testdata/auth.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := decode(t, string(text))
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,26 +40,55 @@ codes = ["127.0.0.2", "127.0.0.4/30"]
 		what      string
 		got, want any
 	}{
-		{"dns timeout", cfg.DNS.Timeout.D(), 2 * time.Second},
-		{"dns burst default", cfg.DNS.Burst, 40},
-		{"spf fail", cfg.SPF.Fail, "reject"},
-		{"spf softfail default", cfg.SPF.SoftFail, "tag"},
-		{"spf skip_authenticated", *cfg.SPF.SkipAuthenticated, false},
+		{"dns timeout", cfg.DNS.Timeout.D(), 3 * time.Second},
+		{"spf fail", cfg.SPF.Fail, "tag"},
+		{"spf skip_authenticated", *cfg.SPF.SkipAuthenticated, true},
 		{"spf reply", cfg.SPF.Reply.Fail.Code(), "550"},
-		{"checks skip_authenticated default", *k.SkipAuthenticated, true},
 		{"require_fqdn_sender", k.RequireFQDNSender.Action, "reject"},
-		{"sender_domain_exists mode", k.SenderDomainExists.Mode, policy.ModeTag},
-		{"sender_domain_exists temperror default", k.SenderDomainExists.TempError, "tempfail"},
-		{"require_fqdn_helo", k.RequireFQDNHelo.Action, "tag"},
-		{"helo_not_ours default action", k.HeloNotOurs.Action, "reject"},
+		{"sender_domain_exists temperror", k.SenderDomainExists.TempError, "tempfail"},
+		{"helo_syntax mode", k.HeloSyntax.Mode, policy.ModeTag},
+		{"helo_not_ours names", len(k.HeloNotOurs.Names), 2},
 		{"client_rdns", k.ClientRDNS.Require, "fcrdns"},
-		{"client_rdns action", k.ClientRDNS.Action, "reject"},
-		{"client_rdns temperror", k.ClientRDNS.TempError, "tempfail"},
+		{"client_rdns action", k.ClientRDNS.Action, "tempfail"},
+		{"client_rdns temperror default", k.ClientRDNS.TempError, "tempfail"},
 		{"dnsbl zone", k.DNSBL[0].Zone, "zen.example"},
-		{"dnsbl temperror default", k.DNSBL[0].TempError, "none"},
 		{"dnsbl codes", len(k.DNSBL[1].Codes), 2},
-		{"sender_access", k.SenderAccess.File, "/etc/sluice/sender_access"},
-		{"helo_access mode", k.HeloAccess.Mode, policy.ModeDryRun},
+		{"sender_access", k.SenderAccess.File, "testdata/sender_access"},
+		{"helo_access", k.HeloAccess.File, "testdata/helo_access"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	c, err := newChecker(cfg, nil, newFake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.senderAccess.table.Len() != 7 || c.heloAccess.table.Len() != 2 {
+		t.Error("access tables not loaded")
+	}
+}
+
+func TestShortForms(t *testing.T) {
+	cfg := decode(t, `
+[checks]
+sender_domain_exists = "tag"
+helo_not_ours = "tempfail"
+client_rdns = "exists"
+dnsbl = ["zen.example", { zone = "bl.example", action = "tag" }]
+`)
+	k := cfg.Checks
+	for _, c := range []struct {
+		what      string
+		got, want any
+	}{
+		{"sender_domain_exists", k.SenderDomainExists.Action, "tag"},
+		{"sender_domain_exists temperror follows a soft action", k.SenderDomainExists.TempError, "tag"},
+		{"helo_not_ours", k.HeloNotOurs.Action, "tempfail"},
+		{"client_rdns", k.ClientRDNS.Require, "exists"},
+		{"client_rdns action", k.ClientRDNS.Action, "reject"},
+		{"dnsbl short", k.DNSBL[0].Zone + "/" + k.DNSBL[0].Action, "zen.example/reject"},
+		{"dnsbl table", k.DNSBL[1].Zone + "/" + k.DNSBL[1].Action, "bl.example/tag"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
