@@ -82,16 +82,11 @@ type snapshotter struct {
 	fs  fileSystem
 	mu  sync.Mutex // one write at a time; guards the buffers
 	buf []entry
-	hot []hotRecord
+	hot []hotKey
 
 	statusMu sync.Mutex
 	last     time.Time // last successful write or load
 	lastErr  error     // of the last write; nil after a success
-}
-
-type hotRecord struct {
-	name string
-	hotKey
 }
 
 // SnapshotStatus returns when the snapshot was last written (or loaded)
@@ -204,9 +199,9 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 				buf = append(buf, en)
 			}
 		}
-		for name, hk := range sh.hot {
-			if hk.kind == counter.KindRate && len(name) <= maxName && sh.get(hk.h, now) != 0 {
-				hot = append(hot, hotRecord{name, *hk})
+		for _, hk := range sh.hot {
+			if hk.name != "" && hk.kind == counter.KindRate && len(hk.name) <= maxName && sh.get(hk.h, now) != 0 {
+				hot = append(hot, hk)
 			}
 		}
 		sh.mu.Unlock()
@@ -247,7 +242,7 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 type snapshot struct {
 	written int64
 	entries []entry
-	hot     []hotRecord
+	hot     []hotKey
 	allows  map[string]int64 // key -> until, Unix ns
 }
 
@@ -325,7 +320,7 @@ func decodeSnapshot(r io.Reader) (*snapshot, error) {
 				snap.entries = append(snap.entries, e)
 			}
 		case tag == tagHot:
-			var r hotRecord
+			var r hotKey
 			r.kind, r.interval, r.burst = counter.Kind(d.u8()), d.i64(), d.i64()
 			r.name = d.name()
 			if r.kind != counter.KindRate || r.interval <= 0 || r.burst < 0 {
@@ -395,13 +390,9 @@ func (s *Store) loadSnapshot() {
 		h := hashKey([]byte(r.name), r.kind)
 		sh := s.shard(h)
 		sh.mu.Lock()
-		if sh.get(h, now) != 0 && len(sh.hot) < sh.hotN {
-			if sh.hot == nil {
-				sh.hot = make(map[string]*hotKey)
-			}
-			hk := r.hotKey
-			hk.h, hk.seen = h, now
-			sh.hot[r.name] = &hk
+		if sh.get(h, now) != 0 && sh.findHot(h) < 0 {
+			r.h, r.seen = h, now
+			sh.addHot(r)
 		}
 		sh.mu.Unlock()
 	}

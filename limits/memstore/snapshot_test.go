@@ -181,7 +181,7 @@ func TestSnapshotBadFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			core, logs := observer.New(zapcore.InfoLevel)
-			s, err := New(Config{Snapshot: path}, zap.New(core), WithClock(clock.Now))
+			s, err := New(Config{Snapshot: path, MaxKeys: 100_000}, zap.New(core), WithClock(clock.Now))
 			if err != nil {
 				t.Fatalf("New failed on a bad snapshot: %v", err)
 			}

@@ -25,6 +25,7 @@ type Store struct {
 	shards []shard
 	shift  uint // a key's shard is its hash >> shift
 	now    func() int64
+	clock  *wallClock // behind now unless a test set its own
 	log    *zap.Logger
 	cfg    Config
 
@@ -76,12 +77,13 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		log = zap.NewNop()
 	}
 	s := &Store{
-		now:  func() int64 { return time.Now().UnixNano() },
-		log:  log,
-		cfg:  cfg,
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		clock: newWallClock(),
+		log:   log,
+		cfg:   cfg,
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
 	}
+	s.now = s.clock.now
 	s.snap.fs = osFS{}
 	for _, o := range opts {
 		o(s)
@@ -92,8 +94,20 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	}
 	s.shift = uint(64 - bits.TrailingZeros(uint(n)))
 	s.shards = make([]shard, n)
+	// One allocation for every table: no pointers in it, so the garbage
+	// collector never scans it, and backed by huge pages where the
+	// kernel allows (see hugePages).
+	// The shards' limits add up to max_keys exactly.
+	limit := cfg.MaxKeys / n
+	size := shardSlots(limit + 1)
+	slab := make([]entry, n*size)
+	hugePages(slab)
 	for i := range s.shards {
-		s.shards[i].init((cfg.MaxKeys+n-1)/n, max(hotKeys/n, 4))
+		l := limit
+		if i < cfg.MaxKeys%n {
+			l++
+		}
+		s.shards[i].init(slab[i*size:(i+1)*size:(i+1)*size], l, min(max(hotKeys/n, minHotPerShard), maxHotPerShard))
 	}
 	if cfg.Snapshot != "" {
 		s.loadSnapshot()
@@ -262,7 +276,7 @@ func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
 			if i, ok := sh.find(h); ok {
 				sh.del(i)
 			}
-			delete(sh.hot, string(key))
+			sh.forgetHot(h)
 			sh.mu.Unlock()
 		}
 	}
@@ -314,6 +328,7 @@ func (s *Store) run() {
 		case <-s.stop:
 			return
 		case <-sweep.C:
+			s.clock.refresh()
 			for range min(sweepShards, len(s.shards)) {
 				s.sweepShard(next)
 				next = (next + 1) % len(s.shards)

@@ -45,40 +45,48 @@ func (e entry) idle(now int64) bool {
 
 // shard is one lock's worth of the table: an open-addressing hash table
 // with linear probing and backward-shift deletion (no tombstones, so
-// probes stay short however many keys come and go).
+// probes stay short however many keys come and go). Its size is fixed
+// when the store is made, for its part of max_keys at a load of at most
+// 3/4, so it never grows and never pauses to rehash.
 type shard struct {
-	mu    sync.Mutex
-	tab   []entry // length a power of two, load kept at or below 3/4
-	n     int     // occupied slots, idle ones included until reclaimed
-	limit int     // n at most: this shard's part of max_keys
-	max   int     // len(tab) at most
-	hand  int     // where the eviction scan resumes
-	hot   map[string]*hotKey
-	hotN  int // bound on len(hot)
-	_     [64]byte
+	mu      sync.Mutex
+	tab     []entry
+	n       int      // occupied slots, idle ones included until reclaimed
+	limit   int      // n at most: this shard's part of max_keys
+	hand    int      // where the eviction scan resumes
+	hot     []hotKey // names of hot keys; allocated at the first
+	hotN    int      // len(hot)
+	hotHand int      // where addHot's replacement resumes
+	_       [64]byte
 }
 
-const minTable = 16
+// shardSlots is the table size for limit keys: 4/3 of it, in whole cache
+// lines of entries.
+func shardSlots(limit int) int {
+	return (limit*4/3 + 4) &^ 3
+}
 
-func (sh *shard) init(limit, hot int) {
-	sh.limit = limit
-	sh.max = minTable
-	for sh.max*3 < limit*4 {
-		sh.max *= 2
-	}
-	sh.tab = make([]entry, min(minTable, sh.max))
-	sh.hotN = hot
+func (sh *shard) init(tab []entry, limit, hot int) {
+	sh.tab, sh.limit, sh.hotN = tab, limit, hot
+}
+
+// home is h's first slot: h's low 32 bits scaled to the table size by a
+// multiply and a shift, so the size need not be a power of two.
+func (sh *shard) home(h uint64) int {
+	return int(uint64(uint32(h)) * uint64(len(sh.tab)) >> 32)
 }
 
 // find returns the slot holding h, or the empty slot where h would go.
 func (sh *shard) find(h uint64) (int, bool) {
-	mask := len(sh.tab) - 1
-	for i := int(h) & mask; ; i = (i + 1) & mask {
+	for i := sh.home(h); ; {
 		switch sh.tab[i].h {
 		case h:
 			return i, true
 		case 0:
 			return i, false
+		}
+		if i++; i == len(sh.tab) {
+			i = 0
 		}
 	}
 }
@@ -106,9 +114,6 @@ func (sh *shard) set(h uint64, v int64, now int64) {
 		if sh.n >= sh.limit {
 			sh.evict(now)
 			i, _ = sh.find(h)
-		} else if (sh.n+1)*4 > len(sh.tab)*3 {
-			sh.makeRoom(now)
-			i, _ = sh.find(h)
 		}
 		sh.tab[i] = e
 		sh.n++
@@ -118,9 +123,15 @@ func (sh *shard) set(h uint64, v int64, now int64) {
 // del empties slot i and shifts back the entries of its probe run that
 // may move, so every remaining key stays reachable from its home slot.
 func (sh *shard) del(i int) {
-	mask := len(sh.tab) - 1
-	for j := (i + 1) & mask; sh.tab[j].h != 0; j = (j + 1) & mask {
-		home := int(sh.tab[j].h) & mask
+	size := len(sh.tab)
+	for j := i + 1; ; j++ {
+		if j == size {
+			j = 0
+		}
+		if sh.tab[j].h == 0 {
+			break
+		}
+		home := sh.home(sh.tab[j].h)
 		// The entry at j may fill the hole at i unless its home lies
 		// cyclically in (i, j].
 		var stays bool
@@ -150,32 +161,6 @@ func (sh *shard) purge(now int64) {
 	}
 }
 
-// makeRoom is called when an insert would pass 3/4 load: reclaim idle
-// entries first, and double the table only if that freed less than an
-// eighth of it, so the purge's cost is paid back by the inserts it allows.
-func (sh *shard) makeRoom(now int64) {
-	sh.purge(now)
-	if (sh.n+1)*8 > len(sh.tab)*5 && len(sh.tab) < sh.max {
-		sh.resize(len(sh.tab) * 2)
-	}
-}
-
-func (sh *shard) resize(size int) {
-	old := sh.tab
-	sh.tab = make([]entry, size)
-	mask := size - 1
-	for _, e := range old {
-		if e.h == 0 {
-			continue
-		}
-		i := int(e.h) & mask
-		for sh.tab[i].h != 0 {
-			i = (i + 1) & mask
-		}
-		sh.tab[i] = e
-	}
-}
-
 // evictSample is how many live entries an eviction compares.
 const evictSample = 8
 
@@ -185,12 +170,13 @@ const evictSample = 8
 // when the whole shard holds nothing else: forgetting a slot would let
 // the client exceed its limit, and its refund would find nothing.
 func (sh *shard) evict(now int64) {
-	mask := len(sh.tab) - 1
 	victim, held := -1, -1
 	seen := 0
 	i := sh.hand
 	for range len(sh.tab) {
-		i = (i + 1) & mask
+		if i++; i >= len(sh.tab) {
+			i = 0
+		}
 		e := sh.tab[i]
 		switch {
 		case e.h == 0:
