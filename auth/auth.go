@@ -84,7 +84,7 @@ func New(cfg *Config, log *zap.Logger) (*Checker, error) {
 		log = zap.NewNop()
 	}
 	var res dnsResolver
-	if cfg.SPF.Enabled || cfg.Checks.any() {
+	if k := &cfg.Checks; cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0 {
 		r, err := resolver.New(&cfg.DNS, log)
 		if err != nil {
 			return nil, err
@@ -106,12 +106,6 @@ func newChecker(cfg *Config, log *zap.Logger, res dnsResolver) (*Checker, error)
 		return nil, fmt.Errorf("checks: %w", err)
 	}
 	return c, nil
-}
-
-func (k *ChecksConfig) any() bool {
-	return k.RequireFQDNSender != nil || k.SenderDomainExists != nil || k.RequireFQDNHelo != nil ||
-		k.HeloSyntax != nil || k.HeloNotOurs != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0 ||
-		k.SenderAccess != nil || k.HeloAccess != nil
 }
 
 // Enabled reports whether anything is configured at all, so the milter can
