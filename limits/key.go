@@ -58,10 +58,10 @@ func parseDim(s string) (dim, error) {
 // into a caller's buffer, so a check allocates nothing.
 //
 // A key is injective in its normalised values: each value is escaped
-// (see appendValueBytes) so that no value can forge the ',' between two
+// (see appendByte) so that no value can forge the ',' between two
 // dimensions, and it is bounded: a value longer than maxValueLen is cut
 // and ends in a hash of the whole. Whatever the client sends, a key is
-// printable ASCII or UTF-8, at most len(dims)*(maxValueLen+15) bytes.
+// printable UTF-8 without spaces, at most len(dims)*(maxValueLen+15) bytes.
 type keyer struct {
 	dims           []dim
 	ipv4Prefix     int
@@ -248,7 +248,16 @@ func appendNormSlow(buf []byte, s string, esc bool) []byte {
 			i++
 			continue
 		}
-		buf = utf8.AppendRune(buf, unicode.ToLower(r))
+		r = unicode.ToLower(r)
+		if esc && !unicode.IsPrint(r) {
+			// C1 controls, format characters (U+202E turns a log line
+			// around), separators other than the ASCII space.
+			for _, c := range []byte(s[i : i+size]) {
+				buf = appendByte(buf, c, esc)
+			}
+		} else {
+			buf = utf8.AppendRune(buf, r)
+		}
 		i += size
 	}
 	return buf
