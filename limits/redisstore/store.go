@@ -85,6 +85,10 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	// go-redis logs dial failures on its own, to stderr, through a
+	// process-wide logger: send them to ours, at debug level (the store
+	// logs outages itself, once per outage).
+	redis.SetLogger(redisLog{log.Named("go-redis")})
 	s := &Store{
 		client:   redis.NewUniversalClient(ro),
 		cluster:  cfg.Cluster,
@@ -384,4 +388,31 @@ func (m *sampler) ok() (bool, uint64) {
 		return false, 0
 	}
 	return true, m.suppressed.Swap(0)
+}
+
+// Ping checks that Redis answers, through the breaker (while Redis is
+// known to be down it fails at once): for readiness probes.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.call(ctx, func(ctx context.Context) error { return s.client.Ping(ctx).Err() })
+}
+
+// crash stops the store as a killed process would: no release, no more
+// refreshes. For tests of lease expiry.
+func (s *Store) crash() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.closed.Store(true)
+		s.client.Close()
+	})
+}
+
+// redisLog is go-redis's logger as a zap logger.
+type redisLog struct{ log *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
 }
