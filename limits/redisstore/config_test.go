@@ -47,7 +47,9 @@ func TestConfigValidate(t *testing.T) {
 		{"cert without key", func(c *Config) { c.TLS, c.TLSCertFile = true, notPEM }, "tls_cert_file", "go together"},
 		{"zero-ish timeout", func(c *Config) { c.Timeout = conf.Duration(time.Microsecond) }, "timeout", "out of range"},
 		{"lease below 3 timeouts", func(c *Config) { c.Timeout, c.LeaseTime = conf.Duration(time.Second), conf.Duration(2*time.Second) }, "lease_time", "3 times"},
-		{"backoff max below min", func(c *Config) { c.RetryBackoff, c.RetryBackoffMax = conf.Duration(time.Second), conf.Duration(time.Millisecond*500) }, "retry_backoff_max", "between"},
+		{"backoff max below min", func(c *Config) {
+			c.RetryBackoff, c.RetryBackoffMax = conf.Duration(time.Second), conf.Duration(time.Millisecond*500)
+		}, "retry_backoff_max", "between"},
 		{"pool", func(c *Config) { c.PoolSize = -1 }, "pool_size", "out of range"},
 	}
 	for _, tt := range tests {
