@@ -13,7 +13,9 @@
 // Every check answers at MAIL FROM, in this order: helo_access and
 // sender_access (an OK entry skips everything after it for the message),
 // client_rdns and dnsbl, require_fqdn_helo, helo_syntax, helo_not_ours,
-// require_fqdn_sender, sender_domain_exists, then SPF. HELO and client
+// require_fqdn_sender, sender_domain_exists, then SPF (whose record is
+// first checked against the RFC 7208 grammar, since the library stops at
+// the first match and misses later syntax errors). HELO and client
 // checks wait for MAIL FROM, as Postfix's smtpd_delay_reject does, so that
 // an access table entry can still waive them. The DNS work of one message
 // runs concurrently and is bounded by the context. A refusal does not stop

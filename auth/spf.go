@@ -82,6 +82,10 @@ func (c *Checker) checkSPF(ctx context.Context, f *policy.Facts) spfOutcome {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.spf.timeout)
 	defer cancel()
+	if bad := c.recordSyntax(ctx, domain); bad != "" {
+		o.result, o.problem = spf.PermError, bad
+		return o
+	}
 	var res spf.DNSResolver = c.res
 	if o.ip.Is4() {
 		res = ip4Resolver{c.res}

@@ -23,6 +23,7 @@ func spfFake() *fakeDNS {
 	f.addIP("host.amech.example", "192.0.2.50")
 	f.fail("AAAA", "host.amech.example", errTimeout)
 	f.txt["helo.example"] = []string{"v=spf1 ip4:192.0.2.1 -all"}
+	f.txt["late.example"] = []string{"v=spf1 ip4:192.0.2.1 -all moo"}
 	return f
 }
 
@@ -41,6 +42,8 @@ func TestSPFResults(t *testing.T) {
 		{"192.0.2.1", "a@none.example", "none"},
 		{"192.0.2.1", "a@nxdomain.example", "none"},
 		{"192.0.2.1", "a@perm.example", "permerror"},
+		// a syntax error after the match is still an error (§4.6)
+		{"192.0.2.1", "a@late.example", "permerror"},
 		{"192.0.2.1", "a@servfail.example", "temperror"},
 		{"192.0.2.1", "a@timeout.example", "temperror"},
 		// an IPv4 client needs only A records, so a timeout on AAAA
