@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"go.uber.org/zap"
-
 	"sluice/test/dnstest"
 )
 
@@ -20,23 +18,15 @@ func BenchmarkMail(b *testing.B) {
 		`example.com. 3600 IN TXT "v=spf1 mx a:mail.example.com include:_spf.example.com -all"`,
 		`_spf.example.com. 3600 IN TXT "v=spf1 ip4:198.51.100.0/24 -all"`,
 	)
-	srv := dnstest.Start(b, z)
-	cfg := &Config{AuthservID: "mx.sluice.test", DNS: resolverConfig(srv.Addr())}
-	cfg.SPF.Enabled = true
-	cfg.Checks.ClientRDNS = &ClientRDNS{Require: "fcrdns"}
-	cfg.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}, {Zone: "bl.example"}}
-	cfg.Checks.SenderDomainExists = &DNSCheck{}
-	cfg.Checks.RequireFQDNSender = &Check{}
-	cfg.Checks.RequireFQDNHelo = &Check{}
-	cfg.Checks.HeloSyntax = &Check{}
-	cfg.Defaults()
-	if err := cfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	c, err := New(cfg, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
+	c, srv := realChecker(b, z, func(cfg *Config) {
+		cfg.SPF.Enabled = true
+		cfg.Checks.ClientRDNS = &ClientRDNS{Require: "fcrdns"}
+		cfg.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}, {Zone: "bl.example"}}
+		cfg.Checks.SenderDomainExists = &DNSCheck{}
+		cfg.Checks.RequireFQDNSender = &Check{}
+		cfg.Checks.RequireFQDNHelo = &Check{}
+		cfg.Checks.HeloSyntax = &Check{}
+	})
 	f := session{ip: "192.0.2.1", helo: "mail.example.com", sender: "alice@example.com"}.facts()
 	var m Message
 	c.Mail(context.Background(), f, &m) // fill the cache

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"sluice/conf"
@@ -15,7 +16,7 @@ import (
 
 // realChecker is a Checker whose DNS goes through the real resolver to a
 // real server on loopback.
-func realChecker(t *testing.T, z *dnstest.Zone, edit func(*Config)) (*Checker, *dnstest.Server) {
+func realChecker(t testing.TB, z *dnstest.Zone, edit func(*Config)) (*Checker, *dnstest.Server) {
 	t.Helper()
 	srv := dnstest.Start(t, z)
 	cfg := &Config{AuthservID: "mx.sluice.test", DNS: resolverConfig(srv.Addr(), func(c *resolverCfg) {
@@ -26,7 +27,7 @@ func realChecker(t *testing.T, z *dnstest.Zone, edit func(*Config)) (*Checker, *
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := New(cfg, zaptest.NewLogger(t))
+	c, err := New(cfg, zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
 	if err != nil {
 		t.Fatal(err)
 	}
