@@ -273,7 +273,9 @@ func (r *rule) excepted(f *policy.Facts) bool {
 	if s := trimPath(f.Sender); s != "" && l.MatchAddress(s) {
 		return true
 	}
-	return f.SASLUser != "" && l.MatchAddress(f.SASLUser)
+	// A SASL user is often a bare name ("relayuser"), which the list
+	// holds as it holds a domain.
+	return f.SASLUser != "" && (l.MatchAddress(f.SASLUser) || l.MatchDomain(f.SASLUser))
 }
 
 func (r *rule) verdict(key string, retry time.Duration, seen int64) policy.Verdict {
