@@ -23,14 +23,19 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 		protocol |= milter.OptNoHelo
 	}
 	if !p.Limits.MayTag(p.Decide.Mode) {
-		protocol |= milter.OptNoHeaders | milter.OptNoEOH
+		protocol |= milter.OptNoEOH
+		// A message's size is its header and body: Postfix has no
+		// {msg_size} macro, so bytes rules need the header lines too.
+		if !p.Limits.Needs(policy.StageData) {
+			protocol |= milter.OptNoHeaders
+		}
 	}
 	syms := map[milter.Stage][]string{
 		milter.StageConnect:  {"j", "{daemon_name}", "{client_addr}"},
 		milter.StageHelo:     {"{daemon_name}"},
 		milter.StageMailFrom: {"i", "{auth_authen}", "{daemon_name}"},
 		milter.StageRcptTo:   {"i", "{auth_authen}"},
-		milter.StageEOM:      {"i", "{auth_authen}"},
+		milter.StageEOM:      {"i", "{auth_authen}", "{msg_size}"},
 	}
 	return actions, protocol, syms
 }

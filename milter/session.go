@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -126,6 +127,7 @@ func (s *session) Header(name, value string, m *milter.Modifier) (milter.Respons
 	if s.seen == nil {
 		s.seen = make(map[string]int)
 	}
+	s.size += headerSize(name, value)
 	canon := textproto.CanonicalMIMEHeaderKey(name)
 	s.seen[canon]++
 	if hasPrefixFold(name, "X-Sluice-") {
@@ -138,6 +140,26 @@ func (s *session) Headers(h textproto.MIMEHeader, m *milter.Modifier) (milter.Re
 	return milter.RespContinue, nil
 }
 
+// headerSize is the bytes a header field took in the message: the MTA
+// passes the value without the space after the colon, and a folded value
+// with "\n" where the message had CRLF.
+func headerSize(name, value string) int64 {
+	return int64(len(name) + len(": ") + len(value) + strings.Count(value, "\n") + len("\r\n"))
+}
+
+// messageSize is the size of the message at end of message: Sendmail's
+// {msg_size} when it sent one, else what sluice counted of the header and
+// body, plus the empty line between them.
+func messageSize(counted int64, macro string) int64 {
+	if n, err := strconv.ParseInt(macro, 10, 64); err == nil && n >= 0 {
+		return n
+	}
+	if counted > 0 {
+		counted += int64(len("\r\n"))
+	}
+	return counted
+}
+
 func (s *session) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, error) {
 	s.size += int64(len(chunk))
 	return milter.RespContinue, nil
@@ -148,7 +170,7 @@ func (s *session) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, 
 func (s *session) Body(m *milter.Modifier) (resp milter.Response, err error) {
 	defer s.recover(&resp, &err)
 	s.macros(m)
-	s.f.Size = s.size
+	s.f.Size = messageSize(s.size, m.Macros["{msg_size}"])
 	d := s.stage(policy.StageData, m)
 	if d.Refused() {
 		s.endMessage(false)
