@@ -128,10 +128,12 @@ func (s *session) Header(name, value string, m *milter.Modifier) (milter.Respons
 		s.seen = make(map[string]int)
 	}
 	s.size += headerSize(name, value)
-	canon := textproto.CanonicalMIMEHeaderKey(name)
-	s.seen[canon]++
+	// The MTAs match ChangeHeader's name without regard to case, and
+	// count its index per name the same way.
+	key := strings.ToLower(name)
+	s.seen[key]++
 	if hasPrefixFold(name, "X-Sluice-") {
-		s.strip = append(s.strip, headerRef{name: canon, index: s.seen[canon]})
+		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
 	return milter.RespContinue, nil
 }
@@ -184,6 +186,8 @@ func (s *session) Body(m *milter.Modifier) (resp milter.Response, err error) {
 		s.pause(d.Delay)
 	}
 	s.endMessage(true)
+	// As smtpd's error count: a client that delivers mail starts again.
+	s.refusals = 0
 	// Continue, not Accept: go-milter replaces the backend after Accept.
 	return milter.RespContinue, nil
 }
@@ -215,7 +219,9 @@ func (s *session) edit(m *milter.Modifier) error {
 		hold = s.connHold
 	}
 	if hold != nil {
-		reason := policy.Printable(fmt.Sprintf("sluice: %s crossed by %s", hold.Source, hold.Key), 200)
+		// Postfix logs the reason ("milter-hold: ...") and keeps it with
+		// the held message; one line of ASCII whatever the key holds.
+		reason := policy.ASCII(fmt.Sprintf("sluice: %s crossed by %s", hold.Source, hold.Key), 200)
 		if err := m.Quarantine(reason); err != nil {
 			return fmt.Errorf("hold: %w", err)
 		}
@@ -224,19 +230,26 @@ func (s *session) edit(m *milter.Modifier) error {
 	return nil
 }
 
-// tagValue is the header value for one crossed limit, one line whatever
-// the client sent.
+// tagValue is the header value for one crossed limit:
+//
+//	msgs-per-sender; key=sender:alice@example.org; count=11; limit=10/1h; retry_after=6m; would=tempfail
+//
+// It is one line of printable ASCII whatever the client sent: control and
+// non-ASCII bytes become \xNN, and a value that holds anything but token
+// characters is written as an RFC 5322 quoted-string, so a ';', '"' or
+// space in an address cannot forge a field of its own.
 func tagValue(v *policy.Verdict) string {
 	var b strings.Builder
-	b.WriteString(v.Source)
+	b.Grow(128)
+	writeParam(&b, v.Source)
 	b.WriteString("; key=")
-	b.WriteString(policy.Printable(v.Key, 300))
+	writeParam(&b, policy.ASCII(v.Key, 300))
 	if v.Detail != "" {
 		b.WriteString("; ")
-		b.WriteString(v.Detail)
+		b.WriteString(policy.ASCII(v.Detail, 100))
 	}
 	b.WriteString("; limit=")
-	b.WriteString(v.Limit)
+	writeParam(&b, policy.ASCII(v.Limit, 100))
 	if v.RetryAfter > 0 {
 		b.WriteString("; retry_after=")
 		b.WriteString(policy.FormatRetry(v.RetryAfter))
@@ -246,6 +259,29 @@ func tagValue(v *policy.Verdict) string {
 		b.WriteString(v.Action.String())
 	}
 	return b.String()
+}
+
+// writeParam writes s as it is when it is a token, else quoted.
+func writeParam(b *strings.Builder, s string) {
+	if s != "" && !strings.ContainsFunc(s, notToken) {
+		b.WriteString(s)
+		return
+	}
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte('"')
+}
+
+// notToken reports the characters a tag value must quote: blanks, what
+// separates fields (';'), what starts a quoted-string or a comment, and
+// anything outside printable ASCII.
+func notToken(r rune) bool {
+	return r <= ' ' || r >= 0x7f || strings.ContainsRune(`";\\()`, r)
 }
 
 // keep remembers a stage's tags and hold for the end of the message. The
@@ -297,19 +333,23 @@ func (s *session) stage(st policy.Stage, m *milter.Modifier) (d policy.Decision)
 	if err != nil {
 		s.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
 	}
-	if vs == nil {
-		s.pol.Limits.Settle(ctx, s.lim, false)
-		return policy.Decision{}
+	if vs != nil {
+		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
+		d = s.pol.Decide.Decide(st, vs, &env)
 	}
-	env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
-	d = s.pol.Decide.Decide(st, vs, &env)
+	// The session's earlier refusals weigh on every reply, not only on
+	// the next refusal (Postfix's smtpd_soft_error_limit does the same).
+	s.pol.Decide.Escalate(s.refusals, &d)
 	if d.Refused() {
 		s.refusals++
-		s.pol.Decide.Escalate(s.refusals, &d)
 	}
 	s.pol.Limits.Settle(ctx, s.lim, d.Refused())
 	for _, o := range d.Outcomes {
 		s.logOutcome(st, o)
+	}
+	if d.Escalation != policy.ActionNone {
+		s.log.Info("escalated", zap.String("action", d.Escalation.String()), zap.Int("refusals", s.refusals),
+			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
 	}
 	return d
 }
