@@ -471,12 +471,17 @@ func (e *Engine) UsesHelo() bool {
 }
 
 // MayTag reports whether any rule can end in a header under the global
-// mode: an action tag, a rule in tag mode, or any rule when the server is
-// in tag mode.
+// mode: an enforced action tag, a rule in tag mode, or any rule when the
+// server is in tag mode. A rule in dry-run never shows.
 func (e *Engine) MayTag(global policy.Mode) bool {
 	for _, r := range e.rules {
-		if r.action == policy.ActionTag || r.mode.Soften(global) == policy.ModeTag {
+		switch r.mode.Soften(global) {
+		case policy.ModeTag:
 			return true
+		case policy.ModeEnforce:
+			if r.action == policy.ActionTag {
+				return true
+			}
 		}
 	}
 	return false
