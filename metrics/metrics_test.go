@@ -1,0 +1,158 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+
+	"sluice/limits/counter"
+	"sluice/limits/memstore"
+	"sluice/policy"
+)
+
+func TestStageAndDecisions(t *testing.T) {
+	m := New("test")
+	m.SessionOpened()
+	m.SessionOpened()
+	m.SessionClosed()
+	v := []policy.Verdict{
+		{Source: "a", Action: policy.ActionTempfail},
+		{Source: "b", Action: policy.ActionReject},
+	}
+	d := policy.Decision{Action: policy.ActionTempfail, Outcomes: []policy.Outcome{
+		{Verdict: &v[0], Mode: policy.ModeEnforce, Action: policy.ActionTempfail},
+		{Verdict: &v[1], Mode: policy.ModeDryRun, Action: policy.ActionNone},
+	}}
+	m.Stage(policy.StageMail, time.Millisecond, &d)
+	m.Stage(policy.StageRcpt, time.Millisecond, &policy.Decision{})
+	m.Check("spf", "fail", 3*time.Millisecond)
+
+	for _, c := range []struct {
+		got  float64
+		want float64
+		what string
+	}{
+		{testutil.ToFloat64(m.sessionsOpen), 1, "sessions open"},
+		{testutil.ToFloat64(m.sessionsTotal), 2, "sessions total"},
+		{testutil.ToFloat64(m.decisions.WithLabelValues("a", "tempfail", "enforce")), 1, "decision a"},
+		{testutil.ToFloat64(m.decisions.WithLabelValues("b", "reject", "dry-run")), 1, "would-have-refused b"},
+		{testutil.ToFloat64(m.replies[policy.StageMail][policy.ActionTempfail]), 1, "mail tempfail reply"},
+		{testutil.ToFloat64(m.replies[policy.StageRcpt][policy.ActionNone]), 1, "rcpt continue"},
+		{testutil.ToFloat64(m.checks.WithLabelValues("spf", "fail")), 1, "spf fail"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.reg, "sluice_stage_duration_seconds"); n != 5 {
+		t.Errorf("%d stage histograms, want one per stage (5)", n)
+	}
+}
+
+// failing is a store whose every call fails.
+type failing struct{ counter.Store }
+
+var errDown = errors.New("down")
+
+func (failing) Do(context.Context, []counter.Request) error { return errDown }
+func (failing) Len() int                                    { return -1 }
+
+func TestStoreWrapper(t *testing.T) {
+	m := New("test")
+	st, err := memstore.New(memstore.Config{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	w := m.Store("memory", st)
+	m.WatchStore(st)
+	ctx := context.Background()
+	reqs := []counter.Request{{Key: []byte("r:0:sender:a"), Kind: counter.KindRate, Interval: int64(time.Second), Burst: 1, Cost: 1}}
+	for range 3 {
+		if err := w.Do(ctx, reqs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Reset(ctx, [][]byte{[]byte("x")})
+	f := m.Store("redis", failing{})
+	if err := f.Do(ctx, reqs); !errors.Is(err, errDown) {
+		t.Fatalf("the wrapper changed the error: %v", err)
+	}
+	for _, c := range []struct {
+		got, want float64
+		what      string
+	}{
+		{testutil.ToFloat64(m.storeOps.WithLabelValues("memory", "do")), 3, "memory do"},
+		{testutil.ToFloat64(m.storeOps.WithLabelValues("memory", "reset")), 1, "memory reset"},
+		{testutil.ToFloat64(m.storeErrors.WithLabelValues("memory", "do")), 0, "memory errors"},
+		{testutil.ToFloat64(m.storeErrors.WithLabelValues("redis", "do")), 1, "redis errors"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
+		}
+	}
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(`
+# HELP sluice_store_keys Keys the counter store tracks now (idle ones not yet reclaimed included).
+# TYPE sluice_store_keys gauge
+sluice_store_keys 1
+# HELP sluice_snapshot_write_failing 1 when the last snapshot write failed (full or read-only disk): counters are kept in memory and the write is retried.
+# TYPE sluice_snapshot_write_failing gauge
+sluice_snapshot_write_failing 0
+`), "sluice_store_keys", "sluice_snapshot_write_failing"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestServer(t *testing.T) {
+	m := New("test")
+	var ready error = NotReady("starting")
+	s, err := m.Listen("127.0.0.1:0", func(context.Context) error { return ready }, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + s.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "starting") {
+		t.Errorf("/readyz while starting: %d %q", code, body)
+	}
+	ready = nil
+	if code, _ := get("/readyz"); code != 200 {
+		t.Errorf("/readyz when ready: %d", code)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "sluice_build_info") {
+		t.Errorf("/metrics: %d", code)
+	}
+	if _, err := m.Listen(s.Addr().String(), nil, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "metrics: listen on") {
+		t.Errorf("a port in use: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for listen, ok := range map[string]bool{
+		"": true, "127.0.0.1:9465": true, "[::1]:9465": true, "localhost:9465": true, ":9465": true,
+		"9465": false, "127.0.0.1:http": false, "127.0.0.1:70000": false, "example.org:9465": false,
+	} {
+		c := Config{Listen: listen}
+		if err := c.Validate(); (err == nil) != ok {
+			t.Errorf("listen %q: %v", listen, err)
+		}
+	}
+}
