@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +156,42 @@ func TestConfigValidate(t *testing.T) {
 		c := Config{Listen: listen}
 		if err := c.Validate(); (err == nil) != ok {
 			t.Errorf("listen %q: %v", listen, err)
+		}
+	}
+}
+
+// TestDashboardNames checks that the Grafana dashboard in docs/ uses only
+// metrics that exist.
+func TestDashboardNames(t *testing.T) {
+	data, err := os.ReadFile("../docs/grafana-sluice.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New("test")
+	st, _ := memstore.New(memstore.Config{Snapshot: filepath.Join(t.TempDir(), "snap")}, zap.NewNop())
+	defer st.Close()
+	m.WatchStore(st)
+	m.Store("memory", st).Do(context.Background(), nil)
+	v := policy.Verdict{Source: "r", Action: policy.ActionTag}
+	m.Stage(policy.StageMail, time.Millisecond, &policy.Decision{Outcomes: []policy.Outcome{{Verdict: &v}}})
+	m.Check("spf", "pass", time.Millisecond)
+	st.Close() // writes the snapshot: its age is known from now on
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range fams {
+		have[f.GetName()] = true
+	}
+	used := regexp.MustCompile(`sluice_[a-z_]+`).FindAllString(string(data), -1)
+	if len(used) < 10 {
+		t.Fatalf("the dashboard uses only %d sluice metrics", len(used))
+	}
+	for _, name := range used {
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+		if !have[base] {
+			t.Errorf("the dashboard uses %s, which sluice does not export", name)
 		}
 	}
 }
