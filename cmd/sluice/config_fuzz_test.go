@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"sluice/limits"
+)
+
+// fuzzRich is a config that touches every section, so that the fuzzer
+// starts from keys that exist.
+const fuzzRich = `listen = "unix:/run/sluice/sluice.sock"
+mode = "tag"
+tag_header = "X-Sluice-Limit"
+idle_timeout = "5m"
+shutdown_timeout = "30s"
+authserv_id = "mx.example.test"
+trusted = ["127.0.0.0/8", "::1", "192.0.2.0/24"]
+
+[store]
+backend = "memory"
+on_store_error = "allow"
+max_keys = 1000
+snapshot_interval = "1m"
+
+[lists]
+partners = ["192.0.2.0/24", "example.org", ".example.net", "bob@example.com", "/^bulk-.*@news\\./"]
+vip = ["alice@example.org"]
+
+[log]
+level = "debug"
+format = "console"
+
+[[limit]]
+name = "conn-per-ip"
+count = "concurrent"
+per = "client_ip"
+max = 20
+ipv6_prefix = 64
+
+[[limit]]
+name = "rcpts"
+count = "recipients"
+per = ["sasl_user", "rcpt_domain"]
+rate = "100/1h"
+burst = 50
+max_rcpt_per_message = 50
+action = "reject"
+reply = "550 5.7.1 Too many recipients for {sasl_user} ({limit}); try again in {retry_after}"
+mode = "dry-run"
+except = ["vip"]
+count_on = "accepted"
+match = { authenticated = true, listener = ["submission"], sender_domain = ["partners"], rcpt_domain = ["example.net"] }
+
+[[limit]]
+name = "bytes"
+count = "bytes"
+per = ["sender", "client_ip"]
+rate = "100000000/1d"
+action = "delay"
+delay = "10s"
+strip_extension = true
+null_sender = "count"
+strict = true
+final = true
+apply_to_trusted = true
+on_store_error = "tempfail"
+match = { helo = "^[a-z.]+$", sender = "@example\\.org$", client = ["partners", "10.0.0.0/8"] }
+`
+
+var lineRE = regexp.MustCompile(`^fuzz\.toml:(\d+): `)
+
+// FuzzParseConfig feeds the config loader any bytes. It must not panic;
+// every error must name the file, and a line within it when it names
+// one; and a config it accepts must also build: what `sluice check`
+// calls OK, `sluice serve` must be able to run.
+func FuzzParseConfig(f *testing.F) {
+	f.Add(defaultConfig)
+	f.Add([]byte(fuzzRich))
+	f.Add([]byte(""))
+	f.Add([]byte("listen = \"inet:127.0.0.1:8890\"\n[[limit]]\nname = \"x\"\ncount = \"messages\"\nper = \"sender\"\nrate = \"10/1h\"\n"))
+	f.Add([]byte("[[limit]]\nname = \"a\"\ncount = \"concurrent\"\nper = \"client_ip\"\nmax = 0\n"))
+	f.Add([]byte("mode = \"enforce\"\n[store]\nbackend = \"redis\"\n"))
+	f.Add([]byte("[lists]\nx = \"file:relative\"\n"))
+	f.Add([]byte("[[limit]]\nname = \"r\"\ncount = \"messages\"\nper = \"sender\"\nrate = [\"1/0s\"]\nreply = \"451 5.7.1 %\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := parseConfig("fuzz.toml", data)
+		if err != nil {
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "fuzz.toml") {
+				t.Fatalf("error does not name the file: %q", msg)
+			}
+			for _, line := range strings.Split(msg, "\n") {
+				if m := lineRE.FindStringSubmatch(line); m != nil {
+					n, _ := strconv.Atoi(m[1])
+					if lines := bytes.Count(data, []byte{'\n'}) + 1; n < 1 || n > lines {
+						t.Fatalf("error names line %d of a %d-line file: %q", n, lines, msg)
+					}
+				}
+			}
+			return
+		}
+		if err := c.validate(); err != nil {
+			t.Fatalf("an accepted config fails validation again: %v", err)
+		}
+		if bytes.Contains(data, []byte("file:")) {
+			return // building would read files named by the fuzzer
+		}
+		set, _, err := c.Lists.Build(nil)
+		if err != nil {
+			t.Fatalf("an accepted config's lists do not build: %v", err)
+		}
+		if _, err := limits.New(&c.LimitsConfig, set, limits.Options{Mode: c.Mode}); err != nil {
+			t.Fatalf("an accepted config's limits do not compile: %v", err)
+		}
+	})
+}
+
+// TestFuzzSeedsAreValid keeps the fuzzer's starting points valid: a seed
+// that no longer parses would leave the accepted-config path unfuzzed.
+func TestFuzzSeedsAreValid(t *testing.T) {
+	for name, data := range map[string][]byte{"default": defaultConfig, "rich": []byte(fuzzRich)} {
+		if _, err := parseConfig(name, data); err != nil {
+			t.Errorf("%s seed: %v", name, err)
+		}
+	}
+}
