@@ -26,7 +26,7 @@ func newTestClock() *testClock {
 	return c
 }
 
-func (c *testClock) now() int64               { return c.ns.Load() }
+func (c *testClock) now() int64              { return c.ns.Load() }
 func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // testEnv is an engine on a real memory store with a hand-moved clock,
