@@ -7,7 +7,6 @@ package e2e
 // STOPPING=1. Real Postfix talks to sluice through the passed socket.
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,8 +90,14 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(activate, "-l", addr, "-E", "NOTIFY_SOCKET="+notify.path,
 		mta.Binary(t), "serve", "-config", cfg)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	outPath := filepath.Join(dir, "sluice.log")
+	outFile, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outFile.Close()
+	cmd.Stdout, cmd.Stderr = outFile, outFile
+	output := func() string { b, _ := os.ReadFile(outPath); return string(b) }
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -103,11 +107,11 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("sluice under systemd-socket-activate:\n%s", out.String())
+			t.Logf("sluice under systemd-socket-activate:\n%s", output())
 		}
 	})
 	if err := pollFor(10*time.Second, func() bool { return mta.Listening("inet:"+addr) == nil }); err != nil {
-		t.Fatalf("systemd-socket-activate does not listen on %s:\n%s", addr, out.String())
+		t.Fatalf("systemd-socket-activate does not listen on %s:\n%s", addr, output())
 	}
 
 	// The first connection makes systemd-socket-activate exec sluice with
@@ -122,7 +126,7 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 	if !strings.HasPrefix(ready, "READY=1\n") || !strings.Contains(ready, "STATUS=serving") {
 		t.Errorf("first notification %q, want READY=1 with a STATUS", ready)
 	}
-	logs := out.String()
+	logs := output()
 	if !strings.Contains(logs, `"systemd_socket":true`) || !strings.Contains(logs, "using the sockets systemd passed") {
 		t.Errorf("sluice did not say it uses systemd's socket:\n%s", logs)
 	}
@@ -171,22 +175,4 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 		t.Fatal("sluice did not exit within 20s of SIGTERM")
 	}
 	pf.WaitDelivered(1, time.Minute)
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's two output streams.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
