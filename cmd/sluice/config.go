@@ -108,6 +108,11 @@ func (c *Config) validate() error {
 	if err := c.LimitsConfig.Validate(names); err != nil {
 		return err
 	}
+	for i := range c.Rules {
+		if err := c.PolicyConfig.CheckDelay(c.Rules[i].Delay.D()); err != nil {
+			return conf.In(conf.Errorf("delay", "%v", err), "limit", conf.Index(i))
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -4,6 +4,8 @@
 //	sluice check -config FILE       validate a config and exit
 //	sluice counters top|show|reset|allow|allows ...
 //	                                see and change a running sluice's counters
+//	sluice explain -config FILE -client IP ...
+//	                                how a policy treats one session, on fresh counters
 //	sluice version                  print the version
 package main
 
@@ -36,6 +38,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkCmd(args, stdout, stderr)
 	case "counters":
 		return countersCmd(args, stdout, stderr)
+	case "explain":
+		return explainCmd(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return 0
@@ -54,6 +58,9 @@ func usage(w io.Writer) {
   sluice check [-config FILE]     validate a config: errors with file:line, exit 1
   sluice counters COMMAND ...     see, reset and exempt counters of a running sluice
                                   (top, show KEY, reset KEY, allow KEY -for 2h, allows)
+  sluice explain -config FILE -client IP -helo NAME -sender ADDR -rcpt ADDR [-listener NAME] [-auth USER]
+                                  show which rules apply at each stage, and what
+                                  fresh counters would answer (never the live ones)
   sluice version                  print the version
 `)
 }
@@ -82,6 +89,11 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	c, err := loadConfig(*path)
 	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	// The list files too: serve would not start without them.
+	if _, err := buildLists(c, *path); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
