@@ -48,7 +48,7 @@ func (r *rule) outcome(check, value, key, detail string) []outcome {
 	o := outcome{res: Result{Check: check, Value: value, Action: r.action, Mode: r.mode, Detail: detail}}
 	if r.action != policy.ActionNone {
 		o.v = &policy.Verdict{Source: check, Action: r.action, Mode: r.mode, Reply: r.reply, Text: r.text,
-			Key: key, Detail: detail}
+			Key: key, Detail: detail, OwnHeader: true}
 	}
 	return []outcome{o}
 }

@@ -19,10 +19,13 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 	if !p.Limits.Needs(policy.StageRcpt) {
 		protocol |= milter.OptNoRcptTo
 	}
-	if !p.Limits.UsesHelo() {
+	checks := p.checks()
+	if !p.Limits.UsesHelo() && !checks {
 		protocol |= milter.OptNoHelo
 	}
-	if !p.Limits.MayTag(p.Decide.Mode) {
+	// Checks write Authentication-Results: forged ones must be seen to be
+	// removed.
+	if !p.Limits.MayTag(p.Decide.Mode) && !checks {
 		protocol |= milter.OptNoEOH
 		// A message's size is its header and body: Postfix has no
 		// {msg_size} macro, so bytes rules need the header lines too.

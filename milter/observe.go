@@ -17,6 +17,9 @@ type Observer interface {
 	// (the store, checks and decision; not a pause asked for by the policy).
 	// d and what it points to are only valid during the call.
 	Stage(st policy.Stage, took time.Duration, d *policy.Decision)
+	// Check reports one sender check's result ("spf", "fail") and the time
+	// the MAIL FROM checks it came with took.
+	Check(check, result string, took time.Duration)
 }
 
 type nopObserver struct{}
@@ -24,6 +27,7 @@ type nopObserver struct{}
 func (nopObserver) SessionOpened()                                      {}
 func (nopObserver) SessionClosed()                                      {}
 func (nopObserver) Stage(policy.Stage, time.Duration, *policy.Decision) {}
+func (nopObserver) Check(string, string, time.Duration)                 {}
 
 // Observe makes o hear every session from now on. Call it before Serve.
 func (s *Server) Observe(o Observer) {

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-milter"
 	"go.uber.org/zap"
 
+	"sluice/auth"
 	"sluice/conf"
 	"sluice/limits"
 	"sluice/policy"
@@ -74,9 +75,13 @@ func validHeaderName(s string) bool {
 // session keeps the one it started with.
 type Policy struct {
 	Limits    *limits.Engine
+	Auth      *auth.Checker // nil when no check is configured
 	Decide    policy.Config
 	TagHeader string
 }
+
+// checks reports whether the policy runs sender checks.
+func (p *Policy) checks() bool { return p.Auth != nil && p.Auth.Enabled() }
 
 // Server accepts MTA connections and runs a session for each.
 type Server struct {

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-milter"
 	"go.uber.org/zap"
 
+	"sluice/auth"
 	"sluice/limits"
 	"sluice/policy"
 )
@@ -45,6 +46,7 @@ type session struct {
 	connHold *policy.Verdict
 
 	// The transaction.
+	auth  auth.Message // the sender checks' results, for the headers
 	tags  []policy.Verdict
 	hold  *policy.Verdict
 	strip []headerRef // forged headers to delete at end of message
@@ -72,6 +74,10 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *milt
 	s.f.Trusted = s.pol.Limits.Trusted(s.f.ClientIP)
 	d := s.stage(policy.StageConnect, m)
 	s.keepForSession(&d)
+	if !d.Refused() && s.pol.checks() {
+		// Start the client's DNS lookups now, so they are answered by MAIL FROM.
+		s.pol.Auth.Connect(s.srv.ctx, &s.f)
+	}
 	return s.reply(&d), nil
 }
 
@@ -132,7 +138,7 @@ func (s *session) Header(name, value string, m *milter.Modifier) (milter.Respons
 	// count its index per name the same way.
 	key := strings.ToLower(name)
 	s.seen[key]++
-	if hasPrefixFold(name, "X-Sluice-") {
+	if hasPrefixFold(name, "X-Sluice-") || s.pol.checks() && s.pol.Auth.Forged(name, value) {
 		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
 	return milter.RespContinue, nil
@@ -205,6 +211,13 @@ func (s *session) edit(m *milter.Modifier) error {
 		h := s.strip[i]
 		if err := m.ChangeHeader(h.index, h.name, ""); err != nil {
 			return fmt.Errorf("remove forged %s: %w", h.name, err)
+		}
+	}
+	if s.pol.checks() {
+		for _, h := range s.pol.Auth.Headers(&s.auth) {
+			if err := m.AddHeader(h.Name, h.Value); err != nil {
+				return fmt.Errorf("add %s: %w", h.Name, err)
+			}
 		}
 	}
 	for _, tags := range [][]policy.Verdict{s.connTags, s.tags} {
@@ -288,7 +301,9 @@ func notToken(r rune) bool {
 // verdicts live in the limits session's scratch space, so they are copied.
 func (s *session) keep(d *policy.Decision) {
 	for _, v := range d.Tags {
-		s.tags = append(s.tags, *v)
+		if !v.OwnHeader {
+			s.tags = append(s.tags, *v)
+		}
 	}
 	if d.Hold != nil && s.hold == nil {
 		h := *d.Hold
@@ -333,6 +348,11 @@ func (s *session) stage(st policy.Stage, m *milter.Modifier) (d policy.Decision)
 	if err != nil {
 		s.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
 	}
+	if st == policy.StageMail && s.pol.checks() && !s.pol.Decide.Refuses(vs) {
+		// Cheap before expensive: a MAIL FROM that a limit refuses costs
+		// no DNS lookup.
+		vs = append(vs[:len(vs):len(vs)], s.checkSender(ctx)...)
+	}
 	if vs != nil {
 		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
 		d = s.pol.Decide.Decide(st, vs, &env)
@@ -352,6 +372,17 @@ func (s *session) stage(st policy.Stage, m *milter.Modifier) (d policy.Decision)
 			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
 	}
 	return d
+}
+
+// checkSender runs the sender checks of the transaction.
+func (s *session) checkSender(ctx context.Context) []policy.Verdict {
+	start := time.Now()
+	vs := s.pol.Auth.Mail(ctx, &s.f, &s.auth)
+	took := time.Since(start)
+	for _, r := range s.auth.Results() {
+		s.srv.obs.Check(r.Check, r.Value, took)
+	}
+	return vs
 }
 
 // reply turns a decision into the milter response, after any pause.

@@ -98,6 +98,17 @@ type Decision struct {
 // Refused reports whether the decision refuses the command.
 func (d *Decision) Refused() bool { return d.Action.Refuses() }
 
+// Refuses reports whether any verdict would refuse the command under the
+// global mode: the caller can skip costlier questions.
+func (c *Config) Refuses(vs []Verdict) bool {
+	for i := range vs {
+		if vs[i].Action.Refuses() && vs[i].Mode.Soften(c.Mode) == ModeEnforce {
+			return true
+		}
+	}
+	return false
+}
+
 // Decide applies the global mode to a stage's verdicts: the strictest
 // enforced refusal answers; delays add up to the cap; the first hold holds;
 // tags, and refusals softened to tags, become headers.

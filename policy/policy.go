@@ -137,4 +137,5 @@ type Verdict struct {
 	Detail     string        // for the tag header and logs: "rate=11/1h limit=10/1h"
 	Limit      string        // the limit as written: "10/1h"
 	RetryAfter time.Duration // when the client may try again; 0 if unknown
+	OwnHeader  bool          // the source writes its own header (auth's X-Sluice-Check), so no tag header
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"sluice/admin"
+	"sluice/auth"
 	"sluice/conf"
 	"sluice/limits"
 	"sluice/lists"
@@ -19,7 +20,7 @@ type Config struct {
 	MilterConfig
 	PolicyConfig
 	LimitsConfig
-	AuthservID      string         `toml:"authserv_id"`
+	AuthConfig
 	Lists           lists.Config   `toml:"lists"`
 	Log             LogConfig      `toml:"log"`
 	ShutdownTimeout conf.Duration  `toml:"shutdown_timeout"`
@@ -39,6 +40,7 @@ type (
 	MilterConfig = milter.Config
 	PolicyConfig = policy.Config
 	LimitsConfig = limits.Config
+	AuthConfig   = auth.Config
 )
 
 //go:embed default.toml
@@ -78,6 +80,7 @@ func (c *Config) defaults() {
 	c.MilterConfig.Defaults()
 	c.PolicyConfig.Defaults()
 	c.LimitsConfig.Defaults()
+	c.AuthConfig.Defaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -106,6 +109,9 @@ func (c *Config) validate() error {
 		names[n] = true
 	}
 	if err := c.LimitsConfig.Validate(names); err != nil {
+		return err
+	}
+	if err := c.AuthConfig.Validate(); err != nil {
 		return err
 	}
 	for i := range c.Rules {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"sluice/admin"
+	"sluice/auth"
 	"sluice/limits"
 	"sluice/limits/counter"
 	"sluice/lists"
@@ -278,7 +279,11 @@ func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, 
 	if err != nil {
 		return nil, nil, err
 	}
-	return &milter.Policy{Limits: eng, Decide: c.PolicyConfig, TagHeader: c.TagHeader}, set, nil
+	p := &milter.Policy{Limits: eng, Decide: c.PolicyConfig, TagHeader: c.TagHeader}
+	if p.Auth, err = auth.New(&c.AuthConfig, d.log); err != nil {
+		return nil, nil, err
+	}
+	return p, set, nil
 }
 
 // reload re-reads the config and list files; new sessions get the new
