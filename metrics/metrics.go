@@ -76,6 +76,7 @@ type Metrics struct {
 	storeOps    *prometheus.CounterVec
 	storeErrors *prometheus.CounterVec
 	storeTime   *prometheus.HistogramVec
+	fallbacks   *prometheus.CounterVec
 
 	reloads      *prometheus.CounterVec
 	reloadOK     prometheus.Gauge
@@ -151,6 +152,14 @@ func New(version string) *Metrics {
 		Buckets: latencyBuckets,
 	}, "store", "op")
 
+	m.fallbacks = f.counterVec(prometheus.CounterOpts{
+		Name: "sluice_store_fallbacks_total",
+		Help: "Requests that rules answered by their on_store_error policy (allow, tempfail, local) because the store failed.",
+	}, "policy")
+	for _, p := range []string{"allow", "tempfail", "local"} {
+		m.fallbacks.WithLabelValues(p)
+	}
+
 	m.reloads = f.counterVec(prometheus.CounterOpts{
 		Name: "sluice_config_reloads_total",
 		Help: "Config reloads (SIGHUP) by result; a failed one leaves the running config in force.",
@@ -212,6 +221,12 @@ func (m *Metrics) Stage(st policy.Stage, took time.Duration, d *policy.Decision)
 func (m *Metrics) Check(check, result string, took time.Duration) {
 	m.checks.WithLabelValues(check, result).Inc()
 	m.checkTime.WithLabelValues(check).Observe(took.Seconds())
+}
+
+// RecordFallback counts requests that rules answered by on_store_error
+// because the store failed; it makes Metrics a limits.StoreErrorRecorder.
+func (m *Metrics) RecordFallback(policy string, requests int, err error) {
+	m.fallbacks.WithLabelValues(policy).Add(float64(requests))
 }
 
 // ConfigLoaded records a config put in force (at start or by a reload).

@@ -275,7 +275,7 @@ func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, 
 	for _, e := range kept {
 		d.log.Error("list not reloaded", zap.Error(e))
 	}
-	eng, err := limits.New(&c.LimitsConfig, set, limits.Options{Store: d.store, Fallback: d.fallback, Mode: c.Mode, Log: d.log})
+	eng, err := limits.New(&c.LimitsConfig, set, limits.Options{Store: d.store, Fallback: d.fallback, Mode: c.Mode, Log: d.log, Recorder: d.recorder()})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -284,6 +284,31 @@ func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, 
 		return nil, nil, err
 	}
 	return p, set, nil
+}
+
+// recorder is told of store failures the rules answered: the store itself
+// (the Redis store counts them) and the metrics. The metrics wrapper hides
+// the store's own methods from the engine, hence both are named here.
+func (d *daemon) recorder() limits.StoreErrorRecorder {
+	var rs recorders
+	if r, ok := d.raw.(limits.StoreErrorRecorder); ok {
+		rs = append(rs, r)
+	}
+	if d.met != nil {
+		rs = append(rs, d.met)
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	return rs
+}
+
+type recorders []limits.StoreErrorRecorder
+
+func (rs recorders) RecordFallback(policy string, requests int, err error) {
+	for _, r := range rs {
+		r.RecordFallback(policy, requests, err)
+	}
 }
 
 // reload re-reads the config and list files; new sessions get the new
