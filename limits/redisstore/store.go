@@ -116,7 +116,7 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		log.Info("redis store connected", zap.Strings("addrs", cfg.Addrs), zap.Bool("cluster", cfg.Cluster),
 			zap.String("master_name", cfg.MasterName), zap.String("instance", s.instance))
 	}
-	go s.run(cfg.LeaseTime.D() / 3)
+	go s.run(cfg.LeaseTime.D()/3, cfg.RetryBackoff.D())
 	return s, nil
 }
 
@@ -346,17 +346,26 @@ func (s *Store) Close() error {
 	return err
 }
 
-// run refreshes this process's leases and writes hot keys now and then.
-func (s *Store) run(refreshEvery time.Duration) {
+// run refreshes this process's leases, writes hot keys now and then, and
+// while Redis is down tries it again with backoff (the breaker spaces the
+// tries), so that the first SMTP command after Redis is back does not
+// pay for the reconnection.
+func (s *Store) run(refreshEvery, probeEvery time.Duration) {
 	defer close(s.done)
 	refresh := time.NewTicker(refreshEvery)
 	defer refresh.Stop()
 	hot := time.NewTicker(time.Second)
 	defer hot.Stop()
+	probe := time.NewTicker(probeEvery)
+	defer probe.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
+		case <-probe.C:
+			if s.brk.isOpen() {
+				s.Ping(context.Background())
+			}
 		case <-refresh.C:
 			ctx, cancel := context.WithTimeout(context.Background(), refreshEvery)
 			s.refreshLeases(ctx)
