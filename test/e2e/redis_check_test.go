@@ -1,0 +1,93 @@
+package e2e
+
+// `sluice check` validates the Redis settings of [store] without touching
+// the network: each bad setting is named with its file and line.
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"sluice/test/mta"
+)
+
+func TestRedisCheckConfig(t *testing.T) {
+	mta.Require(t)
+	dir := t.TempDir()
+	// Nothing listens on port 1: check must not connect.
+	good := `listen = "inet:127.0.0.1:8891"
+mode = "enforce"
+
+[store]
+backend = "redis"
+addrs = ["127.0.0.1:1"]
+prefix = "sluice:"
+timeout = "250ms"
+lease_time = "60s"
+on_store_error = "local"
+
+[[limit]]
+name = "msgs-per-sender"
+count = "messages"
+per = "sender"
+rate = "10/1h"
+on_store_error = "tempfail"
+`
+	for _, tc := range []struct {
+		name   string
+		line   int    // the line of good replaced by config; 0: the good config
+		config string // may hold several lines; the error is on the first
+		want   string
+		at     int // the line the error names, when not line
+	}{
+		{name: "good"},
+		{name: "sentinel", line: 6, config: `addrs = ["10.0.0.1:26379", "10.0.0.2:26379"]` + "\nmaster_name = \"mymaster\""},
+		{name: "cluster", line: 6, config: `addrs = ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]` + "\ncluster = true"},
+		{name: "tls", line: 7, config: `tls = true` + "\ntls_server_name = \"redis.example.net\""},
+		{name: "addr-no-port", line: 6, config: `addrs = ["redis.example.net"]`, want: "want host:port"},
+		{name: "several-addrs", line: 6, config: `addrs = ["a:1", "b:2"]`, want: "cluster = true"},
+		{name: "cluster-and-sentinel", line: 7, config: `master_name = "m"` + "\ncluster = true", want: "exclude"},
+		{name: "brace-prefix", line: 7, config: `prefix = "{x}"`, want: "hash tags"},
+		{name: "tls-file-without-tls", line: 7, config: `tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"`, want: "tls = true"},
+		{name: "missing-ca", line: 7, config: `tls = true` + "\ntls_ca_file = \"/nonexistent/ca.pem\"", want: "no such file", at: 8},
+		{name: "short-lease", line: 9, config: `lease_time = "500ms"`, want: "lease_time"},
+		{name: "bad-timeout", line: 8, config: `timeout = "soon"`, want: "timeout"},
+		{name: "bad-policy", line: 10, config: `on_store_error = "pray"`, want: "allow, tempfail or local"},
+		{name: "bad-rule-policy", line: 17, config: `on_store_error = "pray"`, want: "on_store_error"},
+		{name: "unknown-key", line: 7, config: `prefx = "a"`, want: "prefx"},
+		{name: "snapshot-with-redis", line: 7, config: `snapshot = "/var/lib/sluice/counters.snap"`, want: "memory"},
+		{name: "redis-key-with-memory", line: 5, config: `backend = "memory"`, want: "backend = \"redis\"", at: 6},
+		{name: "unknown-backend", line: 5, config: `backend = "memcached"`, want: "unknown backend"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lines := strings.Split(good, "\n")
+			if tc.line > 0 {
+				lines[tc.line-1] = tc.config
+			}
+			path := filepath.Join(dir, tc.name+".toml")
+			if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			res := mta.RunSluice(t, "check", "-config", path)
+			t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
+			if tc.want == "" {
+				if res.Code != 0 {
+					t.Fatalf("check of a good config: exit %d: %s", res.Code, res.Stderr)
+				}
+				return
+			}
+			if res.Code != 1 || !strings.Contains(res.Stderr, path+":") || !strings.Contains(res.Stderr, tc.want) {
+				t.Errorf("check: exit %d, stderr %q; want exit 1, %s:LINE and %q", res.Code, res.Stderr, path, tc.want)
+			}
+			at := tc.line
+			if tc.at != 0 {
+				at = tc.at
+			}
+			if prefix := path + ":" + strconv.Itoa(at) + ":"; !strings.Contains(res.Stderr, prefix) {
+				t.Errorf("check: %q does not name line %d", res.Stderr, at)
+			}
+		})
+	}
+}
