@@ -471,15 +471,16 @@ func (e *Engine) UsesHelo() bool {
 }
 
 // MayTag reports whether any rule can end in a header under the global
-// mode: an enforced action tag, a rule in tag mode, or any rule when the
-// server is in tag mode. A rule in dry-run never shows.
+// mode: an enforced action tag or hold (a held message says why in a
+// header), a rule in tag mode, or any rule when the server is in tag
+// mode. A rule in dry-run never shows.
 func (e *Engine) MayTag(global policy.Mode) bool {
 	for _, r := range e.rules {
 		switch r.mode.Soften(global) {
 		case policy.ModeTag:
 			return true
 		case policy.ModeEnforce:
-			if r.action == policy.ActionTag {
+			if r.action == policy.ActionTag || r.action == policy.ActionHold {
 				return true
 			}
 		}

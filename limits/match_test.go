@@ -357,7 +357,8 @@ func TestMayTag(t *testing.T) {
 		{rule("tag", "dry-run"), policy.ModeEnforce, false},
 		{rule("tag", ""), policy.ModeDryRun, false},
 		{rule("hold", "tag"), policy.ModeEnforce, true},
-		{rule("hold", ""), policy.ModeEnforce, false},
+		{rule("hold", ""), policy.ModeEnforce, true}, // a held message says why
+		{rule("hold", "dry-run"), policy.ModeEnforce, false},
 		{rule("reject", "dry-run"), policy.ModeTag, false},
 	} {
 		e := matchEngine(t, []string{}, nil, tc.global, tc.r)

@@ -27,8 +27,9 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 	// removed.
 	if !p.Limits.MayTag(p.Decide.Mode) && !checks {
 		protocol |= milter.OptNoEOH
-		// A message's size is its header and body: Postfix has no
-		// {msg_size} macro, so bytes rules need the header lines too.
+		// A message's size is its header and body as the client sent
+		// them (Postfix has no {msg_size}): bytes rules need the header
+		// lines too.
 		if !p.Limits.Needs(policy.StageData) {
 			protocol |= milter.OptNoHeaders
 		}
@@ -38,7 +39,7 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 		milter.StageHelo:     {"{daemon_name}"},
 		milter.StageMailFrom: {"i", "{auth_authen}", "{daemon_name}"},
 		milter.StageRcptTo:   {"i", "{auth_authen}"},
-		milter.StageEOM:      {"i", "{auth_authen}", "{msg_size}"},
+		milter.StageEOM:      {"i", "{auth_authen}"},
 	}
 	return actions, protocol, syms
 }

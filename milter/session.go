@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"net/textproto"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -155,13 +154,12 @@ func headerSize(name, value string) int64 {
 	return int64(len(name) + len(": ") + len(value) + strings.Count(value, "\n") + len("\r\n"))
 }
 
-// messageSize is the size of the message at end of message: Sendmail's
-// {msg_size} when it sent one, else what sluice counted of the header and
-// body, plus the empty line between them.
-func messageSize(counted int64, macro string) int64 {
-	if n, err := strconv.ParseInt(macro, 10, 64); err == nil && n >= 0 {
-		return n
-	}
+// messageSize is the size of the message as the client sent it: what
+// sluice counted of the header and body, plus the empty line between
+// them. Sendmail's {msg_size} is not used: it adds the Received header
+// Sendmail prepends, which Postfix does not show its milters, and the
+// same message must count the same behind either MTA.
+func messageSize(counted int64) int64 {
 	if counted > 0 {
 		counted += int64(len("\r\n"))
 	}
@@ -178,7 +176,7 @@ func (s *session) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, 
 func (s *session) Body(m *milter.Modifier) (resp milter.Response, err error) {
 	defer s.recover(&resp, &err)
 	s.macros(m)
-	s.f.Size = messageSize(s.size, m.Macros["{msg_size}"])
+	s.f.Size = messageSize(s.size)
 	d := s.stage(policy.StageData, m)
 	if d.Refused() {
 		s.endMessage(false)
@@ -222,7 +220,7 @@ func (s *session) edit(m *milter.Modifier) error {
 	}
 	for _, tags := range [][]policy.Verdict{s.connTags, s.tags} {
 		for i := range tags {
-			if err := m.AddHeader(s.pol.TagHeader, tagValue(&tags[i])); err != nil {
+			if err := m.AddHeader(s.pol.TagHeader, tagValue(&tags[i], false)); err != nil {
 				return fmt.Errorf("add %s: %w", s.pol.TagHeader, err)
 			}
 		}
@@ -232,8 +230,13 @@ func (s *session) edit(m *milter.Modifier) error {
 		hold = s.connHold
 	}
 	if hold != nil {
-		// Postfix logs the reason ("milter-hold: ...") and keeps it with
-		// the held message; one line of ASCII whatever the key holds.
+		// Sendmail keeps the reason with the quarantined message (mailq
+		// -qQ); Postfix only logs "milter triggers HOLD action". The
+		// header says why in both, for the admin who looks at the held
+		// message (postcat -hq ID) and for its recipients once released.
+		if err := m.AddHeader(s.pol.TagHeader, tagValue(hold, true)); err != nil {
+			return fmt.Errorf("add %s: %w", s.pol.TagHeader, err)
+		}
 		reason := policy.ASCII(fmt.Sprintf("sluice: %s crossed by %s", hold.Source, hold.Key), 200)
 		if err := m.Quarantine(reason); err != nil {
 			return fmt.Errorf("hold: %w", err)
@@ -247,11 +250,14 @@ func (s *session) edit(m *milter.Modifier) error {
 //
 //	msgs-per-sender; key=sender:alice@example.org; count=11; limit=10/1h; retry_after=6m; would=tempfail
 //
+// "would=" says what enforce mode would do; a held message says
+// "action=hold" instead.
+//
 // It is one line of printable ASCII whatever the client sent: control and
 // non-ASCII bytes become \xNN, and a value that holds anything but token
 // characters is written as an RFC 5322 quoted-string, so a ';', '"' or
 // space in an address cannot forge a field of its own.
-func tagValue(v *policy.Verdict) string {
+func tagValue(v *policy.Verdict, held bool) string {
 	var b strings.Builder
 	b.Grow(128)
 	writeParam(&b, v.Source)
@@ -267,7 +273,10 @@ func tagValue(v *policy.Verdict) string {
 		b.WriteString("; retry_after=")
 		b.WriteString(policy.FormatRetry(v.RetryAfter))
 	}
-	if v.Action.Refuses() || v.Action == policy.ActionHold || v.Action == policy.ActionDelay {
+	switch {
+	case held:
+		b.WriteString("; action=hold")
+	case v.Action.Refuses() || v.Action == policy.ActionHold || v.Action == policy.ActionDelay:
 		b.WriteString("; would=")
 		b.WriteString(v.Action.String())
 	}
