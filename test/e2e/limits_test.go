@@ -155,14 +155,8 @@ func bodyOf(n int) string {
 	return strings.Repeat(line, n/len(line))
 }
 
-// A bytes per sender rule at 30 KB a day counts each message's size at
-// end of message, header included: two 12 KB messages pass; a third whose
-// body alone would still fit but whose header does not is refused after
-// DATA; a small one after it still fits (the refused one did not count);
-// another sender is not touched.
-func TestLimitsBytesPerSender(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, `mode = "enforce"
+// bytesConfig is a bytes per sender rule at 30 KB a day.
+const bytesConfig = `mode = "enforce"
 trusted = []
 
 [log]
@@ -173,49 +167,56 @@ name = "bytes-per-sender"
 count = "bytes"
 per = "sender"
 rate = "30KB/1d"
-`)
-	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
+`
+
+// bytesCase runs the bytes per sender case on an open session c and
+// checks it; wait waits until the MTA has delivered n messages. A message
+// counts as the client sent it, header and body: two 12 KB messages pass;
+// a third whose body alone would still fit but whose header does not is
+// refused after DATA; a small one after it still fits (the refused one did
+// not count); another sender is not touched. It returns the transactions
+// by subject.
+func bytesCase(t *testing.T, sl *mta.Sluice, c *mta.Client, wait func(n int) []mta.Message) map[string]mta.Transaction {
+	t.Helper()
 	const alice, dave = "alice@example.test", "dave@example.test"
-	c := session(t, pf.Addr, "192.0.2.32")
 	sent := map[string]int{} // bytes of each message as the client sent it
-	send := func(from, subject string, body string, extra ...string) mta.Transaction {
+	trs := map[string]mta.Transaction{}
+	send := func(from, subject string, body string, extra ...string) {
 		t.Helper()
 		msg := append(mta.NewMessage(from, rcpt, subject, extra...), body...)
 		tr, err := c.Send(from, []string{rcpt}, msg)
 		if err != nil {
 			t.Fatalf("%s: %v", subject, err)
 		}
-		t.Logf("%-10s %6d bytes as sent: %v", subject, len(msg), tr)
-		sent[subject] = len(msg)
-		return tr
+		t.Logf("%-4s %6d bytes as sent: %v", subject, len(msg), tr)
+		sent[subject], trs[subject] = len(msg), tr
 	}
-	// A header of about 3 KB, in folded lines.
+	// A header field of about 3 KB, in folded lines.
 	padding := "X-Padding: " + strings.TrimSuffix(strings.Repeat(strings.Repeat("p", 70)+"\r\n\t", 43), "\r\n\t")
-
-	a1 := send(alice, "a1", bodyOf(12000))
-	a2 := send(alice, "a2", bodyOf(12000))
-	a3 := send(alice, "a3", bodyOf(4000), padding)
-	a4 := send(alice, "a4", bodyOf(1000))
-	d1 := send(dave, "d1", bodyOf(12000))
+	send(alice, "a1", bodyOf(12000))
+	send(alice, "a2", bodyOf(12000))
+	send(alice, "a3", bodyOf(4000), padding)
+	send(alice, "a4", bodyOf(1000))
+	send(dave, "d1", bodyOf(12000))
 	c.Quit()
 
-	for name, tr := range map[string]mta.Transaction{"a1": a1, "a2": a2, "a4": a4, "d1": d1} {
-		if !tr.Accepted() {
-			t.Errorf("%s: %v; want it accepted", name, tr)
+	for _, name := range []string{"a1", "a2", "a4", "d1"} {
+		if !trs[name].Accepted() {
+			t.Errorf("%s: %v; want it accepted", name, trs[name])
 		}
 	}
-	if stage, r := a3.Refused(); stage != "DATA" || r.Code != 451 || !strings.HasPrefix(r.Text, "4.7.1") {
-		t.Errorf("a3: %v; want 451 4.7.1 after DATA (its header pushes alice past 30 KB)", a3)
+	if stage, r := trs["a3"].Refused(); stage != "DATA" || r.Code != 451 || !strings.HasPrefix(r.Text, "4.7.1") {
+		t.Errorf("a3: %v; want 451 4.7.1 after DATA (its header pushes alice past 30 KB)", trs["a3"])
 	}
-	msgs := pf.WaitDelivered(4, time.Minute)
+	msgs := wait(4)
 	if n := len(mta.FromSender(msgs, alice)); n != 3 {
 		t.Errorf("%d messages of alice delivered, want 3", n)
 	}
 
 	// The refusal names what was counted: the whole of a1, a2 and a3 as
-	// the client sent them, header and body (a3's body alone, about 4 KB,
-	// would have fitted). Postfix's own size of a message is that plus
-	// the Received header it prepends, which milters do not see.
+	// the client sent them (a3's body alone, about 4 KB, would have
+	// fitted). The MTA's own size of a message adds the Received header
+	// it prepends, which milters do not see.
 	lines := ruleLines(sl, "bytes-per-sender")
 	for _, l := range lines {
 		t.Logf("sluice: %v", l)
@@ -230,13 +231,23 @@ rate = "30KB/1d"
 	var count int
 	fmt.Sscanf(l.Str("detail"), "count=%d", &count)
 	want := sent["a1"] + sent["a2"] + sent["a3"]
-	log := pf.Log()
-	t.Logf("sent a1 %d, a2 %d, a3 %d bytes; Postfix's sizes of a1, a2: %d, %d; sluice counted %d",
-		sent["a1"], sent["a2"], sent["a3"], postfixSize(log, queueID(a1.Data)), postfixSize(log, queueID(a2.Data)), count)
+	t.Logf("sent a1 %d, a2 %d, a3 %d bytes; sluice counted %d", sent["a1"], sent["a2"], sent["a3"], count)
 	// A 30 KB/1d bucket drains a third of a byte a second.
 	if count > want || count < want-10 {
 		t.Errorf("sluice counted %d bytes, want %d (a1+a2+a3 as sent) less a few drained", count, want)
 	}
+	return trs
+}
+
+func TestLimitsBytesPerSender(t *testing.T) {
+	mta.Require(t)
+	sl := mta.StartSluice(t, bytesConfig)
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
+	c := session(t, pf.Addr, "192.0.2.32")
+	trs := bytesCase(t, sl, c, func(n int) []mta.Message { return pf.WaitDelivered(n, time.Minute) })
+	log := pf.Log()
+	t.Logf("Postfix's sizes of a1 and a2 (with its Received header): %d, %d",
+		postfixSize(log, queueID(trs["a1"].Data)), postfixSize(log, queueID(trs["a2"].Data)))
 }
 
 // max_rcpt_per_message = 3: the 4th and 5th recipients of one message get

@@ -1,0 +1,17 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"sluice/test/mta"
+)
+
+// The bytes per sender case with real Sendmail: the same count as with
+// Postfix, to the byte.
+func TestLimitsSendmailBytesPerSender(t *testing.T) {
+	mta.Require(t)
+	sl := mta.StartSluice(t, bytesConfig)
+	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
+	bytesCase(t, sl, sendmailSession(t, sm), func(n int) []mta.Message { return sm.WaitDelivered(n, time.Minute) })
+}
