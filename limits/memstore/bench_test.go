@@ -43,9 +43,16 @@ func benchRule(key []byte) counter.Request {
 		Interval: int64(time.Hour) / 1000, Burst: 1 << 24, Cost: 1, Blocking: true}
 }
 
+// benchStore makes a store with room for keys (max_keys 10% above, so
+// that uneven shards evict none) and takes one unit on each.
 func benchStore(b *testing.B, keys [][]byte) *Store {
 	b.Helper()
-	s, err := New(Config{MaxKeys: max(len(keys), DefaultMaxKeys)}, zap.NewNop())
+	return benchStoreMax(b, keys, max(len(keys)*11/10, 1000))
+}
+
+func benchStoreMax(b *testing.B, keys [][]byte, maxKeys int) *Store {
+	b.Helper()
+	s, err := New(Config{MaxKeys: maxKeys}, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -125,8 +132,10 @@ func BenchmarkParallel(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "checks/s")
 }
 
-// BenchmarkBytesPerKey fills a store with a million keys and reports the
-// heap it holds per key after a collection. Run with -benchtime=1x.
+// BenchmarkBytesPerKey sends a million keys to a store with the default
+// max_keys (1,000,000) and reports the heap it holds, after a collection,
+// per key it tracks. The shards fill unevenly, so a few thousand keys
+// were evicted: the tracked count is reported too. Run with -benchtime=1x.
 func BenchmarkBytesPerKey(b *testing.B) {
 	const n = 1_000_000
 	keys := benchKeys(n)
@@ -134,13 +143,15 @@ func BenchmarkBytesPerKey(b *testing.B) {
 	for range b.N {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		s := benchStore(b, keys)
+		s := benchStoreMax(b, keys, DefaultMaxKeys)
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if got := s.Len(); got != n {
-			b.Fatalf("Len = %d, want %d", got, n)
+		tracked := s.Len()
+		if tracked < n*99/100 {
+			b.Fatalf("only %d of %d keys tracked", tracked, n)
 		}
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(tracked), "bytes/key")
+		b.ReportMetric(float64(tracked), "keys")
 		s.Close()
 		runtime.KeepAlive(s)
 	}

@@ -33,8 +33,8 @@ func TestSuite(t *testing.T) {
 
 func TestProperty(t *testing.T) {
 	opt := countertest.PropertyOptions{Seed: 1, Sequences: 3000}
-	if testing.Short() {
-		opt.Sequences = 100
+	if testing.Short() || raceEnabled {
+		opt.Sequences = 200
 	}
 	countertest.Property(t, func(t *testing.T, now func() int64) counter.Store {
 		// A small table, so that growth, reclaim and deletion run under

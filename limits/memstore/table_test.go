@@ -10,7 +10,11 @@ import (
 // that probe runs are long and wrap around the table, and checks every
 // key against a plain map after each step.
 func TestShardAgainstMap(t *testing.T) {
-	for seed := range uint64(60) {
+	seeds := uint64(60)
+	if testing.Short() || raceEnabled {
+		seeds = 10
+	}
+	for seed := range seeds {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		sh := newShard(200)
 		model := map[uint64]int64{}
