@@ -122,7 +122,8 @@ func (s *Store) shard(h uint64) *shard { return &s.shards[h>>s.shift] }
 // two events sharing shards can never wait on each other.
 type shardSet [maxShards / 64]uint64
 
-func (b *shardSet) add(i uint64) { b[i>>6] |= 1 << (i & 63) }
+func (b *shardSet) add(i uint64)      { b[i>>6] |= 1 << (i & 63) }
+func (b *shardSet) has(i uint64) bool { return b[i>>6]&(1<<(i&63)) != 0 }
 
 func (s *Store) lockSet(b *shardSet) {
 	for w, m := range b {
@@ -162,7 +163,9 @@ func validRequest(r *counter.Request) error {
 		if r.Interval <= 0 {
 			return fmt.Errorf("interval %d is not positive", r.Interval)
 		}
-		if r.Burst > maxSpan/r.Interval || r.Cost > maxSpan/r.Interval {
+		hb, b := bits.Mul64(uint64(r.Interval), uint64(r.Burst))
+		hc, c := bits.Mul64(uint64(r.Interval), uint64(r.Cost))
+		if hb|hc != 0 || b > maxSpan || c > maxSpan {
 			return fmt.Errorf("interval %d times burst %d or cost %d is out of range", r.Interval, r.Burst, r.Cost)
 		}
 	case counter.KindConcurrent:
@@ -170,6 +173,18 @@ func validRequest(r *counter.Request) error {
 		return fmt.Errorf("unknown kind %d", r.Kind)
 	}
 	return nil
+}
+
+// step is one request's part in Do, kept from its judgement to its
+// update so that the common case finds its key once.
+type step struct {
+	h     uint64
+	slot  int  // where h is in its shard, or the free slot where it would go
+	found bool // slot holds h (maybe idle)
+	v     int64
+	next  int64 // the state if the request is applied
+	cur   int64 // the level now; -1 until computed
+	after int64 // the level once applied; -1 until computed
 }
 
 // Do applies the requests of one event atomically: the shards of all its
@@ -181,83 +196,111 @@ func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	var hbuf [8]uint64
-	hs := hbuf[:]
-	if len(reqs) > len(hbuf) {
-		hs = make([]uint64, len(reqs))
+	var buf [4]step
+	steps := buf[:0]
+	if len(reqs) > len(buf) {
+		steps = make([]step, 0, len(reqs))
 	}
-	var set shardSet
+	var locked shardSet
 	for i := range reqs {
 		r := &reqs[i]
 		if err := validRequest(r); err != nil {
 			return fmt.Errorf("counter %q: %w", r.Key, err)
 		}
-		hs[i] = hashKey(r.Key, r.Kind)
-		set.add(hs[i] >> s.shift)
+		h := hashKey(r.Key, r.Kind)
+		steps = append(steps, step{h: h})
+		locked.add(h >> s.shift)
 	}
-	s.lockSet(&set)
+	s.lockSet(&locked)
 	now := s.now()
 	refused := false
 	for i := range reqs {
 		r := &reqs[i]
-		judge(r, s.shard(hs[i]).get(hs[i], now), now)
-		if !r.Allowed && r.Blocking && r.Op == counter.OpTake {
-			refused = true
-		}
+		s.shard(steps[i].h).judge(r, &steps[i], now)
+		refused = refused || !r.Allowed && r.Blocking && r.Op == counter.OpTake
 	}
+	var changed shardSet
 	for i := range reqs {
-		r := &reqs[i]
-		sh := s.shard(hs[i])
+		r, st := &reqs[i], &steps[i]
+		sh := s.shard(st.h)
 		if r.Op != counter.OpPeek && (r.Strict || r.Allowed && !refused) {
-			apply(sh, hs[i], r, now)
+			if changed.has(st.h >> s.shift) {
+				// An earlier request of this event changed the shard,
+				// maybe this very key: start again from what is there,
+				// keeping the results reported from the first look.
+				again := *r
+				sh.judge(&again, st, now)
+			}
+			sh.commit(st, now)
+			changed.add(st.h >> s.shift)
+			r.Level = st.levelAfter(r, now)
+		} else {
+			r.Level = st.levelNow(r, now)
 		}
 		if isHot(r) {
-			sh.noteHot(hs[i], r, now)
+			sh.noteHot(st.h, r, now)
 		}
 	}
-	s.unlockSet(&set)
+	s.unlockSet(&locked)
 	return nil
 }
 
-// judge fills r's results from the key's state v without changing it:
-// whether r is within the limit, and the level as it stands.
-func judge(r *counter.Request, v, now int64) {
+// judge finds st's key and fills r's results from its state without
+// changing it: whether r is within the limit, and what applying it would
+// leave.
+func (sh *shard) judge(r *counter.Request, st *step, now int64) {
+	st.slot, st.found = sh.find(st.h)
+	st.v = 0
+	if st.found && !sh.tab[st.slot].idle(now) {
+		st.v = sh.tab[st.slot].v
+	}
 	r.Allowed, r.RetryAfter = true, 0
+	st.cur, st.after = -1, -1
 	switch r.Kind {
 	case counter.KindRate:
-		if r.Op != counter.OpRefund {
-			_, r.Allowed, r.RetryAfter, _ = counter.GCRA(now, v, r)
+		// GCRA's new tat is what a take adds whether or not it is
+		// admitted, which is also what a strict request wants. Its level
+		// is the level after an admitted take, else the level now.
+		next, allowed, retry, lvl := counter.GCRA(now, st.v, r)
+		st.next = min(next, maxTAT)
+		if r.Op == counter.OpRefund {
+			st.after = lvl
+			break
 		}
-		r.Level = level(v, now, r.Interval)
+		r.Allowed, r.RetryAfter = allowed, retry
+		if allowed {
+			st.after = lvl
+		} else {
+			st.cur = lvl
+		}
 	case counter.KindConcurrent:
-		if r.Op != counter.OpRefund {
-			r.Allowed = v < r.Burst
+		st.cur = st.v
+		switch r.Op {
+		case counter.OpRefund:
+			st.next = max(st.v-1, 0)
+		default:
+			r.Allowed = st.v < r.Burst
+			st.next = st.v
+			if st.v < math.MaxInt64 {
+				st.next++
+			}
 		}
-		r.Level = v
+		st.after = st.next
 	}
 }
 
-// apply changes the key's state as r asks and sets r.Level to the result.
-// It reads the state again: an earlier request of the same event may have
-// changed it.
-func apply(sh *shard, h uint64, r *counter.Request, now int64) {
-	v := sh.get(h, now)
-	switch r.Kind {
-	case counter.KindRate:
-		// GCRA's new tat is what the take adds whether or not it was
-		// admitted, which is what a strict request wants.
-		v, _, _, _ = counter.GCRA(now, v, r)
-		v = min(v, maxTAT)
-		r.Level = level(v, now, r.Interval)
-	case counter.KindConcurrent:
-		if r.Op == counter.OpRefund {
-			v = max(v-1, 0)
-		} else if v < math.MaxInt64 {
-			v++
-		}
-		r.Level = v
+func (st *step) levelNow(r *counter.Request, now int64) int64 {
+	if st.cur < 0 {
+		st.cur = level(st.v, now, r.Interval)
 	}
-	sh.set(h, v, now)
+	return st.cur
+}
+
+func (st *step) levelAfter(r *counter.Request, now int64) int64 {
+	if st.after < 0 {
+		st.after = level(st.next, now, r.Interval)
+	}
+	return st.after
 }
 
 // Reset forgets the given keys, of either kind, and their hot entries.

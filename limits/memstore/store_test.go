@@ -284,3 +284,32 @@ func TestParallel(t *testing.T) {
 		}
 	}
 }
+
+// TestEventOnOneShard: requests of one event that share a shard, or a key,
+// each see what the earlier ones did.
+func TestEventOnOneShard(t *testing.T) {
+	clock := countertest.NewClock()
+	s := newTestStore(t, Config{MaxKeys: 100}, clock.Now) // one shard
+	defer s.Close()
+	if len(s.shards) != 1 {
+		t.Fatalf("%d shards", len(s.shards))
+	}
+	var reqs []counter.Request
+	for i := range 40 {
+		reqs = append(reqs, countertest.Rate(fmt.Sprint("new:", i), 1, time.Hour, 5))
+	}
+	take(t, s, reqs...)
+	for i := range 40 {
+		if l := peek(t, s, countertest.Rate(fmt.Sprint("new:", i), 1, time.Hour, 5)); l != 1 {
+			t.Errorf("new:%d: level %d after one event, want 1", i, l)
+		}
+	}
+	twice := []counter.Request{countertest.Rate("twice", 1, time.Hour, 5), countertest.Rate("twice", 1, time.Hour, 5)}
+	take(t, s, twice...)
+	if twice[0].Level != 1 || twice[1].Level != 2 {
+		t.Errorf("one key twice in an event: levels %d, %d, want 1, 2", twice[0].Level, twice[1].Level)
+	}
+	if l := peek(t, s, twice[0]); l != 2 {
+		t.Errorf("stored level %d, want 2", l)
+	}
+}

@@ -101,21 +101,28 @@ func (sh *shard) get(h uint64, now int64) int64 {
 
 // set stores v for h; an idle v removes the entry.
 func (sh *shard) set(h uint64, v int64, now int64) {
-	i, ok := sh.find(h)
-	e := entry{h, v}
+	st := step{h: h, next: v}
+	st.slot, st.found = sh.find(h)
+	sh.commit(&st, now)
+}
+
+// commit stores st.next for st.h at the slot judge found: in place,
+// removed when idle, or inserted, evicting first when the shard is full.
+func (sh *shard) commit(st *step, now int64) {
+	e := entry{st.h, st.next}
 	switch {
 	case e.idle(now):
-		if ok {
-			sh.del(i)
+		if st.found {
+			sh.del(st.slot)
 		}
-	case ok:
-		sh.tab[i].v = v
+	case st.found:
+		sh.tab[st.slot].v = st.next
 	default:
 		if sh.n >= sh.limit {
 			sh.evict(now)
-			i, _ = sh.find(h)
+			st.slot, _ = sh.find(st.h)
 		}
-		sh.tab[i] = e
+		sh.tab[st.slot] = e
 		sh.n++
 	}
 }
