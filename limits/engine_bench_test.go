@@ -2,11 +2,11 @@ package limits
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"sluice/limits/memstore"
 	"sluice/policy"
@@ -54,20 +54,23 @@ func BenchmarkCheckSettle(b *testing.B) {
 // BenchmarkCheckParallel1M is Check+Settle from every core at once over a
 // million senders, each tracked by the store: the throughput of a busy
 // relay. It reports checks/s.
+//
+// Each goroutine writes the sender of the next check into a buffer of its
+// own, as the milter has the address fresh from the MTA's packet: reading
+// it from a table of a million strings would add two cache misses per
+// check that are the benchmark's, not the engine's. The store's table,
+// which does not fit in the cache at a million keys, is what is measured.
 func BenchmarkCheckParallel1M(b *testing.B) {
 	const n = 1 << 20
 	// A key stays tracked for 864s per message; each is checked a few
 	// dozen times at most, never near its 100.
 	e := benchEngine(b, 2*n, "100/1d")
-	senders := make([]string, n)
-	for i := range senders {
-		senders[i] = fmt.Sprintf("user%07d@example%d.org", i, i%97)
-	}
 	ctx := context.Background()
 	// Every key tracked before the clock starts.
 	s := e.NewSession()
-	for _, a := range senders {
-		f := policy.Facts{Sender: a}
+	var sb senderBuf
+	for i := range n {
+		f := policy.Facts{Sender: sb.set(i)}
 		e.Check(ctx, policy.StageMail, &f, s)
 		e.Settle(ctx, s, false)
 	}
@@ -81,12 +84,13 @@ func BenchmarkCheckParallel1M(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		s := e.NewSession()
 		var f policy.Facts
-		// Each goroutine walks the keys from its own place, by a stride
-		// prime to n, so cores do not move in step over the same keys.
-		i := next.Add(1) * 7919
+		var sb senderBuf
+		// Each goroutine walks all keys from its own place, by an odd
+		// stride (a full cycle mod 2^20), so cores do not move in step.
+		i := int(next.Add(1) * 7919)
 		for pb.Next() {
-			i += 104729
-			f.Sender = senders[i&(n-1)]
+			i = (i + 104729) & (n - 1)
+			f.Sender = sb.set(i)
 			if _, err := e.Check(ctx, policy.StageMail, &f, s); err != nil {
 				b.Error(err)
 				return
@@ -95,4 +99,18 @@ func BenchmarkCheckParallel1M(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "checks/s")
+}
+
+// senderBuf holds "userNNNNNNN@exampleNN.org" for one index at a time.
+type senderBuf struct{ b [32]byte }
+
+// set writes the sender of index i and returns it as a string that lives
+// until the next call: the engine copies what it keeps.
+func (s *senderBuf) set(i int) string {
+	buf := append(s.b[:0], "user0000000@example00.org"...)
+	for j, v := 10, i; j >= 4; j, v = j-1, v/10 {
+		buf[j] = byte('0' + v%10)
+	}
+	buf[19], buf[20] = byte('0'+i%97/10), byte('0'+i%97%10)
+	return unsafe.String(&buf[0], len(buf))
 }
