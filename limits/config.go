@@ -23,6 +23,25 @@ type Config struct {
 }
 
 // Rule is one [[limit]] as written in the file.
+//
+// What each count counts, and when: connections and concurrent at
+// connect (a concurrent slot is held until the MTA connection closes),
+// messages at MAIL FROM, recipients at each RCPT TO, bytes at end of
+// message — the message as the client sent it, header and body (the MTA's
+// own Received header is not in it).
+//
+// Keys: addresses are lower-cased whole (local part too: Alice@ and
+// alice@ must not split a limit), without angle brackets or a trailing
+// dot; strip_extension drops "+tag" from the local part (not inside a
+// quoted local part). null_sender says what a rule counted per sender or
+// sender_domain does with MAIL FROM:<> — "skip" (the default: the rule
+// does not apply to bounces) or "count" (all bounces share the key "<>");
+// rules keyed on anything else count bounces like any other mail.
+//
+// count_on = "accepted" takes a reservation at the stage and gives it
+// back when the transaction is aborted or refused later, so pending
+// reservations count against the limit while the message is in flight.
+// An event sluice refuses adds nothing (leaky) unless strict = true.
 type Rule struct {
 	Name              string        `toml:"name"`
 	Count             string        `toml:"count"` // connections | concurrent | messages | recipients | bytes
