@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -328,5 +329,47 @@ func TestStoredTAT(t *testing.T) {
 	big := counter.Request{Key: []byte("r:0:big"), Kind: counter.KindRate, Interval: 1 << 40, Burst: 1 << 13, Cost: 1}
 	if err := s.Do(context.Background(), []counter.Request{big}); err == nil {
 		t.Error("a span above 52 days: no error")
+	}
+}
+
+// Sentinel: the store finds the master through a Sentinel and follows a
+// failover to the replica; counts made before it are on the replica.
+func TestSentinelFailover(t *testing.T) {
+	master := redistest.Start(t)
+	replica := redistest.Start(t, "--replicaof", strings.Replace(master.Addr, ":", " ", 1))
+	sen := redistest.StartSentinel(t, "sluicemaster", master)
+	cfg := testConfig(t, false, sen.Addr)
+	cfg.MasterName = "sluicemaster"
+	cfg.RetryBackoff = conf.Duration(100 * time.Millisecond)
+	cfg.RetryBackoffMax = conf.Duration(500 * time.Millisecond)
+	s := openTest(t, cfg)
+	r := countertest.Rate("msgs:0:sender:s@example.org", 10, time.Hour, 10)
+	for range 3 {
+		do(t, s, r)
+	}
+	// Wait until the replica has the count, then lose the master.
+	deadline := time.Now().Add(10 * time.Second)
+	for replica.Client().Exists(context.Background(), s.redisKey(counter.KindRate, r.Key)).Val() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica never got the key")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	master.Kill()
+	deadline = time.Now().Add(30 * time.Second)
+	var got []counter.Request
+	for {
+		got = []counter.Request{r}
+		err := s.Do(context.Background(), got)
+		if m, _ := sen.Master("sluicemaster"); err == nil && m == replica.Addr {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failover to %s within 30s: %v", replica.Addr, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !got[0].Allowed || got[0].Level < 4 {
+		t.Errorf("after failover: %+v, want the count to go on from 3", got[0])
 	}
 }

@@ -245,3 +245,72 @@ func WriteFile(t testing.TB, path, text string) {
 		t.Fatal(err)
 	}
 }
+
+// Sentinel is a redis-server in Sentinel mode watching one master.
+type Sentinel struct {
+	Addr string
+	srv  *Server
+}
+
+// StartSentinel starts a Sentinel that monitors master under name, with a
+// quorum of 1 and a short down-after, so that tests see failovers in
+// seconds.
+func StartSentinel(t testing.TB, name string, master *Server) *Sentinel {
+	t.Helper()
+	bin := Require(t)
+	s := &Server{
+		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
+		Dir:  mta.Dir(t, "sentinel"),
+		t:    t,
+		bin:  bin,
+	}
+	_, port, _ := strings.Cut(s.Addr, ":")
+	mhost, mport, _ := strings.Cut(master.Addr, ":")
+	conf := filepath.Join(s.Dir, "sentinel.conf")
+	WriteFile(t, conf, fmt.Sprintf(`port %s
+bind 127.0.0.1
+dir %s
+sentinel monitor %s %s %s 1
+sentinel down-after-milliseconds %s 1000
+sentinel failover-timeout %s 5000
+`, port, s.Dir, name, mhost, mport, name, name))
+	cmd := exec.Command(bin, conf, "--sentinel")
+	cmd.Stdout, cmd.Stderr = &lockedBuffer{&s.mu, &s.out}, &lockedBuffer{&s.mu, &s.out}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis sentinel: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	s.cmd, s.done = cmd, done
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("sentinel %s output:\n%s", s.Addr, s.output())
+		}
+	})
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		addr, err := c.GetMasterAddrByName(context.Background(), name).Result()
+		if err == nil && len(addr) == 2 && addr[0]+":"+addr[1] == master.Addr {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sentinel does not know master %s: %v %v\n%s", name, addr, err, s.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &Sentinel{Addr: s.Addr, srv: s}
+}
+
+// Master asks the Sentinel which server is the master now.
+func (s *Sentinel) Master(name string) (string, error) {
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer c.Close()
+	addr, err := c.GetMasterAddrByName(context.Background(), name).Result()
+	if err != nil {
+		return "", err
+	}
+	return addr[0] + ":" + addr[1], nil
+}
