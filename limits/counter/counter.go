@@ -3,7 +3,11 @@
 package counter
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"time"
 )
 
@@ -113,4 +117,47 @@ func ceilDiv(a, b int64) int64 {
 		return 0
 	}
 	return (a + b - 1) / b
+}
+
+// Validate checks what every store needs of a request: a key, a known op
+// and kind, no negative burst or cost, and a positive rate interval.
+// Stores add their own bound on Interval×Burst and Interval×Cost.
+func (r *Request) Validate() error {
+	if len(r.Key) == 0 {
+		return errors.New("empty key")
+	}
+	if r.Op > OpPeek {
+		return fmt.Errorf("unknown op %d", r.Op)
+	}
+	if r.Burst < 0 || r.Cost < 0 {
+		return fmt.Errorf("negative burst %d or cost %d", r.Burst, r.Cost)
+	}
+	switch r.Kind {
+	case KindRate:
+		if r.Interval <= 0 {
+			return fmt.Errorf("interval %d is not positive", r.Interval)
+		}
+	case KindConcurrent:
+	default:
+		return fmt.Errorf("unknown kind %d", r.Kind)
+	}
+	return nil
+}
+
+// SortHot puts hot keys in the order Store.Hot returns them: fullest
+// first (level over burst), then the longest retry-after, then by name.
+func SortHot(keys []HotKey) {
+	slices.SortFunc(keys, func(a, b HotKey) int {
+		return cmp.Or(
+			cmp.Compare(fullness(b), fullness(a)),
+			cmp.Compare(b.RetryAfter, a.RetryAfter),
+			cmp.Compare(a.Key, b.Key))
+	})
+}
+
+func fullness(k HotKey) float64 {
+	if k.Burst <= 0 {
+		return float64(k.Level) + 1 // any use of a zero limit is over it
+	}
+	return float64(k.Level) / float64(k.Burst)
 }

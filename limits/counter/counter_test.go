@@ -2,6 +2,7 @@ package counter_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -129,3 +130,48 @@ func (m *mapStore) SetAllow(context.Context, string, time.Time) error    { retur
 func (m *mapStore) Allows(context.Context) (map[string]time.Time, error) { return nil, nil }
 func (m *mapStore) Len() int                                             { return len(m.v) }
 func (m *mapStore) Close() error                                         { return nil }
+
+func TestValidate(t *testing.T) {
+	good := counter.Request{Key: []byte("k"), Kind: counter.KindRate, Interval: 1, Burst: 1, Cost: 1}
+	if err := good.Validate(); err != nil {
+		t.Errorf("good request: %v", err)
+	}
+	slots := counter.Request{Key: []byte("k"), Kind: counter.KindConcurrent, Burst: 3}
+	if err := slots.Validate(); err != nil {
+		t.Errorf("concurrency request without interval: %v", err)
+	}
+	for _, f := range []func(*counter.Request){
+		func(r *counter.Request) { r.Key = nil },
+		func(r *counter.Request) { r.Op = counter.OpPeek + 1 },
+		func(r *counter.Request) { r.Kind = counter.KindConcurrent + 1 },
+		func(r *counter.Request) { r.Burst = -1 },
+		func(r *counter.Request) { r.Cost = -1 },
+		func(r *counter.Request) { r.Interval = 0 },
+	} {
+		r := good
+		f(&r)
+		if err := r.Validate(); err == nil {
+			t.Errorf("%+v: no error", r)
+		}
+	}
+}
+
+func TestSortHot(t *testing.T) {
+	keys := []counter.HotKey{
+		{Key: "half", Level: 5, Burst: 10},
+		{Key: "over-b", Level: 11, Burst: 10, RetryAfter: time.Second},
+		{Key: "over-a", Level: 11, Burst: 10, RetryAfter: time.Second},
+		{Key: "over-longer", Level: 11, Burst: 10, RetryAfter: time.Minute},
+		{Key: "zero-limit", Level: 1, Burst: 0},
+		{Key: "full", Level: 3, Burst: 3},
+	}
+	counter.SortHot(keys)
+	var got []string
+	for _, k := range keys {
+		got = append(got, k.Key)
+	}
+	want := "zero-limit over-longer over-a over-b full half"
+	if s := fmt.Sprint(got); s != "["+want+"]" {
+		t.Errorf("order %s, want [%s]", s, want)
+	}
+}

@@ -1,9 +1,7 @@
 package memstore
 
 import (
-	"cmp"
 	"context"
-	"slices"
 
 	"sluice/limits/counter"
 )
@@ -131,23 +129,11 @@ func (s *Store) Hot(ctx context.Context, n int) ([]counter.HotKey, error) {
 		}
 		sh.mu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b counter.HotKey) int {
-		return cmp.Or(
-			cmp.Compare(fullness(b), fullness(a)),
-			cmp.Compare(b.RetryAfter, a.RetryAfter),
-			cmp.Compare(a.Key, b.Key))
-	})
+	counter.SortHot(out)
 	if n >= 0 && len(out) > n {
 		out = out[:n]
 	}
 	return out, nil
-}
-
-func fullness(k counter.HotKey) float64 {
-	if k.Burst <= 0 {
-		return float64(k.Level) + 1 // any use of a zero limit is over it
-	}
-	return float64(k.Level) / float64(k.Burst)
 }
 
 // level is the number of units in a rate bucket whose tat is v.

@@ -148,29 +148,17 @@ const (
 	maxTAT  = 1 << 62
 )
 
+// validRequest adds the memory store's bound to Request.Validate.
 func validRequest(r *counter.Request) error {
-	if len(r.Key) == 0 {
-		return errors.New("empty key")
+	if err := r.Validate(); err != nil {
+		return err
 	}
-	if r.Op > counter.OpPeek {
-		return fmt.Errorf("unknown op %d", r.Op)
-	}
-	if r.Burst < 0 || r.Cost < 0 {
-		return fmt.Errorf("negative burst %d or cost %d", r.Burst, r.Cost)
-	}
-	switch r.Kind {
-	case counter.KindRate:
-		if r.Interval <= 0 {
-			return fmt.Errorf("interval %d is not positive", r.Interval)
-		}
+	if r.Kind == counter.KindRate {
 		hb, b := bits.Mul64(uint64(r.Interval), uint64(r.Burst))
 		hc, c := bits.Mul64(uint64(r.Interval), uint64(r.Cost))
 		if hb|hc != 0 || b > maxSpan || c > maxSpan {
 			return fmt.Errorf("interval %d times burst %d or cost %d is out of range", r.Interval, r.Burst, r.Cost)
 		}
-	case counter.KindConcurrent:
-	default:
-		return fmt.Errorf("unknown kind %d", r.Kind)
 	}
 	return nil
 }
