@@ -2,7 +2,6 @@ package milter
 
 import (
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"sluice/limits"
-	"sluice/limits/memstore"
 	"sluice/policy"
 )
 
@@ -26,32 +24,7 @@ type harness struct {
 
 func newHarness(t *testing.T, mode policy.Mode, rules ...limits.Rule) *harness {
 	t.Helper()
-	core, logs := observer.New(zap.DebugLevel)
-	log := zap.New(core)
-	store, err := memstore.New(memstore.Config{MaxKeys: 10000}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	lc := limits.Config{Rules: rules, Trusted: []string{}}
-	eng, err := limits.New(&lc, nil, limits.Options{Store: store, Mode: mode, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc := policy.Config{Mode: mode}
-	pc.Defaults()
-	mc := Config{}
-	mc.Defaults()
-	sock := filepath.Join(t.TempDir(), "sluice.sock")
-	mc.Listen = "unix:" + sock
-	srv := NewServer(mc, &Policy{Limits: eng, Decide: pc, TagHeader: mc.TagHeader}, log)
-	ln, err := Listen(mc.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(t.Context()) })
-	return &harness{t: t, srv: srv, sock: sock, logs: logs}
+	return newPolicyHarness(t, setup{mode: mode, rules: rules})
 }
 
 // session opens an MTA connection and sends CONNECT (and HELO) as Postfix does.
