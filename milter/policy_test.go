@@ -387,6 +387,12 @@ func TestForgedHeadersRemoved(t *testing.T) {
 	if n := len(mods(ms, milter.ActAddHeader)); n != 0 {
 		t.Errorf("the first message got %d tags", n)
 	}
+	s.Abort()
+	// The second message crosses the limit: its tag has the configured name.
+	_, ms = h.message(s, "a@example.org", "b@example.net")
+	if tags := mods(ms, milter.ActAddHeader); len(tags) != 1 || tags[0].HeaderName != "X-Sluice-Rate" {
+		t.Errorf("tags %+v, want one X-Sluice-Rate", tags)
+	}
 }
 
 // parseTag splits a tag header value into its fields, undoing the
