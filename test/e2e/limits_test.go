@@ -68,18 +68,12 @@ func delivered(msgs []mta.Message) map[string]int {
 // from the same address, and mail sent without AUTH are not touched.
 func TestLimitsRecipientsPerSASLUser(t *testing.T) {
 	mta.Require(t)
-	sl := mta.StartSluice(t, `mode = "enforce"
-trusted = []
-
-[log]
-level = "info"
-
-[[limit]]
+	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
 name = "rcpts-per-user"
 count = "recipients"
 per = "sasl_user"
 rate = "5/1h"
-`)
+`))
 	users := map[string]string{"alice@example.test": "alice-secret", "bob@example.test": "bob-secret"}
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen, SASLUsers: users})
 
@@ -156,18 +150,12 @@ func bodyOf(n int) string {
 }
 
 // bytesConfig is a bytes per sender rule at 30 KB a day.
-const bytesConfig = `mode = "enforce"
-trusted = []
-
-[log]
-level = "info"
-
-[[limit]]
+var bytesConfig = limitsConfig(`[[limit]]
 name = "bytes-per-sender"
 count = "bytes"
 per = "sender"
 rate = "30KB/1d"
-`
+`)
 
 // bytesCase runs the bytes per sender case on an open session c and
 // checks it; wait waits until the MTA has delivered n messages. A message
@@ -255,16 +243,10 @@ func TestLimitsBytesPerSender(t *testing.T) {
 // message may have three again.
 func TestLimitsMaxRcptPerMessage(t *testing.T) {
 	mta.Require(t)
-	sl := mta.StartSluice(t, `mode = "enforce"
-trusted = []
-
-[log]
-level = "info"
-
-[[limit]]
+	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
 name = "rcpt-cap"
 max_rcpt_per_message = 3
-`)
+`))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 	c := session(t, pf.Addr, "192.0.2.33")
 	const from = "erin@example.test"
@@ -300,20 +282,26 @@ max_rcpt_per_message = 3
 func restartConfig(snap, interval string) string {
 	store := ""
 	if snap != "" {
-		store = fmt.Sprintf("\n[store]\nsnapshot = %q\nsnapshot_interval = %q\n", snap, interval)
+		store = fmt.Sprintf("[store]\nsnapshot = %q\nsnapshot_interval = %q\n\n", snap, interval)
 	}
+	return limitsConfig(store + `[[limit]]
+name = "msgs-per-sender"
+count = "messages"
+per = "sender"
+rate = "10/1h"
+`)
+}
+
+// limitsConfig is a config in enforce mode with info logs and no trusted
+// networks (the test clients connect from loopback), then rest.
+func limitsConfig(rest string) string {
 	return `mode = "enforce"
 trusted = []
 
 [log]
 level = "info"
-` + store + `
-[[limit]]
-name = "msgs-per-sender"
-count = "messages"
-per = "sender"
-rate = "10/1h"
-`
+
+` + rest
 }
 
 // The restart case: 10 messages at 10/1h, sluice restarted, the 11th is
