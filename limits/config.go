@@ -130,7 +130,11 @@ func (c *Config) Validate(listNames map[string]bool) error {
 	seen := make(map[string]bool)
 	for i := range c.Rules {
 		r := &c.Rules[i]
-		if _, err := compileRule(r, nil, listNames); err != nil {
+		cr, err := compileRule(r, nil, listNames)
+		if err == nil {
+			err = c.Store.fits(cr)
+		}
+		if err != nil {
 			return conf.In(err, "limit", conf.Index(i))
 		}
 		if seen[r.Name] {

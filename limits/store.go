@@ -59,6 +59,20 @@ func (c *StoreConfig) Validate() error {
 	return c.Config.Validate()
 }
 
+// fits checks a rule against what the backend can count: Lua in Redis
+// computes exactly up to 2^52 nanoseconds of a bucket, about 52 days.
+func (c *StoreConfig) fits(r *rule) error {
+	if c.Backend != "redis" {
+		return nil
+	}
+	for _, w := range r.windows {
+		if w.burst > redisstore.MaxSpan/w.interval {
+			return conf.Errorf("rate", "%s: the Redis store counts windows of up to 52 days (rate times burst)", w.text)
+		}
+	}
+	return nil
+}
+
 // Equal reports whether two [store] tables say the same thing.
 func (c *StoreConfig) Equal(o *StoreConfig) bool { return reflect.DeepEqual(c, o) }
 

@@ -16,15 +16,15 @@ func newScript(src string) *script {
 // Lua in Redis has only doubles: integers are exact up to 2^53. Times are
 // Unix nanoseconds (about 2^60), so the scripts keep "now" as seconds and
 // nanoseconds apart and do the GCRA arithmetic on nanoseconds relative to
-// now, which the store bounds to maxSpan; every product, sum and quotient
+// now, which the store bounds to MaxSpan; every product, sum and quotient
 // then stays exact. A rate key holds its theoretical arrival time (tat) as
 // decimal Unix nanoseconds and expires when the bucket is empty again; a
 // concurrency key is a sorted set of holders scored by lease expiry (Unix
 // milliseconds of the Redis clock).
 
-// maxSpan bounds interval×burst, interval×cost and the stored tat - now:
+// MaxSpan bounds interval×burst, interval×cost and the stored tat - now:
 // 2^52 ns, about 52 days. Sums of two stay within 2^53.
-const maxSpan = 1 << 52
+const MaxSpan = 1 << 52
 
 // Fields per request in the take script's ARGV, after the 4 header fields.
 const (

@@ -192,7 +192,7 @@ func validRequest(r *counter.Request) error {
 		if r.Interval <= 0 {
 			return fmt.Errorf("interval %d is not positive", r.Interval)
 		}
-		if r.Burst > maxSpan/r.Interval || r.Cost > maxSpan/r.Interval {
+		if r.Burst > MaxSpan/r.Interval || r.Cost > MaxSpan/r.Interval {
 			return fmt.Errorf("interval %d times burst %d or cost %d is above the Redis store's 52 days", r.Interval, r.Burst, r.Cost)
 		}
 	case counter.KindConcurrent:
