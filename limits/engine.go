@@ -319,13 +319,17 @@ func (e *Engine) Settle(ctx context.Context, s *Session, refused bool) {
 			continue
 		}
 		refunds = refunds[:0]
+		crossed := false
 		for i := range s.reqs {
+			if i == 0 || s.owners[i] != s.owners[i-1] {
+				crossed = s.crossed(i)
+			}
 			if s.via[i] != st {
 				continue // not applied, or applied by the other store
 			}
 			q := &s.reqs[i]
 			switch {
-			case refused && !q.Strict:
+			case (refused || crossed) && !q.Strict:
 				refunds = append(refunds, refund(q))
 			case q.Kind == counter.KindConcurrent:
 				s.leases = append(s.leases, hold(q, st))
@@ -337,6 +341,20 @@ func (e *Engine) Settle(ctx context.Context, s *Session, refused bool) {
 	}
 	s.reqs, s.owners, s.via = s.reqs[:0], s.owners[:0], s.via[:0]
 	s.scratch = refunds[:0]
+}
+
+// crossed reports whether a window of the rule whose requests start at i
+// denied the event. Crossing one window is crossing the rule: when the
+// rule does not refuse (tag, hold, delay, dry-run) the event goes on, and
+// its other windows must not count it either, as they would not had the
+// rule refused it.
+func (s *Session) crossed(i int) bool {
+	for j := i; j < len(s.reqs) && s.owners[j] == s.owners[i]; j++ {
+		if !s.reqs[j].Allowed {
+			return true
+		}
+	}
+	return false
 }
 
 // EndMessage closes the transaction: an accepted message keeps what it

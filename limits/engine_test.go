@@ -814,3 +814,33 @@ func TestParallelSessions(t *testing.T) {
 		t.Errorf("admitted %d of 1600 at 1000/1h, want 1000", n)
 	}
 }
+
+// A rule that does not refuse (here in tag mode) still counts as crossed
+// in all its windows: the event is not added to the window that had room,
+// as it would not be had the rule refused it.
+func TestMultiWindowCrossedInTagMode(t *testing.T) {
+	for _, tc := range []struct {
+		name, mode, action string
+	}{{"tag mode", "tag", ""}, {"action tag", "", "tag"}, {"action hold", "", "hold"}, {"dry-run", "dry-run", ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newTestEnv(t, rules(Rule{Name: "mw", Count: "messages", Per: "sender", Rate: []any{"2/1m", "10/1h"}, Mode: tc.mode, Action: tc.action}), policy.ModeEnforce)
+			s := v.e.NewSession()
+			f := policy.Facts{}
+			var crossed []bool
+			for range 5 {
+				f.Sender = "a@b"
+				vs, refused := v.step(s, policy.StageMail, &f)
+				if refused {
+					t.Fatal("a rule that does not refuse refused")
+				}
+				crossed = append(crossed, vs != nil)
+			}
+			if crossed[1] || !crossed[2] || !crossed[4] {
+				t.Errorf("crossed %v, want the 3rd to 5th", crossed)
+			}
+			if a, b := v.level("mw", 0, "sender:a@b"), v.level("mw", 1, "sender:a@b"); a != 2 || b != 2 {
+				t.Errorf("levels %d and %d, want 2 and 2 (the crossing events counted in neither window)", a, b)
+			}
+		})
+	}
+}
