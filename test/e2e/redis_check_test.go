@@ -59,6 +59,7 @@ on_store_error = "tempfail"
 		{name: "unknown-key", line: 7, config: `prefx = "a"`, want: "prefx"},
 		{name: "snapshot-with-redis", line: 7, config: `snapshot = "/var/lib/sluice/counters.snap"`, want: "memory"},
 		{name: "redis-key-with-memory", line: 5, config: `backend = "memory"`, want: "backend = \"redis\"", at: 6},
+		{name: "window-over-52-days", line: 16, config: `rate = ["10/1h", "10000/60d"]`, want: "52 days"},
 		{name: "unknown-backend", line: 5, config: `backend = "memcached"`, want: "unknown backend"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
