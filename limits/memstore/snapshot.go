@@ -23,7 +23,7 @@ import (
 //	header  "sluiceCS" version:u16 written:i64
 //	records tag:u8 then
 //	  'E' n:u32 (1..65536) n × (hash:u64 tat:i64)   rate keys
-//	  'H' kind:u8 interval:i64 burst:i64 len:u16 key  hot key names
+//	  'H' kind:u8 denied:u8 interval:i64 burst:i64 len:u16 key  hot key names
 //	  'A' until:i64 len:u16 key                       exemptions
 //	  'Z' xxhash64 of every byte before it:u64, then end of file
 //
@@ -220,6 +220,7 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 		for _, r := range hot {
 			e.u8(tagHot)
 			e.u8(byte(r.kind))
+			e.u8(boolByte(r.denied))
 			e.u64(uint64(r.interval))
 			e.u64(uint64(r.burst))
 			e.name(r.name)
@@ -236,6 +237,13 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 	binary.LittleEndian.PutUint64(e.buf[:], e.d.Sum64())
 	w.Write(e.buf[:8])
 	return total
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // snapshot is a decoded file, checked whole before any of it is used.
@@ -321,9 +329,12 @@ func decodeSnapshot(r io.Reader) (*snapshot, error) {
 			}
 		case tag == tagHot:
 			var r hotKey
-			r.kind, r.interval, r.burst = counter.Kind(d.u8()), d.i64(), d.i64()
+			r.kind = counter.Kind(d.u8())
+			denied := d.u8()
+			r.denied = denied == 1
+			r.interval, r.burst = d.i64(), d.i64()
 			r.name = d.name()
-			if r.kind != counter.KindRate || r.interval <= 0 || r.burst < 0 {
+			if r.kind != counter.KindRate || denied > 1 || r.interval <= 0 || r.burst < 0 {
 				d.fail("invalid hot key %q", r.name)
 			}
 			snap.hot = append(snap.hot, r)

@@ -24,7 +24,7 @@ import (
 // that drains within a minute, a held slot and an exemption.
 func fill(t *testing.T, s *Store, clock *countertest.Clock) {
 	t.Helper()
-	for range 10 {
+	for range 11 { // the 11th is denied
 		take(t, s, countertest.Rate("sender:full@example.org", 10, time.Hour, 10))
 	}
 	for range 6 {
@@ -75,6 +75,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	hot, _ := b.Hot(context.Background(), 10)
 	if len(hot) != 2 || hot[0].Key != "sender:full@example.org" || hot[1].Key != "sender:some@example.org" {
 		t.Errorf("hot after load: %+v", hot)
+	}
+	for key, denied := range map[string]bool{"sender:full@example.org": true, "sender:some@example.org": false} {
+		h := hashKey([]byte(key), counter.KindRate)
+		sh := b.shard(h)
+		if i := sh.findHot(h); i < 0 || sh.hot[i].denied != denied {
+			t.Errorf("%s: hot entry %d, denied should be %v", key, i, denied)
+		}
 	}
 }
 
