@@ -7,13 +7,18 @@ import (
 )
 
 // Config holds the memory store's keys of the [store] table.
+//
+// max_keys is also the memory knob: the table is sized for it when the
+// store starts, about 21 bytes a key (21 MB for the default), and does
+// not grow. Beyond max_keys the key that would drain soonest gives way;
+// keys holding concurrency slots are kept.
 type Config struct {
-	MaxKeys          int           `toml:"max_keys"`          // keys tracked at most; the least useful are evicted beyond
+	MaxKeys          int           `toml:"max_keys"`          // keys tracked at most
 	Snapshot         string        `toml:"snapshot"`          // file the counters survive restarts in; empty: none
 	SnapshotInterval conf.Duration `toml:"snapshot_interval"` // how often the snapshot is written while running
 }
 
-// DefaultMaxKeys bounds memory to about 35 MB of counters.
+// DefaultMaxKeys tracks a million clients, senders and users at once.
 const DefaultMaxKeys = 1_000_000
 
 // maxMaxKeys keeps the per-shard tables within what a slice of 16-byte
