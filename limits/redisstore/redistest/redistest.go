@@ -5,6 +5,7 @@ package redistest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"os/exec"
@@ -47,6 +48,9 @@ type Server struct {
 	t    testing.TB
 	bin  string
 	args []string
+	// How the readiness check connects (StartTLS).
+	tls            *tls.Config
+	user, password string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -78,12 +82,42 @@ func Start(t testing.TB, args ...string) *Server {
 	return s
 }
 
+// StartTLS starts a server that takes only TLS, with the certificate and
+// key in certFile and keyFile, and an ACL user (the default user off);
+// client is the TLS config that reaches it.
+func StartTLS(t testing.TB, certFile, keyFile string, client *tls.Config, user, password string) *Server {
+	t.Helper()
+	s := &Server{
+		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
+		Dir:  mta.Dir(t, "redis-tls"),
+		t:    t,
+		bin:  Require(t),
+		args: []string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no",
+			"--user", "default", "off", "--user", user, "on", ">" + password, "~*", "+@all"},
+		tls:      client,
+		user:     user,
+		password: password,
+	}
+	s.Start()
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("redis-server %s output:\n%s", s.Addr, s.output())
+		}
+	})
+	return s
+}
+
 // Start (re)starts the server on its port, empty, and waits until it answers.
 func (s *Server) Start() {
 	s.t.Helper()
 	_, port, _ := strings.Cut(s.Addr, ":")
-	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--dir", s.Dir}, s.args...)
+	listen := []string{"--port", port}
+	if s.tls != nil {
+		listen = []string{"--port", "0", "--tls-port", port}
+	}
+	args := append(append(listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", s.Dir), s.args...)
 	cmd := exec.Command(s.bin, args...)
 	s.mu.Lock()
 	cmd.Stdout, cmd.Stderr = &lockedBuffer{&s.mu, &s.out}, &lockedBuffer{&s.mu, &s.out}
@@ -96,7 +130,7 @@ func (s *Server) Start() {
 	s.mu.Lock()
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, TLSConfig: s.tls, Username: s.user, Password: s.password})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
