@@ -143,6 +143,16 @@ type Message struct {
 // check order.
 func (m *Message) Results() []Result { return m.results }
 
+// Soften applies the global mode (policy.Config.Mode) to the results, as
+// policy.Decide applies it to their verdicts, so that the headers say what
+// was done: a check that asks to reject shows mode=tag in X-Sluice-Check
+// under the global tag mode, and nothing under dry-run.
+func (m *Message) Soften(global policy.Mode) {
+	for i := range m.results {
+		m.results[i].Mode = m.results[i].Mode.Soften(global)
+	}
+}
+
 // SPF is the SPF result ("pass", "fail"...) and whether SPF ran.
 func (m *Message) SPF() (string, bool) {
 	if m.spf == nil {

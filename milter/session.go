@@ -212,8 +212,25 @@ func (s *session) edit(m *milter.Modifier) error {
 		}
 	}
 	if s.pol.checks() {
+		// Authentication-Results and Received-SPF are trace fields: RFC
+		// 8601 §5 and RFC 7208 §9.1 want them prepended, above the
+		// Received: of the MTA that took the message. Found with Postfix
+		// 3.7 and Sendmail 8.17 (test/e2e/auth_*_test.go): AddHeader
+		// appends below the message's own fields; InsertHeader at index
+		// 1 lands just below the MTA's Received:; index 0 is the top of
+		// the header, above it, in both. Each next field goes below the
+		// last, so auth's order stays. X-Sluice-Check stays with the
+		// other X-Sluice-* fields at the end.
+		top := 0
 		for _, h := range s.pol.Auth.Headers(&s.auth) {
-			if err := m.AddHeader(h.Name, h.Value); err != nil {
+			var err error
+			if h.Name == auth.CheckHeader {
+				err = m.AddHeader(h.Name, h.Value)
+			} else {
+				err = m.InsertHeader(top, h.Name, h.Value)
+				top++
+			}
+			if err != nil {
 				return fmt.Errorf("add %s: %w", h.Name, err)
 			}
 		}
@@ -388,6 +405,8 @@ func (s *session) checkSender(ctx context.Context) []policy.Verdict {
 	start := time.Now()
 	vs := s.pol.Auth.Mail(ctx, &s.f, &s.auth)
 	took := time.Since(start)
+	// The headers must say what Decide will do with the verdicts.
+	s.auth.Soften(s.pol.Decide.Mode)
 	for _, r := range s.auth.Results() {
 		s.srv.obs.Check(r.Check, r.Value, took)
 	}
