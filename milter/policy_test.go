@@ -688,3 +688,28 @@ func TestNegotiation(t *testing.T) {
 		})
 	}
 }
+
+// A refusal at MAIL FROM never names the queue id of the message before
+// it (Postfix sends {i} only from RCPT or end of message on).
+func TestQueueIDPerTransaction(t *testing.T) {
+	h := newPolicyHarness(t, setup{rules: []limits.Rule{senderRule("1/1h", "")}})
+	s, _ := h.session("192.0.2.35")
+	mail(t, s, "a@example.org", "")
+	if _, err := s.Rcpt("b@example.net", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Macros(milter.CodeEOB, "i", "4ABC123"); err != nil {
+		t.Fatal(err)
+	}
+	if _, act, err := s.End(); err != nil || act.Code != milter.ActContinue {
+		t.Fatal(act, err)
+	}
+	s.Abort()
+	if act := mail(t, s, "a@example.org", ""); act.SMTPCode != 451 {
+		t.Fatalf("second message: %+v", act)
+	}
+	lines := h.logs.FilterMessage("refused").All()
+	if len(lines) != 1 || lines[0].ContextMap()["queue_id"] != "" {
+		t.Errorf("refusal log %v: want one line without the last message's queue id", lines)
+	}
+}

@@ -108,7 +108,9 @@ func (s *session) MailFrom(from string, m *milter.Modifier) (resp milter.Respons
 	s.endMessage(false) // a new MAIL without an Abort between: the old transaction is over
 	s.f.Sender = from
 	s.f.SASLUser = m.Macros["{auth_authen}"]
-	s.f.RcptCount, s.f.Size, s.f.Rcpt = 0, 0, ""
+	// A new transaction gets a new queue id; Postfix sends it only from
+	// RCPT or end of message on, so the last message's must not linger.
+	s.f.RcptCount, s.f.Size, s.f.Rcpt, s.f.QueueID = 0, 0, "", ""
 	s.macros(m)
 	d := s.stage(policy.StageMail, m)
 	s.keep(&d)
