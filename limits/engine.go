@@ -232,7 +232,9 @@ func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[st
 			s.buf[ks+dimStart-start-2] = byte('0' + i)
 			key = s.buf[ks:]
 		}
-		s.reqs = append(s.reqs, counter.Request{Key: key, Kind: counter.KindRate, Interval: w.interval, Burst: w.burst, Cost: cost, Blocking: blocking, Strict: r.strict})
+		s.reqs = append(s.reqs, counter.Request{})
+		q := &s.reqs[len(s.reqs)-1]
+		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, cost, blocking, r.strict
 		s.owners = append(s.owners, r)
 		s.via = append(s.via, nil)
 	}
@@ -314,31 +316,32 @@ var tooManyRcpts = policy.MustReply("452 4.5.3 Too many recipients ({limit})")
 // EndMessage.
 func (e *Engine) Settle(ctx context.Context, s *Session, refused bool) {
 	refunds := s.scratch[:0]
-	for pass, st := range [2]counter.Store{e.store, e.fallback} {
+	var local []counter.Request // owed to the fallback store, after a failure
+	crossed := false
+	for i := range s.reqs {
+		if i == 0 || s.owners[i] != s.owners[i-1] {
+			crossed = s.crossed(i)
+		}
+		st := s.via[i]
 		if st == nil {
-			continue
+			continue // the event changed no counter here
 		}
-		refunds = refunds[:0]
-		crossed := false
-		for i := range s.reqs {
-			if i == 0 || s.owners[i] != s.owners[i-1] {
-				crossed = s.crossed(i)
-			}
-			if s.via[i] != st {
-				continue // not applied, or applied by the other store
-			}
-			q := &s.reqs[i]
-			switch {
-			case (refused || crossed) && !q.Strict:
+		q := &s.reqs[i]
+		switch {
+		case (refused || crossed) && !q.Strict:
+			if st == e.store {
 				refunds = append(refunds, refund(q))
-			case q.Kind == counter.KindConcurrent:
-				s.leases = append(s.leases, hold(q, st))
-			case !refused && s.owners[i].accepted:
-				s.reserved = append(s.reserved, hold(q, st))
+			} else {
+				local = append(local, refund(q))
 			}
+		case q.Kind == counter.KindConcurrent:
+			s.leases = append(s.leases, hold(q, st))
+		case !refused && s.owners[i].accepted:
+			s.reserved = append(s.reserved, hold(q, st))
 		}
-		e.giveBack(ctx, st, refunds, pass == 1)
 	}
+	e.giveBack(ctx, e.store, refunds, false)
+	e.giveBack(ctx, e.fallback, local, true)
 	s.reqs, s.owners, s.via = s.reqs[:0], s.owners[:0], s.via[:0]
 	s.scratch = refunds[:0]
 }

@@ -208,7 +208,8 @@ func appendNorm(buf []byte, s string, esc bool) []byte {
 		n := len(buf)
 		buf = slices.Grow(buf, len(s))[:n+len(s)]
 		dst := buf[n:]
-		for i := 0; i < len(s); i++ {
+		dst = dst[:len(s)]
+		for i := range len(s) {
 			c := keyByte[s[i]]
 			if c == 0 {
 				return appendNormSlow(buf[:n+i], s[i:], esc)
