@@ -82,6 +82,9 @@ func (c *StoreConfig) Equal(o *StoreConfig) bool { return reflect.DeepEqual(c, o
 // down: it says so in the log, and rules follow on_store_error until
 // Redis answers.
 func OpenStore(c *StoreConfig, log *zap.Logger) (store, fallback counter.Store, err error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	switch c.Backend {
 	case "memory":
 		s, err := memstore.New(c.Config, log)
