@@ -168,17 +168,22 @@ func (sh *shard) purge(now int64) {
 	}
 }
 
-// evictSample is how many live entries an eviction compares.
-const evictSample = 8
+// An eviction looks at the next evictScan entries after the last one's
+// place: it reclaims every idle entry among them, and when there is none,
+// drops the rate key that would drain soonest among the first evictSample
+// (it holds the least information).
+const (
+	evictScan   = 64
+	evictSample = 8
+)
 
-// evict frees one slot in a full shard: the first idle entry met, else
-// among a sample of rate keys the one that would drain soonest (it holds
-// the least information). Concurrency keys with slots held are taken only
-// when the whole shard holds nothing else: forgetting a slot would let
-// the client exceed its limit, and its refund would find nothing.
+// evict frees at least one slot in a full shard. Concurrency keys with
+// slots held are taken only when the whole shard holds nothing else:
+// forgetting a slot would let the client exceed its limit, and its refund
+// would find nothing.
 func (sh *shard) evict(now int64) {
 	victim, held := -1, -1
-	seen := 0
+	freed, seen, sampled := 0, 0, 0
 	i := sh.hand
 	for range len(sh.tab) {
 		if i++; i >= len(sh.tab) {
@@ -189,20 +194,27 @@ func (sh *shard) evict(now int64) {
 		case e.h == 0:
 			continue
 		case e.idle(now):
-			victim = i
+			sh.del(i) // may pull an unseen entry into i: look again
+			freed++
+			victim = -1 // slots moved; and no live key need go
+			i--
 		case e.h&kindBit != 0:
 			if held < 0 || e.v < sh.tab[held].v {
 				held = i
 			}
-			continue
-		case victim < 0 || e.v < sh.tab[victim].v:
-			victim = i
+		case freed == 0 && sampled < evictSample:
+			if sampled++; victim < 0 || e.v < sh.tab[victim].v {
+				victim = i
+			}
 		}
-		if seen++; sh.tab[victim].idle(now) || seen >= evictSample {
+		if seen++; seen >= evictScan && (freed > 0 || victim >= 0) {
 			break
 		}
 	}
 	sh.hand = i
+	if freed > 0 {
+		return
+	}
 	if victim < 0 {
 		victim = held
 	}
