@@ -381,3 +381,43 @@ func TestLimitsRestartKeepsCounters(t *testing.T) {
 		})
 	}
 }
+
+// An IPv6 client is counted by its /64 (the default ipv6_prefix): four
+// addresses of one /64 share messages per client_ip at 3/1h, so the 4th
+// is refused; an address of the next /64 is not. Postfix takes the IPv6
+// clients from XCLIENT.
+func TestLimitsIPv6Prefix(t *testing.T) {
+	mta.Require(t)
+	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
+name = "msgs-per-ip"
+count = "messages"
+per = "client_ip"
+rate = "3/1h"
+`))
+	// XCLIENT takes an IPv6 ADDR only when Postfix speaks IPv6.
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen, Main: map[string]string{"inet_protocols": "all"}})
+	const from = "henry@example.test"
+	for i, tc := range []struct {
+		ip      string
+		refused bool
+	}{
+		{"2001:db8:1:1::1", false},
+		{"2001:db8:1:1::2", false},
+		{"2001:db8:1:1:ffff:ffff:ffff:fffe", false},
+		{"2001:db8:1:1:1234::9", true},
+		{"2001:db8:1:2::1", false},
+	} {
+		c, r := trySession(t, pf.Addr, "IPV6:"+tc.ip, from)
+		if c != nil {
+			c.Quit()
+		}
+		t.Logf("session %d from %s: first refusal %v", i+1, tc.ip, r)
+		if refused := r.Code == 451 && strings.HasPrefix(r.Text, "4.7.1"); refused != tc.refused || r.Code != 0 && !refused {
+			t.Errorf("MAIL FROM from %s: %v; want refused %v", tc.ip, r, tc.refused)
+		}
+	}
+	lines := ruleLines(sl, "msgs-per-ip")
+	if len(lines) != 1 || lines[0].Str("key") != "client_ip:2001:db8:1:1::/64" {
+		t.Errorf("log lines %v; want one refusal for key client_ip:2001:db8:1:1::/64", lines)
+	}
+}
