@@ -45,7 +45,8 @@ type Store struct {
 	leases leaseSet
 	hot    hotQueue
 	stats  stats
-	warn   *sampler // store errors off the SMTP path
+	warn   *sampler    // store errors off the SMTP path
+	rlog   *zap.Logger // go-redis's own lines, while this store is open
 
 	closed    atomic.Bool
 	stop      chan struct{}
@@ -85,10 +86,8 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	// go-redis logs dial failures on its own, to stderr, through a
-	// process-wide logger: send them to ours, at debug level (the store
-	// logs outages itself, once per outage).
-	redis.SetLogger(redisLog{log.Named("go-redis")})
+	rlog := log.Named("go-redis")
+	redisLogger.Store(rlog)
 	s := &Store{
 		client:   redis.NewUniversalClient(ro),
 		cluster:  cfg.Cluster,
@@ -96,6 +95,7 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		prefix:   cfg.Prefix,
 		timeout:  cfg.Timeout.D(),
 		leaseMS:  int64(cfg.LeaseTime.D() / time.Millisecond),
+		rlog:     rlog,
 		instance: instanceID(),
 		brk:      newBreaker(cfg.RetryBackoff.D(), cfg.RetryBackoffMax.D()),
 		warn:     newSampler(),
@@ -342,6 +342,7 @@ func (s *Store) Close() error {
 		s.releaseAll(ctx)
 		s.closed.Store(true)
 		err = s.client.Close()
+		redisLogger.CompareAndSwap(s.rlog, nil)
 	})
 	return err
 }
@@ -416,12 +417,22 @@ func (s *Store) crash() {
 		<-s.done
 		s.closed.Store(true)
 		s.client.Close()
+		redisLogger.CompareAndSwap(s.rlog, nil)
 	})
 }
 
-// redisLog is go-redis's logger as a zap logger.
-type redisLog struct{ log *zap.Logger }
+// go-redis logs dial failures on its own, to stderr, through one logger
+// for the whole process: they go to the logger of the store opened last,
+// at debug level (the store logs outages itself, once per outage), and
+// nowhere once that store is closed.
+var redisLogger atomic.Pointer[zap.Logger]
 
-func (l redisLog) Printf(_ context.Context, format string, v ...any) {
-	l.log.Debug(fmt.Sprintf(format, v...))
+func init() { redis.SetLogger(redisLog{}) }
+
+type redisLog struct{}
+
+func (redisLog) Printf(_ context.Context, format string, v ...any) {
+	if l := redisLogger.Load(); l != nil {
+		l.Debug(fmt.Sprintf(format, v...))
+	}
 }
