@@ -56,9 +56,9 @@ func withFS(fs fileSystem) Option {
 }
 
 // Shards: 256 locks make contention between two cores rare, and each
-// shard's table (max_keys/256 keys) small enough that its reclaim and
-// growth pauses last microseconds. Small stores get fewer shards so each
-// keeps enough keys for eviction to choose well.
+// shard's table (max_keys/256 keys) small enough that sweeping it holds
+// its lock for microseconds. Small stores get fewer shards so each keeps
+// enough keys for eviction to choose well.
 const (
 	maxShards     = 256
 	minShardLimit = 64
@@ -96,8 +96,8 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	s.shards = make([]shard, n)
 	// One allocation for every table: no pointers in it, so the garbage
 	// collector never scans it, and backed by huge pages where the
-	// kernel allows (see hugePages).
-	// The shards' limits add up to max_keys exactly.
+	// kernel allows (see hugePages). The shards' limits add up to
+	// max_keys exactly.
 	limit := cfg.MaxKeys / n
 	size := shardSlots(limit + 1)
 	slab := make([]entry, n*size)
