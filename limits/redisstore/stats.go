@@ -14,7 +14,7 @@ type stats struct {
 // Leases and Down only grow.
 type Stats struct {
 	Calls         uint64 // calls to Redis: events, refunds, exemptions, hot keys, lease refreshes
-	RoundTrips    uint64 // network round trips those took (an event takes one; NOSCRIPT or a cross-slot undo adds one)
+	RoundTrips    uint64 // script round trips (an event takes one; NOSCRIPT or a cross-slot undo adds one)
 	Errors        uint64 // calls that failed: Redis unreachable, too slow, or down
 	FastFails     uint64 // calls refused at once while Redis was known to be down
 	BreakerOpens  uint64 // times Redis was found down
