@@ -22,8 +22,10 @@ const (
 	authID = "mx.sluice.test" // sluice's authserv-id in these tests
 
 	// Clients the tests pose as, and what DNS says of them.
-	spfClient    = "198.51.100.7" // allowed by spf-pass.example, not by spf-fail.example
-	listedClient = "198.51.100.9" // listed in zen.example
+	spfClient     = "198.51.100.7" // allowed by spf-pass.example, not by spf-fail.example
+	listedClient  = "198.51.100.9" // listed in zen.example
+	spfClient6    = "2001:db8:7::25"
+	listedClient6 = "2001:db8:9::1"
 
 	failSender = "alice@spf-fail.example"
 	passSender = "bob@spf-pass.example"
@@ -35,10 +37,14 @@ func authDNS(t *testing.T) *dnstest.Server {
 	z := dnstest.NewZone().MustAddText(
 		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
 		`spf-fail.example. 300 IN MX 10 mx.spf-fail.example.`,
-		`spf-pass.example. 300 IN TXT "v=spf1 ip4:198.51.100.0/24 ip4:127.0.0.1 -all"`,
+		`spf-pass.example. 300 IN TXT "v=spf1 ip4:198.51.100.0/24 ip4:127.0.0.1 ip6:2001:db8::/32 -all"`,
 		`9.100.51.198.zen.example. 300 IN A 127.0.0.2`,
 		`9.100.51.198.zen.example. 300 IN TXT "listed for the test"`,
+		`1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.9.0.0.0.8.b.d.0.1.0.0.2.zen.example. 300 IN A 127.0.0.4`,
+		`spf-slow.example. 300 IN MX 10 mx.spf-slow.example.`,
 	)
+	// The SPF record of spf-slow.example never comes: a DNS timeout.
+	z.Fault("spf-slow.example", dnstest.AnyType, dnstest.Timeout)
 	return dnstest.Start(t, z)
 }
 
@@ -126,15 +132,19 @@ func named(fs []mta.Field, name string) []string {
 
 // ourSPF checks that fs carry exactly one Received-SPF and exactly one
 // Authentication-Results with our authserv-id, both with result want for
-// sender (Received-SPF quotes the address, as RFC 7208 §9.1's example
-// does: it is not a dot-atom).
+// sender (Received-SPF quotes the address and an IPv6 address, as RFC 7208
+// §9.1's grammar wants of what is not a dot-atom).
 func ourSPF(t *testing.T, fs []mta.Field, want, sender, clientIP string) {
 	t.Helper()
 	rs := named(fs, "Received-SPF")
 	if len(rs) != 1 {
 		t.Fatalf("%d Received-SPF fields %q, want 1", len(rs), rs)
 	}
-	if !strings.HasPrefix(rs[0], want+" ") || !strings.Contains(rs[0], "client-ip="+clientIP+";") ||
+	ipValue := clientIP
+	if strings.Contains(ipValue, ":") { // not a dot-atom: quoted
+		ipValue = `"` + ipValue + `"`
+	}
+	if !strings.HasPrefix(rs[0], want+" ") || !strings.Contains(rs[0], "client-ip="+ipValue+";") ||
 		!strings.Contains(rs[0], `envelope-from="`+sender+`";`) || !strings.Contains(rs[0], "receiver="+authID+";") {
 		t.Errorf("Received-SPF %q; want %s for client-ip=%s envelope-from=%s receiver=%s", rs[0], want, clientIP, sender, authID)
 	}
@@ -371,4 +381,99 @@ func TestPostfixAuthForgedResultsRemoved(t *testing.T) {
 	checkForgedGone(t, fs)
 	ourSPF(t, fs, "fail", failSender, spfClient)
 	wantAtTop(t, fs)
+}
+
+// An IPv6 client through Postfix (XCLIENT ADDR=IPV6:...): SPF matches its
+// ip6: mechanism, and the blocklist is asked with the nibble-reversed
+// name, which lists the second client.
+func TestPostfixAuthIPv6(t *testing.T) {
+	mta.Require(t)
+	dns := authDNS(t)
+	sl := mta.StartSluice(t, authConfig(dns, "", `fail = "reject"`, `
+[[checks.dnsbl]]
+zone = "zen.example"
+action = "reject"
+`))
+	// smtpd takes an IPv6 XCLIENT address only when it speaks IPv6.
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen, Main: map[string]string{"inet_protocols": "all"}})
+	tr := sendAs(t, pf.Addr, "IPV6:"+listedClient6, passSender, "listed v6")
+	if stage, r := tr.Refused(); stage != "MAIL" || r.Code != 550 || !strings.Contains(r.Text, "zen.example") {
+		t.Errorf("listed IPv6 client: %v; want 550 naming zen.example at MAIL FROM", tr)
+	}
+	refusalLine(t, sl, "dnsbl:zen.example", listedClient6)
+	tr = sendAs(t, pf.Addr, "IPV6:"+spfClient6, failSender, "spf fail v6")
+	if stage, r := tr.Refused(); stage != "MAIL" || r.Code != 550 || !strings.Contains(r.Text, spfClient6) {
+		t.Errorf("SPF fail from IPv6: %v; want 550 naming %s at MAIL FROM", tr, spfClient6)
+	}
+	if tr := sendAs(t, pf.Addr, "IPV6:"+spfClient6, passSender, "spf pass v6"); !tr.Accepted() {
+		t.Fatalf("SPF pass from IPv6: %v; want it accepted", tr)
+	}
+	msgs := pf.WaitDelivered(1, time.Minute)
+	if len(msgs) != 1 {
+		t.Fatalf("delivered %d messages, want 1", len(msgs))
+	}
+	fs := fieldsOf(t, msgs[0])
+	ourSPF(t, fs, "pass", passSender, spfClient6)
+	wantAtTop(t, fs)
+}
+
+// A DNS server that does not answer: SPF gives temperror within the
+// [dns] timeout, long before Postfix's milter timeout, and temperror =
+// "tempfail" answers 451 4.7.24, which the sender's MTA retries.
+func TestPostfixAuthDNSTimeout(t *testing.T) {
+	mta.Require(t)
+	dns := authDNS(t)
+	sl, pf := startAuth(t, authConfig(dns, "", `temperror = "tempfail"`, ""))
+	tr := sendAs(t, pf.Addr, spfClient, "carol@spf-slow.example", "slow")
+	if stage, r := tr.Refused(); stage != "MAIL" || r.Code != 451 || !strings.HasPrefix(r.Text, "4.7.24") {
+		t.Errorf("SPF temperror: %v; want 451 4.7.24 at MAIL FROM", tr)
+	}
+	refusalLine(t, sl, "spf", spfClient)
+	if n := dns.Count("spf-slow.example.", 16); n == 0 {
+		t.Errorf("sluice never asked for the TXT record of spf-slow.example")
+	}
+	if strings.Contains(pf.Log(), "milter") && strings.Contains(pf.Log(), "timeout") {
+		t.Errorf("Postfix timed out on the milter:\n%s", pf.Log())
+	}
+}
+
+// SMTP AUTH clients send from wherever their users are: SPF is skipped
+// for them (skip_authenticated, the default), while the same sender from
+// the same address without AUTH is refused.
+func TestPostfixAuthSkipsAuthenticated(t *testing.T) {
+	mta.Require(t)
+	dns := authDNS(t)
+	sl := mta.StartSluice(t, authConfig(dns, "trusted = []", `fail = "reject"`, ""))
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen,
+		SASLUsers: map[string]string{"alice@spf-fail.example": "secret"}})
+
+	c, err := mta.Dial(pf.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Ehlo("client.example.net")
+	mustOK(t, "EHLO", r, err)
+	tr, err := c.Send(failSender, []string{rcpt}, mta.NewMessage(failSender, rcpt, "no auth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stage, r := tr.Refused(); stage != "MAIL" || r.Code != 550 {
+		t.Errorf("without AUTH: %v; want 550 at MAIL FROM", tr)
+	}
+	c.Quit()
+
+	c = authSession(t, pf.Addr, "alice@spf-fail.example", "secret")
+	tr, err = c.Send(failSender, []string{rcpt}, mta.NewMessage(failSender, rcpt, "auth"))
+	if err != nil || !tr.Accepted() {
+		t.Fatalf("with AUTH: %v %v; want it accepted", tr, err)
+	}
+	c.Quit()
+	msgs := pf.WaitDelivered(1, time.Minute)
+	fs := fieldsOf(t, bySubject(t, msgs, "auth"))
+	if v := named(fs, "Received-SPF"); len(v) != 0 {
+		t.Errorf("an authenticated client's message carries Received-SPF %q", v)
+	}
+	if v := named(fs, "Authentication-Results"); len(v) != 0 {
+		t.Errorf("an authenticated client's message carries Authentication-Results %q (nothing was checked)", v)
+	}
 }
