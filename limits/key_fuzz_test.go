@@ -87,6 +87,10 @@ func FuzzAddressKey(f *testing.F) {
 			checkKey(t, k, rcpt.keyer.dims)
 		}
 
+		if fast, slow := appendNorm(nil, addr, true), appendNormSlow(nil, addr, true); string(fast) != string(slow) {
+			t.Fatalf("%q: appendNorm %q, byte by byte %q", addr, fast, slow)
+		}
+
 		// Normalisation is idempotent, and a normalised address has the
 		// key of the address it came from.
 		n := normalizeAddress(addr, strip)

@@ -190,3 +190,20 @@ func TestKeyAllocatesNothing(t *testing.T) {
 		t.Errorf("appendKey allocates %v times", allocs)
 	}
 }
+
+// The eight-bytes-at-a-time path of appendNorm gives what the byte-by-byte
+// one gives: every byte value at every place of a word.
+func TestAppendNormFastPath(t *testing.T) {
+	base := []byte("abcdefghABCDEFGH.-+@xyz0129XYZ~!_")
+	for b := range 256 {
+		for p := range 16 {
+			in := append([]byte(nil), base...)
+			in[p] = byte(b)
+			fast := appendNorm([]byte("k:"), string(in), true)
+			slow := appendNormSlow([]byte("k:"), string(in), true)
+			if string(fast) != string(slow) {
+				t.Fatalf("byte %#x at %d: %q, want %q", b, p, fast, slow)
+			}
+		}
+	}
+}
