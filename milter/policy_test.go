@@ -404,8 +404,14 @@ func parseTag(v string) (rule string, params map[string]string, err error) {
 		}
 	}
 	var fields []string
-	var cur strings.Builder
+	var cur []byte
+	keep := 0 // cur[:keep] ends with quoted text, which trailing blanks must not eat
 	quoted := false
+	end := func() {
+		f := strings.TrimRight(string(cur[keep:]), " ")
+		fields = append(fields, string(cur[:keep])+f)
+		cur, keep = cur[:0], 0
+	}
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		switch {
@@ -414,22 +420,28 @@ func parseTag(v string) (rule string, params map[string]string, err error) {
 			if i == len(v) {
 				return "", nil, fmt.Errorf("dangling backslash")
 			}
-			cur.WriteByte(v[i])
+			cur = append(cur, v[i])
+			keep = len(cur)
 		case c == '"':
 			quoted = !quoted
-		case !quoted && c == ';':
-			fields = append(fields, strings.TrimSpace(cur.String()))
-			cur.Reset()
-		case !quoted && (c == '(' || c == ')'):
+			keep = len(cur)
+		case quoted:
+			cur = append(cur, c)
+			keep = len(cur)
+		case c == ';':
+			end()
+		case c == '(' || c == ')':
 			return "", nil, fmt.Errorf("unquoted %c", c)
+		case c == ' ' && len(cur) == 0:
+			// a blank between fields
 		default:
-			cur.WriteByte(c)
+			cur = append(cur, c)
 		}
 	}
 	if quoted {
 		return "", nil, fmt.Errorf("unclosed quote")
 	}
-	fields = append(fields, strings.TrimSpace(cur.String()))
+	end()
 	params = map[string]string{}
 	for _, f := range fields[1:] {
 		k, val, ok := strings.Cut(f, "=")
@@ -712,4 +724,28 @@ func TestQueueIDPerTransaction(t *testing.T) {
 	if len(lines) != 1 || lines[0].ContextMap()["queue_id"] != "" {
 		t.Errorf("refusal log %v: want one line without the last message's queue id", lines)
 	}
+}
+
+// FuzzTagValue: whatever the key holds, a tag header value is one line of
+// printable ASCII that parses back into its fields, with the key intact
+// up to the escaping.
+func FuzzTagValue(f *testing.F) {
+	f.Add("sender:alice@example.org", "10/1h", int64(90))
+	f.Add("sender:\"john\\\"doe\"@example.org", "1/1h", int64(0))
+	f.Add("sender:a\r\nX-Injected: 1; would=accept", "x;y", int64(5))
+	f.Add("caf\u00e9 (comment)", "\"", int64(-1))
+	f.Fuzz(func(t *testing.T, key, limit string, retry int64) {
+		v := policy.Verdict{Source: "per-sender", Action: policy.ActionTempfail, Key: key, Limit: limit,
+			Detail: "count=2", RetryAfter: time.Duration(retry) * time.Second}
+		for _, held := range []bool{false, true} {
+			out := tagValue(&v, held)
+			rule, params, err := parseTag(out)
+			if err != nil {
+				t.Fatalf("key %q limit %q: %q is not well-formed: %v", key, limit, out, err)
+			}
+			if rule != "per-sender" || params["count"] != "2" || params["key"] != policy.ASCII(key, 300) || len(out) > 900 {
+				t.Fatalf("key %q limit %q: %q parsed as %q %v", key, limit, out, rule, params)
+			}
+		}
+	})
 }
