@@ -1,10 +1,8 @@
 package redisstore
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,12 +186,7 @@ func (s *Store) Hot(ctx context.Context, n int) ([]counter.HotKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis store: hot keys: %w", err)
 	}
-	slices.SortFunc(out, func(a, b counter.HotKey) int {
-		return cmp.Or(
-			cmp.Compare(fullness(b), fullness(a)),
-			cmp.Compare(b.RetryAfter, a.RetryAfter),
-			cmp.Compare(a.Key, b.Key))
-	})
+	counter.SortHot(out)
 	if n >= 0 && len(out) > n {
 		out = out[:n]
 	}
@@ -206,13 +199,4 @@ func toAny(a []string) []any {
 		out[i] = v
 	}
 	return out
-}
-
-// fullness orders hot keys: level over the limit; any use of a zero limit
-// is over it.
-func fullness(k counter.HotKey) float64 {
-	if k.Burst <= 0 {
-		return float64(k.Level) + 1
-	}
-	return float64(k.Level) / float64(k.Burst)
 }

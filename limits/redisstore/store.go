@@ -177,27 +177,13 @@ func (s *Store) redisKey(kind counter.Kind, key []byte) string {
 
 func (s *Store) holder(h []byte) string { return s.instance + "/" + string(h) }
 
+// validRequest is counter's check plus the Redis store's own bound.
 func validRequest(r *counter.Request) error {
-	if len(r.Key) == 0 {
-		return errors.New("empty key")
+	if err := r.Validate(); err != nil {
+		return err
 	}
-	if r.Op > counter.OpPeek {
-		return fmt.Errorf("unknown op %d", r.Op)
-	}
-	if r.Burst < 0 || r.Cost < 0 {
-		return fmt.Errorf("negative burst %d or cost %d", r.Burst, r.Cost)
-	}
-	switch r.Kind {
-	case counter.KindRate:
-		if r.Interval <= 0 {
-			return fmt.Errorf("interval %d is not positive", r.Interval)
-		}
-		if r.Burst > MaxSpan/r.Interval || r.Cost > MaxSpan/r.Interval {
-			return fmt.Errorf("interval %d times burst %d or cost %d is above the Redis store's 52 days", r.Interval, r.Burst, r.Cost)
-		}
-	case counter.KindConcurrent:
-	default:
-		return fmt.Errorf("unknown kind %d", r.Kind)
+	if r.Kind == counter.KindRate && (r.Burst > MaxSpan/r.Interval || r.Cost > MaxSpan/r.Interval) {
+		return fmt.Errorf("interval %d times burst %d or cost %d is above the Redis store's 52 days", r.Interval, r.Burst, r.Cost)
 	}
 	return nil
 }
