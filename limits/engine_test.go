@@ -844,3 +844,22 @@ func TestMultiWindowCrossedInTagMode(t *testing.T) {
 		})
 	}
 }
+
+// burst sets how many pass at once; the rate then refills one per
+// period/N.
+func TestBurst(t *testing.T) {
+	v := newTestEnv(t, rules(Rule{Name: "b", Count: "messages", Per: "sender", Rate: "10/1h", Burst: 3}), policy.ModeEnforce)
+	s := v.e.NewSession()
+	f := policy.Facts{}
+	if got := refusals(t, 5, func(int) bool { return v.mail(s, &f, "a@b") }); got != "...xx" {
+		t.Errorf("burst 3: %s, want ...xx", got)
+	}
+	v.clock.advance(6 * time.Minute) // one unit of 10/1h
+	if got := refusals(t, 2, func(int) bool { return v.mail(s, &f, "a@b") }); got != ".x" {
+		t.Errorf("after 6m: %s, want .x", got)
+	}
+	v.clock.advance(time.Hour)
+	if got := refusals(t, 4, func(int) bool { return v.mail(s, &f, "a@b") }); got != "...x" {
+		t.Errorf("after an hour idle: %s, want ...x (never more than the burst at once)", got)
+	}
+}
