@@ -16,6 +16,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+
+	"sluice/auth"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; without
@@ -94,6 +96,11 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	// The list files too: serve would not start without them.
 	if _, err := buildLists(c, *path); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	// And auth's access tables, which serve loads the same way.
+	if _, err := auth.New(&c.AuthConfig, nil); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
