@@ -120,6 +120,16 @@ func fieldsOf(t *testing.T, m mta.Message) []mta.Field {
 	return fs
 }
 
+// onlyMessage checks that the sink holds one message and returns its
+// header fields.
+func onlyMessage(t *testing.T, msgs []mta.Message) []mta.Field {
+	t.Helper()
+	if len(msgs) != 1 {
+		t.Fatalf("delivered %d messages, want 1", len(msgs))
+	}
+	return fieldsOf(t, msgs[0])
+}
+
 func named(fs []mta.Field, name string) []string {
 	var vs []string
 	for _, f := range fs {
@@ -229,11 +239,7 @@ func TestPostfixAuthSPFFailRejected(t *testing.T) {
 	if tr := sendAs(t, pf.Addr, spfClient, passSender, "spf pass"); !tr.Accepted() {
 		t.Fatalf("SPF pass: %v; want it accepted", tr)
 	}
-	msgs := pf.WaitDelivered(1, time.Minute)
-	if len(msgs) != 1 {
-		t.Fatalf("delivered %d messages, want 1 (the SPF pass)", len(msgs))
-	}
-	fs := fieldsOf(t, bySubject(t, msgs, "spf pass"))
+	fs := onlyMessage(t, pf.WaitDelivered(1, time.Minute))
 	ourSPF(t, fs, "pass", passSender, spfClient)
 	wantAtTop(t, fs)
 	if v := named(fs, "X-Sluice-Check"); len(v) != 0 {
@@ -322,11 +328,7 @@ action = "reject"
 	if tr := sendAs(t, pf.Addr, spfClient, passSender, "not listed"); !tr.Accepted() {
 		t.Fatalf("unlisted client: %v; want it accepted", tr)
 	}
-	msgs := pf.WaitDelivered(1, time.Minute)
-	if len(msgs) != 1 {
-		t.Fatalf("delivered %d messages, want 1", len(msgs))
-	}
-	fs := fieldsOf(t, msgs[0])
+	fs := onlyMessage(t, pf.WaitDelivered(1, time.Minute))
 	ourSPF(t, fs, "pass", passSender, spfClient)
 	if v := named(fs, "X-Sluice-Check"); len(v) != 0 {
 		t.Errorf("unlisted client carries X-Sluice-Check %q", v)
@@ -376,8 +378,7 @@ func TestPostfixAuthForgedResultsRemoved(t *testing.T) {
 	if tr := sendAs(t, pf.Addr, spfClient, failSender, "forged", forged...); !tr.Accepted() {
 		t.Fatalf("forged: %v; want it accepted", tr)
 	}
-	msgs := pf.WaitDelivered(1, time.Minute)
-	fs := fieldsOf(t, bySubject(t, msgs, "forged"))
+	fs := onlyMessage(t, pf.WaitDelivered(1, time.Minute))
 	checkForgedGone(t, fs)
 	ourSPF(t, fs, "fail", failSender, spfClient)
 	wantAtTop(t, fs)
@@ -408,11 +409,7 @@ action = "reject"
 	if tr := sendAs(t, pf.Addr, "IPV6:"+spfClient6, passSender, "spf pass v6"); !tr.Accepted() {
 		t.Fatalf("SPF pass from IPv6: %v; want it accepted", tr)
 	}
-	msgs := pf.WaitDelivered(1, time.Minute)
-	if len(msgs) != 1 {
-		t.Fatalf("delivered %d messages, want 1", len(msgs))
-	}
-	fs := fieldsOf(t, msgs[0])
+	fs := onlyMessage(t, pf.WaitDelivered(1, time.Minute))
 	ourSPF(t, fs, "pass", passSender, spfClient6)
 	wantAtTop(t, fs)
 }
@@ -468,8 +465,7 @@ func TestPostfixAuthSkipsAuthenticated(t *testing.T) {
 		t.Fatalf("with AUTH: %v %v; want it accepted", tr, err)
 	}
 	c.Quit()
-	msgs := pf.WaitDelivered(1, time.Minute)
-	fs := fieldsOf(t, bySubject(t, msgs, "auth"))
+	fs := onlyMessage(t, pf.WaitDelivered(1, time.Minute))
 	if v := named(fs, "Received-SPF"); len(v) != 0 {
 		t.Errorf("an authenticated client's message carries Received-SPF %q", v)
 	}
