@@ -85,6 +85,7 @@ action = "hold"
 	if n != 2 {
 		t.Errorf("Postfix logged %q %d times, want 2", want, n)
 	}
+	waitLogCount(t, sl, "held", 2, 10*time.Second)
 	lines := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "held" && l.Str("rule") == "runaway" })
 	if len(lines) != 2 {
 		t.Errorf("sluice logged %d 'held' lines, want 2", len(lines))
@@ -170,6 +171,7 @@ match.authenticated = true
 	if got := len(mta.FromSender(msgs, alice)); got != 9 {
 		t.Errorf("delivered %d, want 3 from port 25 and 6 from submission", got)
 	}
+	waitLogCount(t, sl, "refused", 7, 10*time.Second)
 	p25 := ruleLines(sl, "port25-sender")
 	subl := ruleLines(sl, "submission-user")
 	for _, l := range append(p25, subl...) {
@@ -221,7 +223,7 @@ delay = "3s"
 		}
 	}
 	pf.WaitDelivered(4, time.Minute)
-	if lines := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "delayed" }); len(lines) != 2 {
+	if lines := waitLogCount(t, sl, "delayed", 2, 10*time.Second); len(lines) != 2 {
 		t.Errorf("sluice logged %d 'delayed' lines, want 2", len(lines))
 	}
 }
@@ -263,6 +265,8 @@ mode = "dry-run"
 	for _, e := range pf.Queue() {
 		t.Errorf("left in the queue: %+v", e)
 	}
+	waitLogCount(t, sl, "would refuse", 3, 10*time.Second)
+	waitLogCount(t, sl, "would hold", 3, 10*time.Second)
 	would := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "would refuse" && l.Str("rule") == "new-limit" })
 	wouldHold := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "would hold" && l.Str("rule") == "new-hold" })
 	for _, l := range append(would, wouldHold...) {
@@ -304,6 +308,7 @@ reply = "421 4.7.0 Too many messages from {client_ip}; closing"
 	if r, err := c.Cmd("NOOP"); err == nil {
 		t.Errorf("the session is still open after 421: NOOP got %v", r)
 	}
+	waitLogCount(t, sl, "refused", 1, 10*time.Second) // sluice's output is read as it comes
 	if lines := ruleLines(sl, "abuser"); len(lines) != 1 || lines[0].Msg() != "refused" || lines[0].Str("action") != "disconnect" {
 		t.Errorf("log lines: %v", lines)
 	}
@@ -348,6 +353,7 @@ match.rcpt_domain = ["gmail.com"]
 	if len(msgs) != 1 || len(msgs[0].Envelope["X-Rcpt-Args"]) != 7 {
 		t.Errorf("sink: %d messages, first with recipients %v", len(msgs), msgs[0].Envelope["X-Rcpt-Args"])
 	}
+	waitLogCount(t, sl, "refused", 3, 10*time.Second)
 	if lines := ruleLines(sl, "gmail-throttle"); len(lines) != 3 || lines[0].Str("rcpt") != "user7@gmail.com" {
 		t.Errorf("refusal log lines: %v", lines)
 	}

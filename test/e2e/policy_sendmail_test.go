@@ -66,7 +66,7 @@ action = "hold"
 			t.Errorf("quarantine reason %q", r)
 		}
 	}
-	if lines := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "held" }); len(lines) != 2 {
+	if lines := waitLogCount(t, sl, "held", 2, 10*time.Second); len(lines) != 2 {
 		t.Errorf("sluice logged %d 'held' lines, want 2", len(lines))
 	}
 }
