@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -30,29 +29,7 @@ func newHarness(t *testing.T, mode policy.Mode, rules ...limits.Rule) *harness {
 // session opens an MTA connection and sends CONNECT (and HELO) as Postfix does.
 func (h *harness) session(ip string) (*milter.ClientSession, *milter.Action) {
 	h.t.Helper()
-	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
-		Dialer:       &net.Dialer{Timeout: time.Second},
-		ReadTimeout:  5 * time.Second,
-		WriteTimeout: 5 * time.Second,
-		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
-	s, err := c.Session()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if err := s.Macros(milter.CodeConn, "{daemon_name}", "smtpd", "j", "mx.example.test"); err != nil {
-		h.t.Fatal(err)
-	}
-	act, err := s.Conn("client.example", milter.FamilyInet, 4321, ip)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if act.Code == milter.ActContinue {
-		if act, err = s.Helo("client.example"); err != nil {
-			h.t.Fatal(err)
-		}
-	}
-	return s, act
+	return h.sessionAs(ip, "smtpd", "client.example")
 }
 
 // message sends one transaction and returns the MAIL FROM action and, if
