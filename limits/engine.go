@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"sluice/limits/counter"
 	"sluice/lists"
@@ -33,6 +34,7 @@ type Engine struct {
 
 	allows      atomic.Pointer[allowCache]
 	refreshing  atomic.Bool
+	allowsWarn  rate.Sometimes // a dead store must not log every refresh
 	sessionSeq  atomic.Uint64
 	allowMaxAge time.Duration
 }
@@ -51,7 +53,8 @@ type Options struct {
 // New compiles the rules. The store is shared: a reload makes a new Engine
 // on the same store, so counters survive it.
 func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
-	e := &Engine{store: opt.Store, fallback: opt.Fallback, mode: opt.Mode, log: opt.Log, allowMaxAge: 2 * time.Second}
+	e := &Engine{store: opt.Store, fallback: opt.Fallback, mode: opt.Mode, log: opt.Log, allowMaxAge: 2 * time.Second,
+		allowsWarn: rate.Sometimes{Interval: time.Minute}}
 	e.failures.init(opt.Recorder, opt.Store)
 	if e.log == nil {
 		e.log = zap.NewNop()
@@ -463,7 +466,9 @@ func (e *Engine) refreshAllows() {
 	defer cancel()
 	m, err := e.store.Allows(ctx)
 	if err != nil {
-		e.log.Warn("could not read exemptions", zap.Error(err))
+		e.allowsWarn.Do(func() {
+			e.log.Warn("could not read exemptions; keeping those read before (logged once a minute)", zap.Error(err))
+		})
 		m = e.allows.Load().until
 	}
 	e.setExemptions(m)

@@ -24,10 +24,11 @@ import (
 
 // setup is a policy for a test server.
 type setup struct {
-	mode   policy.Mode
-	decide func(*policy.Config) // changes to the global policy keys
-	lists  lists.Config
-	rules  []limits.Rule
+	mode    policy.Mode
+	decide  func(*policy.Config) // changes to the global policy keys
+	lists   lists.Config
+	rules   []limits.Rule
+	trusted []string // the global trusted list; none when nil
 }
 
 func newPolicyHarness(t *testing.T, su setup) *harness {
@@ -43,7 +44,7 @@ func newPolicyHarness(t *testing.T, su setup) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lc := limits.Config{Rules: su.rules, Trusted: []string{}}
+	lc := limits.Config{Rules: su.rules, Trusted: su.trusted}
 	eng, err := limits.New(&lc, set, limits.Options{Store: store, Mode: su.mode, Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -395,6 +396,36 @@ func TestForgedHeadersRemoved(t *testing.T) {
 	}
 }
 
+// A trusted client is one of ours — a content filter re-injecting mail,
+// an inner relay — so the X-Sluice-* headers it brings were written by
+// sluice and stay.
+func TestTrustedClientsKeepSluiceHeaders(t *testing.T) {
+	h := newPolicyHarness(t, setup{mode: policy.ModeTag, trusted: []string{"10.0.0.0/8"}, rules: []limits.Rule{senderRule("1/1h", "")}})
+	for _, c := range []struct {
+		ip      string
+		removed int
+	}{{"10.1.2.3", 0}, {"192.0.2.29", 1}} {
+		s, _ := h.session(c.ip)
+		if act := mail(t, s, "a@example.org", ""); act.Code != milter.ActContinue {
+			t.Fatal(act)
+		}
+		if _, err := s.HeaderField("X-Sluice-Limit", "msgs; key=sender:a@example.org"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.HeaderEnd(); err != nil {
+			t.Fatal(err)
+		}
+		ms, _, err := s.End()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(mods(ms, milter.ActChangeHeader)); n != c.removed {
+			t.Errorf("client %s: %d headers removed, want %d", c.ip, n, c.removed)
+		}
+		s.Close()
+	}
+}
+
 // parseTag splits a tag header value into its fields, undoing the
 // quoted-strings; it fails on anything that is not well-formed.
 func parseTag(v string) (rule string, params map[string]string, err error) {
@@ -534,7 +565,7 @@ func TestEscalation(t *testing.T) {
 	const pause = 100 * time.Millisecond
 	h := newPolicyHarness(t, setup{
 		decide: func(c *policy.Config) {
-			c.SoftRefusals, c.HardRefusals, c.RefusalDelay = 2, 4, conf.Duration(pause)
+			c.SoftRefusals, c.HardRefusals, c.RefusalDelay = policy.Count(2), policy.Count(4), conf.Duration(pause)
 		},
 		rules: []limits.Rule{{Name: "spammer", Count: "messages", Per: "sender", Rate: "1/1h", Match: limits.Match{Sender: "^spam@"}}},
 	})
@@ -595,7 +626,7 @@ func TestEscalation(t *testing.T) {
 func TestNoEscalationInTagMode(t *testing.T) {
 	h := newPolicyHarness(t, setup{
 		mode:   policy.ModeTag,
-		decide: func(c *policy.Config) { c.SoftRefusals, c.HardRefusals = 1, 2 },
+		decide: func(c *policy.Config) { c.SoftRefusals, c.HardRefusals = policy.Count(1), policy.Count(2) },
 		rules:  []limits.Rule{senderRule("1/1h", "")},
 	})
 	s, _ := h.session("192.0.2.33")

@@ -139,7 +139,10 @@ func (s *session) Header(name, value string, m *milter.Modifier) (milter.Respons
 	// count its index per name the same way.
 	key := strings.ToLower(name)
 	s.seen[key]++
-	if hasPrefixFold(name, "X-Sluice-") || s.pol.checks() && s.pol.Auth.Forged(name, value) {
+	// A trusted client is one of ours (a content filter re-injecting
+	// mail, an inner relay behind our MX): what it carries was written by
+	// us, and stays.
+	if !s.f.Trusted && (hasPrefixFold(name, "X-Sluice-") || s.pol.checks() && s.pol.Auth.Forged(name, value)) {
 		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
 	return milter.RespContinue, nil

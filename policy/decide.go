@@ -12,8 +12,8 @@ type Config struct {
 	Mode          Mode          `toml:"mode"`           // enforce | tag | dry-run
 	MaxDelay      conf.Duration `toml:"max_delay"`      // cap on any pause before a reply
 	MilterTimeout conf.Duration `toml:"milter_timeout"` // how long the MTA waits for a milter reply
-	SoftRefusals  int           `toml:"soft_refusals"`  // after this many refusals in a session, pause before each reply
-	HardRefusals  int           `toml:"hard_refusals"`  // after this many, 421 and disconnect
+	SoftRefusals  *int          `toml:"soft_refusals"`  // after this many refusals in a session, pause before each reply; 0: never
+	HardRefusals  *int          `toml:"hard_refusals"`  // after this many, 421 and disconnect; 0: never
 	RefusalDelay  conf.Duration `toml:"refusal_delay"`  // the pause after soft_refusals
 }
 
@@ -33,11 +33,11 @@ func (c *Config) Defaults() {
 	if c.MaxDelay == 0 {
 		c.MaxDelay = conf.Duration(min(20*time.Second, max(c.MilterTimeout.D()-delayMargin, time.Second)))
 	}
-	if c.SoftRefusals == 0 {
-		c.SoftRefusals = 10
+	if c.SoftRefusals == nil {
+		c.SoftRefusals = Count(10)
 	}
-	if c.HardRefusals == 0 {
-		c.HardRefusals = 20
+	if c.HardRefusals == nil {
+		c.HardRefusals = Count(20)
 	}
 	if c.RefusalDelay == 0 {
 		c.RefusalDelay = conf.Duration(min(time.Second, c.MaxDelay.D()))
@@ -53,16 +53,27 @@ func (c *Config) Validate() error {
 		return conf.Errorf("max_delay", "%s does not leave %s of milter_timeout (%s) for the stage's own work: the MTA would give up on sluice (Postfix: milter_command_timeout; Sendmail: T=R: in INPUT_MAIL_FILTER)",
 			c.MaxDelay.D(), delayMargin, c.MilterTimeout.D())
 	}
-	if c.SoftRefusals < 0 {
-		return conf.Errorf("soft_refusals", "must not be negative")
+	if c.SoftRefusals != nil && *c.SoftRefusals < 0 {
+		return conf.Errorf("soft_refusals", "must not be negative (0 turns the pause off)")
 	}
-	if c.HardRefusals < 0 {
-		return conf.Errorf("hard_refusals", "must not be negative")
+	if c.HardRefusals != nil && *c.HardRefusals < 0 {
+		return conf.Errorf("hard_refusals", "must not be negative (0 turns the disconnect off)")
 	}
 	if c.RefusalDelay.D() > c.MaxDelay.D() {
 		return conf.Errorf("refusal_delay", "%s is above max_delay %s", c.RefusalDelay.D(), c.MaxDelay.D())
 	}
 	return nil
+}
+
+// Count makes a value for SoftRefusals and HardRefusals, which are
+// pointers so that a file can say 0 (never) apart from leaving them out.
+func Count(n int) *int { return &n }
+
+func deref(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // CheckDelay validates a rule's or check's own pause against the cap.
@@ -167,13 +178,13 @@ func (c *Config) Escalate(prior int, d *Decision) {
 	if c.Mode != ModeEnforce {
 		return
 	}
-	if c.HardRefusals > 0 && prior >= c.HardRefusals {
+	if hard := deref(c.HardRefusals); hard > 0 && prior >= hard {
 		d.Action, d.Escalation = ActionDisconnect, ActionDisconnect
 		d.Reply = "421 4.7.0 Too many refused commands; closing connection"
 		d.Delay = 0
 		return
 	}
-	if c.SoftRefusals > 0 && prior >= c.SoftRefusals {
+	if soft := deref(c.SoftRefusals); soft > 0 && prior >= soft {
 		d.Delay = min(d.Delay+c.RefusalDelay.D(), c.MaxDelay.D())
 		d.Escalation = ActionDelay
 	}

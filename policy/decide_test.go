@@ -127,7 +127,7 @@ func TestDecideModes(t *testing.T) {
 
 func TestEscalate(t *testing.T) {
 	c := config(ModeEnforce)
-	c.SoftRefusals, c.HardRefusals, c.RefusalDelay = 2, 4, conf.Duration(time.Second)
+	c.SoftRefusals, c.HardRefusals, c.RefusalDelay = Count(2), Count(4), conf.Duration(time.Second)
 	tempfail := func() Decision {
 		return c.Decide(StageMail, []Verdict{verdict("r", ActionTempfail, ModeEnforce)}, nil)
 	}
@@ -167,7 +167,7 @@ func TestEscalate(t *testing.T) {
 		t.Errorf("delay %v past max_delay %v", d.Delay, c.MaxDelay.D())
 	}
 	// Zero disables a limit.
-	c.SoftRefusals, c.HardRefusals = 0, 0
+	c.SoftRefusals, c.HardRefusals = Count(0), Count(0)
 	d = tempfail()
 	c.Escalate(100, &d)
 	if d.Action != ActionTempfail || d.Delay != 0 {
@@ -190,7 +190,7 @@ func TestEscalateOnlyInEnforceMode(t *testing.T) {
 
 func TestConfigDefaultsAndValidate(t *testing.T) {
 	c := config(ModeEnforce)
-	if c.MaxDelay.D() != 20*time.Second || c.MilterTimeout.D() != 30*time.Second || c.SoftRefusals != 10 || c.HardRefusals != 20 || c.RefusalDelay.D() != time.Second {
+	if c.MaxDelay.D() != 20*time.Second || c.MilterTimeout.D() != 30*time.Second || *c.SoftRefusals != 10 || *c.HardRefusals != 20 || c.RefusalDelay.D() != time.Second {
 		t.Errorf("defaults: %+v", c)
 	}
 	if err := c.Validate(); err != nil {
@@ -213,8 +213,8 @@ func TestConfigDefaultsAndValidate(t *testing.T) {
 		{Config{MaxDelay: conf.Duration(30 * time.Second)}, "max_delay"},
 		{Config{MilterTimeout: conf.Duration(10 * time.Second), MaxDelay: conf.Duration(6 * time.Second)}, "max_delay"},
 		{Config{MilterTimeout: conf.Duration(3 * time.Second)}, "milter_timeout"},
-		{Config{SoftRefusals: -1}, "soft_refusals"},
-		{Config{HardRefusals: -1}, "hard_refusals"},
+		{Config{SoftRefusals: Count(-1)}, "soft_refusals"},
+		{Config{HardRefusals: Count(-1)}, "hard_refusals"},
 		{Config{MaxDelay: conf.Duration(2 * time.Second), RefusalDelay: conf.Duration(3 * time.Second)}, "refusal_delay"},
 	} {
 		tc.c.Defaults()

@@ -64,6 +64,16 @@ func loadConfig(path string) (*Config, error) {
 	return parseConfig(name, data)
 }
 
+// configData is the text of a config for error messages: the file as it
+// is now, or the built-in config.
+func configData(path string) []byte {
+	if path == "" {
+		return defaultConfig
+	}
+	data, _ := readFile(path)
+	return data
+}
+
 func parseConfig(name string, data []byte) (*Config, error) {
 	var c Config
 	if err := decodeFile(name, data, &c); err != nil {

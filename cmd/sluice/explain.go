@@ -80,11 +80,7 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 func buildLists(c *Config, path string) (*lists.Set, error) {
 	set, _, err := c.Lists.Build(nil)
 	if err != nil {
-		var data []byte
-		if path != "" {
-			data, _ = readFile(path)
-		}
-		return nil, locate(configName(path), data, conf.In(err, "lists"))
+		return nil, locate(configName(path), configData(path), conf.In(err, "lists"))
 	}
 	return set, nil
 }

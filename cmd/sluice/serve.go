@@ -22,6 +22,7 @@ import (
 
 	"sluice/admin"
 	"sluice/auth"
+	"sluice/conf"
 	"sluice/limits"
 	"sluice/limits/counter"
 	"sluice/lists"
@@ -270,7 +271,7 @@ func (d *daemon) ready(ctx context.Context) error {
 func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, error) {
 	set, kept, err := c.Lists.Build(prev)
 	if err != nil {
-		return nil, nil, locate(configName(d.path), nil, err)
+		return nil, nil, locate(configName(d.path), configData(d.path), conf.In(err, "lists"))
 	}
 	for _, e := range kept {
 		d.log.Error("list not reloaded", zap.Error(e))
