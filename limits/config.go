@@ -148,6 +148,8 @@ func (c *Config) Validate(listNames map[string]bool) error {
 // rule is a compiled Rule.
 type rule struct {
 	name     string
+	prefix   string // "name:0:", the start of its first window's store keys
+	blocking bool   // a denial refuses the event: set by New, from the global mode
 	count    count
 	keyer    keyer
 	windows  []window
@@ -178,7 +180,7 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 		}
 		return nil, conf.Errorf("name", "%q: use letters, digits, '-', '_' or '.'", r.Name)
 	}
-	c := &rule{name: r.Name}
+	c := &rule{name: r.Name, prefix: r.Name + ":0:"}
 	switch {
 	case r.Count != "":
 		found := false
@@ -355,6 +357,11 @@ func (c *rule) compileKey(r *Rule) error {
 			return conf.Errorf("per", "%s is not known when %s are counted (at %s)", n, countNames[c.count], c.count.stage())
 		}
 		k.dims = append(k.dims, d)
+		label := d.String() + ":"
+		if len(k.labels) > 0 {
+			label = "," + label
+		}
+		k.labels = append(k.labels, label)
 	}
 	k.ipv4Prefix, k.ipv6Prefix = 32, 64
 	if r.IPv4Prefix != 0 {

@@ -80,6 +80,7 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		if r.onError == onErrorDefault {
 			r.onError = e.onError
 		}
+		r.blocking = r.action.Refuses() && r.mode.Soften(e.mode) == policy.ModeEnforce
 		e.rules = append(e.rules, r)
 		st := r.count.stage()
 		e.byStage[st] = append(e.byStage[st], r)
@@ -206,18 +207,16 @@ func (s *Session) result() []policy.Verdict {
 // or one concurrency request ("name:c:key").
 func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[string]time.Time) {
 	start := len(s.buf)
-	s.buf = append(s.buf, r.name...)
-	s.buf = append(s.buf, ':', '0', ':')
+	s.buf = append(s.buf, r.prefix...)
 	dimStart := len(s.buf)
 	var ok bool
 	if s.buf, ok = r.keyer.appendKey(s.buf, f); !ok || len(allows) > 0 && exempt(allows, s.buf[dimStart:]) {
 		s.buf = s.buf[:start]
 		return
 	}
-	blocking := r.action.Refuses() && r.mode.Soften(e.mode) == policy.ModeEnforce
 	if r.count == countConcurrent {
 		s.buf[dimStart-2] = 'c'
-		s.reqs = append(s.reqs, counter.Request{Key: s.buf[start:], Kind: counter.KindConcurrent, Burst: r.max, Cost: 1, Blocking: blocking, Strict: r.strict, Holder: s.holder})
+		s.reqs = append(s.reqs, counter.Request{Key: s.buf[start:], Kind: counter.KindConcurrent, Burst: r.max, Cost: 1, Blocking: r.blocking, Strict: r.strict, Holder: s.holder})
 		s.owners = append(s.owners, r)
 		s.via = append(s.via, nil)
 		return
@@ -237,7 +236,7 @@ func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[st
 		}
 		s.reqs = append(s.reqs, counter.Request{})
 		q := &s.reqs[len(s.reqs)-1]
-		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, cost, blocking, r.strict
+		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, cost, r.blocking, r.strict
 		s.owners = append(s.owners, r)
 		s.via = append(s.via, nil)
 	}
@@ -343,8 +342,12 @@ func (e *Engine) Settle(ctx context.Context, s *Session, refused bool) {
 			s.reserved = append(s.reserved, hold(q, st))
 		}
 	}
-	e.giveBack(ctx, e.store, refunds, false)
-	e.giveBack(ctx, e.fallback, local, true)
+	if len(refunds) > 0 {
+		e.giveBack(ctx, e.store, refunds, false)
+	}
+	if len(local) > 0 {
+		e.giveBack(ctx, e.fallback, local, true)
+	}
 	s.reqs, s.owners, s.via = s.reqs[:0], s.owners[:0], s.via[:0]
 	s.scratch = refunds[:0]
 }

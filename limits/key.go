@@ -65,6 +65,7 @@ func parseDim(s string) (dim, error) {
 // printable UTF-8 without spaces, at most len(dims)*(maxValueLen+15) bytes.
 type keyer struct {
 	dims           []dim
+	labels         []string // "sender:", ",rcpt_domain:": what comes before each value
 	ipv4Prefix     int
 	ipv6Prefix     int
 	stripExtension bool
@@ -81,11 +82,7 @@ const maxValueLen = 256
 // the rule does not apply to that event.
 func (k *keyer) appendKey(buf []byte, f *policy.Facts) (out []byte, ok bool) {
 	for i, d := range k.dims {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, dimNames[d]...)
-		buf = append(buf, ':')
+		buf = append(buf, k.labels[i]...)
 		start := len(buf)
 		if buf, ok = k.appendValue(buf, d, f); !ok {
 			return buf, false
@@ -203,24 +200,19 @@ func domainOf(a string) string {
 // UTF-8 are kept as they are (or escaped), so that two different inputs do
 // not both become U+FFFD.
 func appendNorm(buf []byte, s string, esc bool) []byte {
-	if esc {
-		// The common case, printable ASCII, into room made once: eight
-		// bytes at a time, then one table lookup a byte.
-		n := len(buf)
-		buf = slices.Grow(buf, len(s))[:n+len(s)]
-		dst := buf[n:]
-		dst = dst[:len(s)]
-		i := 0
-		for ; i+8 <= len(s); i += 8 {
-			b := s[i : i+8]
-			w, ok := lower8(uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-				uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56)
-			if !ok {
-				break
-			}
-			binary.LittleEndian.PutUint64(dst[i:], w)
-		}
-		for ; i < len(s); i++ {
+	if !esc {
+		return appendNormSlow(buf, s, esc)
+	}
+	// The common case, printable ASCII, into room made once: eight bytes
+	// at a time (the last word may overlap the one before, which writes
+	// the same bytes again), or a byte at a time below eight. At the
+	// first byte that needs more, the rest goes the slow way.
+	n := len(buf)
+	buf = slices.Grow(buf, len(s))[:n+len(s)]
+	dst := buf[n:]
+	dst = dst[:len(s)]
+	if len(s) < 8 {
+		for i := range dst {
 			c := keyByte[s[i]]
 			if c == 0 {
 				return appendNormSlow(buf[:n+i], s[i:], esc)
@@ -229,28 +221,37 @@ func appendNorm(buf []byte, s string, esc bool) []byte {
 		}
 		return buf
 	}
-	return appendNormSlow(buf, s, esc)
+	last := len(s) - 8
+	for i := 0; ; i += 8 {
+		i = min(i, last)
+		b := s[i : i+8]
+		w, ok := lower8(uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56)
+		if !ok {
+			return appendNormSlow(buf[:n+i], s[i:], esc)
+		}
+		binary.LittleEndian.PutUint64(dst[i:], w)
+		if i == last {
+			return buf
+		}
+	}
 }
 
 // lower8 is keyByte for eight bytes at once (little-endian in w): ok is
-// false when one of them is not a byte a key keeps as it is. Each test
-// is exact for "any byte" on bytes below 0x80, which the first ensures.
+// false when one of them is not a byte a key keeps as it is. Each test is
+// exact for "is there such a byte": non-ASCII (high bit), DEL (reaches
+// the high bit with 1 added), below '!' (borrows), ',' and '%' (zero
+// after an XOR); a carry out of a non-ASCII byte only adds a false alarm.
 func lower8(w uint64) (uint64, bool) {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	if w&highs != 0 || // non-ASCII
-		(w-ones*0x21)&^w&highs != 0 || // a control or space (< 0x21)
-		(w+ones)&highs != 0 || // DEL
-		hasZero(w^(ones*',')) || hasZero(w^(ones*'%')) {
+	comma, pct := w^(ones*','), w^(ones*'%')
+	bad := w | (w + ones) | (w-ones*'!')&^w | (comma-ones)&^comma | (pct-ones)&^pct
+	if bad&highs != 0 {
 		return 0, false
 	}
-	// 'A'..'Z': 0x3f and 0x25 added reach 0x80 from 'A' and from '['.
+	// 'A'..'Z': adding 0x3f reaches 0x80 from 'A', adding 0x25 from '['.
 	upper := (w + ones*(0x80-'A')) &^ (w + ones*(0x80-'Z'-1)) & highs
 	return w | upper>>2, true
-}
-
-func hasZero(w uint64) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	return (w-ones)&^w&highs != 0
 }
 
 // keyByte maps each printable ASCII byte that a key keeps to its lower
