@@ -113,6 +113,10 @@ type Session struct {
 	reserved []held // count_on = accepted: released unless the message is accepted
 }
 
+// Reserved reports whether the transaction holds count_on = "accepted"
+// reservations, which only the end of the message settles.
+func (s *Session) Reserved() bool { return len(s.reserved) > 0 }
+
 // held is a count kept past its stage, with the store that holds it, so it
 // is given back where it was taken (the fallback store after a failure).
 type held struct {

@@ -43,3 +43,16 @@ func negotiate(p *Policy) (milter.OptAction, milter.OptProtocol, map[milter.Stag
 	}
 	return actions, protocol, syms
 }
+
+// endsAtMail reports whether nothing after MAIL FROM can change sluice's
+// answer or the message under policy p with the events negotiated as
+// protocol: no rule counts recipients or bytes, and no header is ever
+// written (no tags, no check results). The session then answers ACCEPT at
+// MAIL FROM (unless a hold or a count_on = "accepted" reservation waits
+// for the end of the message), and the MTA leaves this milter out of the
+// rest of the message: for Postfix that is the end-of-message round trip
+// its cleanup server would make, per message.
+func endsAtMail(p *Policy, protocol milter.OptProtocol) bool {
+	const later = milter.OptNoRcptTo | milter.OptNoHeaders | milter.OptNoEOH | milter.OptNoBody
+	return protocol&later == later && !p.checks() && !p.Limits.Needs(policy.StageData)
+}

@@ -78,6 +78,11 @@ type Policy struct {
 	Auth      *auth.Checker // nil when no check is configured
 	Decide    policy.Config
 	TagHeader string
+	// AcceptAtMail lets a session answer ACCEPT at MAIL FROM when nothing
+	// later can change its answer (see endsAtMail), so that the MTA skips
+	// the rest of the message's events. The daemon sets it; without it
+	// every message runs to its end of message.
+	AcceptAtMail bool
 }
 
 // checks reports whether the policy runs sender checks.
@@ -165,6 +170,7 @@ func (s *Server) start(raw net.Conn) {
 	s.mu.Unlock()
 	s.obs.SessionOpened()
 	actions, protocol, syms := negotiate(p)
+	sess.endsAtMail = p.AcceptAtMail && endsAtMail(p, protocol)
 	ms := &milter.Server{
 		NewMilter: func() milter.Milter { return sess },
 		Actions:   actions,

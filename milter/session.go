@@ -37,8 +37,9 @@ type session struct {
 	lim *limits.Session
 	log *zap.Logger
 
-	f        policy.Facts
-	refusals int
+	f          policy.Facts
+	refusals   int
+	endsAtMail bool // see endsAtMail
 
 	// Verdicts at connect and HELO apply to every message of the session.
 	connTags []policy.Verdict
@@ -114,7 +115,15 @@ func (s *session) MailFrom(from string, m *milter.Modifier) (resp milter.Respons
 	s.macros(m)
 	d := s.stage(policy.StageMail, m)
 	s.keep(&d)
-	return s.reply(&d), nil
+	resp = s.reply(&d)
+	if resp == milter.RespContinue && s.endsAtMail && s.hold == nil && s.connHold == nil && !s.lim.Reserved() {
+		// Nothing later can change the answer: accept the message here
+		// and spare the MTA the rest of its events. The per-connection
+		// go-milter server hands this same session back after Accept.
+		s.refusals = 0
+		return milter.RespAccept, nil
+	}
+	return resp, nil
 }
 
 func (s *session) RcptTo(rcpt string, m *milter.Modifier) (resp milter.Response, err error) {

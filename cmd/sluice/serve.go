@@ -280,7 +280,7 @@ func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, 
 	if err != nil {
 		return nil, nil, err
 	}
-	p := &milter.Policy{Limits: eng, Decide: c.PolicyConfig, TagHeader: c.TagHeader}
+	p := &milter.Policy{Limits: eng, Decide: c.PolicyConfig, TagHeader: c.TagHeader, AcceptAtMail: true}
 	if p.Auth, err = auth.New(&c.AuthConfig, d.log); err != nil {
 		return nil, nil, err
 	}

@@ -70,6 +70,7 @@ type Result struct {
 	MsgsPerSec     float64           `json:"messages_per_s"`
 	Negotiated     string            `json:"negotiated"`
 	Refused        map[string]int    `json:"refused,omitempty"`
+	AcceptedAt     map[string]int    `json:"accepted_early,omitempty"`
 	Errors         int               `json:"errors"`
 	FirstError     string            `json:"first_error,omitempty"`
 	CPUSeconds     float64           `json:"milter_cpu_s,omitempty"`
@@ -80,17 +81,18 @@ type Result struct {
 
 // worker is one goroutine's share of the round; nothing in it is shared.
 type worker struct {
-	cfg     *Config
-	client  *milter.Client
-	dial    *dialer
-	pace    *pacer
-	lat     [nStages][]time.Duration
-	refused [nStages]int
-	msgs    int
-	errs    int
-	firstEr error
-	neg     string
-	body    []byte
+	cfg        *Config
+	client     *milter.Client
+	dial       *dialer
+	pace       *pacer
+	lat        [nStages][]time.Duration
+	refused    [nStages]int
+	acceptedAt [nStages]int // messages the milter accepted before end of message
+	msgs       int
+	errs       int
+	firstEr    error
+	neg        string
+	body       []byte
 }
 
 // Run drives one round against cfg.Addr. pid, when not 0, is the milter's
@@ -144,7 +146,7 @@ func Run(cfg Config, pid int) (*Result, error) {
 	}
 	self1 := selfCPU()
 
-	r := &Result{Sessions: cfg.Sessions, Elapsed: elapsed, Stages: map[string]*Stage{}, Refused: map[string]int{}}
+	r := &Result{Sessions: cfg.Sessions, Elapsed: elapsed, Stages: map[string]*Stage{}, Refused: map[string]int{}, AcceptedAt: map[string]int{}}
 	var all [nStages][]time.Duration
 	for _, w := range workers {
 		r.Messages += w.msgs
@@ -159,6 +161,9 @@ func Run(cfg Config, pid int) (*Result, error) {
 			all[st] = append(all[st], w.lat[st]...)
 			if w.refused[st] > 0 {
 				r.Refused[stageNames[st]] += w.refused[st]
+			}
+			if w.acceptedAt[st] > 0 {
+				r.AcceptedAt[stageNames[st]] += w.acceptedAt[st]
 			}
 		}
 	}
@@ -259,6 +264,14 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 	if err != nil {
 		return err
 	}
+	if act.Code == milter.ActAccept {
+		// The milter accepts the message here: like Postfix, leave it out
+		// of the rest of the transaction.
+		w.lat[stMessage] = append(w.lat[stMessage], time.Since(start))
+		w.msgs++
+		w.acceptedAt[stMail]++
+		return s.Abort()
+	}
 	if w.note(stMail, act) {
 		return s.Abort()
 	}
@@ -328,8 +341,10 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 		return err
 	}
 	w.lat[stMessage] = append(w.lat[stMessage], time.Since(start))
-	if !w.note(stEOM, act) {
+	if act.Code == milter.ActContinue || act.Code == milter.ActAccept {
 		w.msgs++
+	} else {
+		w.refused[stEOM]++
 	}
 	return s.Abort()
 }

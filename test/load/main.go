@@ -158,7 +158,11 @@ func printComparison(w io.Writer, cfg Config, base, t *target) {
 			worst, stage = x.P99, st
 		}
 	}
-	fmt.Fprintf(w, "value\t%s: %s worst p99 per stage (%s), ms\t%.3f\t<= 1.000\n", label, t.name, stage, ms(worst))
+	target := "<= 1.000"
+	if cfg.Rate <= 0 {
+		target = "(saturated: reference)"
+	}
+	fmt.Fprintf(w, "value\t%s: %s worst p99 per stage (%s), ms\t%.3f\t%s\n", label, t.name, stage, ms(worst), target)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -196,6 +200,15 @@ func (r *Result) Print(w io.Writer) {
 			}
 		}
 		fmt.Fprintf(w, "refused: %s\n", strings.Join(parts, ", "))
+	}
+	if len(r.AcceptedAt) > 0 {
+		var parts []string
+		for _, st := range stageNames {
+			if n := r.AcceptedAt[st]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", st, n))
+			}
+		}
+		fmt.Fprintf(w, "accepted before end of message: %s\n", strings.Join(parts, ", "))
 	}
 	if r.Errors > 0 {
 		fmt.Fprintf(w, "errors: %d (first: %s)\n", r.Errors, r.FirstError)

@@ -1,0 +1,86 @@
+package e2e
+
+// Issue 8: under a policy that needs nothing past MAIL FROM (the built-in
+// one), sluice accepts each message at MAIL FROM and the MTA leaves it out
+// of the rest of the message — one round trip fewer per message, the end
+// of message that Postfix's cleanup would make. Real Postfix and Sendmail
+// must honour it and still deliver, and counting must go on.
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"sluice/test/mta"
+)
+
+func acceptPolicy(maddr string) string {
+	return fmt.Sprintf(`trusted = []
+
+[metrics]
+listen = %q
+
+[[limit]]
+name = "conn-per-ip"
+count = "concurrent"
+per = "client_ip"
+max = 20
+
+[[limit]]
+name = "msgs-per-sender"
+count = "messages"
+per = "sender"
+rate = "4/1h"
+`, maddr)
+}
+
+// checkAcceptedAtMail sends 6 messages from one sender on one connection
+// to addr: 4 accepted, the 5th and 6th refused at MAIL FROM; sluice saw 6
+// MAIL FROMs and no end of message.
+func checkAcceptedAtMail(t *testing.T, sl *mta.Sluice, maddr, addr string, xclient bool) {
+	t.Helper()
+	c, err := mta.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if xclient {
+		if r, err := c.XClient("ADDR=192.0.2.90"); err != nil || !r.OK() {
+			t.Fatalf("XCLIENT: %v %v", r, err)
+		}
+	}
+	if r, err := c.Ehlo("client.example.net"); err != nil || !r.OK() {
+		t.Fatalf("EHLO: %v %v", r, err)
+	}
+	trs := sendN(t, c, "early@example.test", 6)
+	c.Quit()
+	wantTempfailAtMail(t, trs, 5, 6)
+	m := scrape(t, maddr)
+	if got := m.value("sluice_stage_duration_seconds", "stage=mail"); got != 6 {
+		t.Errorf("sluice saw %v MAIL FROMs, want 6", got)
+	}
+	if got := m.value("sluice_stage_duration_seconds", "stage=data"); got != 0 {
+		t.Errorf("sluice saw %v ends of message, want 0: the MTA did not skip the rest of accepted messages", got)
+	}
+}
+
+func TestPostfixAcceptsAtMail(t *testing.T) {
+	mta.Require(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	sl := mta.StartSluice(t, acceptPolicy(maddr))
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
+	checkAcceptedAtMail(t, sl, maddr, pf.Addr, true)
+	if msgs := pf.WaitDelivered(4, time.Minute); len(msgs) != 4 {
+		t.Errorf("delivered %d messages, want 4", len(msgs))
+	}
+}
+
+func TestSendmailAcceptsAtMail(t *testing.T) {
+	mta.Require(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	sl := mta.StartSluice(t, acceptPolicy(maddr))
+	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
+	checkAcceptedAtMail(t, sl, maddr, sm.Addr, false)
+	if msgs := sm.WaitDelivered(4, time.Minute); len(msgs) != 4 {
+		t.Errorf("delivered %d messages, want 4", len(msgs))
+	}
+}
