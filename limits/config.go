@@ -124,8 +124,8 @@ func (c *Config) Defaults() {
 // Validate checks the rules without reading list files; a rule that names
 // a list is checked against the list names given.
 func (c *Config) Validate(listNames map[string]bool) error {
-	if _, err := lists.Parse("trusted", c.Trusted, nil); err != nil {
-		return conf.In(err, "trusted")
+	if _, err := trustedList(c.Trusted, nil, listNames); err != nil {
+		return err
 	}
 	seen := make(map[string]bool)
 	for i := range c.Rules {
@@ -208,7 +208,8 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 		return nil, err
 	}
 	if len(r.Except) > 0 {
-		l, err := lists.Parse(r.Name+".except", r.Except, nil)
+		// A bare word that names no list is a SASL user, as ever.
+		l, err := namedOrInline(r.Name+".except", r.Except, set, names, false)
 		if err != nil {
 			return nil, conf.In(err, "except")
 		}
@@ -628,13 +629,41 @@ func parseStoreErrorPolicy(s string) (storeErrorPolicy, error) {
 	return 0, errors.New("want allow, tempfail or local")
 }
 
-// trustedList compiles the global trusted networks.
-func trustedList(nets []string) (*lists.List, error) {
-	l, err := lists.Parse("trusted", nets, nil)
+// trustedList compiles the global trusted networks: inline networks, or
+// names of lists in [lists] (trusted = ["mynetworks"]).
+func trustedList(entries []string, set *lists.Set, names map[string]bool) (*lists.List, error) {
+	l, err := namedOrInline("trusted", entries, set, names, true)
 	if err != nil {
 		return nil, conf.In(err, "trusted")
 	}
 	return l, nil
+}
+
+// namedOrInline compiles entries that name lists in [lists] and inline
+// entries into one list. With bareIsList, a bare word (no dot, colon,
+// slash or @) that names no list is an error: where only networks belong
+// it can only be a list name mistyped or not defined.
+func namedOrInline(name string, entries []string, set *lists.Set, names map[string]bool, bareIsList bool) (*lists.List, error) {
+	var inline []string
+	var named []*lists.List
+	for i, e := range entries {
+		switch {
+		case names[e]:
+			named = append(named, set.Get(e))
+		case bareIsList && e != "" && !strings.ContainsAny(e, ".:/@"):
+			return nil, conf.Errorf(conf.Index(i), "no list named %q in [lists] (an inline entry is a network or an address)", e)
+		default:
+			inline = append(inline, e)
+		}
+	}
+	l, err := lists.Parse(name, inline, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(named) == 0 {
+		return l, nil
+	}
+	return lists.Union(name, append(named, l)...), nil
 }
 
 // Trusted reports whether ip is on the compiled trusted list.

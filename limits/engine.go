@@ -60,9 +60,6 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		e.log = zap.NewNop()
 	}
 	var err error
-	if e.trusted, err = trustedList(cfg.Trusted); err != nil {
-		return nil, err
-	}
 	if e.onError, err = parseStoreErrorPolicy(cfg.Store.OnStoreError); err != nil {
 		return nil, err
 	}
@@ -71,6 +68,9 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		for _, n := range set.Names() {
 			names[n] = true
 		}
+	}
+	if e.trusted, err = trustedList(cfg.Trusted, set, names); err != nil {
+		return nil, err
 	}
 	for i := range cfg.Rules {
 		r, err := compileRule(&cfg.Rules[i], set, names)

@@ -259,6 +259,46 @@ func TestTrustedAndExcept(t *testing.T) {
 	}
 }
 
+// trusted and except may name lists of [lists] beside inline entries; in
+// trusted a bare word must be a list, in except it may be a SASL user.
+func TestTrustedAndExceptNameLists(t *testing.T) {
+	lc := lists.Config{
+		"mynetworks": []any{"10.0.0.0/8"},
+		"partners":   []any{"198.51.100.0/24", "partner.example"},
+	}
+	rules := []Rule{
+		{Name: "excepting", Count: "recipients", MaxRcptPerMessage: 1, Except: []string{"partners", "192.0.2.0/24", "relayuser"}},
+	}
+	e := matchEngine(t, []string{"mynetworks", "::1"}, lc, policy.ModeEnforce, rules...)
+	for ip, want := range map[string]bool{"10.1.2.3": true, "::1": true, "127.0.0.1": false, "192.0.2.1": false} {
+		if got := e.Trusted(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("Trusted(%s) = %v, want %v", ip, got, want)
+		}
+	}
+	for _, tc := range []struct {
+		ip, sender, user string
+		crossed          bool
+	}{
+		{"203.0.113.1", "a@x.org", "", true},
+		{"198.51.100.9", "a@x.org", "", false},          // named list, network
+		{"203.0.113.1", "a@partner.example", "", false}, // named list, domain
+		{"192.0.2.9", "a@x.org", "", false},             // inline network
+		{"203.0.113.1", "a@x.org", "relayuser", false},  // a bare word: a SASL user
+	} {
+		f := facts(e, tc.ip)
+		f.Sender, f.SASLUser, f.RcptCount = tc.sender, tc.user, 1
+		if got := len(crossed(t, e, policy.StageRcpt, f)) > 0; got != tc.crossed {
+			t.Errorf("%+v: crossed = %v", tc, got)
+		}
+	}
+	cfg := &Config{Trusted: []string{"mynetwork"}}
+	cfg.Defaults()
+	err := cfg.Validate(map[string]bool{"mynetworks": true})
+	if err == nil || !strings.Contains(err.Error(), `no list named "mynetwork"`) {
+		t.Errorf("a misspelt list in trusted: %v", err)
+	}
+}
+
 // Rule order is the file's; a final rule that applies stops the later
 // ones of its stage: a class that replaces the defaults.
 func TestFinal(t *testing.T) {

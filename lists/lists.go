@@ -337,3 +337,35 @@ func merge(rs []ipRange) []ipRange {
 	}
 	return out
 }
+
+// Union is one list holding every entry of ls (nil lists are skipped), so
+// that a rule's except or the global trusted list can name lists and give
+// inline entries together and still be one lookup.
+func Union(name string, ls ...*List) *List {
+	u := &List{Name: name}
+	for _, l := range ls {
+		if l == nil {
+			continue
+		}
+		u.ranges = append(u.ranges, l.ranges...)
+		u.domains = mergeSet(u.domains, l.domains)
+		u.suffixes = mergeSet(u.suffixes, l.suffixes)
+		u.addrs = mergeSet(u.addrs, l.addrs)
+		u.res = append(u.res, l.res...)
+	}
+	u.ranges = merge(u.ranges)
+	return u
+}
+
+func mergeSet(dst, src map[string]struct{}) map[string]struct{} {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = make(map[string]struct{}, len(src))
+	}
+	for k := range src {
+		dst[k] = struct{}{}
+	}
+	return dst
+}

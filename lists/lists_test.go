@@ -264,3 +264,35 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+func TestUnion(t *testing.T) {
+	a, err := Parse("a", []string{"192.0.2.0/25", "example.org", "/^mx[0-9]+\\.example\\.net$/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse("b", []string{"192.0.2.128/25", ".example.com", "bob@example.net"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := Union("u", a, nil, b)
+	for _, ip := range []string{"192.0.2.1", "192.0.2.200"} {
+		if !u.ContainsIP(netip.MustParseAddr(ip)) {
+			t.Errorf("union misses %s", ip)
+		}
+	}
+	if u.ContainsIP(netip.MustParseAddr("192.0.3.1")) {
+		t.Error("union holds 192.0.3.1")
+	}
+	for _, d := range []string{"example.org", "a.example.com", "mx7.example.net"} {
+		if !u.MatchDomain(d) {
+			t.Errorf("union misses domain %s", d)
+		}
+	}
+	if !u.MatchAddress("Bob@example.net") || u.MatchAddress("carol@example.net") {
+		t.Error("union addresses wrong")
+	}
+	// The parts are unchanged.
+	if a.ContainsIP(netip.MustParseAddr("192.0.2.200")) || b.MatchDomain("example.org") {
+		t.Error("Union changed its arguments")
+	}
+}
