@@ -105,8 +105,12 @@ func Run(cfg Config, pid int) (*Result, error) {
 	var next atomic.Int64
 	p := &pacer{rate: cfg.Rate}
 	workers := make([]*worker, cfg.Concurrency)
+	perWorker := cfg.Sessions*max(cfg.Messages, 1)/cfg.Concurrency + 16
 	for i := range workers {
 		w := &worker{cfg: &cfg, pace: p, body: body(cfg.BodySize), dial: &dialer{d: net.Dialer{Timeout: 10 * time.Second}}}
+		for st := range nStages {
+			w.lat[st] = make([]time.Duration, 0, perWorker)
+		}
 		w.client = milter.NewClientWithOptions(network, addr, milter.ClientOptions{
 			Dialer:       w.dial,
 			ReadTimeout:  30 * time.Second,
