@@ -89,9 +89,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			t.results = append(t.results, res)
 		}
 	}
-	for _, t := range targets {
-		t.median = median(t.results)
-	}
 	if len(targets) == 2 {
 		printComparison(stdout, cfg, targets[0], targets[1])
 	}
@@ -102,9 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	for _, t := range targets {
-		if t.median.Errors > 0 {
-			fmt.Fprintf(stderr, "load: %s: %d sessions ended in errors\n", t.name, t.median.Errors)
-			return 1
+		for _, r := range t.results {
+			if r.Errors > 0 {
+				fmt.Fprintf(stderr, "load: %s: %d sessions ended in errors\n", t.name, r.Errors)
+				return 1
+			}
 		}
 	}
 	return 0
@@ -115,20 +114,48 @@ type target struct {
 	addr    string
 	pid     int
 	results []*Result
-	median  *Result
 }
 
-// median returns the round with the median messages/s.
-func median(rs []*Result) *Result {
-	s := append([]*Result(nil), rs...)
-	sort.Slice(s, func(i, j int) bool { return s[i].MsgsPerSec < s[j].MsgsPerSec })
-	return s[len(s)/2]
+// median is the median of f over the rounds.
+func median(rs []*Result, f func(*Result) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+// summary is each figure's median over the rounds, taken one by one: in
+// a paced run every round has the same messages/s, so picking "the median
+// round" would pick one at random.
+type summary struct {
+	sessions, msgs, cpu float64
+	p99                 map[string]float64 // ms, per stage
+	negotiated          string
+}
+
+func summarizeRounds(rs []*Result) summary {
+	s := summary{
+		sessions:   median(rs, func(r *Result) float64 { return r.SessionsPerSec }),
+		msgs:       median(rs, func(r *Result) float64 { return r.MsgsPerSec }),
+		cpu:        median(rs, func(r *Result) float64 { return r.CPUPerMsg }),
+		p99:        map[string]float64{},
+		negotiated: rs[0].Negotiated,
+	}
+	for _, st := range stageNames {
+		if x := rs[0].Stages[st]; x == nil || x.N == 0 {
+			continue
+		}
+		s.p99[st] = median(rs, func(r *Result) float64 { return ms(r.Stages[st].P99) })
+	}
+	return s
 }
 
 // printComparison prints the medians side by side, and "ratio" lines that
 // test/bench/run gathers into its table.
 func printComparison(w io.Writer, cfg Config, base, t *target) {
-	b, s := base.median, t.median
+	b, s := summarizeRounds(base.results), summarizeRounds(t.results)
 	fmt.Fprintf(w, "\n# medians of %d rounds: %s vs %s (%d sessions x %d messages, concurrency %d",
 		len(t.results), t.name, base.name, cfg.Sessions, cfg.Messages, cfg.Concurrency)
 	if cfg.Rate > 0 {
@@ -136,38 +163,49 @@ func printComparison(w io.Writer, cfg Config, base, t *target) {
 	}
 	fmt.Fprintln(w, ")")
 	fmt.Fprintf(w, "%-22s %12s %12s\n", "", base.name, t.name)
-	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "sessions/s", b.SessionsPerSec, s.SessionsPerSec)
-	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "messages/s", b.MsgsPerSec, s.MsgsPerSec)
-	fmt.Fprintf(w, "%-22s %12s %12s\n", "events negotiated", b.Negotiated, s.Negotiated)
-	if b.CPUPerMsg > 0 || s.CPUPerMsg > 0 {
-		fmt.Fprintf(w, "%-22s %12.3f %12.3f\n", "milter CPU ms/message", b.CPUPerMsg, s.CPUPerMsg)
+	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "sessions/s", b.sessions, s.sessions)
+	fmt.Fprintf(w, "%-22s %12.0f %12.0f\n", "messages/s", b.msgs, s.msgs)
+	fmt.Fprintf(w, "%-22s %12s %12s\n", "events negotiated", b.negotiated, s.negotiated)
+	if b.cpu > 0 || s.cpu > 0 {
+		fmt.Fprintf(w, "%-22s %12.3f %12.3f\n", "milter CPU ms/message", b.cpu, s.cpu)
 	}
-	fmt.Fprintf(w, "%-22s %12.3f %12.3f\n", "message p99 ms", ms(b.Stages["message"].P99), ms(s.Stages["message"].P99))
+	for _, st := range stageNames {
+		bv, bok := b.p99[st]
+		sv, sok := s.p99[st]
+		if !bok && !sok {
+			continue
+		}
+		fmt.Fprintf(w, "%-22s %12s %12s\n", "p99 ms "+st, optMS(bv, bok), optMS(sv, sok))
+	}
 	label := "load"
 	if cfg.Rate > 0 {
 		label = fmt.Sprintf("load@%.0f/s", cfg.Rate)
 	}
-	fmt.Fprintf(w, "ratio\t%s: %s/%s messages/s\t%.2f\t>= 1.00\n", label, t.name, base.name, s.MsgsPerSec/b.MsgsPerSec)
-	if s.CPUPerMsg > 0 {
-		fmt.Fprintf(w, "value\t%s: %s CPU ms/message\t%.3f\t<= 0.150\n", label, t.name, s.CPUPerMsg)
+	fmt.Fprintf(w, "ratio\t%s: %s/%s messages/s\t%.2f\t>= 1.00\n", label, t.name, base.name, s.msgs/b.msgs)
+	if s.cpu > 0 {
+		fmt.Fprintf(w, "value\t%s: %s CPU ms/message\t%.3f\t<= 0.150\n", label, t.name, s.cpu)
 	}
-	if s.CPUPerMsg > 0 && b.CPUPerMsg > 0 {
-		fmt.Fprintf(w, "ratio\t%s: %s/%s CPU per message\t%.2f\t\n", label, t.name, base.name, s.CPUPerMsg/b.CPUPerMsg)
+	if s.cpu > 0 && b.cpu > 0 {
+		fmt.Fprintf(w, "ratio\t%s: %s/%s CPU per message\t%.2f\t\n", label, t.name, base.name, s.cpu/b.cpu)
 	}
-	worst, stage := time.Duration(0), ""
+	worst, stage := 0.0, ""
 	for _, st := range stageNames {
-		if st == "message" {
-			continue // a transaction, not a stage
-		}
-		if x, ok := s.Stages[st]; ok && x.N > 0 && x.P99 > worst {
-			worst, stage = x.P99, st
+		if v, ok := s.p99[st]; ok && st != "message" && v > worst { // "message" is a transaction, not a stage
+			worst, stage = v, st
 		}
 	}
 	target := "<= 1.000"
 	if cfg.Rate <= 0 {
 		target = "(saturated: reference)"
 	}
-	fmt.Fprintf(w, "value\t%s: %s worst p99 per stage (%s), ms\t%.3f\t%s\n", label, t.name, stage, ms(worst), target)
+	fmt.Fprintf(w, "value\t%s: %s worst p99 per stage (%s), ms\t%.3f\t%s\n", label, t.name, stage, worst, target)
+}
+
+func optMS(v float64, ok bool) string {
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", v)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -177,14 +215,13 @@ func writeJSON(path string, cfg Config, targets []*target) error {
 		Name   string    `json:"name"`
 		Addr   string    `json:"addr"`
 		Rounds []*Result `json:"rounds"`
-		Median *Result   `json:"median"`
 	}
 	doc := struct {
 		Config  Config  `json:"config"`
 		Targets []entry `json:"targets"`
 	}{Config: cfg}
 	for _, t := range targets {
-		doc.Targets = append(doc.Targets, entry{t.name, t.addr, t.results, t.median})
+		doc.Targets = append(doc.Targets, entry{t.name, t.addr, t.results})
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
