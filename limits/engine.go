@@ -240,7 +240,11 @@ func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[st
 		}
 		s.reqs = append(s.reqs, counter.Request{})
 		q := &s.reqs[len(s.reqs)-1]
-		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, cost, r.blocking, r.strict
+		// A message bigger than a bytes window's whole burst could never
+		// pass, and a tempfail would have its client retry it for days: it
+		// takes the whole window instead, so it passes when the window is
+		// empty and then nothing else does until it drains.
+		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, min(cost, w.burst), r.blocking, r.strict
 		s.owners = append(s.owners, r)
 		s.via = append(s.via, nil)
 	}

@@ -340,13 +340,28 @@ func TestBytes(t *testing.T) {
 			t.Errorf("after message %d: %d bytes counted, want %d", i+1, n, tc.level)
 		}
 	}
-	// A message larger than the whole window never fits.
+	// A message larger than the whole window takes the whole window: it
+	// passes when the window is empty (else it could never pass, and its
+	// client would retry it for days), and nothing else passes until the
+	// window drains.
 	f2 := policy.Facts{}
 	v.mail(s, &f2, "big@example.org")
 	f2.Size = 20000
-	vs, refused := v.step(s, policy.StageData, &f2)
-	if !refused || len(vs) != 1 || !strings.Contains(vs[0].Detail, "count=20000") {
-		t.Errorf("a 20000-byte message at 10KB/1h: %v %+v", refused, vs)
+	if vs, refused := v.step(s, policy.StageData, &f2); refused {
+		t.Errorf("a 20000-byte message at 10KB/1h into an empty window: refused %+v", vs)
+	}
+	if n := v.level("b", 0, "sender:big@example.org"); n != 10000 {
+		t.Errorf("the big message counted %d bytes, want the whole window (10000)", n)
+	}
+	v.mail(s, &f2, "big@example.org")
+	f2.Size = 100
+	if vs, refused := v.step(s, policy.StageData, &f2); !refused || len(vs) != 1 || vs[0].RetryAfter <= 0 {
+		t.Errorf("after a window-sized message: %v %+v, want refused with a retry-after", refused, vs)
+	}
+	v.mail(s, &f, "alice@example.org")
+	f.Size = 20000
+	if vs, refused := v.step(s, policy.StageData, &f); !refused || len(vs) != 1 || !strings.Contains(vs[0].Detail, "count=") {
+		t.Errorf("a 20000-byte message into a full window: %v %+v", refused, vs)
 	}
 	// Bytes are not counted before the end of the message.
 	if v.e.Needs(policy.StageMail) || !v.e.Needs(policy.StageData) {
