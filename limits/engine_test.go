@@ -528,17 +528,24 @@ func TestCountOnAcceptedMessagesRefusedAtData(t *testing.T) {
 	ctx := context.Background()
 	s := v.e.NewSession()
 	f := policy.Facts{}
+	// One accepted message fills most of the bytes window.
+	v.mail(s, &f, "a@b")
+	f.Size = 900
+	if _, refused := v.step(s, policy.StageData, &f); refused {
+		t.Fatal("the first message was refused")
+	}
+	v.e.EndMessage(ctx, s, true)
 	for range 5 {
 		v.mail(s, &f, "a@b")
-		f.Size = 5000 // too large: refused at end of message
+		f.Size = 500 // over what is left: refused at end of message
 		_, refused := v.step(s, policy.StageData, &f)
 		if !refused {
 			t.Fatal("a message over the bytes limit was accepted")
 		}
 		v.e.EndMessage(ctx, s, false)
 	}
-	if n := v.level("acc", 0, "sender:a@b"); n != 0 {
-		t.Errorf("5 messages refused at end of message left %d counted, want 0", n)
+	if n := v.level("acc", 0, "sender:a@b"); n != 1 {
+		t.Errorf("1 accepted and 5 refused at end of message left %d counted, want 1", n)
 	}
 }
 
