@@ -13,33 +13,6 @@ import (
 	"sluice/test/mta"
 )
 
-// faultPolicy is the built-in policy's rules with limits raised, so that
-// every message is counted and none refused, and loopback not exempt
-// (the upstream Postfix relays from 127.0.0.1).
-const faultPolicy = `trusted = []
-
-[log]
-level = "info"
-
-[[limit]]
-name = "conn-per-ip"
-count = "concurrent"
-per = "client_ip"
-max = 100000
-
-[[limit]]
-name = "msgs-per-ip"
-count = "messages"
-per = "client_ip"
-rate = ["1000000/1m", "100000000/1d"]
-
-[[limit]]
-name = "msgs-per-sender"
-count = "messages"
-per = "sender"
-rate = ["1000000/1m", "100000000/1d"]
-`
-
 // TestFaultKillSluiceMidRun: an upstream Postfix relays 2,000 messages to
 // an edge Postfix with sluice attached (milter_default_action =
 // tempfail). sluice is killed with SIGKILL while mail flows. Every message
@@ -51,7 +24,7 @@ func TestFaultKillSluiceMidRun(t *testing.T) {
 	const total = 2000
 	const killAt = 300 // messages at the sink when sluice is killed
 
-	sl := mta.StartSluice(t, faultPolicy)
+	sl := mta.StartSluice(t, mta.CountEverything)
 	sink := mta.StartSink(t)
 	// smtpd sleeps a second before each error reply by default, which
 	// would make the upstream take many minutes to try every message.
@@ -150,7 +123,7 @@ func TestFaultKillSluiceMidRun(t *testing.T) {
 	}
 
 	// sluice comes back; the queue is flushed; everything arrives once.
-	sl.Start(faultPolicy)
+	sl.Start(mta.CountEverything)
 	upstream.Flush()
 	err = pollFor(5*time.Minute, func() bool {
 		return len(upstream.Queue()) == 0 && len(edge.Queue()) == 0 && sink.Count() >= total

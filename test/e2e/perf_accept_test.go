@@ -65,22 +65,28 @@ func checkAcceptedAtMail(t *testing.T, sl *mta.Sluice, maddr, addr string, xclie
 
 func TestPostfixAcceptsAtMail(t *testing.T) {
 	mta.Require(t)
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
-	sl := mta.StartSluice(t, acceptPolicy(maddr))
-	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
-	checkAcceptedAtMail(t, sl, maddr, pf.Addr, true)
-	if msgs := pf.WaitDelivered(4, time.Minute); len(msgs) != 4 {
-		t.Errorf("delivered %d messages, want 4", len(msgs))
-	}
+	testAcceptsAtMail(t, func(milter string) (string, func(int) []mta.Message) {
+		pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: milter})
+		return pf.Addr, func(n int) []mta.Message { return pf.WaitDelivered(n, time.Minute) }
+	}, true)
 }
 
 func TestSendmailAcceptsAtMail(t *testing.T) {
 	mta.Require(t)
+	testAcceptsAtMail(t, func(milter string) (string, func(int) []mta.Message) {
+		sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: milter})
+		return sm.Addr, func(n int) []mta.Message { return sm.WaitDelivered(n, time.Minute) }
+	}, false)
+}
+
+// testAcceptsAtMail starts sluice and, with start, an MTA using it, then
+// checks the early accept and the delivery of the 4 accepted messages.
+func testAcceptsAtMail(t *testing.T, start func(milter string) (addr string, delivered func(int) []mta.Message), xclient bool) {
 	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
 	sl := mta.StartSluice(t, acceptPolicy(maddr))
-	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
-	checkAcceptedAtMail(t, sl, maddr, sm.Addr, false)
-	if msgs := sm.WaitDelivered(4, time.Minute); len(msgs) != 4 {
+	addr, delivered := start(sl.Listen)
+	checkAcceptedAtMail(t, sl, maddr, addr, xclient)
+	if msgs := delivered(4); len(msgs) != 4 {
 		t.Errorf("delivered %d messages, want 4", len(msgs))
 	}
 }

@@ -230,27 +230,26 @@ func writeJSON(path string, cfg Config, targets []*target) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// byStage writes counts per stage in protocol order: "mail 3, rcpt 1".
+func byStage(n map[string]int) string {
+	var parts []string
+	for _, st := range stageNames {
+		if n[st] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", st, n[st]))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // Print writes one round's results as a table.
 func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "sessions %d in %.2fs: %.0f sessions/s, %d messages: %.0f messages/s; negotiated %s\n",
 		r.Sessions, r.Elapsed.Seconds(), r.SessionsPerSec, r.Messages, r.MsgsPerSec, r.Negotiated)
 	if len(r.Refused) > 0 {
-		var parts []string
-		for _, st := range stageNames {
-			if n := r.Refused[st]; n > 0 {
-				parts = append(parts, fmt.Sprintf("%s %d", st, n))
-			}
-		}
-		fmt.Fprintf(w, "refused: %s\n", strings.Join(parts, ", "))
+		fmt.Fprintf(w, "refused: %s\n", byStage(r.Refused))
 	}
 	if len(r.AcceptedAt) > 0 {
-		var parts []string
-		for _, st := range stageNames {
-			if n := r.AcceptedAt[st]; n > 0 {
-				parts = append(parts, fmt.Sprintf("%s %d", st, n))
-			}
-		}
-		fmt.Fprintf(w, "accepted before end of message: %s\n", strings.Join(parts, ", "))
+		fmt.Fprintf(w, "accepted before end of message: %s\n", byStage(r.AcceptedAt))
 	}
 	if r.Errors > 0 {
 		fmt.Fprintf(w, "errors: %d (first: %s)\n", r.Errors, r.FirstError)

@@ -32,34 +32,6 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(mta.Main(m)) }
 
-// benchPolicy is the built-in policy's rules with limits raised so that
-// smtp-source, one client and one sender, is counted on every message and
-// never refused, and with loopback not exempt.
-const benchPolicy = `mode = "enforce"
-trusted = []
-
-[log]
-level = "info"
-
-[[limit]]
-name = "conn-per-ip"
-count = "concurrent"
-per = "client_ip"
-max = 100000
-
-[[limit]]
-name = "msgs-per-ip"
-count = "messages"
-per = "client_ip"
-rate = ["1000000/1m", "100000000/1d"]
-
-[[limit]]
-name = "msgs-per-sender"
-count = "messages"
-per = "sender"
-rate = ["1000000/1m", "100000000/1d"]
-`
-
 func rounds() int {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && n > 0 {
 		return n
@@ -106,7 +78,7 @@ func BenchmarkPostfix(b *testing.B) {
 	sessions := envInt("BENCH_POSTFIX_SESSIONS", 20)
 	sink := startSink(b)
 
-	sl := mta.StartSluice(b, benchPolicy)
+	sl := mta.StartSluice(b, mta.CountEverything)
 	noop := startNoop(b)
 
 	// sluice on a unix socket too, as a Debian Postfix in its chroot
@@ -114,7 +86,7 @@ func BenchmarkPostfix(b *testing.B) {
 	slUnix := mta.NewSluice(b)
 	slUnix.Listen = "unix:" + filepath.Join(slUnix.Dir, "sluice.sock")
 	slUnix.Group = "postfix"
-	slUnix.Start(benchPolicy)
+	slUnix.Start(mta.CountEverything)
 
 	none := mta.StartPostfix(b, mta.PostfixOptions{Sink: sink.Sink})
 	withNoop := mta.StartPostfix(b, mta.PostfixOptions{Sink: sink.Sink, Milter: noop.listen})
@@ -135,7 +107,7 @@ func BenchmarkPostfix(b *testing.B) {
 		alt = mta.Binary(b)
 	}
 	if altConfig == "" {
-		altConfig = benchPolicy
+		altConfig = mta.CountEverything
 	}
 	if alt != "" {
 		d := startSluiceBinary(b, alt, altConfig)
@@ -211,8 +183,8 @@ func BenchmarkSendmailSession(b *testing.B) {
 	msgs := envInt("BENCH_SENDMAIL_MESSAGES", 50)
 	sink := startSink(b)
 
-	sl := mta.StartSluice(b, benchPolicy)
-	slow := startSluiceBinary(b, noQuickAckBinary(b), benchPolicy)
+	sl := mta.StartSluice(b, mta.CountEverything)
+	slow := startSluiceBinary(b, noQuickAckBinary(b), mta.CountEverything)
 
 	none := mta.StartSendmail(b, mta.SendmailOptions{Sink: sink.Sink})
 	withSluice := mta.StartSendmail(b, mta.SendmailOptions{Sink: sink.Sink, Milter: sl.Listen})
@@ -514,14 +486,7 @@ func procCPU(b *testing.B, pid int) time.Duration {
 	if pid == 0 {
 		return 0
 	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100
+	return procCPUAll(b, pid, false)
 }
 
 // machineCPU is the busy time of all CPUs so far, from /proc/stat.
