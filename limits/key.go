@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/net/idna"
 
 	"sluice/policy"
 )
@@ -107,18 +108,18 @@ func (k *keyer) appendValue(buf []byte, d dim, f *policy.Facts) ([]byte, bool) {
 		if d == dimSender {
 			return appendAddress(buf, a, k.stripExtension, true), true
 		}
-		dom := domainOf(a)
+		dom := asciiDomain(domainOf(a))
 		return appendNorm(buf, dom, true), dom != ""
 	case dimRcpt:
 		a := trimPath(f.Rcpt)
 		return appendAddress(buf, a, k.stripExtension, true), a != ""
 	case dimRcptDomain:
-		dom := domainOf(trimPath(f.Rcpt))
+		dom := asciiDomain(domainOf(trimPath(f.Rcpt)))
 		return appendNorm(buf, dom, true), dom != ""
 	case dimSASLUser:
 		return appendNorm(buf, f.SASLUser, true), f.SASLUser != ""
 	case dimHelo:
-		h := strings.TrimRight(f.Helo, ".")
+		h := asciiDomain(strings.TrimRight(f.Helo, "."))
 		return appendNorm(buf, h, true), h != ""
 	case dimListener:
 		return appendNorm(buf, f.Listener, true), f.Listener != ""
@@ -176,6 +177,9 @@ func normalizeAddress(a string, strip bool) string {
 // alice@ can split is one a spammer walks around. a has been through
 // trimPath; esc escapes the result for a key.
 func appendAddress(buf []byte, a string, strip, esc bool) []byte {
+	if at := strings.LastIndexByte(a, '@'); at >= 0 && !isASCII(a[at+1:]) {
+		a = a[:at+1] + asciiDomain(a[at+1:])
+	}
 	if strip {
 		if at := strings.LastIndexByte(a, '@'); at > 0 && a[0] != '"' {
 			if plus := strings.IndexByte(a[:at], '+'); plus > 0 {
@@ -185,6 +189,29 @@ func appendAddress(buf []byte, a string, strip, esc bool) []byte {
 		}
 	}
 	return appendNorm(buf, a, esc)
+}
+
+// asciiDomain writes an internationalised domain the way DNS knows it
+// (bücher.de as xn--bcher-kva.de), so that a sender cannot split a limit
+// by writing the same domain both ways under SMTPUTF8. ASCII names, and
+// names IDNA refuses, are returned as they are.
+func asciiDomain(d string) string {
+	if isASCII(d) {
+		return d
+	}
+	if a, err := idna.Lookup.ToASCII(d); err == nil {
+		return a
+	}
+	return d
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // domainOf is the part of a trimmed address after its last '@'.

@@ -51,7 +51,7 @@ func TestKeys(t *testing.T) {
 		{"leading + is not an extension", withRule(rcptRule("sender"), func(r *Rule) { r.StripExtension = true }), policy.Facts{Sender: "+tag@example.org"}, "sender:+tag@example.org"},
 		{"quoted local part left whole", withRule(rcptRule("sender"), func(r *Rule) { r.StripExtension = true }), policy.Facts{Sender: `"a+b"@example.org`}, `sender:"a+b"@example.org`},
 		{"quoted local part with space and comma escaped", rcptRule("sender"), policy.Facts{Sender: `"John Doe, Jr"@Example.org`}, `sender:"john%20doe%2C%20jr"@example.org`},
-		{"UTF-8 lower-cased", rcptRule("sender"), policy.Facts{Sender: "ÜBER@BÜCHER.DE"}, "sender:über@bücher.de"},
+		{"UTF-8 lower-cased, IDN domain as DNS knows it", rcptRule("sender"), policy.Facts{Sender: "ÜBER@BÜCHER.DE"}, "sender:über@xn--bcher-kva.de"},
 		{"invalid UTF-8 escaped, not replaced", rcptRule("sender"), policy.Facts{Sender: "a\xffb@example.org"}, "sender:a%FFb@example.org"},
 		{"CR LF escaped", rcptRule("sender"), policy.Facts{Sender: "a\r\nb@example.org"}, "sender:a%0D%0Ab@example.org"},
 		{"percent escaped", rcptRule("sender"), policy.Facts{Sender: "100%@example.org"}, "sender:100%25@example.org"},
@@ -115,6 +115,18 @@ func TestKeyVariantsShareCounter(t *testing.T) {
 	}
 }
 
+// The two spellings of an internationalised domain share one counter.
+func TestIDNDomainsShareCounter(t *testing.T) {
+	for _, per := range []string{"sender_domain", "rcpt_domain", "helo"} {
+		r := rcptRule(per)
+		a, _ := keyOf(t, r, policy.Facts{Sender: "a@bücher.de", Rcpt: "b@bücher.de", Helo: "bücher.de"})
+		b, _ := keyOf(t, r, policy.Facts{Sender: "a@XN--BCHER-KVA.de", Rcpt: "b@xn--bcher-kva.de", Helo: "xn--bcher-kva.de."})
+		if a != b || !strings.Contains(a, "xn--bcher-kva.de") {
+			t.Errorf("per %s: keys %q and %q, want one ASCII key", per, a, b)
+		}
+	}
+}
+
 func TestKeyBounded(t *testing.T) {
 	r := rcptRule([]any{"sender", "helo"})
 	long1 := strings.Repeat("a", 5000) + "@example.org"
@@ -162,6 +174,9 @@ func TestNormalizeAddress(t *testing.T) {
 		{"a+b", true, "a+b"}, // no domain: no extension to strip
 		{`"a+b"@x`, true, `"a+b"@x`},
 		{"İSTANBUL@x", false, "istanbul@x"},
+		// An internationalised domain counts as DNS knows it.
+		{"Jürgen@Bücher.DE", false, "jürgen@xn--bcher-kva.de"},
+		{"jürgen@xn--bcher-kva.de", false, "jürgen@xn--bcher-kva.de"},
 	}
 	for _, tt := range tests {
 		if got := normalizeAddress(tt.in, tt.strip); got != tt.want {
