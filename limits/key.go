@@ -196,13 +196,17 @@ func appendAddress(buf []byte, a string, strip, esc bool) []byte {
 // by writing the same domain both ways under SMTPUTF8. ASCII names, and
 // names IDNA refuses, are returned as they are.
 func asciiDomain(d string) string {
-	if isASCII(d) {
+	if isASCII(d) || !utf8.ValidString(d) {
 		return d
 	}
-	if a, err := idna.Lookup.ToASCII(d); err == nil {
+	// Fold case first, as the key will: IDNA refuses some names in one
+	// case and takes them in the other, and a key must not change when
+	// it is normalised again.
+	lower := string(appendNorm(nil, d, false))
+	if a, err := idna.Lookup.ToASCII(lower); err == nil {
 		return a
 	}
-	return d
+	return lower
 }
 
 func isASCII(s string) bool {
