@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -28,10 +29,13 @@ func (l *leaseSet) add(key, holder string) {
 	l.mu.Unlock()
 }
 
-func (l *leaseSet) remove(key, holder string) {
+// remove forgets a lease and reports whether it was held.
+func (l *leaseSet) remove(key, holder string) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.m[lease{key, holder}]
 	delete(l.m, lease{key, holder})
-	l.mu.Unlock()
+	return ok
 }
 
 func (l *leaseSet) list() []lease {
@@ -51,11 +55,12 @@ func (s *Store) Leases() int {
 	return len(s.leases.m)
 }
 
-// leaseGroups splits leases into script calls, by slot under Cluster.
+// leaseGroups splits leases into script calls, by slot under Cluster;
+// each group's idx says which of ls it holds.
 func (s *Store) leaseGroups(ls []lease, args func(g *group)) []group {
 	bySlot := make(map[uint16]int)
 	var gs []group
-	for _, l := range ls {
+	for i, l := range ls {
 		slot := uint16(0)
 		if s.cluster {
 			slot = slotOf(l.key)
@@ -69,30 +74,42 @@ func (s *Store) leaseGroups(ls []lease, args func(g *group)) []group {
 		}
 		gs[gi].keys = append(gs[gi].keys, l.key)
 		gs[gi].args = append(gs[gi].args, l.holder)
+		gs[gi].idx = append(gs[gi].idx, i)
 	}
 	return gs
 }
 
 // refreshLeases extends every lease this process holds: one round trip.
+// A lease found gone is counted lost once and no longer held: its session
+// is not counted until it reconnects.
 func (s *Store) refreshLeases(ctx context.Context) {
 	ls := s.leases.list()
 	if len(ls) == 0 {
 		return
 	}
 	gs := s.leaseGroups(ls, func(g *group) { g.args = []any{s.leaseMS} })
-	var found, want int64
+	var gone []lease
 	err := s.call(ctx, func(ctx context.Context) error {
 		var first error
-		for _, c := range s.eval(ctx, refreshScript, gs) {
-			n, err := c.Int64()
-			if err != nil && first == nil {
-				first = err
+		for gi, c := range s.eval(ctx, refreshScript, gs) {
+			found, err := c.Int64Slice()
+			if err == nil && len(found) != len(gs[gi].idx) {
+				err = fmt.Errorf("refresh script returned %d values for %d leases", len(found), len(gs[gi].idx))
 			}
-			found += n
+			if err != nil {
+				if first == nil {
+					first = err
+				}
+				continue
+			}
+			for j, i := range gs[gi].idx {
+				if found[j] == 0 {
+					gone = append(gone, ls[i])
+				}
+			}
 		}
 		return first
 	})
-	want = int64(len(ls))
 	if err != nil {
 		s.stats.refreshErrors.Add(1)
 		if ok, n := s.warn.ok(); ok {
@@ -101,10 +118,14 @@ func (s *Store) refreshLeases(ctx context.Context) {
 		}
 		return
 	}
-	if lost := want - found; lost > 0 {
-		// Released meanwhile, or gone from Redis (restart without
-		// persistence, or an outage longer than lease_time).
-		s.stats.leasesLost.Add(uint64(lost))
+	for _, l := range gone {
+		// Gone from Redis: a restart without persistence, an outage
+		// longer than lease_time, a reset. A lease released meanwhile is
+		// out of the set already (unless the release is still between
+		// its script and its bookkeeping: then it is counted too).
+		if s.leases.remove(l.key, l.holder) {
+			s.stats.leasesLost.Add(1)
+		}
 	}
 }
 

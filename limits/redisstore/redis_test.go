@@ -203,6 +203,42 @@ func TestLeases(t *testing.T) {
 	}
 }
 
+// A lease gone from Redis (restarted empty, reset) is counted lost once,
+// at the first refresh that finds it gone, and no longer held; the
+// others are refreshed as before.
+func TestLeaseLost(t *testing.T) {
+	srv := redistest.Start(t)
+	s := openTest(t, testConfig(t, false, srv.Addr))
+	ctx := context.Background()
+	gone, kept := "conc:c:client_ip:192.0.2.8", "conc:c:client_ip:192.0.2.9"
+	do(t, s, countertest.Slots(gone, 5, "1"))
+	do(t, s, countertest.Slots(kept, 5, "2"))
+	if err := srv.Client().Del(ctx, s.redisKey(counter.KindConcurrent, []byte(gone))).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		s.refreshLeases(ctx)
+	}
+	st := s.Stats()
+	if st.LeasesLost != 1 || st.Leases != 1 || st.RefreshErrors != 0 {
+		t.Errorf("after 3 refreshes: %d leases lost, %d held, %d refresh errors; want 1, 1, 0", st.LeasesLost, st.Leases, st.RefreshErrors)
+	}
+	p := countertest.Slots(kept, 5, "w")
+	p.Op = counter.OpPeek
+	if l := do(t, s, p)[0].Level; l != 1 {
+		t.Errorf("the lease still held: level %d, want 1", l)
+	}
+	// Its session ends: the release finds nothing to give back, and
+	// nothing more is counted.
+	rel := countertest.Slots(gone, 5, "1")
+	rel.Op = counter.OpRefund
+	do(t, s, rel)
+	s.refreshLeases(ctx)
+	if st := s.Stats(); st.LeasesLost != 1 || st.Leases != 1 {
+		t.Errorf("after the release: %d leases lost, %d held; want 1 and 1", st.LeasesLost, st.Leases)
+	}
+}
+
 // A hung Redis costs one timeout, then calls fail at once until it
 // answers again; counting resumes where it was.
 func TestBreaker(t *testing.T) {

@@ -151,18 +151,19 @@ return res
 // refreshScript extends the leases this host holds, on one slot: KEYS are
 // the concurrency keys, ARGV lease_ms then one holder per key. A lease
 // that is gone (expired, released, or Redis restarted empty) is not
-// brought back: doing so could race with its release. Returns the number
-// of leases found.
+// brought back: doing so could race with its release. Returns, per key,
+// 1 when the lease was found (and extended), 0 when it was gone.
 var refreshScript = newScript(`
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local real_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
-local found = 0
+local found = {}
 for i = 1, #KEYS do
+  found[i] = 0
   if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
     redis.call('ZADD', KEYS[i], real_ms + lease, ARGV[i + 1])
-    found = found + 1
+    found[i] = 1
     redis.call('PEXPIRE', KEYS[i], lease * 2)
   end
 end
