@@ -164,7 +164,11 @@ func (h *handler) allow(w http.ResponseWriter, r *http.Request) {
 	for _, k := range keys {
 		resp.Exemptions = append(resp.Exemptions, Exemption{Key: k, Until: until})
 	}
-	h.log.Info("exemption set by admin", zap.Strings("keys", keys), zap.Time("until", until))
+	if until.IsZero() {
+		h.log.Info("exemption lifted by admin", zap.Strings("keys", keys))
+	} else {
+		h.log.Info("exemption set by admin", zap.Strings("keys", keys), zap.Time("until", until))
+	}
 	h.write(w, http.StatusOK, resp)
 }
 

@@ -257,11 +257,15 @@ type SnapshotStatuser interface {
 // Lener reports the number of keys a store tracks; -1 when unknown.
 type Lener interface{ Len() int }
 
-// WatchStore exports the store's tracked keys and, if it writes
-// snapshots, their age and whether the last write failed. The values are
-// read at each scrape.
+// WatchStore exports the store's tracked keys; if it writes snapshots,
+// their age and whether the last write failed; and if it is the Redis
+// store, its own statistics (sluice_redis_*). The values are read at
+// each scrape.
 func (m *Metrics) WatchStore(s Lener) {
 	m.reg.MustRegister(&storeCollector{s: s})
+	if rs, ok := s.(RedisStatser); ok {
+		m.reg.MustRegister(redisCollector{rs})
+	}
 }
 
 var (

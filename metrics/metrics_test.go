@@ -17,6 +17,7 @@ import (
 
 	"sluice/limits/counter"
 	"sluice/limits/memstore"
+	"sluice/limits/redisstore"
 	"sluice/policy"
 )
 
@@ -67,13 +68,20 @@ var errDown = errors.New("down")
 func (failing) Do(context.Context, []counter.Request) error { return errDown }
 func (failing) Len() int                                    { return -1 }
 
-func TestStoreWrapper(t *testing.T) {
-	m := New("test")
-	st, err := memstore.New(memstore.Config{}, zap.NewNop())
+// newMemstore opens a memory store that is closed when the test ends.
+func newMemstore(t *testing.T, c memstore.Config) *memstore.Store {
+	t.Helper()
+	st, err := memstore.New(c, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestStoreWrapper(t *testing.T) {
+	m := New("test")
+	st := newMemstore(t, memstore.Config{})
 	w := m.Store("memory", st)
 	m.WatchStore(st)
 	ctx := context.Background()
@@ -160,6 +168,12 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// redisLike is a memory store that also tells Redis statistics, so that
+// one registry holds every metric sluice can export.
+type redisLike struct{ *memstore.Store }
+
+func (redisLike) Stats() redisstore.Stats { return redisstore.Stats{} }
+
 // TestDashboardNames checks that the Grafana dashboard in docs/ uses only
 // metrics that exist.
 func TestDashboardNames(t *testing.T) {
@@ -168,9 +182,8 @@ func TestDashboardNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := New("test")
-	st, _ := memstore.New(memstore.Config{Snapshot: filepath.Join(t.TempDir(), "snap")}, zap.NewNop())
-	defer st.Close()
-	m.WatchStore(st)
+	st := newMemstore(t, memstore.Config{Snapshot: filepath.Join(t.TempDir(), "snap")})
+	m.WatchStore(redisLike{st}) // the dashboard shows Redis statistics too
 	m.Store("memory", st).Do(context.Background(), nil)
 	v := policy.Verdict{Source: "r", Action: policy.ActionTag}
 	m.Stage(policy.StageMail, time.Millisecond, &policy.Decision{Outcomes: []policy.Outcome{{Verdict: &v}}})
