@@ -203,7 +203,9 @@ func asciiDomain(d string) string {
 	// case and takes them in the other, and a key must not change when
 	// it is normalised again.
 	lower := string(appendNorm(nil, d, false))
-	if a, err := idna.Lookup.ToASCII(lower); err == nil {
+	// IDNA maps some characters to nothing: a domain that would vanish
+	// stays as written.
+	if a, err := idna.Lookup.ToASCII(lower); err == nil && a != "" {
 		return a
 	}
 	return lower
