@@ -29,12 +29,7 @@ per = "sender"
 rate = "10/1h"
 action = "tempfail"
 `
-	for _, tc := range []struct {
-		name   string
-		config string // replaces line want.line of good ("" for the good config)
-		line   int
-		want   string // in the error, after "FILE:LINE: "
-	}{
+	for _, tc := range []configCase{
 		{name: "good"},
 		{name: "unknown-key", line: 2, config: `mdoe = "enforce"`, want: "mdoe"},
 		{name: "bad-rate", line: 11, config: `rate = "ten per hour"`, want: "rate"},
@@ -44,27 +39,11 @@ action = "tempfail"
 		{name: "bad-listen", line: 1, config: `listen = "tcp:nowhere"`, want: "listen"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lines := strings.Split(good, "\n")
-			if tc.line > 0 {
-				lines[tc.line-1] = tc.config
-			}
-			path := filepath.Join(dir, tc.name+".toml")
-			if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			res := mta.RunSluice(t, "check", "-config", path)
-			t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
-			if tc.line == 0 {
-				if res.Code != 0 {
-					t.Fatalf("check of a good config: exit %d: %s", res.Code, res.Stderr)
-				}
+			path, prefix := runCheck(t, dir, good, tc)
+			if tc.want == "" {
 				return
 			}
-			prefix := path + ":" + strconv.Itoa(tc.line) + ":"
-			if res.Code != 1 || !strings.Contains(res.Stderr, prefix) || !strings.Contains(res.Stderr, tc.want) {
-				t.Errorf("check: exit %d, stderr %q; want exit 1 and %q ... %q", res.Code, res.Stderr, prefix, tc.want)
-			}
-			res = mta.RunSluice(t, "serve", "-config", path)
+			res := mta.RunSluice(t, "serve", "-config", path)
 			if res.Code == 0 || !strings.Contains(res.Stderr, prefix) {
 				t.Errorf("serve: exit %d, stderr %q; want a failure naming %q", res.Code, res.Stderr, prefix)
 			}
@@ -87,4 +66,45 @@ action = "tempfail"
 		}
 		t.Logf("%s", strings.TrimSpace(res.Stdout))
 	})
+}
+
+// configCase is a config that differs from a good one in one place.
+type configCase struct {
+	name   string
+	line   int    // the line of good replaced by config; 0: the good config itself
+	config string // may hold several lines; the error is on the first
+	want   string // in the error; "" for a config that check must accept
+	at     int    // the line the error names, when not line
+}
+
+// runCheck writes the case's config under dir and runs `sluice check` on
+// it: a good config must pass, a bad one exit 1 naming FILE:LINE and want.
+// It returns the file and the "FILE:LINE:" the error names.
+func runCheck(t *testing.T, dir, good string, tc configCase) (path, prefix string) {
+	t.Helper()
+	lines := strings.Split(good, "\n")
+	if tc.line > 0 {
+		lines[tc.line-1] = tc.config
+	}
+	path = filepath.Join(dir, tc.name+".toml")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := mta.RunSluice(t, "check", "-config", path)
+	t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
+	if tc.want == "" {
+		if res.Code != 0 {
+			t.Fatalf("check of a good config: exit %d: %s", res.Code, res.Stderr)
+		}
+		return path, ""
+	}
+	at := tc.line
+	if tc.at != 0 {
+		at = tc.at
+	}
+	prefix = path + ":" + strconv.Itoa(at) + ":"
+	if res.Code != 1 || !strings.Contains(res.Stderr, prefix) || !strings.Contains(res.Stderr, tc.want) {
+		t.Errorf("check: exit %d, stderr %q; want exit 1 and %q ... %q", res.Code, res.Stderr, prefix, tc.want)
+	}
+	return path, prefix
 }

@@ -4,10 +4,6 @@ package e2e
 // the network: each bad setting is named with its file and line.
 
 import (
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
 	"sluice/test/mta"
@@ -35,13 +31,7 @@ per = "sender"
 rate = "10/1h"
 on_store_error = "tempfail"
 `
-	for _, tc := range []struct {
-		name   string
-		line   int    // the line of good replaced by config; 0: the good config
-		config string // may hold several lines; the error is on the first
-		want   string
-		at     int // the line the error names, when not line
-	}{
+	for _, tc := range []configCase{
 		{name: "good"},
 		{name: "sentinel", line: 6, config: `addrs = ["10.0.0.1:26379", "10.0.0.2:26379"]` + "\nmaster_name = \"mymaster\""},
 		{name: "cluster", line: 6, config: `addrs = ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]` + "\ncluster = true"},
@@ -62,33 +52,6 @@ on_store_error = "tempfail"
 		{name: "window-over-52-days", line: 16, config: `rate = ["10/1h", "10000/60d"]`, want: "52 days"},
 		{name: "unknown-backend", line: 5, config: `backend = "memcached"`, want: "unknown backend"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			lines := strings.Split(good, "\n")
-			if tc.line > 0 {
-				lines[tc.line-1] = tc.config
-			}
-			path := filepath.Join(dir, tc.name+".toml")
-			if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			res := mta.RunSluice(t, "check", "-config", path)
-			t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
-			if tc.want == "" {
-				if res.Code != 0 {
-					t.Fatalf("check of a good config: exit %d: %s", res.Code, res.Stderr)
-				}
-				return
-			}
-			if res.Code != 1 || !strings.Contains(res.Stderr, path+":") || !strings.Contains(res.Stderr, tc.want) {
-				t.Errorf("check: exit %d, stderr %q; want exit 1, %s:LINE and %q", res.Code, res.Stderr, path, tc.want)
-			}
-			at := tc.line
-			if tc.at != 0 {
-				at = tc.at
-			}
-			if prefix := path + ":" + strconv.Itoa(at) + ":"; !strings.Contains(res.Stderr, prefix) {
-				t.Errorf("check: %q does not name line %d", res.Stderr, at)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { runCheck(t, dir, good, tc) })
 	}
 }
