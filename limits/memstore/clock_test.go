@@ -24,7 +24,7 @@ func newSteppedClock() *steppedClock {
 	return &steppedClock{boot: time.Date(2025, 3, 30, 0, 30, 0, 0, time.UTC).UnixNano()}
 }
 
-func (c *steppedClock) advance(d time.Duration) { c.mono.Add(int64(d)) }
+func (c *steppedClock) advance(d time.Duration)  { c.mono.Add(int64(d)) }
 func (c *steppedClock) stepWall(d time.Duration) { c.step.Add(int64(d)) }
 
 func (c *steppedClock) Mono() int64 { return c.mono.Load() }
