@@ -25,7 +25,7 @@ var chaosMessages = flag.Int("chaos-messages", 300, "messages per run of the Red
 // One generous rule per failure policy, told apart by the sender's domain,
 // so that no message meets its limit and every refusal is the store's;
 // and a tight one for the probe that shows counting goes on.
-const failoverRules = `trusted = []
+var failoverRules = `trusted = []
 mode = "enforce"
 
 [metrics]
@@ -33,43 +33,23 @@ listen = %q
 
 [log]
 level = "info"
+` + senderDomainRule("open", "allow.test", "1000000/1h", "allow") +
+	senderDomainRule("closed", "tempfail.test", "1000000/1h", "tempfail") +
+	senderDomainRule("local", "local.test", "1000000/1h", "local") +
+	senderDomainRule("probe", "probe.test", "3/1h", "tempfail")
 
+func senderDomainRule(name, domain, rate, onStoreError string) string {
+	return fmt.Sprintf(`
 [[limit]]
-name = "open"
+name = %q
 count = "messages"
 per = "sender"
-rate = "1000000/1h"
+rate = %q
 action = "tempfail"
-on_store_error = "allow"
-match = { sender_domain = ["allow.test"] }
-
-[[limit]]
-name = "closed"
-count = "messages"
-per = "sender"
-rate = "1000000/1h"
-action = "tempfail"
-on_store_error = "tempfail"
-match = { sender_domain = ["tempfail.test"] }
-
-[[limit]]
-name = "local"
-count = "messages"
-per = "sender"
-rate = "1000000/1h"
-action = "tempfail"
-on_store_error = "local"
-match = { sender_domain = ["local.test"] }
-
-[[limit]]
-name = "probe"
-count = "messages"
-per = "sender"
-rate = "3/1h"
-action = "tempfail"
-on_store_error = "tempfail"
-match = { sender_domain = ["probe.test"] }
-`
+on_store_error = %q
+match = { sender_domain = [%q] }
+`, name, rate, onStoreError, domain)
+}
 
 var failoverDomains = []string{"allow.test", "tempfail.test", "local.test"}
 

@@ -32,7 +32,7 @@ func main() {
 
 // settings is what the command line chose.
 type settings struct {
-	sluice, load, out string
+	sluice, load, out, policy string
 
 	duration, warmup, sample time.Duration
 	churn, hup, top          time.Duration
@@ -50,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var s settings
 	fs.StringVar(&s.sluice, "sluice", "", "sluice binary (required)")
 	fs.StringVar(&s.load, "load", "", "test/load binary (required)")
+	fs.StringVar(&s.policy, "policy", "cmd/sluice/default.toml", "the rules: a config whose listen line is replaced and to which the soak's tables are added")
 	fs.StringVar(&s.out, "out", "", "directory for soak.csv, soak.png, the config and sluice's log (default: a new one in /tmp)")
 	fs.DurationVar(&s.duration, "duration", 60*time.Minute, "how long the load runs")
 	fs.DurationVar(&s.warmup, "warmup", 5*time.Minute, "start of the stretch the verdict judges")

@@ -11,34 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
 )
-
-// The policy as shipped (cmd/sluice/default.toml), with no trusted
-// networks so that loopback is counted too. At the soak's rates nothing
-// is refused: each client sends about 6 messages a period and each
-// sender one.
-const rules = `
-[[limit]]
-name = "conn-per-ip"
-count = "concurrent"
-per = "client_ip"
-max = 20
-
-[[limit]]
-name = "msgs-per-ip"
-count = "messages"
-per = "client_ip"
-rate = ["60/1m", "1000/1d"]
-
-[[limit]]
-name = "msgs-per-sender"
-count = "messages"
-per = "sender"
-rate = ["30/1m", "500/1d"]
-`
 
 // daemon is the sluice under test.
 type daemon struct {
@@ -228,9 +205,19 @@ func startDaemon(s settings) (*daemon, error) {
 		listen:  "inet:" + listen,
 		exited:  make(chan struct{}),
 	}
-	config := fmt.Sprintf(`listen = %q
-mode = "enforce"
-trusted = []
+	// The policy as shipped, with no trusted networks so that loopback is
+	// counted too. At the soak's rates nothing is refused: each client
+	// sends about 6 messages a period and each sender one.
+	policy, err := os.ReadFile(s.policy)
+	if err != nil {
+		return nil, fmt.Errorf("the policy: %w", err)
+	}
+	listenLine := regexp.MustCompile(`(?m)^listen = .*$`)
+	if !listenLine.Match(policy) {
+		return nil, fmt.Errorf("%s has no top-level listen line to replace", s.policy)
+	}
+	policy = listenLine.ReplaceAll(policy, fmt.Appendf(nil, "listen = %q\ntrusted = []", d.listen))
+	config := fmt.Sprintf(`%s
 
 [store]
 max_keys = %d
@@ -245,7 +232,7 @@ socket = %q
 
 [log]
 level = "info"
-%s`, d.listen, s.maxKeys, filepath.Join(s.out, "counters.snap"), s.snapshot.String(), metrics, d.admin, rules)
+`, policy, s.maxKeys, filepath.Join(s.out, "counters.snap"), s.snapshot.String(), metrics, d.admin)
 	if err := os.WriteFile(d.config, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
