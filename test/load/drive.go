@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sort"
@@ -31,6 +32,14 @@ type Config struct {
 	BodySize    int     `json:"body_bytes"`
 	Rate        float64 `json:"rate"`
 	Offset      int     `json:"offset"`
+	// Duration, when set, ends the round after that long instead of after
+	// Sessions sessions.
+	Duration time.Duration `json:"duration_ns,omitempty"`
+	// Churn, when set, moves to fresh client addresses and senders that
+	// often, so that a long round keeps making new keys.
+	Churn time.Duration `json:"churn_ns,omitempty"`
+	// Interval, when set, is how often Run writes an Interval record.
+	Interval time.Duration `json:"interval_ns,omitempty"`
 }
 
 // The stages timed, in protocol order. "message" is a whole transaction,
@@ -79,25 +88,32 @@ type Result struct {
 	Stages         map[string]*Stage `json:"stages"`
 }
 
-// worker is one goroutine's share of the round; nothing in it is shared.
+// worker is one goroutine's share of the round. Only the interval
+// reporter reads it while it runs, under mu.
 type worker struct {
-	cfg        *Config
-	client     *milter.Client
-	dial       *dialer
-	pace       *pacer
+	cfg    *Config
+	client *milter.Client
+	dial   *dialer
+	pace   *pacer
+	start  time.Time
+	neg    string
+	body   []byte
+
+	mu         sync.Mutex
 	lat        [nStages][]time.Duration
 	refused    [nStages]int
 	acceptedAt [nStages]int // messages the milter accepted before end of message
+	sessions   int
 	msgs       int
 	errs       int
 	firstEr    error
-	neg        string
-	body       []byte
+	seen       seen // what the interval reporter has taken
 }
 
 // Run drives one round against cfg.Addr. pid, when not 0, is the milter's
-// process, whose CPU time is read before and after.
-func Run(cfg Config, pid int) (*Result, error) {
+// process, whose CPU time is read before and after. With cfg.Interval,
+// each interval's figures go to intervals as a line of JSON.
+func Run(cfg Config, pid int, intervals io.Writer) (*Result, error) {
 	network, addr, err := splitSpec(cfg.Addr)
 	if err != nil {
 		return nil, err
@@ -105,7 +121,12 @@ func Run(cfg Config, pid int) (*Result, error) {
 	var next atomic.Int64
 	p := &pacer{rate: cfg.Rate}
 	workers := make([]*worker, cfg.Concurrency)
-	perWorker := cfg.Sessions*max(cfg.Messages, 1)/cfg.Concurrency + 16
+	expected := cfg.Sessions * max(cfg.Messages, 1)
+	if cfg.Duration > 0 {
+		// Room for what the round will send; a flat-out round grows it.
+		expected = int(max(cfg.Rate, 1000) * cfg.Duration.Seconds())
+	}
+	perWorker := expected/cfg.Concurrency + 16
 	for i := range workers {
 		w := &worker{cfg: &cfg, pace: p, body: body(cfg.BodySize), dial: &dialer{d: net.Dialer{Timeout: 10 * time.Second}}}
 		for st := range nStages {
@@ -130,29 +151,40 @@ func Run(cfg Config, pid int) (*Result, error) {
 	p.start = start
 	var wg sync.WaitGroup
 	for _, w := range workers {
+		w.start = start
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				k := int(next.Add(1)) - 1
-				if k >= cfg.Sessions {
+				if cfg.Duration > 0 && time.Since(start) >= cfg.Duration || cfg.Duration <= 0 && k >= cfg.Sessions {
 					return
 				}
 				w.session(k)
 			}
 		}()
 	}
+	var rep *reporter
+	if cfg.Interval > 0 && intervals != nil {
+		rep = startReporter(intervals, workers, start, cfg.Interval, pid)
+	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	if rep != nil {
+		if err := rep.stop(); err != nil {
+			return nil, fmt.Errorf("interval records: %w", err)
+		}
+	}
 	cpu1, err := procCPU(pid)
 	if err != nil {
 		return nil, err
 	}
 	self1 := selfCPU()
 
-	r := &Result{Sessions: cfg.Sessions, Elapsed: elapsed, Stages: map[string]*Stage{}, Refused: map[string]int{}, AcceptedAt: map[string]int{}}
+	r := &Result{Elapsed: elapsed, Stages: map[string]*Stage{}, Refused: map[string]int{}, AcceptedAt: map[string]int{}}
 	var all [nStages][]time.Duration
 	for _, w := range workers {
+		r.Sessions += w.sessions
 		r.Messages += w.msgs
 		r.Errors += w.errs
 		if w.firstEr != nil && r.FirstError == "" {
@@ -188,7 +220,11 @@ func Run(cfg Config, pid int) (*Result, error) {
 
 // session runs the k-th session of the round.
 func (w *worker) session(k int) {
-	if err := w.trySession(k); err != nil {
+	err := w.trySession(k, w.offset())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sessions++
+	if err != nil {
 		w.errs++
 		if w.firstEr == nil {
 			w.firstEr = err
@@ -196,7 +232,17 @@ func (w *worker) session(k int) {
 	}
 }
 
-func (w *worker) trySession(k int) error {
+// offset is the first client and sender number for a session starting
+// now: with Churn, each period's keys are new.
+func (w *worker) offset() int {
+	cfg := w.cfg
+	if cfg.Churn <= 0 {
+		return cfg.Offset
+	}
+	return cfg.Offset + int(time.Since(w.start)/cfg.Churn)*(cfg.Clients+cfg.Senders)
+}
+
+func (w *worker) trySession(k, offset int) error {
 	cfg := w.cfg
 	t0 := time.Now()
 	w.dial.conn = nil
@@ -207,14 +253,14 @@ func (w *worker) trySession(k int) error {
 		}
 		return err
 	}
-	w.lat[stNegotiate] = append(w.lat[stNegotiate], time.Since(t0))
+	w.add(stNegotiate, time.Since(t0))
 	conn := w.dial.conn
 	defer conn.Close()
 	if w.neg == "" {
 		w.neg = negotiated(s)
 	}
 
-	n := cfg.Offset + k%cfg.Clients + 1
+	n := offset + k%cfg.Clients + 1
 	ip := fmt.Sprintf("10.%d.%d.%d", n>>16&255, n>>8&255, n&255)
 	host := fmt.Sprintf("host%d.client.test", n)
 	if err := s.Macros(milter.CodeConn, "j", "mx.example.test", "{daemon_name}", "smtpd",
@@ -222,7 +268,7 @@ func (w *worker) trySession(k int) error {
 		"_", host+" ["+ip+"]", "{client_addr}", ip, "{client_name}", host, "{client_ptr}", host); err != nil {
 		return err
 	}
-	act, err := timed(&w.lat[stConnect], func() (*milter.Action, error) {
+	act, err := w.timed(stConnect, func() (*milter.Action, error) {
 		return s.Conn(host, milter.FamilyInet, uint16(1024+k%60000), ip)
 	})
 	if err != nil {
@@ -234,14 +280,14 @@ func (w *worker) trySession(k int) error {
 			"{cert_subject}", "", "{cert_issuer}", ""); err != nil {
 			return err
 		}
-		act, err := timed(&w.lat[stHelo], func() (*milter.Action, error) { return s.Helo(host) })
+		act, err := w.timed(stHelo, func() (*milter.Action, error) { return s.Helo(host) })
 		if err != nil {
 			return err
 		}
 		w.note(stHelo, act)
 	}
 	for m := 0; m < cfg.Messages; m++ {
-		if err := w.message(s, k, m, ip); err != nil {
+		if err := w.message(s, k, m, offset, ip); err != nil {
 			return err
 		}
 	}
@@ -253,27 +299,29 @@ func (w *worker) trySession(k int) error {
 
 // message sends one transaction as Postfix does, and the Abort that
 // Postfix sends after every transaction, accepted or not.
-func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
+func (w *worker) message(s *milter.ClientSession, k, m, offset int, ip string) error {
 	cfg := w.cfg
 	w.pace.wait()
 	seq := k*cfg.Messages + m
-	sender := fmt.Sprintf("user%d@sender%d.test", cfg.Offset+seq%cfg.Senders, seq%97)
+	sender := fmt.Sprintf("user%d@sender%d.test", offset+seq%cfg.Senders, seq%97)
 	qid := fmt.Sprintf("%X", 0x1000000+seq)
 	start := time.Now()
 	if err := s.Macros(milter.CodeMail, "{auth_type}", "", "{auth_authen}", "", "{auth_author}", "",
 		"{mail_addr}", sender, "{mail_host}", "", "{mail_mailer}", "smtp", "{client_addr}", ip, "{daemon_name}", "smtpd"); err != nil {
 		return err
 	}
-	act, err := timed(&w.lat[stMail], func() (*milter.Action, error) { return s.Mail(sender, []string{"SIZE=1000"}) })
+	act, err := w.timed(stMail, func() (*milter.Action, error) { return s.Mail(sender, []string{"SIZE=1000"}) })
 	if err != nil {
 		return err
 	}
 	if act.Code == milter.ActAccept {
 		// The milter accepts the message here: like Postfix, leave it out
 		// of the rest of the transaction.
-		w.lat[stMessage] = append(w.lat[stMessage], time.Since(start))
+		w.add(stMessage, time.Since(start))
+		w.mu.Lock()
 		w.msgs++
 		w.acceptedAt[stMail]++
+		w.mu.Unlock()
 		return s.Abort()
 	}
 	if w.note(stMail, act) {
@@ -290,7 +338,7 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 		if err := s.Macros(milter.CodeRcpt, "i", qid, "{rcpt_addr}", rcpt, "{rcpt_host}", "", "{rcpt_mailer}", "smtp", "{auth_authen}", ""); err != nil {
 			return err
 		}
-		act, err := timed(&w.lat[stRcpt], func() (*milter.Action, error) { return s.Rcpt(rcpt, nil) })
+		act, err := w.timed(stRcpt, func() (*milter.Action, error) { return s.Rcpt(rcpt, nil) })
 		if err != nil {
 			return err
 		}
@@ -304,7 +352,7 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 	if !s.ProtocolOption(milter.OptNoHeaders) {
 		for h := 0; h < cfg.Headers; h++ {
 			name, value := header(h, sender, qid)
-			act, err := timed(&w.lat[stHeader], func() (*milter.Action, error) { return s.HeaderField(name, value) })
+			act, err := w.timed(stHeader, func() (*milter.Action, error) { return s.HeaderField(name, value) })
 			if err != nil {
 				return err
 			}
@@ -317,7 +365,7 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 		if err := s.Macros(milter.CodeEOH, "i", qid); err != nil {
 			return err
 		}
-		act, err := timed(&w.lat[stEOH], s.HeaderEnd)
+		act, err := w.timed(stEOH, s.HeaderEnd)
 		if err != nil {
 			return err
 		}
@@ -326,7 +374,7 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 		}
 	}
 	if !s.ProtocolOption(milter.OptNoBody) && len(w.body) > 0 {
-		act, err := timed(&w.lat[stBody], func() (*milter.Action, error) { return s.BodyChunk(w.body) })
+		act, err := w.timed(stBody, func() (*milter.Action, error) { return s.BodyChunk(w.body) })
 		if err != nil {
 			return err
 		}
@@ -337,19 +385,21 @@ func (w *worker) message(s *milter.ClientSession, k, m int, ip string) error {
 	if err := s.Macros(milter.CodeEOB, "i", qid, "{auth_authen}", "", "{daemon_name}", "mx.example.test"); err != nil {
 		return err
 	}
-	act, err = timed(&w.lat[stEOM], func() (*milter.Action, error) {
+	act, err = w.timed(stEOM, func() (*milter.Action, error) {
 		_, act, err := s.End()
 		return act, err
 	})
 	if err != nil {
 		return err
 	}
-	w.lat[stMessage] = append(w.lat[stMessage], time.Since(start))
+	w.add(stMessage, time.Since(start))
+	w.mu.Lock()
 	if act.Code == milter.ActContinue || act.Code == milter.ActAccept {
 		w.msgs++
 	} else {
 		w.refused[stEOM]++
 	}
+	w.mu.Unlock()
 	return s.Abort()
 }
 
@@ -359,15 +409,23 @@ func (w *worker) note(st int, act *milter.Action) bool {
 	if act.Code == milter.ActContinue {
 		return false
 	}
+	w.mu.Lock()
 	w.refused[st]++
+	w.mu.Unlock()
 	return true
 }
 
-func timed(into *[]time.Duration, f func() (*milter.Action, error)) (*milter.Action, error) {
+func (w *worker) timed(st int, f func() (*milter.Action, error)) (*milter.Action, error) {
 	t := time.Now()
 	act, err := f()
-	*into = append(*into, time.Since(t))
+	w.add(st, time.Since(t))
 	return act, err
+}
+
+func (w *worker) add(st int, d time.Duration) {
+	w.mu.Lock()
+	w.lat[st] = append(w.lat[st], d)
+	w.mu.Unlock()
 }
 
 func header(i int, sender, qid string) (string, string) {

@@ -11,7 +11,10 @@
 // transaction. Events the milter negotiated away are not sent, as Postfix
 // skips them. With -baseline-addr the same load runs against both milters
 // in alternating rounds and the medians are compared; with -pid the
-// milter's own CPU time per message is read from /proc.
+// milter's own CPU time per message is read from /proc. With -duration a
+// round runs for a time instead of a number of sessions, -churn moves it
+// to fresh client addresses and senders every so often, and -intervals
+// writes the figures of every -interval as it goes (test/bench/soak).
 package main
 
 import (
@@ -38,7 +41,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var addr, baseAddr, name, baseName, out string
+	var addr, baseAddr, name, baseName, out, intervals string
 	var pid, basePid, rounds int
 	fs.StringVar(&addr, "addr", "inet:127.0.0.1:8890", "milter to drive: inet:host:port or unix:/path")
 	fs.IntVar(&pid, "pid", 0, "process id of that milter, to read its CPU time (0: not measured)")
@@ -59,13 +62,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&cfg.Rate, "rate", 0, "messages per second to pace at (0: as fast as the milter answers)")
 	fs.IntVar(&cfg.Offset, "offset", 0, "first client and sender number, so that rounds can use fresh keys")
 	fs.StringVar(&out, "json", "", "also write the results as JSON to this file")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "run each round this long instead of -sessions sessions")
+	fs.DurationVar(&cfg.Churn, "churn", 0, "move to fresh client addresses and senders this often (0: never)")
+	fs.DurationVar(&cfg.Interval, "interval", 10*time.Second, "how often to write a record to -intervals")
+	fs.StringVar(&intervals, "intervals", "", "write a JSON line of figures per interval to this file (/dev/fd/N: an inherited pipe)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if cfg.Concurrency < 1 || cfg.Sessions < 1 || cfg.Messages < 0 || cfg.Rcpts < 1 ||
+	if cfg.Concurrency < 1 || cfg.Sessions < 1 && cfg.Duration <= 0 || cfg.Messages < 0 || cfg.Rcpts < 1 ||
 		cfg.Clients < 1 || cfg.Senders < 1 || cfg.Recipients < 1 || cfg.Headers < 0 || rounds < 1 {
 		fmt.Fprintln(stderr, "load: counts must be positive")
 		return 2
+	}
+	if cfg.Duration < 0 || cfg.Churn < 0 || cfg.Interval <= 0 {
+		fmt.Fprintln(stderr, "load: -duration and -churn must not be negative, -interval must be positive")
+		return 2
+	}
+	var ivw io.Writer
+	if intervals != "" {
+		f, err := os.OpenFile(intervals, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			fmt.Fprintln(stderr, "load:", err)
+			return 1
+		}
+		defer f.Close()
+		ivw = f
 	}
 
 	targets := []*target{{name: name, addr: addr, pid: pid}}
@@ -79,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			// Fresh keys each round: counters from an earlier round must
 			// not turn this one into a run of refusals.
 			c.Offset = cfg.Offset + r*(cfg.Clients+cfg.Senders)
-			res, err := Run(c, t.pid)
+			res, err := Run(c, t.pid, ivw)
 			if err != nil {
 				fmt.Fprintf(stderr, "load: %s: %v\n", t.name, err)
 				return 1

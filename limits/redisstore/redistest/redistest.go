@@ -291,6 +291,11 @@ type Sentinel struct {
 // seconds.
 func StartSentinel(t testing.TB, name string, master *Server) *Sentinel {
 	t.Helper()
+	return startSentinel(t, name, master, 1)
+}
+
+func startSentinel(t testing.TB, name string, master *Server, quorum int) *Sentinel {
+	t.Helper()
 	bin := Require(t)
 	s := &Server{
 		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
@@ -304,10 +309,10 @@ func StartSentinel(t testing.TB, name string, master *Server) *Sentinel {
 	WriteFile(t, conf, fmt.Sprintf(`port %s
 bind 127.0.0.1
 dir %s
-sentinel monitor %s %s %s 1
+sentinel monitor %s %s %s %d
 sentinel down-after-milliseconds %s 1000
 sentinel failover-timeout %s 5000
-`, port, s.Dir, name, mhost, mport, name, name))
+`, port, s.Dir, name, mhost, mport, quorum, name, name))
 	cmd := exec.Command(bin, conf, "--sentinel")
 	cmd.Stdout, cmd.Stderr = &lockedBuffer{&s.mu, &s.out}, &lockedBuffer{&s.mu, &s.out}
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// stages are test/load's stage names in protocol order; "message" is a
+// whole transaction.
+var stages = []string{"negotiate", "connect", "helo", "mail", "rcpt", "header", "eoh", "body", "eom", "message"}
+
+// curve is one line of the chart and one row of the table.
+type curve struct {
+	name   string
+	judged bool // held to the ±tolerance verdict
+	get    func(sample) (float64, bool)
+}
+
+func always(f func(sample) float64) func(sample) (float64, bool) {
+	return func(s sample) (float64, bool) { return f(s), true }
+}
+
+func curves(samples []sample) []curve {
+	cs := []curve{
+		{"messages/s", true, always(func(s sample) float64 { return s.msgsPerSec })},
+		{"RSS MB", true, always(func(s sample) float64 { return s.rssMB })},
+		{"Go heap in use MB", true, always(func(s sample) float64 { return s.heapMB })},
+		{"Go heap goal MB", false, always(func(s sample) float64 { return s.heapGoalMB })},
+		{"goroutines", true, always(func(s sample) float64 { return float64(s.goroutines) })},
+		{"open fds", true, always(func(s sample) float64 { return float64(s.fds) })},
+		{"store keys", false, always(func(s sample) float64 { return s.keys })},
+		{"CPU ms/message", true, always(func(s sample) float64 { return s.cpuPerMsg })},
+	}
+	for _, st := range stages {
+		present := slices.ContainsFunc(samples, func(s sample) bool { _, ok := s.p99[st]; return ok })
+		if !present {
+			continue
+		}
+		cs = append(cs, curve{"p99 ms " + st, true, func(s sample) (float64, bool) {
+			v, ok := s.p99[st]
+			return v, ok
+		}})
+	}
+	return cs
+}
+
+func printHeader(w io.Writer) {
+	fmt.Fprintf(w, "%7s %7s %7s %7s %7s %5s %5s %7s %8s %-s\n",
+		"t", "msgs/s", "RSS MB", "heap MB", "gorout", "fds", "snapA", "keys", "CPU ms/m", "p99 ms (mail rcpt eom message)")
+}
+
+func printSample(w io.Writer, s sample) {
+	fmt.Fprintf(w, "%6.0fs %7.0f %7.1f %7.1f %7d %5d %5.0f %7.0f %8.3f %.3f %.3f %.3f %.3f",
+		s.at.Seconds(), s.msgsPerSec, s.rssMB, s.heapMB, s.goroutines, s.fds, s.snapAge, s.keys, s.cpuPerMsg,
+		s.p99["mail"], s.p99["rcpt"], s.p99["eom"], s.p99["message"])
+	if s.refused > 0 || s.errors > 0 {
+		fmt.Fprintf(w, "  refused %d errors %d", s.refused, s.errors)
+	}
+	fmt.Fprintln(w)
+}
+
+// judged are the samples the verdict looks at: after the warmup and
+// before the load winds down (the last interval ends as workers stop
+// starting sessions, and the one after it is cut short).
+func judged(s settings, samples []sample) []sample {
+	var out []sample
+	for _, sm := range samples {
+		if sm.at > s.warmup && sm.at < s.duration-s.sample/2 && sm.length >= s.sample*9/10 {
+			out = append(out, sm)
+		}
+	}
+	return out
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+// report prints the table and the verdict, and reports whether it passed.
+func report(w io.Writer, s settings, r *result) bool {
+	pass := true
+	var why []string
+	fail := func(format string, args ...any) {
+		pass = false
+		why = append(why, fmt.Sprintf(format, args...))
+	}
+	js := judged(s, r.samples)
+	fmt.Fprintf(w, "\n%d samples every %v; the verdict judges the %d whole ones after %v (±%.0f%% of each median)\n",
+		len(r.samples), s.sample, len(js), s.warmup, s.tolerance*100)
+	fmt.Fprintf(w, "%-22s %10s %10s %10s %8s  %s\n", "curve", "median", "min", "max", "worst", "verdict")
+	if len(js) == 0 {
+		fail("no sample after the warmup: run longer than -warmup")
+	}
+	for _, c := range curves(r.samples) {
+		var v []float64
+		for _, sm := range js {
+			if x, ok := c.get(sm); ok {
+				v = append(v, x)
+			}
+		}
+		if len(v) == 0 {
+			continue
+		}
+		med := median(v)
+		lo, hi := slices.Min(v), slices.Max(v)
+		worst := 0.0
+		if med != 0 {
+			worst = math.Max(hi-med, med-lo) / med
+		}
+		verdict := "-"
+		if c.judged {
+			verdict = "ok"
+			if worst > s.tolerance {
+				verdict = "OUTSIDE"
+				fail("%s strays %.0f%% from its median", c.name, worst*100)
+			}
+		}
+		fmt.Fprintf(w, "%-22s %10.3f %10.3f %10.3f %7.1f%%  %s\n", c.name, med, lo, hi, worst*100, verdict)
+	}
+
+	fmt.Fprintf(w, "\nidle fds:        before %d, after %d\n", r.before.fds, r.after.fds)
+	fmt.Fprintf(w, "idle goroutines: before %d, after %d\n", r.before.goroutines, r.after.goroutines)
+	if r.after.fds != r.before.fds {
+		fail("fds after the run %d, before %d", r.after.fds, r.before.fds)
+	}
+	if r.after.goroutines != r.before.goroutines {
+		fail("goroutines after the run %d, before %d", r.after.goroutines, r.before.goroutines)
+	}
+	ev := r.ev
+	periods := int(math.Ceil(s.duration.Seconds() / s.churn.Seconds()))
+	fmt.Fprintf(w, "load: %d messages, %d refused, %d sessions in error; keys made: %d client addresses + %d senders (%d periods)\n",
+		ev.messages, ev.refused, ev.loadErrors, periods*s.clients, periods*s.senders, periods)
+	fmt.Fprintf(w, "SIGHUP reloads: %d, %d failed; counters top: %d, %d failed, slowest %v\n",
+		ev.hups, ev.hupFailed, ev.tops, ev.topFailed, ev.topSlowest.Round(1e6))
+	fmt.Fprintf(w, "snapshot: oldest seen %.0fs (interval %v), %d samples with a failing write\n",
+		ev.snapAgeMax, s.snapshot, ev.snapFailures)
+	fmt.Fprintf(w, "sluice exit code after SIGTERM: %d\n", r.exitCode)
+	if ev.loadErrors > 0 {
+		fail("%d sessions ended in errors (first: %s)", ev.loadErrors, ev.firstLoadErr)
+	}
+	if ev.refused > 0 {
+		fail("%d messages refused: the run measured refusals, not counting", ev.refused)
+	}
+	if ev.hupFailed > 0 {
+		fail("%d of %d reloads failed", ev.hupFailed, ev.hups)
+	}
+	if ev.topFailed > 0 {
+		fail("%d of %d counters top failed (first: %s)", ev.topFailed, ev.tops, ev.firstTopErr)
+	}
+	if ev.snapFailures > 0 {
+		fail("the snapshot write failed in %d samples", ev.snapFailures)
+	}
+	// Sampled every s.sample, the age can read up to one interval over.
+	if limit := (s.snapshot + 2*s.sample).Seconds(); ev.snapAgeMax > limit {
+		fail("the snapshot was %.0fs old at one sample (interval %v)", ev.snapAgeMax, s.snapshot)
+	}
+	if r.exitCode != 0 {
+		fail("sluice exited with %d after SIGTERM", r.exitCode)
+	}
+	if pass {
+		fmt.Fprintln(w, "\nVERDICT: PASS")
+	} else {
+		fmt.Fprintf(w, "\nVERDICT: FAIL\n  %s\n", strings.Join(why, "\n  "))
+	}
+	return pass
+}
+
+func writeCSV(path string, samples []sample) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	head := []string{"at_s", "interval_s", "messages_per_s", "refused", "errors", "rss_mb", "heap_inuse_mb", "heap_goal_mb",
+		"goroutines", "open_fds", "store_keys", "sessions_open", "snapshot_age_s", "snapshot_failing", "cpu_ms_per_message"}
+	for _, st := range stages {
+		head = append(head, "p99_ms_"+st)
+	}
+	w.Write(head)
+	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+	for _, s := range samples {
+		row := []string{ff(s.at.Seconds()), ff(s.length.Seconds()), ff(s.msgsPerSec), strconv.Itoa(s.refused), strconv.Itoa(s.errors),
+			ff(s.rssMB), ff(s.heapMB), ff(s.heapGoalMB), strconv.Itoa(s.goroutines), strconv.Itoa(s.fds),
+			ff(s.keys), ff(s.sessions), ff(s.snapAge), ff(s.snapFailing), ff(s.cpuPerMsg)}
+		for _, st := range stages {
+			if v, ok := s.p99[st]; ok {
+				row = append(row, ff(v))
+			} else {
+				row = append(row, "")
+			}
+		}
+		w.Write(row)
+	}
+	w.Flush()
+	if err := w.Error(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// sample is the daemon at the end of one of the load generator's
+// intervals.
+type sample struct {
+	at          time.Duration // since the load started
+	length      time.Duration // of the load generator's interval
+	msgsPerSec  float64
+	refused     int
+	errors      int
+	rssMB       float64 // /proc/PID/status VmRSS
+	heapMB      float64 // go_memstats_heap_inuse_bytes
+	heapGoalMB  float64 // go_memstats_next_gc_bytes: what the GC lets the heap grow to
+	goroutines  int     // go_goroutines
+	fds         int     // entries of /proc/PID/fd
+	keys        float64 // sluice_store_keys
+	sessions    float64 // sluice_sessions_open
+	snapAge     float64 // sluice_snapshot_age_seconds
+	snapFailing float64 // sluice_snapshot_write_failing
+	cpuPerMsg   float64 // ms of sluice's CPU per message, from /proc stat deltas
+	p99         map[string]float64
+}
+
+// idle is what the daemon holds with no session open.
+type idle struct {
+	fds, goroutines int
+}
+
+func (d *daemon) sample(rec loadRecord) (sample, error) {
+	pid := d.cmd.Process.Pid
+	// /proc first: the scrape's own connection is an fd while it lasts.
+	fds, err := countFDs(pid)
+	if err != nil {
+		return sample{}, err
+	}
+	rss, err := rssMB(pid)
+	if err != nil {
+		return sample{}, err
+	}
+	m, err := scrape(d.metrics)
+	if err != nil {
+		return sample{}, err
+	}
+	s := sample{
+		at:          rec.At,
+		length:      rec.Length,
+		refused:     rec.Refused,
+		errors:      rec.Errors,
+		rssMB:       rss,
+		heapMB:      m.value("go_memstats_heap_inuse_bytes") / (1 << 20),
+		heapGoalMB:  m.value("go_memstats_next_gc_bytes") / (1 << 20),
+		goroutines:  int(m.value("go_goroutines")),
+		fds:         fds,
+		keys:        m.value("sluice_store_keys"),
+		sessions:    m.value("sluice_sessions_open"),
+		snapAge:     m.value("sluice_snapshot_age_seconds"),
+		snapFailing: m.value("sluice_snapshot_write_failing"),
+		cpuPerMsg:   rec.CPUPerMsg,
+		p99:         rec.P99,
+	}
+	if rec.Length > 0 {
+		s.msgsPerSec = float64(rec.Messages) / rec.Length.Seconds()
+	}
+	return s, nil
+}
+
+func (d *daemon) idle() (idle, error) {
+	fds, err := countFDs(d.cmd.Process.Pid)
+	if err != nil {
+		return idle{}, err
+	}
+	m, err := scrape(d.metrics)
+	if err != nil {
+		return idle{}, err
+	}
+	if open := m.value("sluice_sessions_open"); open != 0 {
+		return idle{}, fmt.Errorf("%v sessions still open", open)
+	}
+	return idle{fds: fds, goroutines: int(m.value("go_goroutines"))}, nil
+}
+
+// settle waits, up to timeout, for the daemon to be idle with what it held
+// before; it returns what it holds at the end either way.
+func (d *daemon) settle(before idle, timeout time.Duration) (idle, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		now, err := d.idle()
+		if err == nil && now == before {
+			return now, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return now, err
+			}
+			return now, nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func countFDs(pid int) (int, error) {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0, fmt.Errorf("open fds: %w", err)
+	}
+	return len(ents), nil
+}
+
+func rssMB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("RSS: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest) // "123456 kB"
+			if len(f) == 2 && f[1] == "kB" {
+				kb, err := strconv.ParseFloat(f[0], 64)
+				if err == nil {
+					return kb / 1024, nil
+				}
+			}
+			return 0, fmt.Errorf("RSS: cannot read %q", strings.TrimSpace(line))
+		}
+	}
+	return 0, fmt.Errorf("RSS: no VmRSS line in /proc/%d/status", pid)
+}
+
+// metricFamilies is one scrape of /metrics.
+type metricFamilies map[string]*dto.MetricFamily
+
+// One connection per scrape: an idle keep-alive connection would be one
+// more fd in the daemon between samples.
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func scrape(addr string) (metricFamilies, error) {
+	resp, err := httpClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("read /metrics: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("parse /metrics: %w", err)
+	}
+	return fams, nil
+}
+
+// value sums the counters and gauges of name whose labels include the
+// given name, value pairs; 0 when there is none.
+func (m metricFamilies) value(name string, labels ...string) float64 {
+	f := m[name]
+	if f == nil {
+		return 0
+	}
+	sum := 0.0
+next:
+	for _, s := range f.GetMetric() {
+		for i := 0; i+1 < len(labels); i += 2 {
+			found := false
+			for _, lp := range s.GetLabel() {
+				found = found || lp.GetName() == labels[i] && lp.GetValue() == labels[i+1]
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case s.Counter != nil:
+			sum += s.Counter.GetValue()
+		case s.Gauge != nil:
+			sum += s.Gauge.GetValue()
+		case s.Untyped != nil:
+			sum += s.Untyped.GetValue()
+		}
+	}
+	return sum
+}

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// daemon is the sluice under test.
+type daemon struct {
+	bin, config, admin, metrics, listen string
+	cmd                                 *exec.Cmd
+	exited                              chan struct{}
+	log                                 *os.File
+}
+
+// loadRecord is test/load's Interval, as far as the soak reads it.
+type loadRecord struct {
+	At        time.Duration      `json:"at_ns"`
+	Length    time.Duration      `json:"length_ns"`
+	Messages  int                `json:"messages"`
+	Refused   int                `json:"refused"`
+	Errors    int                `json:"errors"`
+	FirstErr  string             `json:"first_error"`
+	CPUPerMsg float64            `json:"milter_cpu_ms_per_message"`
+	P99       map[string]float64 `json:"p99_ms"`
+}
+
+// events counts what the soak did to the daemon besides the load.
+type events struct {
+	hups, hupFailed int
+	tops, topFailed int
+	topSlowest      time.Duration
+	firstTopErr     string
+	snapFailures    int // samples with sluice_snapshot_write_failing = 1
+	snapAgeMax      float64
+	loadErrors      int
+	firstLoadErr    string
+	refused         int
+	messages        int
+}
+
+type result struct {
+	samples       []sample
+	before, after idle
+	ev            events
+	exitCode      int
+	pass          bool
+}
+
+func soak(s settings, out io.Writer) (*result, error) {
+	d, err := startDaemon(s)
+	if err != nil {
+		return nil, err
+	}
+	defer d.kill()
+	fmt.Fprintf(out, "sluice %s pid %d, config %s, log %s\n", d.listen, d.cmd.Process.Pid, d.config, d.log.Name())
+
+	// What the idle daemon holds before any session.
+	time.Sleep(2 * time.Second)
+	before, err := d.idle()
+	if err != nil {
+		return nil, fmt.Errorf("before the load: %w", err)
+	}
+	fmt.Fprintf(out, "idle before the load: %d fds, %d goroutines\n", before.fds, before.goroutines)
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	var loadOut bytes.Buffer
+	load := exec.Command(s.load, "-addr", d.listen, "-pid", fmt.Sprint(d.cmd.Process.Pid),
+		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
+		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
+		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
+		"-messages", fmt.Sprint(s.messages), "-concurrency", fmt.Sprint(s.concurrency))
+	load.Stdout, load.Stderr = &loadOut, &loadOut
+	load.ExtraFiles = []*os.File{pw}
+	if err := load.Start(); err != nil {
+		return nil, fmt.Errorf("start the load generator: %w", err)
+	}
+	pw.Close()
+	start := time.Now()
+	fmt.Fprintf(out, "load: %.0f messages/s for %v, fresh keys every %v (%d clients + %d senders each); SIGHUP every %v; counters top every %v\n\n",
+		s.rate, s.duration, s.churn, s.clients, s.senders, s.hup, s.top)
+	printHeader(out)
+
+	r := &result{before: before}
+	records := make(chan loadRecord)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(records)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var rec loadRecord
+			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+				readErr <- fmt.Errorf("load generator record %q: %w", sc.Text(), err)
+				return
+			}
+			records <- rec
+		}
+		readErr <- sc.Err()
+	}()
+
+	hup := time.NewTicker(s.hup)
+	defer hup.Stop()
+	top := time.NewTicker(s.top)
+	defer top.Stop()
+	ev := &r.ev
+loop:
+	for {
+		select {
+		case rec, ok := <-records:
+			if !ok {
+				break loop
+			}
+			sm, err := d.sample(rec)
+			if err != nil {
+				return nil, fmt.Errorf("sample at %v: %w", rec.At, err)
+			}
+			r.samples = append(r.samples, sm)
+			ev.messages += rec.Messages
+			ev.refused += rec.Refused
+			ev.loadErrors += rec.Errors
+			if rec.Errors > 0 && ev.firstLoadErr == "" {
+				ev.firstLoadErr = rec.FirstErr
+			}
+			if sm.snapFailing > 0 {
+				ev.snapFailures++
+			}
+			ev.snapAgeMax = max(ev.snapAgeMax, sm.snapAge)
+			printSample(out, sm)
+		case <-hup.C:
+			ev.hups++
+			if err := d.reload(); err != nil {
+				ev.hupFailed++
+				fmt.Fprintf(out, "SIGHUP at %v: %v\n", time.Since(start).Round(time.Second), err)
+			}
+		case <-top.C:
+			ev.tops++
+			took, err := d.countersTop()
+			ev.topSlowest = max(ev.topSlowest, took)
+			if err != nil {
+				ev.topFailed++
+				if ev.firstTopErr == "" {
+					ev.firstTopErr = err.Error()
+				}
+			}
+		case <-d.exited:
+			return nil, fmt.Errorf("sluice exited during the run; see %s", d.log.Name())
+		}
+	}
+	if err := <-readErr; err != nil {
+		return nil, err
+	}
+	if err := load.Wait(); err != nil && ev.loadErrors == 0 {
+		return nil, fmt.Errorf("load generator: %v\n%s", err, loadOut.String())
+	}
+	fmt.Fprintf(out, "\nload generator's summary:\n%s", loadOut.String())
+
+	// Idle again: every session closed, then the same fds and goroutines
+	// as before, given a little time for deferred closes.
+	after, err := d.settle(before, 30*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("after the load: %w", err)
+	}
+	r.after = after
+	r.exitCode = d.stop(30 * time.Second)
+	r.pass = report(out, s, r)
+	if err := writeCSV(filepath.Join(s.out, "soak.csv"), r.samples); err != nil {
+		return nil, err
+	}
+	if err := drawChart(filepath.Join(s.out, "soak.png"), s, r.samples); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(out, "\nwrote %s and %s\n", filepath.Join(s.out, "soak.csv"), filepath.Join(s.out, "soak.png"))
+	return r, nil
+}
+
+func startDaemon(s settings) (*daemon, error) {
+	listen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{
+		bin:     s.sluice,
+		config:  filepath.Join(s.out, "sluice.toml"),
+		admin:   filepath.Join(s.out, "admin.sock"),
+		metrics: metrics,
+		listen:  "inet:" + listen,
+		exited:  make(chan struct{}),
+	}
+	// The policy as shipped, with no trusted networks so that loopback is
+	// counted too. At the soak's rates nothing is refused: each client
+	// sends about 6 messages a period and each sender one.
+	policy, err := os.ReadFile(s.policy)
+	if err != nil {
+		return nil, fmt.Errorf("the policy: %w", err)
+	}
+	listenLine := regexp.MustCompile(`(?m)^listen = .*$`)
+	if !listenLine.Match(policy) {
+		return nil, fmt.Errorf("%s has no top-level listen line to replace", s.policy)
+	}
+	policy = listenLine.ReplaceAll(policy, fmt.Appendf(nil, "listen = %q\ntrusted = []", d.listen))
+	config := fmt.Sprintf(`%s
+
+[store]
+max_keys = %d
+snapshot = %q
+snapshot_interval = %q
+
+[metrics]
+listen = %q
+
+[admin]
+socket = %q
+
+[log]
+level = "info"
+`, policy, s.maxKeys, filepath.Join(s.out, "counters.snap"), s.snapshot.String(), metrics, d.admin)
+	if err := os.WriteFile(d.config, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	if d.log, err = os.Create(filepath.Join(s.out, "sluice.log")); err != nil {
+		return nil, err
+	}
+	d.cmd = exec.Command(s.sluice, "serve", "-config", d.config)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sluice: %w", err)
+	}
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			if _, err = scrape(d.metrics); err == nil {
+				return d, nil
+			}
+		}
+		select {
+		case <-d.exited:
+			return nil, fmt.Errorf("sluice exited at start; see %s", d.log.Name())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.kill()
+			return nil, fmt.Errorf("sluice does not answer on %s and %s: %v", listen, metrics, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// reload sends SIGHUP and waits for the successful reload to be counted.
+func (d *daemon) reload() error {
+	m, err := scrape(d.metrics)
+	if err != nil {
+		return err
+	}
+	n := m.value("sluice_config_reloads_total", "result", "success")
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		if m, err = scrape(d.metrics); err != nil {
+			return err
+		}
+		if m.value("sluice_config_reloads_total", "result", "success") > n {
+			return nil
+		}
+		if m.value("sluice_config_last_reload_successful") == 0 {
+			return errors.New("the reload was refused")
+		}
+	}
+	return errors.New("no reload counted within 10s")
+}
+
+// countersTop runs `sluice counters top` against the admin socket.
+func (d *daemon) countersTop() (time.Duration, error) {
+	start := time.Now()
+	out, err := exec.Command(d.bin, "counters", "top", "-socket", d.admin, "-n", "20").CombinedOutput()
+	took := time.Since(start)
+	if err != nil {
+		return took, fmt.Errorf("sluice counters top: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	if len(bytes.TrimSpace(out)) == 0 {
+		return took, errors.New("sluice counters top printed nothing")
+	}
+	return took, nil
+}
+
+// stop ends sluice with SIGTERM, as systemd does, and returns its exit
+// code (-1 if it had to be killed).
+func (d *daemon) stop(timeout time.Duration) int {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+		return d.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		d.kill()
+		return -1
+	}
+}
+
+func (d *daemon) kill() {
+	select {
+	case <-d.exited:
+	default:
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+	d.log.Close()
+}
