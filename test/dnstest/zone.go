@@ -338,3 +338,33 @@ func EscapeTXT(raw string) string {
 	}
 	return b.String()
 }
+
+// HostileZone is a sender zone built to cost a receiver memory: every name
+// under huge.attacker.example answers an A query with 4,000 records (64 KB
+// over TCP, about the most one DNS message holds), every name under
+// big.attacker.example with 1,800 (29 KB), and each name's SPF record asks
+// for its own addresses. HostileSender gives a fresh name per message, so
+// that no cache saves the receiver a query.
+func HostileZone() *Zone {
+	return NewZone().MustAddText(
+		`*.huge.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.big.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+	).AddAddrs("*.huge.attacker.example.", 3600, Addrs("10.0.0.0", HugeAddrs)...).
+		AddAddrs("*.big.attacker.example.", 3600, Addrs("10.1.0.0", BigAddrs)...)
+}
+
+// The number of addresses of each name in HostileZone.
+const (
+	HugeAddrs = 4000
+	BigAddrs  = 1800
+)
+
+// HostileSender is the sender of message i from HostileZone: a fresh
+// name each time, under huge for even i and big for odd i.
+func HostileSender(i int) string {
+	kind := "huge"
+	if i%2 == 1 {
+		kind = "big"
+	}
+	return fmt.Sprintf("a@r%d.%s.attacker.example", i, kind)
+}
