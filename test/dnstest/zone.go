@@ -339,18 +339,27 @@ func EscapeTXT(raw string) string {
 	return b.String()
 }
 
-// HostileZone is a sender zone built to cost a receiver memory: every name
-// under huge.attacker.example answers an A query with 4,000 records (64 KB
-// over TCP, about the most one DNS message holds), every name under
-// big.attacker.example with 1,800 (29 KB), and each name's SPF record asks
-// for its own addresses. HostileSender gives a fresh name per message, so
-// that no cache saves the receiver a query.
+// HostileZone is a sender zone built to cost a receiver memory. Every
+// name under huge.attacker.example answers an A query with 4,000 records
+// (64 KB over TCP, about the most one DNS message holds); every name under
+// big.attacker.example with 1,800 (29 KB); every name under
+// wide.attacker.example has 110 TXT records of 255 bytes besides its SPF
+// record (29 KB) and one address. Each name's SPF record asks for its own
+// addresses. HostileSender gives a fresh name per message, so that no
+// cache saves the receiver a query.
 func HostileZone() *Zone {
-	return NewZone().MustAddText(
+	z := NewZone().MustAddText(
 		`*.huge.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
 		`*.big.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.wide.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.wide.attacker.example. 3600 IN A 10.2.0.1`,
 	).AddAddrs("*.huge.attacker.example.", 3600, Addrs("10.0.0.0", HugeAddrs)...).
 		AddAddrs("*.big.attacker.example.", 3600, Addrs("10.1.0.0", BigAddrs)...)
+	for i := range 110 {
+		z.Add(&dns.TXT{Hdr: dns.RR_Header{Name: "*.wide.attacker.example.", Rrtype: dns.TypeTXT, Ttl: 3600},
+			Txt: []string{fmt.Sprintf("verification-%03d=%s", i, strings.Repeat("x", 234))}})
+	}
+	return z
 }
 
 // The number of addresses of each name in HostileZone.
@@ -360,11 +369,8 @@ const (
 )
 
 // HostileSender is the sender of message i from HostileZone: a fresh
-// name each time, under huge for even i and big for odd i.
+// name each time, under huge, big and wide in turn.
 func HostileSender(i int) string {
-	kind := "huge"
-	if i%2 == 1 {
-		kind = "big"
-	}
+	kind := [...]string{"huge", "big", "wide"}[i%3]
 	return fmt.Sprintf("a@r%d.%s.attacker.example", i, kind)
 }
