@@ -28,6 +28,8 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
+
+	"sluice/guard"
 )
 
 // resolvConf is where the system's nameservers are read from when the
@@ -178,10 +180,12 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 	)
 	go func() {
 		defer close(done6)
+		defer guard.RecoverErr(r.log, "dns lookup", &err6)
 		v6, err6 = r.lookupFamily(ctx, host, dns.TypeAAAA)
 	}()
 	v4, err4 := r.lookupFamily(ctx, host, dns.TypeA)
 	<-done6
+	err6 = dnsError(err6, host)
 	if all := append(v4, v6...); len(all) > 0 {
 		return all, nil
 	}
@@ -208,6 +212,22 @@ func (r *Resolver) lookupFamily(ctx context.Context, host string, qtype uint16) 
 	return a.netIPs(qtype), nil
 }
 
+// dnsError gives err the form every error of the resolver has (the SPF
+// library type-asserts *net.DNSError), named for name. An error of
+// another kind — a panic recovered in one of the resolver's goroutines —
+// is temporary: the next try may go well.
+func dnsError(err error, name string) error {
+	if err == nil {
+		return nil
+	}
+	var de *net.DNSError
+	if !errors.As(err, &de) {
+		return &net.DNSError{Err: err.Error(), Name: name, IsTemporary: true, UnwrapErr: err}
+	}
+	e := *de
+	e.Name = name
+	return &e
+}
 
 func isNotFound(err error) bool {
 	var de *net.DNSError
@@ -239,12 +259,15 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (answer
 		// stop when the first one gives up; the timeout bounds it.
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
 		go func() {
-			defer cancel()
+			defer func() {
+				cancel()
+				r.mu.Lock()
+				delete(r.flight, k)
+				r.mu.Unlock()
+				close(c.done)
+			}()
+			defer guard.RecoverErr(r.log, "dns lookup", &c.err)
 			c.ans, c.err = r.resolve(qctx, fqdn, qtype, 0)
-			r.mu.Lock()
-			delete(r.flight, k)
-			r.mu.Unlock()
-			close(c.done)
 		}()
 	}
 	r.mu.Unlock()
@@ -254,13 +277,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (answer
 		return answer{}, ctxError(ctx.Err(), name)
 	}
 	if c.err != nil {
-		var de *net.DNSError
-		if errors.As(c.err, &de) {
-			e := *de
-			e.Name = name
-			return answer{}, &e
-		}
-		return answer{}, c.err
+		return answer{}, dnsError(c.err, name)
 	}
 	return r.result(c.ans, k, b, name)
 }
