@@ -9,17 +9,24 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
+	"sluice/conf"
 	"sluice/test/dnstest"
 )
+
+// patient gives lookups the time a server takes to build answers of
+// thousands of records on a busy machine, so that a slow answer does not
+// pass for the bound under test.
+func patient(c *Config) { c.Timeout = conf.Duration(3 * time.Second) }
 
 // An answer over MaxMessage is refused with a permanent error that says
 // so, after one query over UDP and one over TCP: no other try could get
 // a different one. An answer just under it is read whole.
 func TestTooLargeAnswer(t *testing.T) {
-	r, srv, _ := newTest(t, dnstest.HostileZone())
+	r, srv, _ := newTest(t, dnstest.HostileZone(), patient)
 	_, err := r.LookupNetIP(context.Background(), "ip4", "r1.huge.attacker.example")
 	de := dnsErr(t, err)
 	if !errors.Is(err, ErrTooLarge) || de.Temporary() || de.IsNotFound || !strings.Contains(de.Err, "too large") {
@@ -60,7 +67,7 @@ func TestRecordCaps(t *testing.T) {
 // The cache holds at most cache_bytes of answers, counted as they take
 // memory: a zone's big answers push out older ones rather than grow it.
 func TestCacheBytesBound(t *testing.T) {
-	r, srv, _ := newTest(t, dnstest.HostileZone(), func(c *Config) { c.CacheBytes = minCacheBytes })
+	r, srv, _ := newTest(t, dnstest.HostileZone(), patient, func(c *Config) { c.CacheBytes = minCacheBytes })
 	ctx := context.Background()
 	const n = 60 // ~30 KB each: about twice what the cache holds
 	for i := range n {
@@ -94,7 +101,7 @@ func TestCacheCountsWhatItHolds(t *testing.T) {
 	}
 	for _, kind := range []string{"big", "wide"} {
 		t.Run(kind, func(t *testing.T) {
-			r, _, _ := newTest(t, dnstest.HostileZone(), func(c *Config) { c.CacheBytes = 64 << 20; c.Rate = 1e6; c.Burst = 1e5 })
+			r, _, _ := newTest(t, dnstest.HostileZone(), patient, func(c *Config) { c.CacheBytes = 64 << 20; c.Rate = 1e6; c.Burst = 1e5 })
 			ctx := context.Background()
 			for i := range 100 {
 				name := fmt.Sprintf("r%d.%s.attacker.example", i, kind)
@@ -119,7 +126,7 @@ func TestCacheCountsWhatItHolds(t *testing.T) {
 // ones included; past it lookups fail with a permanent ErrBudget and send
 // nothing.
 func TestBudget(t *testing.T) {
-	r, srv, _ := newTest(t, dnstest.HostileZone())
+	r, srv, _ := newTest(t, dnstest.HostileZone(), patient)
 	name := func(i int) string { return fmt.Sprintf("r%d.wide.attacker.example", i) }
 	// an answer of another context fills the cache
 	if _, err := r.LookupTXT(context.Background(), name(0)); err != nil {
