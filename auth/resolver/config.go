@@ -96,13 +96,13 @@ func (c *Config) Validate() error {
 		return conf.Errorf("timeout", "%s is above %s: the MTA would give up on sluice while it waits for DNS", c.Timeout.D(), maxTimeout)
 	}
 	if c.CacheBytes < minCacheBytes {
-		return conf.Errorf("cache_bytes", "%d is below %d: the value is in bytes (32 MB: cache_bytes = 33_554_432)", c.CacheBytes, minCacheBytes)
+		return conf.Errorf("cache_bytes", "%d is below %d: the value is in bytes (32 MiB: cache_bytes = 33_554_432)", c.CacheBytes, minCacheBytes)
 	}
 	if c.CacheSize < 0 {
 		return conf.Errorf("cache_size", "must not be negative")
 	}
 	if c.CheckBytes < minCheckBytes {
-		return conf.Errorf("check_bytes", "%d is below %d: the value is in bytes, and one SPF evaluation may need several answers of up to %d", c.CheckBytes, minCheckBytes, MaxMessage)
+		return conf.Errorf("check_bytes", "%d is below %d: the value is in bytes, and one check may need many answers of up to %d bytes", c.CheckBytes, minCheckBytes, MaxMessage)
 	}
 	if c.MaxTTL.D() < 0 {
 		return conf.Errorf("max_ttl", "must not be negative")
