@@ -6,7 +6,6 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +55,7 @@ enabled = true
 	rss := func() float64 { return scrape(t, maddr).value("process_resident_memory_bytes") }
 	mb := func(b float64) string { return fmt.Sprintf("%.1f MB", b/(1<<20)) }
 
-	s := hostileSession(t, sl.Listen, "192.0.2.1")
+	s := milterSession(t, sl.Listen, "192.0.2.1")
 	send := func(i int) {
 		t.Helper()
 		act, err := s.Mail(dnstest.HostileSender(i), nil)
@@ -96,43 +95,10 @@ enabled = true
 			t.Errorf("%s: Received-SPF %q, want %s", dnstest.HostileSender(i), got, want)
 		}
 	}
-	last := hostileSession(t, sl.Listen, "10.1.7.7") // the last of the 1,800
+	last := milterSession(t, sl.Listen, "10.1.7.7") // the last of the 1,800
 	if got := receivedSPF(t, last, dnstest.HostileSender(1)); !strings.HasPrefix(got, "pass ") {
 		t.Errorf("the last of %d addresses: Received-SPF %q, want pass", dnstest.BigAddrs, got)
 	}
-}
-
-// hostileSession opens a milter session with sluice as Postfix does, up to
-// HELO, for a client at ip.
-func hostileSession(t *testing.T, listen, ip string) *milter.ClientSession {
-	t.Helper()
-	network, addr, err := mta.SplitSpec(listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := milter.NewClientWithOptions(network, addr, milter.ClientOptions{
-		Dialer:       &net.Dialer{Timeout: 5 * time.Second},
-		ReadTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
-	s, err := c.Session()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() }) // before sluice stops, which waits for its sessions
-	if err := s.Macros(milter.CodeConn, "{daemon_name}", "smtpd", "j", "mx.example.test", "{client_addr}", ip); err != nil {
-		t.Fatal(err)
-	}
-	for _, step := range []func() (*milter.Action, error){
-		func() (*milter.Action, error) { return s.Conn("unknown", milter.FamilyInet, 25, ip) },
-		func() (*milter.Action, error) { return s.Helo("client.example") },
-	} {
-		if act, err := step(); err != nil || act.Code != milter.ActContinue {
-			t.Fatalf("client %s: %+v %v", ip, act, err)
-		}
-	}
-	return s
 }
 
 // receivedSPF sends one whole message from sender on s and returns the
