@@ -15,7 +15,9 @@ import (
 // patient gives lookups the time a server takes to build answers of
 // thousands of records on a busy machine, so that a slow answer does not
 // pass for the bound under test.
-func patient(cfg *Config) { cfg.DNS.Timeout = conf.Duration(3 * time.Second) }
+func patient(cfg *Config) {
+	cfg.DNS.Timeout = conf.Duration(10 * time.Second) // the most [dns] allows
+}
 
 // boundsZone serves answers past sluice's DNS bounds, and policies that
 // reach them.

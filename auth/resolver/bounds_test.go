@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/miekg/dns"
 
@@ -20,7 +19,7 @@ import (
 // patient gives lookups the time a server takes to build answers of
 // thousands of records on a busy machine, so that a slow answer does not
 // pass for the bound under test.
-func patient(c *Config) { c.Timeout = conf.Duration(3 * time.Second) }
+func patient(c *Config) { c.Timeout = conf.Duration(maxTimeout) }
 
 // An answer over MaxMessage is refused with a permanent error that says
 // so, after one query over UDP and one over TCP: no other try could get
