@@ -27,9 +27,6 @@ const hostileHeapBound = 16 << 20
 // heap afterwards must be under hostileHeapBound, and each message must
 // still get an SPF result.
 func TestHostileZoneHeapBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("sends 400 messages over DNS")
-	}
 	c, _ := realChecker(t, dnstest.HostileZone(), func(cfg *Config) { patient(cfg); cfg.SPF.Enabled = true })
 	const n = 400
 	before := heapInUse()
