@@ -72,7 +72,8 @@ type Checker struct {
 	fqdnSender     *rule
 	domainExists   *dnsRules
 
-	prefetch chan struct{} // bounds lookups started at Connect
+	checkBytes int           // DNS answer bytes one check may read for one message
+	prefetch   chan struct{} // bounds lookups started at Connect
 }
 
 // maxPrefetch bounds the Connect-time lookups in flight, so a connection
@@ -97,7 +98,7 @@ func New(cfg *Config, log *zap.Logger) (*Checker, error) {
 }
 
 func newChecker(cfg *Config, log *zap.Logger, res dnsResolver) (*Checker, error) {
-	c := &Checker{id: cfg.AuthservID, res: res, log: log, prefetch: make(chan struct{}, maxPrefetch)}
+	c := &Checker{id: cfg.AuthservID, res: res, log: log, checkBytes: cfg.DNS.CheckBytes, prefetch: make(chan struct{}, maxPrefetch)}
 	var err error
 	if cfg.SPF.Enabled {
 		if c.spf, err = newSPFChecker(&cfg.SPF); err != nil {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/auth/access"
+	"sluice/auth/resolver"
 	"sluice/policy"
 )
 
@@ -234,6 +235,16 @@ func (a *accessCheck) check(s string) []outcome {
 	return a.rules[e].outcome(a.name, strings.ToLower(e.Action.String()), safe(shown), detail)
 }
 
+// budget bounds the DNS answers one check reads for one message (see
+// resolver.WithBudget). Each check has its own, so that a sender's zone
+// cannot use up what the client checks need, nor the other way round.
+func (c *Checker) budget(ctx context.Context) context.Context {
+	if c.checkBytes <= 0 {
+		return ctx
+	}
+	return resolver.WithBudget(ctx, c.checkBytes)
+}
+
 // clientOutcomes runs the client checks; Connect uses it to warm the cache.
 func (c *Checker) clientOutcomes(ctx context.Context, ip netip.Addr) {
 	var wg sync.WaitGroup
@@ -253,6 +264,7 @@ func (c *Checker) rdnsOutcome(ctx context.Context, ip netip.Addr) []outcome {
 	}
 	const name = "client_rdns"
 	key := ip.String()
+	ctx = c.budget(ctx)
 	names, err := c.res.LookupAddr(ctx, key)
 	if err != nil && !isNotFound(err) {
 		if temporary(err) {
@@ -330,7 +342,7 @@ var (
 
 func (c *Checker) dnsblOutcome(ctx context.Context, b *dnsblCheck, ip netip.Addr) []outcome {
 	key := ip.String()
-	addrs, err := c.res.LookupNetIP(ctx, "ip4", reverseName(ip)+"."+b.zone)
+	addrs, err := c.res.LookupNetIP(c.budget(ctx), "ip4", reverseName(ip)+"."+b.zone)
 	if err != nil && !isNotFound(err) {
 		return b.temp.outcome(b.source, "temperror", key, fmt.Sprintf("%s lookup failed: %v", b.zone, err))
 	}
@@ -472,10 +484,14 @@ func (c *Checker) checkDomainExists(ctx context.Context, sender string) []outcom
 	}
 	key := safe(sender)
 	d := safe(domain)
+	ctx = c.budget(ctx)
 	mxs, err := c.res.LookupMX(ctx, domain)
 	switch {
 	case isNotFound(err):
 		return r.fail.outcome(name, "fail", key, fmt.Sprintf("%s does not exist", d))
+	case errors.Is(err, resolver.ErrTooLarge):
+		// The domain answered, with more than sluice reads: it exists.
+		return pass(name, fmt.Sprintf("%s has MX records (an answer too large to read)", d))
 	case err != nil:
 		return r.temp.outcome(name, "temperror", key, fmt.Sprintf("MX lookup for %s failed: %v", d, err))
 	case len(mxs) == 1 && mxs[0].Host == ".":
@@ -487,6 +503,8 @@ func (c *Checker) checkDomainExists(ctx context.Context, sender string) []outcom
 	switch {
 	case len(addrs) > 0:
 		return pass(name, fmt.Sprintf("%s has addresses", d))
+	case errors.Is(err, resolver.ErrTooLarge):
+		return pass(name, fmt.Sprintf("%s has addresses (an answer too large to read)", d))
 	case err != nil && !isNotFound(err):
 		return r.temp.outcome(name, "temperror", key, fmt.Sprintf("address lookup for %s failed: %v", d, err))
 	}

@@ -11,6 +11,7 @@ import (
 
 	"blitiri.com.ar/go/spf"
 
+	"sluice/auth/resolver"
 	"sluice/policy"
 )
 
@@ -82,6 +83,7 @@ func (c *Checker) checkSPF(ctx context.Context, f *policy.Facts) spfOutcome {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.spf.timeout)
 	defer cancel()
+	ctx = c.budget(ctx)
 	if bad := c.recordSyntax(ctx, domain); bad != "" {
 		o.result, o.problem = spf.PermError, bad
 		return o
@@ -98,8 +100,19 @@ func (c *Checker) checkSPF(ctx context.Context, f *policy.Facts) spfOutcome {
 		if err != nil {
 			o.problem = err.Error()
 		}
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			o.result, o.problem = spf.TempError, "SPF evaluation timed out"
+		case errors.Is(err, resolver.ErrTooLarge), errors.Is(err, resolver.ErrBudget):
+			// The library calls any DNS failure of a term a temperror,
+			// but these are the zone's own doing and a retry would meet
+			// them again: the policy needs more DNS than a receiver
+			// reads, as RFC 7208 §4.6.4 says of too many lookups. Only
+			// the policy's own terms get here: the library ignores the
+			// failures of a ptr term's lookups (§5.5), and check_bytes
+			// leaves room for all a ptr term can read, so a client's
+			// reverse zone cannot turn a fail into a permerror.
+			o.result = spf.PermError
 		}
 	case spf.Pass, spf.Fail, spf.SoftFail, spf.Neutral:
 		o.mechanism = matched(err)

@@ -4,8 +4,6 @@ import (
 	"container/list"
 	"sync"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 type key struct {
@@ -13,30 +11,28 @@ type key struct {
 	qtype uint16
 }
 
-// answer is the outcome of one question: the records of the asked type at
-// the end of any CNAME chain, or a negative answer.
-type answer struct {
-	rrs      []dns.RR
-	nxdomain bool
-}
-
 type entry struct {
 	key     key
 	ans     answer
+	cost    int
 	expires time.Time
 }
 
-// cache keeps answers for their TTL, at most size of them, dropping the
-// least recently used first.
+// cache keeps answers for their TTL, at most size of them and maxBytes of
+// memory in all (as answer.cost counts it), dropping the least recently
+// used first. Counting bytes is what bounds it: a zone decides how big its
+// answers are.
 type cache struct {
-	mu    sync.Mutex
-	size  int
-	lru   *list.List // of *entry, most recent at the front
-	index map[key]*list.Element
+	mu       sync.Mutex
+	size     int
+	maxBytes int
+	bytes    int
+	lru      *list.List // of *entry, most recent at the front
+	index    map[key]*list.Element
 }
 
-func newCache(size int) *cache {
-	return &cache{size: size, lru: list.New(), index: make(map[key]*list.Element)}
+func newCache(size, maxBytes int) *cache {
+	return &cache{size: size, maxBytes: maxBytes, lru: list.New(), index: make(map[key]*list.Element)}
 }
 
 func (c *cache) get(k key, now time.Time) (answer, bool) {
@@ -51,8 +47,7 @@ func (c *cache) get(k key, now time.Time) (answer, bool) {
 	}
 	e := el.Value.(*entry)
 	if !now.Before(e.expires) {
-		c.lru.Remove(el)
-		delete(c.index, k)
+		c.remove(el)
 		return answer{}, false
 	}
 	c.lru.MoveToFront(el)
@@ -63,24 +58,31 @@ func (c *cache) put(k key, a answer, ttl time.Duration, now time.Time) {
 	if c == nil || ttl <= 0 || c.size <= 0 {
 		return
 	}
+	cost := a.cost(k.name)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.index[k]; ok {
-		e := el.Value.(*entry)
-		e.ans, e.expires = a, now.Add(ttl)
-		c.lru.MoveToFront(el)
+		c.remove(el)
+	}
+	if cost > c.maxBytes {
 		return
 	}
-	for c.lru.Len() >= c.size {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.index, old.Value.(*entry).key)
+	for c.lru.Len() >= c.size || c.bytes+cost > c.maxBytes {
+		c.remove(c.lru.Back())
 	}
-	c.index[k] = c.lru.PushFront(&entry{key: k, ans: a, expires: now.Add(ttl)})
+	c.index[k] = c.lru.PushFront(&entry{key: k, ans: a, cost: cost, expires: now.Add(ttl)})
+	c.bytes += cost
 }
 
-func (c *cache) len() int {
+func (c *cache) remove(el *list.Element) {
+	e := c.lru.Remove(el).(*entry)
+	delete(c.index, e.key)
+	c.bytes -= e.cost
+}
+
+// usage is the number of answers kept and the bytes they are counted as.
+func (c *cache) usage() (n, bytes int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len()
+	return c.lru.Len(), c.bytes
 }

@@ -19,10 +19,19 @@ type Config struct {
 	// Timeout bounds one lookup, every server and retry included. It
 	// must stay well below the MTA's milter timeout.
 	Timeout conf.Duration `toml:"timeout"`
-	// CacheSize is how many answers are kept. Answers are kept for their
-	// TTL (negative ones for the SOA minimum, RFC 2308); TTL 0 is never
-	// cached.
+	// CacheBytes bounds the memory of the cache: answers are counted at
+	// what they take (their data and a fixed cost each), so a zone that
+	// serves huge answers gets fewer of them kept, not more memory.
+	CacheBytes int `toml:"cache_bytes"`
+	// CacheSize is how many answers are kept, whatever their size.
+	// Answers are kept for their TTL (negative ones for the SOA minimum,
+	// RFC 2308); TTL 0 is never cached.
 	CacheSize int `toml:"cache_size"`
+	// CheckBytes bounds the DNS answers one check may read for one
+	// message, counted as the cache counts them: past it the check's
+	// lookups fail (SPF: permerror). SPF's lookup limits bound how many
+	// queries a sender's zone can cause; this bounds their size.
+	CheckBytes int `toml:"check_bytes"`
 	// MaxTTL caps how long any answer is kept.
 	MaxTTL conf.Duration `toml:"max_ttl"`
 	// Rate caps the queries sent per second by the whole process, so a
@@ -37,8 +46,14 @@ func (c *Config) Defaults() {
 	if c.Timeout == 0 {
 		c.Timeout = conf.Duration(3 * time.Second)
 	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = 32 << 20
+	}
 	if c.CacheSize == 0 {
 		c.CacheSize = 10000
+	}
+	if c.CheckBytes == 0 {
+		c.CheckBytes = 1 << 20
 	}
 	if c.MaxTTL == 0 {
 		c.MaxTTL = conf.Duration(time.Hour)
@@ -50,6 +65,18 @@ func (c *Config) Defaults() {
 		c.Burst = max(1, int(c.Rate/5))
 	}
 }
+
+// The least cache_bytes and check_bytes may be: less is likely a value
+// meant in kilobytes or megabytes. check_bytes must also leave room for
+// what a client's own reverse zone can make one SPF evaluation read for a
+// ptr term — 10 PTR names, each with a full answer of addresses in each
+// family, some 280 KB as answers are counted — and still for the policy's
+// own records: RFC 7208 §5.5 ignores that zone's failures, and its size
+// must not fail the policy either.
+const (
+	minCacheBytes = 1 << 20
+	minCheckBytes = 512 << 10
+)
 
 // maxTimeout keeps a lookup well inside Postfix's default
 // milter_command_timeout (30s): one stage may wait for a few in a row.
@@ -68,8 +95,14 @@ func (c *Config) Validate() error {
 	if c.Timeout.D() > maxTimeout {
 		return conf.Errorf("timeout", "%s is above %s: the MTA would give up on sluice while it waits for DNS", c.Timeout.D(), maxTimeout)
 	}
+	if c.CacheBytes < minCacheBytes {
+		return conf.Errorf("cache_bytes", "%d is below %d: the value is in bytes (32 MiB: cache_bytes = 33_554_432)", c.CacheBytes, minCacheBytes)
+	}
 	if c.CacheSize < 0 {
 		return conf.Errorf("cache_size", "must not be negative")
+	}
+	if c.CheckBytes < minCheckBytes {
+		return conf.Errorf("check_bytes", "%d is below %d: the value is in bytes, and one check may need many answers of up to %d bytes", c.CheckBytes, minCheckBytes, MaxMessage)
 	}
 	if c.MaxTTL.D() < 0 {
 		return conf.Errorf("max_ttl", "must not be negative")

@@ -1,13 +1,23 @@
 // Package resolver answers the DNS questions of sluice's checks through the
-// configured servers, with a TTL-honouring cache and a process-wide rate cap.
+// configured servers, with a TTL-honouring cache and a process-wide rate cap,
+// and bounds what any zone's answers can cost in memory.
+//
+// The bounds, whatever a zone serves: an answer over TCP of more than
+// MaxMessage bytes is refused unread (ErrTooLarge; UDP answers are cut at
+// the EDNS size, 1232); an answer is kept as the checks read it (an
+// address is 4 or 16 bytes, MX answers keep 11 names, PTR answers 10); the
+// cache counts what its answers take and holds cache_bytes; and a check
+// given a budget (WithBudget) reads at most that many bytes of answers.
 package resolver
 
 import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -18,6 +28,8 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
+
+	"sluice/guard"
 )
 
 // resolvConf is where the system's nameservers are read from when the
@@ -83,7 +95,7 @@ func New(cfg *Config, log *zap.Logger) (*Resolver, error) {
 		servers: servers,
 		timeout: cfg.Timeout.D(),
 		maxTTL:  cfg.MaxTTL.D(),
-		cache:   newCache(cfg.CacheSize),
+		cache:   newCache(cfg.CacheSize, cfg.CacheBytes),
 		limit:   rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst),
 		log:     log,
 		now:     time.Now,
@@ -94,8 +106,9 @@ func New(cfg *Config, log *zap.Logger) (*Resolver, error) {
 // Servers are the addresses queried, in order.
 func (r *Resolver) Servers() []string { return slices.Clone(r.servers) }
 
-// CacheLen is the number of answers in the cache.
-func (r *Resolver) CacheLen() int { return r.cache.len() }
+// CacheUsage is the number of answers in the cache and the bytes they are
+// counted as.
+func (r *Resolver) CacheUsage() (answers, bytes int) { return r.cache.usage() }
 
 // LookupTXT returns the TXT records of name, each record's strings joined.
 func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
@@ -103,37 +116,27 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, rr := range a.rrs {
-		if t, ok := rr.(*dns.TXT); ok {
-			var b strings.Builder
-			for _, s := range t.Txt {
-				b.WriteString(unescape(s))
-			}
-			out = append(out, b.String())
-		}
-	}
-	return out, nil
+	return slices.Clone(a.strs), nil
 }
 
-// LookupMX returns the MX records of name, lowest preference first. A null
-// MX (RFC 7505) comes back as one record with host ".".
+// LookupMX returns the MX records of name, lowest preference first; of a
+// longer answer, the first 11 in the server's order (see maxMX). A null MX
+// (RFC 7505) comes back as one record with host ".".
 func (r *Resolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
 	a, err := r.query(ctx, name, dns.TypeMX)
 	if err != nil {
 		return nil, err
 	}
-	var out []*net.MX
-	for _, rr := range a.rrs {
-		if mx, ok := rr.(*dns.MX); ok {
-			out = append(out, &net.MX{Host: mx.Mx, Pref: mx.Preference})
-		}
+	out := make([]*net.MX, 0, len(a.strs))
+	for i, host := range a.strs {
+		out = append(out, &net.MX{Host: host, Pref: a.prefs[i]})
 	}
 	slices.SortStableFunc(out, func(a, b *net.MX) int { return cmp.Compare(a.Pref, b.Pref) })
 	return out, nil
 }
 
-// LookupAddr returns the PTR names of an address, fully qualified.
+// LookupAddr returns the PTR names of an address, fully qualified; of a
+// longer answer, the first 10 (see maxPTR).
 func (r *Resolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
 	rev, err := dns.ReverseAddr(addr)
 	if err != nil {
@@ -143,13 +146,7 @@ func (r *Resolver) LookupAddr(ctx context.Context, addr string) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, rr := range a.rrs {
-		if p, ok := rr.(*dns.PTR); ok {
-			out = append(out, p.Ptr)
-		}
-	}
-	return out, nil
+	return slices.Clone(a.strs), nil
 }
 
 // LookupIPAddr returns the IPv4 and IPv6 addresses of host.
@@ -183,10 +180,12 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 	)
 	go func() {
 		defer close(done6)
+		defer guard.RecoverErr(r.log, "dns lookup", &err6)
 		v6, err6 = r.lookupFamily(ctx, host, dns.TypeAAAA)
 	}()
 	v4, err4 := r.lookupFamily(ctx, host, dns.TypeA)
 	<-done6
+	err6 = dnsError(err6, host)
 	if all := append(v4, v6...); len(all) > 0 {
 		return all, nil
 	}
@@ -210,23 +209,24 @@ func (r *Resolver) lookupFamily(ctx context.Context, host string, qtype uint16) 
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
-	for _, rr := range a.rrs {
-		var ip net.IP
-		switch rr := rr.(type) {
-		case *dns.A:
-			ip = rr.A
-		case *dns.AAAA:
-			ip = rr.AAAA
-		}
-		if addr, ok := netip.AddrFromSlice(ip); ok {
-			if qtype == dns.TypeA {
-				addr = addr.Unmap()
-			}
-			out = append(out, addr)
-		}
+	return a.netIPs(qtype), nil
+}
+
+// dnsError gives err the form every error of the resolver has (the SPF
+// library type-asserts *net.DNSError), named for name. An error of
+// another kind — a panic recovered in one of the resolver's goroutines —
+// is temporary: the next try may go well.
+func dnsError(err error, name string) error {
+	if err == nil {
+		return nil
 	}
-	return out, nil
+	var de *net.DNSError
+	if !errors.As(err, &de) {
+		return &net.DNSError{Err: err.Error(), Name: name, IsTemporary: true, UnwrapErr: err}
+	}
+	e := *de
+	e.Name = name
+	return &e
 }
 
 func isNotFound(err error) bool {
@@ -243,8 +243,12 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (answer
 		return answer{}, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 	}
 	k := key{strings.ToLower(fqdn), qtype}
+	b := budgetOf(ctx)
+	if b.spent() {
+		return answer{}, b.error(name)
+	}
 	if a, ok := r.cache.get(k, r.now()); ok {
-		return r.result(a, name)
+		return r.result(a, k, b, name)
 	}
 	r.mu.Lock()
 	c, ok := r.flight[k]
@@ -255,12 +259,15 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (answer
 		// stop when the first one gives up; the timeout bounds it.
 		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
 		go func() {
-			defer cancel()
+			defer func() {
+				cancel()
+				r.mu.Lock()
+				delete(r.flight, k)
+				r.mu.Unlock()
+				close(c.done)
+			}()
+			defer guard.RecoverErr(r.log, "dns lookup", &c.err)
 			c.ans, c.err = r.resolve(qctx, fqdn, qtype, 0)
-			r.mu.Lock()
-			delete(r.flight, k)
-			r.mu.Unlock()
-			close(c.done)
 		}()
 	}
 	r.mu.Unlock()
@@ -270,18 +277,16 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (answer
 		return answer{}, ctxError(ctx.Err(), name)
 	}
 	if c.err != nil {
-		var de *net.DNSError
-		if errors.As(c.err, &de) {
-			e := *de
-			e.Name = name
-			return answer{}, &e
-		}
-		return answer{}, c.err
+		return answer{}, dnsError(c.err, name)
 	}
-	return r.result(c.ans, name)
+	return r.result(c.ans, k, b, name)
 }
 
-func (r *Resolver) result(a answer, name string) (answer, error) {
+// result charges the answer to the caller's budget and hands it over.
+func (r *Resolver) result(a answer, k key, b *budget, name string) (answer, error) {
+	if !b.take(a.cost(k.name)) {
+		return answer{}, b.error(name)
+	}
 	if a.nxdomain {
 		return answer{}, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 	}
@@ -329,7 +334,8 @@ func interpret(m *dns.Msg, fqdn string, qtype uint16, maxTTL time.Duration) (ans
 	ttl := uint32(maxTTL / time.Second)
 	cur := fqdn
 	seen := map[string]bool{strings.ToLower(cur): true}
-	var rrs []dns.RR
+	var a answer
+	found := false
 	cnamed := false
 	for {
 		var target string
@@ -339,14 +345,15 @@ func interpret(m *dns.Msg, fqdn string, qtype uint16, maxTTL time.Duration) (ans
 				continue
 			}
 			if h.Rrtype == qtype {
-				rrs = append(rrs, rr)
+				a.add(rr)
+				found = true
 				ttl = min(ttl, h.Ttl)
 			} else if c, ok := rr.(*dns.CNAME); ok && target == "" {
 				target = c.Target
 				ttl = min(ttl, h.Ttl)
 			}
 		}
-		if len(rrs) > 0 || target == "" {
+		if found || target == "" {
 			break
 		}
 		if seen[strings.ToLower(target)] {
@@ -358,8 +365,9 @@ func interpret(m *dns.Msg, fqdn string, qtype uint16, maxTTL time.Duration) (ans
 		seen[strings.ToLower(target)] = true
 		cur, cnamed = target, true
 	}
-	if len(rrs) > 0 {
-		return answer{rrs: rrs}, time.Duration(ttl) * time.Second, "", nil
+	if found {
+		a.trim()
+		return a, time.Duration(ttl) * time.Second, "", nil
 	}
 	soa := soaTTL(m)
 	if m.Rcode == dns.RcodeNameError {
@@ -395,7 +403,7 @@ func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (*dn
 	}
 	q := new(dns.Msg)
 	q.SetQuestion(fqdn, qtype)
-	q.SetEdns0(1232, false)
+	q.SetEdns0(ednsSize, false)
 	attempts := max(2, len(r.servers))
 	var lastErr *net.DNSError
 	for i := range attempts {
@@ -411,6 +419,13 @@ func (r *Resolver) exchange(ctx context.Context, fqdn string, qtype uint16) (*dn
 		actx, cancel := context.WithTimeout(ctx, left/time.Duration(attempts-i))
 		m, err := r.ask(actx, ctx, server, q)
 		cancel()
+		if errors.Is(err, ErrTooLarge) {
+			// The zone's answer, not a fault of the path to it: another
+			// try or server would get the same.
+			r.log.Debug("dns answer too large", zap.String("name", fqdn), zap.String("type", dns.TypeToString[qtype]),
+				zap.String("server", server), zap.Error(err))
+			return nil, server, &net.DNSError{Err: err.Error(), Name: fqdn, Server: server, UnwrapErr: ErrTooLarge}
+		}
 		if err == nil {
 			switch m.Rcode {
 			case dns.RcodeSuccess, dns.RcodeNameError:
@@ -446,19 +461,37 @@ func (r *Resolver) ask(actx, ctx context.Context, server string, q *dns.Msg) (*d
 	return exchangeOn(ctx, "tcp", server, q)
 }
 
+// ednsSize is the UDP answer size sluice asks for (the DNS flag day 2020
+// value): larger answers come truncated, and are asked again over TCP.
+const ednsSize = 1232
+
+// MaxMessage bounds the DNS answers sluice reads over TCP. DNS allows 64
+// KiB; answers the checks need (an SPF record set, a few addresses, MX
+// and PTR names) run to a few KB, and 32 KiB is still 2,000 addresses of
+// one family. A longer answer is refused before it is read or parsed.
+const MaxMessage = 32 << 10
+
+// ErrTooLarge is the error (through errors.Is) of a lookup whose answer was
+// over MaxMessage. It is permanent: the zone serves it so.
+var ErrTooLarge = errors.New("DNS answer too large")
+
 func exchangeOn(ctx context.Context, network, server string, q *dns.Msg) (*dns.Msg, error) {
-	c := &dns.Client{Net: network}
-	conn, err := c.DialContext(ctx, server)
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, server)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	// miekg/dns honours the context's deadline but not its cancellation.
+	// A closed connection ends a read at once; a deadline alone would not
+	// see the caller give up.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	if deadline, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(deadline)
+	}
 	q = q.Copy()
 	q.Id = dns.Id()
-	m, _, err := c.ExchangeWithConnContext(ctx, q, conn)
+	m, err := roundTrip(conn, network == "tcp", q)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -467,6 +500,45 @@ func exchangeOn(ctx context.Context, network, server string, q *dns.Msg) (*dns.M
 	}
 	if len(m.Question) != 1 || !sameName(m.Question[0].Name, q.Question[0].Name) || m.Question[0].Qtype != q.Question[0].Qtype {
 		return nil, errors.New("answer for another question")
+	}
+	return m, nil
+}
+
+// roundTrip sends q on conn and reads its answer. Over TCP the answer's
+// length comes first, and one over MaxMessage is refused there: miekg/dns
+// would allocate and parse whatever the length says, up to 64 KiB.
+func roundTrip(conn net.Conn, stream bool, q *dns.Msg) (*dns.Msg, error) {
+	co := &dns.Conn{Conn: conn, UDPSize: ednsSize}
+	if err := co.WriteMsg(q); err != nil {
+		return nil, err
+	}
+	if !stream {
+		for {
+			m, err := co.ReadMsg()
+			// Answers with another id may be late ones to an earlier query.
+			if err != nil || m.Id == q.Id {
+				return m, err
+			}
+		}
+	}
+	var prefix [2]byte
+	if _, err := io.ReadFull(conn, prefix[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(prefix[:]))
+	if n > MaxMessage {
+		return nil, fmt.Errorf("%w: %d bytes, over sluice's bound of %d", ErrTooLarge, n, MaxMessage)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(buf); err != nil {
+		return nil, err
+	}
+	if m.Id != q.Id {
+		return nil, dns.ErrId
 	}
 	return m, nil
 }

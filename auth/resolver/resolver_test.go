@@ -255,8 +255,8 @@ func TestCacheBound(t *testing.T) {
 	for _, n := range []string{"a.test", "b.test", "a.test", "c.test"} {
 		r.LookupNetIP(ctx, "ip4", n)
 	}
-	if r.CacheLen() != 2 {
-		t.Errorf("cache holds %d answers, want 2", r.CacheLen())
+	if n, _ := r.CacheUsage(); n != 2 {
+		t.Errorf("cache holds %d answers, want 2", n)
 	}
 	r.LookupNetIP(ctx, "ip4", "a.test") // recently used: kept
 	r.LookupNetIP(ctx, "ip4", "b.test") // least recently used: evicted by c
@@ -437,6 +437,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Servers = []string{"127.0.0.1:0"} }, "servers.0"},
 		{func(c *Config) { c.Timeout = conf.Duration(time.Minute) }, "timeout"},
 		{func(c *Config) { c.CacheSize = -1 }, "cache_size"},
+		{func(c *Config) { c.CacheBytes = 32 }, "cache_bytes"},
+		{func(c *Config) { c.CheckBytes = 64 << 10 }, "check_bytes"},
 		{func(c *Config) { c.Rate = -5 }, "rate"},
 		{func(c *Config) { c.Burst = -1 }, "burst"},
 	} {

@@ -185,3 +185,61 @@ func TestTruncation(t *testing.T) {
 		t.Errorf("strings %d, joined %d bytes", len(got), len(strings.Join(got, "")))
 	}
 }
+
+// A wildcard answers for every name below it that does not exist, under
+// the asked name; a name that exists, or lies below one that exists, is
+// not covered.
+func TestWildcard(t *testing.T) {
+	z := NewZone().MustAddText(
+		`*.w.example. 60 IN TXT "v=spf1 a -all"`,
+		`*.w.example. 60 IN A 192.0.2.1`,
+		`real.w.example. 60 IN A 192.0.2.2`,
+		`x.real.w.example. 60 IN A 192.0.2.3`,
+	)
+	s := Start(t, z)
+	m := mustAsk(t, s, "r17.w.example", dns.TypeTXT)
+	if got := txts(m); len(got) != 1 || got[0] != "v=spf1 a -all" || m.Answer[0].Header().Name != "r17.w.example." {
+		t.Errorf("wildcard TXT = %v", m.Answer)
+	}
+	if m := mustAsk(t, s, "a.b.w.example", dns.TypeA); len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != "192.0.2.1" {
+		t.Errorf("wildcard two labels down: %v", m.Answer)
+	}
+	if m := mustAsk(t, s, "real.w.example", dns.TypeA); len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != "192.0.2.2" {
+		t.Errorf("existing name: %v", m.Answer)
+	}
+	if m := mustAsk(t, s, "real.w.example", dns.TypeTXT); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 {
+		t.Errorf("existing name without TXT: %v, want NODATA", m)
+	}
+	if m := mustAsk(t, s, "y.real.w.example", dns.TypeA); m.Rcode != dns.RcodeNameError {
+		t.Errorf("below an existing name: rcode %d, want NXDOMAIN", m.Rcode)
+	}
+	if m := mustAsk(t, s, "other.example", dns.TypeA); m.Rcode != dns.RcodeNameError {
+		t.Errorf("outside the wildcard: rcode %d, want NXDOMAIN", m.Rcode)
+	}
+}
+
+// A name with 4,000 A records is what a hostile sender zone serves: cut
+// to the EDNS size over UDP, and complete, compressed into one 64 KiB
+// message, over TCP.
+func TestThousandsOfAddresses(t *testing.T) {
+	const n = 4000
+	z := NewZone().AddAddrs("*.flood.example.", 300, Addrs("10.0.0.0", n)...)
+	s := Start(t, z)
+	c := &dns.Client{Net: "udp", Timeout: time.Second}
+	q := new(dns.Msg)
+	q.SetQuestion("r1.flood.example.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	m, _, err := c.Exchange(q, s.Addr())
+	if err != nil || !m.Truncated || len(m.Answer) >= n {
+		t.Fatalf("UDP: %d records, truncated %v, %v; want a truncated answer", len(m.Answer), m.Truncated, err)
+	}
+	c.Net = "tcp"
+	m, _, err = c.Exchange(q, s.Addr())
+	if err != nil || m.Truncated || len(m.Answer) != n {
+		t.Fatalf("TCP: %v, %v; want all %d records", m, err, n)
+	}
+	last := m.Answer[n-1].(*dns.A)
+	if last.Hdr.Name != "r1.flood.example." || last.A.String() != "10.0.15.159" {
+		t.Errorf("last record %v", last)
+	}
+}

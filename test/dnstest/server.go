@@ -179,6 +179,9 @@ func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
+	// As real servers do: compressed, ~4,000 A records fit the 64 KiB a
+	// TCP answer may hold.
+	m.Compress = true
 	fault, exists := z.answer(q, m)
 	switch fault {
 	case Timeout:

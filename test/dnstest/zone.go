@@ -2,6 +2,7 @@ package dnstest
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -47,8 +48,9 @@ type question struct {
 }
 
 // Zone is the data the server answers from. Names are compared without
-// regard to ASCII case. A Zone may be changed while a server answers from
-// it.
+// regard to ASCII case; records owned by "*.name" answer for the names
+// below name that have none of their own. A Zone may be changed while a
+// server answers from it.
 type Zone struct {
 	mu     sync.RWMutex
 	rrs    map[string][]dns.RR
@@ -193,7 +195,8 @@ func (z *Zone) answer(q dns.Question, m *dns.Msg) (Fault, bool) {
 		seen[name] = true
 		var cname *dns.CNAME
 		found := false
-		for _, rr := range z.rrs[name] {
+		rrs, exists := z.lookup(name)
+		for _, rr := range rrs {
 			t := rr.Header().Rrtype
 			if t == q.Qtype || q.Qtype == dns.TypeANY {
 				m.Answer = append(m.Answer, withOwner(rr, owner))
@@ -203,7 +206,7 @@ func (z *Zone) answer(q dns.Question, m *dns.Msg) (Fault, bool) {
 			}
 		}
 		if found || cname == nil {
-			return NoFault, z.names[name]
+			return NoFault, exists
 		}
 		m.Answer = append(m.Answer, withOwner(cname, owner))
 		name, owner = canonical(cname.Target), cname.Target
@@ -215,6 +218,54 @@ func (z *Zone) answer(q dns.Question, m *dns.Msg) (Fault, bool) {
 		}
 	}
 	return NoFault, true
+}
+
+// lookup returns the records of name and whether it exists. A name that
+// does not exist takes the records of a wildcard, "*." and its closest
+// existing ancestor (RFC 4592), so one entry can answer for any number of
+// names.
+func (z *Zone) lookup(name string) ([]dns.RR, bool) {
+	if z.names[name] {
+		return z.rrs[name], true
+	}
+	for n := name; ; {
+		i := strings.IndexByte(n, '.')
+		if i < 0 || i == len(n)-1 {
+			return nil, false // no ancestor exists: the root has no wildcard here
+		}
+		n = n[i+1:]
+		if z.names[n] {
+			if w := "*." + n; z.names[w] {
+				return z.rrs[w], true
+			}
+			return nil, false
+		}
+	}
+}
+
+// Addrs returns n consecutive addresses from first, to give a name as many
+// A or AAAA records as a test needs.
+func Addrs(first string, n int) []netip.Addr {
+	a := netip.MustParseAddr(first)
+	out := make([]netip.Addr, 0, n)
+	for range n {
+		out = append(out, a)
+		a = a.Next()
+	}
+	return out
+}
+
+// AddAddrs gives name an A or AAAA record for each address.
+func (z *Zone) AddAddrs(name string, ttl uint32, addrs ...netip.Addr) *Zone {
+	rrs := make([]dns.RR, 0, len(addrs))
+	for _, a := range addrs {
+		if a.Is4() {
+			rrs = append(rrs, &dns.A{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Ttl: ttl}, A: a.AsSlice()})
+		} else {
+			rrs = append(rrs, &dns.AAAA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeAAAA, Ttl: ttl}, AAAA: a.AsSlice()})
+		}
+	}
+	return z.Add(rrs...)
 }
 
 func (z *Zone) negativeTTL() uint32 {
@@ -286,4 +337,40 @@ func EscapeTXT(raw string) string {
 		}
 	}
 	return b.String()
+}
+
+// HostileZone is a sender zone built to cost a receiver memory. Every
+// name under huge.attacker.example answers an A query with 4,000 records
+// (64 KB over TCP, about the most one DNS message holds); every name under
+// big.attacker.example with 1,800 (29 KB); every name under
+// wide.attacker.example has 110 TXT records of 255 bytes besides its SPF
+// record (29 KB) and one address. Each name's SPF record asks for its own
+// addresses. HostileSender gives a fresh name per message, so that no
+// cache saves the receiver a query.
+func HostileZone() *Zone {
+	z := NewZone().MustAddText(
+		`*.huge.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.big.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.wide.attacker.example. 3600 IN TXT "v=spf1 a -all"`,
+		`*.wide.attacker.example. 3600 IN A 10.2.0.1`,
+	).AddAddrs("*.huge.attacker.example.", 3600, Addrs("10.0.0.0", HugeAddrs)...).
+		AddAddrs("*.big.attacker.example.", 3600, Addrs("10.1.0.0", BigAddrs)...)
+	for i := range 110 {
+		z.Add(&dns.TXT{Hdr: dns.RR_Header{Name: "*.wide.attacker.example.", Rrtype: dns.TypeTXT, Ttl: 3600},
+			Txt: []string{fmt.Sprintf("verification-%03d=%s", i, strings.Repeat("x", 234))}})
+	}
+	return z
+}
+
+// The number of addresses of each name in HostileZone.
+const (
+	HugeAddrs = 4000
+	BigAddrs  = 1800
+)
+
+// HostileSender is the sender of message i from HostileZone: a fresh
+// name each time, under huge, big and wide in turn.
+func HostileSender(i int) string {
+	kind := [...]string{"huge", "big", "wide"}[i%3]
+	return fmt.Sprintf("a@r%d.%s.attacker.example", i, kind)
 }

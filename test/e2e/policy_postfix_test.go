@@ -484,6 +484,34 @@ func checkTagValue(t *testing.T, what, v string) {
 // the end-of-message modifications.
 func milterMessage(t *testing.T, listen, ip, from string) []milter.ModifyAction {
 	t.Helper()
+	s := milterSession(t, listen, ip)
+	defer s.Close()
+	must := func(act *milter.Action, err error) {
+		t.Helper()
+		if err != nil || act.Code != milter.ActContinue {
+			t.Fatalf("sender %q: %+v %v", from, act, err)
+		}
+	}
+	must(s.Mail(from, nil))
+	must(s.Rcpt(rcpt, nil))
+	for _, h := range [][2]string{{"Subject", "direct"}, {"X-Sluice-Limit", "forged; key=sender:nobody"}} {
+		if _, err := s.HeaderField(h[0], h[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	mods, act, err := s.End()
+	must(act, err)
+	return mods
+}
+
+// milterSession opens a milter session with sluice as Postfix does, up to
+// HELO, for a client at ip. It is closed when the test ends, before
+// sluice is stopped (which waits for its sessions), if not before.
+func milterSession(t *testing.T, listen, ip string) *milter.ClientSession {
+	t.Helper()
 	network, addr, err := mta.SplitSpec(listen)
 	if err != nil {
 		t.Fatal(err)
@@ -498,29 +526,19 @@ func milterMessage(t *testing.T, listen, ip, from string) []milter.ModifyAction 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	must := func(act *milter.Action, err error) {
-		t.Helper()
-		if err != nil || act.Code != milter.ActContinue {
-			t.Fatalf("sender %q: %+v %v", from, act, err)
-		}
-	}
+	t.Cleanup(func() { s.Close() })
 	if err := s.Macros(milter.CodeConn, "{daemon_name}", "smtpd", "j", "mx.example.test", "{client_addr}", ip); err != nil {
 		t.Fatal(err)
 	}
-	must(s.Conn("unknown", milter.FamilyInet, 25, netip.MustParseAddr(ip).String()))
-	must(s.Helo("client.example.test"))
-	must(s.Mail(from, nil))
-	must(s.Rcpt(rcpt, nil))
-	for _, h := range [][2]string{{"Subject", "direct"}, {"X-Sluice-Limit", "forged; key=sender:nobody"}} {
-		if _, err := s.HeaderField(h[0], h[1]); err != nil {
-			t.Fatal(err)
+	for _, step := range []func() (*milter.Action, error){
+		func() (*milter.Action, error) {
+			return s.Conn("unknown", milter.FamilyInet, 25, netip.MustParseAddr(ip).String())
+		},
+		func() (*milter.Action, error) { return s.Helo("client.example.test") },
+	} {
+		if act, err := step(); err != nil || act.Code != milter.ActContinue {
+			t.Fatalf("client %s: %+v %v", ip, act, err)
 		}
 	}
-	if _, err := s.HeaderEnd(); err != nil {
-		t.Fatal(err)
-	}
-	mods, act, err := s.End()
-	must(act, err)
-	return mods
+	return s
 }
