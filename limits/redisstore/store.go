@@ -89,7 +89,6 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	rlog := log.Named("go-redis")
 	redisLogger.Store(rlog)
 	s := &Store{
-		client:   redis.NewUniversalClient(ro),
 		cluster:  cfg.Cluster,
 		log:      log,
 		prefix:   cfg.Prefix,
@@ -102,6 +101,9 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	ro.Dialer = boundedDialer(redis.NewDialer(&redis.Options{DialTimeout: ro.DialTimeout, TLSConfig: ro.TLSConfig}),
+		func(error) { s.stats.refused.Add(1) })
+	s.client = redis.NewUniversalClient(ro)
 	for _, o := range opts {
 		o(s)
 	}
@@ -110,8 +112,11 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	cancel()
 	if err != nil {
 		s.brk.done(false)
-		log.Error("REDIS STORE UNREACHABLE at start: sluice runs, and every rule follows its on_store_error until Redis answers",
-			zap.Strings("addrs", cfg.Addrs), zap.Error(err))
+		msg := "REDIS STORE UNREACHABLE at start: sluice runs, and every rule follows its on_store_error until Redis answers"
+		if errors.Is(err, ErrReplyRefused) {
+			msg = "REDIS STORE REPLY REFUSED at start: the server at the Redis address sent what Redis does not; sluice runs, and every rule follows its on_store_error until Redis answers"
+		}
+		log.Error(msg, zap.Strings("addrs", cfg.Addrs), zap.Error(err))
 	} else {
 		log.Info("redis store connected", zap.Strings("addrs", cfg.Addrs), zap.Bool("cluster", cfg.Cluster),
 			zap.String("master_name", cfg.MasterName), zap.String("instance", s.instance))
@@ -235,7 +240,11 @@ func (s *Store) call(ctx context.Context, f func(context.Context) error) error {
 		s.stats.errors.Add(1)
 		if opened, _ := s.brk.done(false); opened {
 			s.stats.opens.Add(1)
-			s.log.Error("REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff", zap.Error(err))
+			msg := "REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff"
+			if errors.Is(err, ErrReplyRefused) {
+				msg = "REDIS STORE REPLY REFUSED: the server at the Redis address sent what Redis does not; rules follow on_store_error; retrying with backoff"
+			}
+			s.log.Error(msg, zap.Error(err))
 		}
 	}
 	return err
