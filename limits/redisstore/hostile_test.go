@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"sluice/conf"
 	"sluice/guard"
@@ -204,4 +209,77 @@ func TestRepliesSplitByteByByte(t *testing.T) {
 	if st := s.Stats(); st.RepliesRefused != 0 || st.Errors != 0 {
 		t.Errorf("stats: %+v", st)
 	}
+}
+
+// panicHook makes every command panic while armed, as a bug in go-redis
+// or in the store's own reading of a reply would.
+type panicHook struct{ armed atomic.Bool }
+
+func (h *panicHook) check() {
+	if h.armed.Load() {
+		panic("hook: boom")
+	}
+}
+
+func (h *panicHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *panicHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { h.check(); return next(ctx, cmd) }
+}
+func (h *panicHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { h.check(); return next(ctx, cmds) }
+}
+
+// A panic under any call becomes that call's error: the breaker counts
+// it as a failure (so rules follow on_store_error), it is counted by
+// place and logged once however many there are, the background loop
+// (probe, lease refresh) lives through its own, and the store works again
+// when the panics stop.
+func TestPanicBecomesError(t *testing.T) {
+	srv := redistest.Start(t)
+	core, logs := observer.New(zap.InfoLevel)
+	cfg := hostileConfig(t, srv.Addr)
+	h := &panicHook{}
+	s, err := Open(cfg, zap.New(core), WithHook(h), withoutBackoff())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	do(t, s, countertest.Slots("c:0:client_ip:192.0.2.2", 5, "s1")) // a lease to refresh
+	panics := panicsAt()
+	h.armed.Store(true)
+	for name, call := range storeCalls(s) {
+		err := through(call)
+		var pe *guard.PanicError
+		if !errors.As(err, &pe) {
+			t.Errorf("%s: %v, want a recovered panic", name, err)
+		}
+	}
+	if !s.Stats().Down {
+		t.Error("the breaker did not count the panics as failures")
+	}
+	// The background loop panics too (probe every 10ms, lease refresh
+	// every 333ms), and lives on.
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().RefreshErrors == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no lease refresh failed within 5s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := panicsAt() - panics; n < uint64(len(storeCalls(s))) {
+		t.Errorf("%d panics counted, want at least %d", n, len(storeCalls(s)))
+	}
+	if n := logs.FilterMessage("recovered from a panic").Len(); n != 1 {
+		t.Errorf("%d log lines for %d panics, want 1", n, panicsAt()-panics)
+	}
+	// Disarmed: the background probe (no call of ours) finds Redis again.
+	h.armed.Store(false)
+	deadline = time.Now().Add(5 * time.Second)
+	for s.Stats().Down {
+		if time.Now().After(deadline) {
+			t.Fatal("the store did not recover: the background probe is gone or the breaker is stuck")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitWorks(t, s, "r:0:sender:after-panic@example.org")
 }
