@@ -283,3 +283,34 @@ func TestPanicBecomesError(t *testing.T) {
 	}
 	waitWorks(t, s, "r:0:sender:after-panic@example.org")
 }
+
+// A server that answers PING and breaks every other call opens and closes
+// the breaker over and over: the log says so a few times, not each time.
+func TestFlappingServerLogsSampled(t *testing.T) {
+	redistest.Require(t)
+	fake := redistest.StartFake(t, redistest.HostileButPing("$4611686018427387904\r\n"))
+	core, logs := observer.New(zap.InfoLevel)
+	s, err := Open(hostileConfig(t, fake.Addr), zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	failed := 0
+	for range 100 {
+		if err := s.Do(context.Background(), []counter.Request{countertest.Rate("r:0:k", 10, time.Hour, 10)}); errors.Is(err, ErrReplyRefused) {
+			failed++
+		}
+		time.Sleep(15 * time.Millisecond)
+	}
+	opens := s.Stats().BreakerOpens
+	if failed < 10 || opens < 10 {
+		t.Fatalf("%d calls refused, breaker opened %d times: the server did not flap", failed, opens)
+	}
+	lines := logs.Filter(func(e observer.LoggedEntry) bool { return e.Level >= zap.WarnLevel }).All()
+	for _, l := range lines {
+		t.Logf("%s %s %v", l.Level, l.Message, l.ContextMap())
+	}
+	if len(lines) > 8 {
+		t.Errorf("%d warning and error lines for %d breaker openings, want a sample", len(lines), opens)
+	}
+}

@@ -48,6 +48,8 @@ type Store struct {
 	hot    hotQueue
 	stats  stats
 	warn   *sampler    // store errors off the SMTP path
+	down   *sampler    // the breaker opening
+	back   *sampler    // the breaker closing
 	rlog   *zap.Logger // go-redis's own lines, while this store is open
 	plog   *zap.Logger // recovered panics: one line per 10 seconds
 
@@ -102,6 +104,8 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		instance: instanceID(),
 		brk:      newBreaker(cfg.RetryBackoff.D(), cfg.RetryBackoffMax.D()),
 		warn:     newSampler(),
+		down:     newSampler(),
+		back:     newSampler(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
@@ -258,7 +262,9 @@ func (s *Store) call(ctx context.Context, where string, f func(context.Context) 
 	switch {
 	case err == nil || answered(err):
 		if _, closed := s.brk.done(true); closed {
-			s.log.Warn("redis store answers again; counting in Redis resumes")
+			if ok, n := s.back.ok(); ok {
+				s.log.Warn("redis store answers again; counting in Redis resumes", zap.Uint64("suppressed", n))
+			}
 		}
 	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
 		s.brk.abandon()
@@ -266,11 +272,13 @@ func (s *Store) call(ctx context.Context, where string, f func(context.Context) 
 		s.stats.errors.Add(1)
 		if opened, _ := s.brk.done(false); opened {
 			s.stats.opens.Add(1)
-			msg := "REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff"
-			if errors.Is(err, ErrReplyRefused) {
-				msg = "REDIS STORE REPLY REFUSED: the server at the Redis address sent what Redis does not; rules follow on_store_error; retrying with backoff"
+			if ok, n := s.down.ok(); ok {
+				msg := "REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff"
+				if errors.Is(err, ErrReplyRefused) {
+					msg = "REDIS STORE REPLY REFUSED: the server at the Redis address sent what Redis does not; rules follow on_store_error; retrying with backoff"
+				}
+				s.log.Error(msg, zap.Uint64("suppressed", n), zap.Error(err))
 			}
-			s.log.Error(msg, zap.Error(err))
 		}
 	}
 	return err
