@@ -6,11 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"sluice/limits/counter"
+	"sluice/limits/counter/countertest"
+	"sluice/limits/redisstore/redistest"
 )
 
 // Replies as Redis 7 sends them, in RESP2 and RESP3, and what RESP3
@@ -364,4 +369,79 @@ func BenchmarkScan(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// withoutBounds gives the store go-redis's own connections, with no
+// scanner: the baseline of BenchmarkDoBounds.
+func withoutBounds() Option {
+	return func(s *Store) {
+		o := *s.client.(*redis.Client).Options()
+		o.Dialer = nil
+		s.client.Close()
+		s.client = redis.NewClient(&o)
+	}
+}
+
+// BenchmarkDoBounds runs one stage's Do (three rules of two windows: six
+// keys, the take script's reply of 24 integers) against a real
+// redis-server on two stores, one whose connections go through the reply
+// bounds and one with go-redis's own, taking turns in the same loop so
+// that a busy machine slows both alike (each goes first every other
+// time). It reports each one's median
+// and their ratio:
+//
+//	go test -run '^$' -bench DoBounds -count 6 ./limits/redisstore
+func BenchmarkDoBounds(b *testing.B) {
+	srv := redistest.Start(b)
+	ctx := context.Background()
+	open := func(opts ...Option) *Store {
+		s, err := Open(testConfig(b, false, srv.Addr), nil, opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	}
+	plain, bounded := open(withoutBounds()), open()
+	for s, want := range map[*Store]bool{plain: false, bounded: true} {
+		c, err := s.client.(*redis.Client).Options().Dialer(ctx, "tcp", srv.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+		if _, ok := c.(boundedSyscallConn); ok != want {
+			b.Fatalf("the store's connections are %T", c)
+		}
+	}
+	reqs := make([]counter.Request, 0, 6)
+	for _, dim := range []string{"sender:a@example.org", "sender_domain:example.org", "client_ip:192.0.2.1"} {
+		for w, per := range []time.Duration{time.Minute, 24 * time.Hour} {
+			reqs = append(reqs, countertest.Rate(fmt.Sprintf("r%d:%d:%s", len(reqs), w, dim), 1<<20, per, 1<<20))
+		}
+	}
+	var lat [2][]time.Duration
+	for i := range 400 { // connections, scripts
+		if err := []*Store{plain, bounded}[i%2].Do(ctx, reqs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stores := []*Store{plain, bounded}
+	for n := 0; b.Loop(); n++ {
+		for k := range 2 {
+			i := (n + k) % 2 // each goes first every other time
+			t0 := time.Now()
+			if err := stores[i].Do(ctx, reqs); err != nil {
+				b.Fatal(err)
+			}
+			lat[i] = append(lat[i], time.Since(t0))
+		}
+	}
+	p50 := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2].Nanoseconds())
+	}
+	pl, bo := p50(lat[0]), p50(lat[1])
+	b.ReportMetric(pl, "plain-p50-ns")
+	b.ReportMetric(bo, "bounded-p50-ns")
+	b.ReportMetric(bo/pl, "bounded/plain")
 }
