@@ -24,8 +24,8 @@ import (
 // set, at most 10,000 names (hotKeys) of under 1 KB each with their
 // parameters: about 20,000 elements and a few MB; exemptions grow with
 // what admins set, about 100 bytes each. The bounds are ten times and
-// more above that, and still keep what one connection can be made to
-// allocate to tens of MB.
+// more above that, and still keep what one reply can make a connection
+// allocate to about 64 MiB and 16 MiB of element slots.
 const (
 	// maxReplyBytes bounds one top-level reply, bulk strings included: a
 	// bulk string's declared length is checked against it at its header.

@@ -152,7 +152,7 @@ func instanceID() string {
 // finds them; a server that lost them (restart, SCRIPT FLUSH) answers
 // NOSCRIPT and gets the script's source once.
 func (s *Store) loadScripts(ctx context.Context) (err error) {
-	defer guard.RecoverErr(s.plog, "redis store load scripts", &err)
+	defer guard.RecoverErr(s.plog, placeLoad, &err)
 	load := func(ctx context.Context, c redis.Scripter) error {
 		for _, sc := range []*script{takeScript, refreshScript, hotScript} {
 			if err := c.ScriptLoad(ctx, sc.src).Err(); err != nil {
@@ -245,6 +245,7 @@ const (
 	placeRefresh  = "redis store lease refresh"
 	placePing     = "redis store ping"
 	placeClose    = "redis store close"
+	placeLoad     = "redis store load scripts"
 )
 
 // call runs f under the store's timeout and circuit breaker. A panic in
