@@ -39,6 +39,8 @@ var (
 			func(s *redisstore.Stats) uint64 { return s.RefreshErrors }},
 		{redisDesc("leases_lost_total", "Concurrency leases found gone at refresh (outage longer than lease_time, Redis restarted empty, or reset): their sessions are no longer counted."),
 			func(s *redisstore.Stats) uint64 { return s.LeasesLost }},
+		{redisDesc("replies_refused_total", "Replies refused for declaring more than the store's bounds (64 MiB, 1,048,576 elements, 32 levels) or for not being RESP: a hostile or broken server at the Redis address."),
+			func(s *redisstore.Stats) uint64 { return s.RepliesRefused }},
 	}
 	redisLeasesDesc = redisDesc("leases", "Concurrency slots this sluice holds in Redis now.")
 	redisDownDesc   = redisDesc("down", "1 while Redis is known to be down: calls fail at once and rules follow on_store_error.")

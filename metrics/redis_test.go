@@ -22,7 +22,7 @@ func TestRedisStats(t *testing.T) {
 	m := New("test")
 	f := &redisFake{st: redisstore.Stats{
 		Calls: 12, RoundTrips: 10, Errors: 3, FastFails: 7, BreakerOpens: 1, ScriptReloads: 2,
-		Compensations: 4, RefreshErrors: 5, LeasesLost: 6, FallbackAllow: 99, Leases: 8, Down: true,
+		Compensations: 4, RefreshErrors: 5, LeasesLost: 6, RepliesRefused: 9, FallbackAllow: 99, Leases: 8, Down: true,
 	}}
 	m.WatchStore(f)
 	want := `
@@ -53,6 +53,9 @@ sluice_redis_leases 8
 # HELP sluice_redis_leases_lost_total Concurrency leases found gone at refresh (outage longer than lease_time, Redis restarted empty, or reset): their sessions are no longer counted.
 # TYPE sluice_redis_leases_lost_total counter
 sluice_redis_leases_lost_total 6
+# HELP sluice_redis_replies_refused_total Replies refused for declaring more than the store's bounds (64 MiB, 1,048,576 elements, 32 levels) or for not being RESP: a hostile or broken server at the Redis address.
+# TYPE sluice_redis_replies_refused_total counter
+sluice_redis_replies_refused_total 9
 # HELP sluice_redis_round_trips_total Script round trips to Redis: one per counted event, one more after a NOSCRIPT answer or for a cross-slot undo.
 # TYPE sluice_redis_round_trips_total counter
 sluice_redis_round_trips_total 10
@@ -62,7 +65,7 @@ sluice_redis_script_reloads_total 2
 `
 	names := []string{"sluice_redis_breaker_opens_total", "sluice_redis_calls_total", "sluice_redis_cross_slot_undos_total",
 		"sluice_redis_down", "sluice_redis_errors_total", "sluice_redis_fast_failures_total", "sluice_redis_lease_refresh_errors_total",
-		"sluice_redis_leases", "sluice_redis_leases_lost_total", "sluice_redis_round_trips_total", "sluice_redis_script_reloads_total"}
+		"sluice_redis_leases", "sluice_redis_leases_lost_total", "sluice_redis_replies_refused_total", "sluice_redis_round_trips_total", "sluice_redis_script_reloads_total"}
 	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}

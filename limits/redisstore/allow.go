@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"sluice/guard"
 )
 
 // Exemptions live in one Redis hash, dimension key -> until (Unix ns), so
@@ -23,14 +25,15 @@ func (s *Store) nowNS() int64 {
 
 // SetAllow exempts key until the given time; a zero or past time removes
 // the exemption.
-func (s *Store) SetAllow(ctx context.Context, key string, until time.Time) error {
+func (s *Store) SetAllow(ctx context.Context, key string, until time.Time) (err error) {
+	defer guard.RecoverErr(s.plog, placeSetAllow, &err)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	err := s.call(ctx, func(ctx context.Context) error {
+	err = s.call(ctx, placeSetAllow, func(ctx context.Context) error {
 		if until.IsZero() || until.UnixNano() <= s.nowNS() {
 			return s.client.HDel(ctx, s.allowKey(), key).Err()
 		}
@@ -44,7 +47,8 @@ func (s *Store) SetAllow(ctx context.Context, key string, until time.Time) error
 
 // Allows lists the exemptions in force; nil when there are none. Those
 // that ran out are removed on the way.
-func (s *Store) Allows(ctx context.Context) (map[string]time.Time, error) {
+func (s *Store) Allows(ctx context.Context) (_ map[string]time.Time, err error) {
+	defer guard.RecoverErr(s.plog, placeAllows, &err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -52,7 +56,7 @@ func (s *Store) Allows(ctx context.Context) (map[string]time.Time, error) {
 		return nil, ErrClosed
 	}
 	var all map[string]string
-	err := s.call(ctx, func(ctx context.Context) error {
+	err = s.call(ctx, placeAllows, func(ctx context.Context) error {
 		var err error
 		all, err = s.client.HGetAll(ctx, s.allowKey()).Result()
 		return err
@@ -75,7 +79,7 @@ func (s *Store) Allows(ctx context.Context) (map[string]time.Time, error) {
 		out[k] = time.Unix(0, until)
 	}
 	if len(over) > 0 {
-		s.call(ctx, func(ctx context.Context) error { return s.client.HDel(ctx, s.allowKey(), over...).Err() })
+		s.call(ctx, placeAllows, func(ctx context.Context) error { return s.client.HDel(ctx, s.allowKey(), over...).Err() })
 	}
 	return out, nil
 }

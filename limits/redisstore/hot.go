@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 )
 
@@ -82,7 +83,7 @@ func (s *Store) flushHot(ctx context.Context) error {
 	for name, params := range p {
 		g.args = append(g.args, name, params, seen)
 	}
-	err := s.call(ctx, func(ctx context.Context) error { return s.eval(ctx, hotScript, []group{g})[0].Err() })
+	err := s.call(ctx, placeHot, func(ctx context.Context) error { return s.eval(ctx, hotScript, []group{g})[0].Err() })
 	if err != nil {
 		s.log.Debug("redis store: could not write hot keys", zap.Int("keys", len(p)), zap.Error(err))
 	}
@@ -105,7 +106,8 @@ func parseHotParams(v string) (hotParams, bool) {
 
 // Hot lists up to n keys that some host of the fleet saw denied or more
 // than half full and that are not idle yet, fullest first.
-func (s *Store) Hot(ctx context.Context, n int) ([]counter.HotKey, error) {
+func (s *Store) Hot(ctx context.Context, n int) (_ []counter.HotKey, err error) {
+	defer guard.RecoverErr(s.plog, placeHot, &err)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -116,7 +118,7 @@ func (s *Store) Hot(ctx context.Context, n int) ([]counter.HotKey, error) {
 		return nil, fmt.Errorf("redis store: hot keys: %w", err)
 	}
 	var out []counter.HotKey
-	err := s.call(ctx, func(ctx context.Context) error {
+	err = s.call(ctx, placeHot, func(ctx context.Context) error {
 		var hp *redis.MapStringStringCmd
 		var tm *redis.TimeCmd
 		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -89,7 +89,7 @@ func (s *Store) refreshLeases(ctx context.Context) {
 	}
 	gs := s.leaseGroups(ls, func(g *group) { g.args = []any{s.leaseMS} })
 	var gone []lease
-	err := s.call(ctx, func(ctx context.Context) error {
+	err := s.call(ctx, placeRefresh, func(ctx context.Context) error {
 		var first error
 		for gi, c := range s.eval(ctx, refreshScript, gs) {
 			found, err := c.Int64Slice()

@@ -6,7 +6,7 @@ import "sync/atomic"
 type stats struct {
 	calls, roundTrips, errors, fastFails, opens atomic.Uint64
 	reloads, compensations                      atomic.Uint64
-	refreshErrors, leasesLost                   atomic.Uint64
+	refreshErrors, leasesLost, refused          atomic.Uint64
 	fallbacks                                   [3]atomic.Uint64 // allow, tempfail, local
 }
 
@@ -22,6 +22,9 @@ type Stats struct {
 	Compensations uint64 // cross-slot undos under Cluster
 	RefreshErrors uint64 // lease refreshes that failed
 	LeasesLost    uint64 // leases found gone at refresh (expired, or Redis restarted)
+	// Replies refused for declaring more than the store's bounds (see
+	// ErrReplyRefused): a hostile or broken server at the Redis address.
+	RepliesRefused uint64
 	// Requests that rules answered by on_store_error while the store failed.
 	FallbackAllow, FallbackTempfail, FallbackLocal uint64
 	Leases                                         int  // concurrency slots this process holds
@@ -35,7 +38,8 @@ func (s *Store) Stats() Stats {
 		Calls: st.calls.Load(), RoundTrips: st.roundTrips.Load(), Errors: st.errors.Load(),
 		FastFails: st.fastFails.Load(), BreakerOpens: st.opens.Load(), ScriptReloads: st.reloads.Load(),
 		Compensations: st.compensations.Load(), RefreshErrors: st.refreshErrors.Load(), LeasesLost: st.leasesLost.Load(),
-		FallbackAllow: st.fallbacks[0].Load(), FallbackTempfail: st.fallbacks[1].Load(), FallbackLocal: st.fallbacks[2].Load(),
+		RepliesRefused: st.refused.Load(),
+		FallbackAllow:  st.fallbacks[0].Load(), FallbackTempfail: st.fallbacks[1].Load(), FallbackLocal: st.fallbacks[2].Load(),
 		Leases: s.Leases(), Down: s.brk.isOpen(),
 	}
 }

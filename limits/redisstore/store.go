@@ -16,8 +16,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 )
 
@@ -46,7 +48,10 @@ type Store struct {
 	hot    hotQueue
 	stats  stats
 	warn   *sampler    // store errors off the SMTP path
+	down   *sampler    // the breaker opening
+	back   *sampler    // the breaker closing
 	rlog   *zap.Logger // go-redis's own lines, while this store is open
+	plog   *zap.Logger // recovered panics: one line per 10 seconds
 
 	closed    atomic.Bool
 	stop      chan struct{}
@@ -89,19 +94,24 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	rlog := log.Named("go-redis")
 	redisLogger.Store(rlog)
 	s := &Store{
-		client:   redis.NewUniversalClient(ro),
 		cluster:  cfg.Cluster,
 		log:      log,
 		prefix:   cfg.Prefix,
 		timeout:  cfg.Timeout.D(),
 		leaseMS:  int64(cfg.LeaseTime.D() / time.Millisecond),
 		rlog:     rlog,
+		plog:     log.WithOptions(zap.WrapCore(samplePanics)),
 		instance: instanceID(),
 		brk:      newBreaker(cfg.RetryBackoff.D(), cfg.RetryBackoffMax.D()),
 		warn:     newSampler(),
+		down:     newSampler(),
+		back:     newSampler(),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	ro.Dialer = boundedDialer(redis.NewDialer(&redis.Options{DialTimeout: ro.DialTimeout, TLSConfig: ro.TLSConfig}),
+		func(error) { s.stats.refused.Add(1) })
+	s.client = redis.NewUniversalClient(ro)
 	for _, o := range opts {
 		o(s)
 	}
@@ -110,14 +120,23 @@ func Open(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	cancel()
 	if err != nil {
 		s.brk.done(false)
-		log.Error("REDIS STORE UNREACHABLE at start: sluice runs, and every rule follows its on_store_error until Redis answers",
-			zap.Strings("addrs", cfg.Addrs), zap.Error(err))
+		msg := "REDIS STORE UNREACHABLE at start: sluice runs, and every rule follows its on_store_error until Redis answers"
+		if errors.Is(err, ErrReplyRefused) {
+			msg = "REDIS STORE REPLY REFUSED at start: the server at the Redis address sent what Redis does not; sluice runs, and every rule follows its on_store_error until Redis answers"
+		}
+		log.Error(msg, zap.Strings("addrs", cfg.Addrs), zap.Error(err))
 	} else {
 		log.Info("redis store connected", zap.Strings("addrs", cfg.Addrs), zap.Bool("cluster", cfg.Cluster),
 			zap.String("master_name", cfg.MasterName), zap.String("instance", s.instance))
 	}
-	go s.run(cfg.LeaseTime.D()/3, cfg.RetryBackoff.D())
+	guard.Go(s.plog, "redis store background", func() { s.run(cfg.LeaseTime.D()/3, cfg.RetryBackoff.D()) })
 	return s, nil
+}
+
+// samplePanics lets one line about a recovered panic through every 10
+// seconds: a reply that makes go-redis panic may come on every call.
+func samplePanics(c zapcore.Core) zapcore.Core {
+	return zapcore.NewSamplerWithOptions(c, 10*time.Second, 1, 0)
 }
 
 // instanceID names this process in lease holders, so that sessions of two
@@ -132,7 +151,8 @@ func instanceID() string {
 // loadScripts puts the scripts in every server's cache, so that EVALSHA
 // finds them; a server that lost them (restart, SCRIPT FLUSH) answers
 // NOSCRIPT and gets the script's source once.
-func (s *Store) loadScripts(ctx context.Context) error {
+func (s *Store) loadScripts(ctx context.Context) (err error) {
+	defer guard.RecoverErr(s.plog, placeLoad, &err)
 	load := func(ctx context.Context, c redis.Scripter) error {
 		for _, sc := range []*script{takeScript, refreshScript, hotScript} {
 			if err := c.ScriptLoad(ctx, sc.src).Err(); err != nil {
@@ -194,7 +214,8 @@ func validRequest(r *counter.Request) error {
 // in one pipeline (one round trip, to each node in parallel); each slot's
 // group is all-or-nothing, and when a group refuses the event, what the
 // other groups applied is given back by a second call (see the README).
-func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
+func (s *Store) Do(ctx context.Context, reqs []counter.Request) (err error) {
+	defer guard.RecoverErr(s.plog, placeDo, &err)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -209,13 +230,28 @@ func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
 	if len(reqs) == 0 {
 		return nil
 	}
-	return s.call(ctx, func(ctx context.Context) error {
+	return s.call(ctx, placeDo, func(ctx context.Context) error {
 		return s.do(ctx, reqs)
 	})
 }
 
-// call runs f under the store's timeout and circuit breaker.
-func (s *Store) call(ctx context.Context, f func(context.Context) error) error {
+// Places of recovered panics, for guard's counts.
+const (
+	placeDo       = "redis store do"
+	placeReset    = "redis store reset"
+	placeSetAllow = "redis store set exemption"
+	placeAllows   = "redis store exemptions"
+	placeHot      = "redis store hot keys"
+	placeRefresh  = "redis store lease refresh"
+	placePing     = "redis store ping"
+	placeClose    = "redis store close"
+	placeLoad     = "redis store load scripts"
+)
+
+// call runs f under the store's timeout and circuit breaker. A panic in
+// f is f's error, counted under where: the breaker sees a failure, and
+// rules follow on_store_error.
+func (s *Store) call(ctx context.Context, where string, f func(context.Context) error) error {
 	if !s.brk.allow() {
 		s.stats.fastFails.Add(1)
 		return ErrUnavailable
@@ -223,11 +259,13 @@ func (s *Store) call(ctx context.Context, f func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	s.stats.calls.Add(1)
-	err := f(ctx)
+	err := s.guarded(ctx, where, f)
 	switch {
 	case err == nil || answered(err):
 		if _, closed := s.brk.done(true); closed {
-			s.log.Warn("redis store answers again; counting in Redis resumes")
+			if ok, n := s.back.ok(); ok {
+				s.log.Warn("redis store answers again; counting in Redis resumes", zap.Uint64("suppressed", n))
+			}
 		}
 	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
 		s.brk.abandon()
@@ -235,10 +273,21 @@ func (s *Store) call(ctx context.Context, f func(context.Context) error) error {
 		s.stats.errors.Add(1)
 		if opened, _ := s.brk.done(false); opened {
 			s.stats.opens.Add(1)
-			s.log.Error("REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff", zap.Error(err))
+			if ok, n := s.down.ok(); ok {
+				msg := "REDIS STORE UNREACHABLE: rules follow on_store_error; retrying with backoff"
+				if errors.Is(err, ErrReplyRefused) {
+					msg = "REDIS STORE REPLY REFUSED: the server at the Redis address sent what Redis does not; rules follow on_store_error; retrying with backoff"
+				}
+				s.log.Error(msg, zap.Uint64("suppressed", n), zap.Error(err))
+			}
 		}
 	}
 	return err
+}
+
+func (s *Store) guarded(ctx context.Context, where string, f func(context.Context) error) (err error) {
+	defer guard.RecoverErr(s.plog, where, &err)
+	return f(ctx)
 }
 
 // answered reports an error that Redis itself gave about the request: it
@@ -277,7 +326,8 @@ func (s *Store) fill(r *counter.Request, res result) {
 }
 
 // Reset forgets the given keys, of either kind.
-func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
+func (s *Store) Reset(ctx context.Context, keys [][]byte) (err error) {
+	defer guard.RecoverErr(s.plog, placeReset, &err)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -287,7 +337,7 @@ func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	return s.call(ctx, func(ctx context.Context) error {
+	return s.call(ctx, placeReset, func(ctx context.Context) error {
 		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			names := make([]any, 0, 2*len(keys))
 			for _, k := range keys {
@@ -317,8 +367,8 @@ func (s *Store) Len() int { return -1 }
 
 // Close stops the background work, gives back the slots this process
 // still holds and closes the connections. Later calls return nil.
-func (s *Store) Close() error {
-	var err error
+func (s *Store) Close() (err error) {
+	defer guard.RecoverErr(s.plog, placeClose, &err)
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
@@ -354,15 +404,20 @@ func (s *Store) run(refreshEvery, probeEvery time.Duration) {
 				s.Ping(context.Background())
 			}
 		case <-refresh.C:
-			ctx, cancel := context.WithTimeout(context.Background(), refreshEvery)
-			s.refreshLeases(ctx)
-			cancel()
+			s.tick(refreshEvery, placeRefresh, s.refreshLeases)
 		case <-hot.C:
-			ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
-			s.flushHot(ctx)
-			cancel()
+			s.tick(2*s.timeout, placeHot, func(ctx context.Context) { s.flushHot(ctx) })
 		}
 	}
+}
+
+// tick runs one piece of background work under a timeout; a panic in it
+// is recovered, and the loop goes on.
+func (s *Store) tick(timeout time.Duration, where string, f func(context.Context)) {
+	defer guard.Recover(s.plog, where)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	f(ctx)
 }
 
 // Client is the underlying go-redis client, for tests and benchmarks.
@@ -388,11 +443,12 @@ func (m *sampler) ok() (bool, uint64) {
 
 // Ping checks that Redis answers, through the breaker (while Redis is
 // known to be down it fails at once): for readiness probes.
-func (s *Store) Ping(ctx context.Context) error {
+func (s *Store) Ping(ctx context.Context) (err error) {
+	defer guard.RecoverErr(s.plog, placePing, &err)
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return s.call(ctx, func(ctx context.Context) error { return s.client.Ping(ctx).Err() })
+	return s.call(ctx, placePing, func(ctx context.Context) error { return s.client.Ping(ctx).Err() })
 }
 
 // crash stops the store as a killed process would: no release, no more

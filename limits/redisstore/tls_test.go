@@ -13,9 +13,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"sluice/conf"
 	"sluice/limits/counter"
 	"sluice/limits/counter/countertest"
 	"sluice/limits/redisstore/redistest"
@@ -90,5 +94,69 @@ func TestTLSAndACL(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 		t.Logf("%s: %v", name, err)
+	}
+}
+
+// leastACL is the ACL that docs/redis.md gives the store's user: its keys,
+// and only the commands it sends and its scripts call.
+var leastACL = strings.Fields(`resetkeys ~sluice:* resetchannels -@all
++hello +auth +client|setname +select +ping +time
++evalsha +eval +script|load
++get +set +del +pexpire
++hset +hdel +hgetall
++zadd +zrem +zcard +zcount +zscore +zrange +zremrangebyscore +zremrangebyrank`)
+
+// The store needs no more than leastACL: every call works under it.
+func TestLeastACL(t *testing.T) {
+	args := append([]string{"--user", "sluice", "on", ">pw-of-sluice"}, leastACL...)
+	srv := redistest.Start(t, args...)
+	cfg := testConfig(t, false, srv.Addr)
+	cfg.Prefix = "sluice:" + cfg.Prefix
+	cfg.Username, cfg.Password = "sluice", "pw-of-sluice"
+	cfg.LeaseTime, cfg.Timeout = conf.Duration(time.Second), conf.Duration(200*time.Millisecond)
+	s := openTest(t, cfg)
+	ctx := context.Background()
+	for range 3 {
+		do(t, s, countertest.Rate("msgs:0:sender:acl@example.org", 2, time.Hour, 2),
+			countertest.Slots("conc:c:client_ip:192.0.2.3", 5, "s1"))
+	}
+	if err := s.SetAllow(ctx, "sender:vip@example.org", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Allows(ctx); err != nil || len(m) != 1 {
+		t.Fatalf("Allows: %v %v", m, err)
+	}
+	if err := s.flushHot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hot, err := s.Hot(ctx, 10); err != nil || len(hot) == 0 {
+		t.Fatalf("Hot: %v %v", hot, err)
+	}
+	s.refreshLeases(ctx)
+	if err := s.Reset(ctx, [][]byte{[]byte("msgs:0:sender:acl@example.org")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Client().ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	do(t, s, countertest.Rate("msgs:0:sender:acl@example.org", 2, time.Hour, 2)) // EVAL after NOSCRIPT
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Errors != 0 || st.RefreshErrors != 0 {
+		t.Errorf("errors under the ACL: %+v", st)
+	}
+	// And the ACL holds: the user cannot read other keys or run other commands.
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, Username: "sluice", Password: "pw-of-sluice"})
+	defer c.Close()
+	for name, err := range map[string]error{
+		"GET outside the prefix": c.Get(ctx, "other").Err(),
+		"FLUSHALL":               c.FlushAll(ctx).Err(),
+		"CONFIG SET":             c.ConfigSet(ctx, "save", "").Err(),
+		"KEYS":                   c.Keys(ctx, "*").Err(),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "NOPERM") {
+			t.Errorf("%s: %v, want NOPERM", name, err)
+		}
 	}
 }

@@ -62,8 +62,15 @@ type Server struct {
 // "1mb"...); it is stopped when the test ends.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return StartAt(t, fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)), args...)
+}
+
+// StartAt is Start on a given loopback address: in the place of a Fake
+// that was stopped, say.
+func StartAt(t testing.TB, addr string, args ...string) *Server {
+	t.Helper()
 	s := &Server{
-		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
+		Addr: addr,
 		Dir:  mta.Dir(t, "redis"),
 		t:    t,
 		bin:  Require(t),
