@@ -42,11 +42,12 @@ const (
 	tagEnd     = 'Z'
 )
 
-// fileSystem is what snapshots need from the OS, so a test can make any
-// step fail as a full or read-only disk would.
+// fileSystem is what snapshot writes need from the OS, so a test can make
+// any step fail as a full or read-only disk would.
 type fileSystem interface {
-	Open(name string) (io.ReadCloser, error)
-	Create(name string) (file, error) // truncates
+	// CreateTemp creates a new file in dir, named by pattern as
+	// os.CreateTemp does; it never opens an existing file or a link.
+	CreateTemp(dir, pattern string) (file, error)
 	Rename(from, to string) error
 	Remove(name string) error
 	SyncDir(dir string) error
@@ -54,18 +55,16 @@ type fileSystem interface {
 
 type file interface {
 	io.Writer
+	Name() string
 	Sync() error
 	Close() error
 }
 
 type osFS struct{}
 
-func (osFS) Open(name string) (io.ReadCloser, error) { return os.Open(name) }
-func (osFS) Create(name string) (file, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-}
-func (osFS) Rename(from, to string) error { return os.Rename(from, to) }
-func (osFS) Remove(name string) error     { return os.Remove(name) }
+func (osFS) CreateTemp(dir, pattern string) (file, error) { return os.CreateTemp(dir, pattern) }
+func (osFS) Rename(from, to string) error                 { return os.Rename(from, to) }
+func (osFS) Remove(name string) error                     { return os.Remove(name) }
 func (osFS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -97,8 +96,9 @@ func (s *Store) SnapshotStatus() (time.Time, error) {
 	return s.snap.last, s.snap.lastErr
 }
 
-// writeSnapshot writes the snapshot now. A failure is logged and kept for
-// SnapshotStatus; the counters stay in memory and the next write retries.
+// writeSnapshot writes the snapshot now. A failure, a panic included, is
+// logged and kept for SnapshotStatus; the counters stay in memory and the
+// next write retries.
 func (s *Store) writeSnapshot() error {
 	s.snap.mu.Lock()
 	defer s.snap.mu.Unlock()
@@ -120,22 +120,25 @@ func (s *Store) writeSnapshot() error {
 	return nil
 }
 
-// writeSnapshotFile writes a temporary file beside the snapshot, syncs it
-// and renames it over the old one, so a crash at any point leaves either
-// the old snapshot or the new one.
+// writeSnapshotFile writes a new temporary file beside the snapshot, syncs
+// it and renames it over the old one, so a crash at any point leaves
+// either the old snapshot or the new one. The temporary file's name is
+// random and created exclusively, so nothing planted beside the snapshot
+// is followed or truncated; and the rename replaces only what is
+// sluice's own.
 func (s *Store) writeSnapshotFile() (n int, err error) {
 	path := s.cfg.Snapshot
-	tmp := path + ".tmp"
-	f, err := s.snap.fs.Create(tmp)
+	f, err := s.snap.fs.CreateTemp(filepath.Dir(path), tempPattern(path))
 	if err != nil {
-		return 0, fmt.Errorf("create %s: %w", tmp, err)
+		return 0, fmt.Errorf("create a temporary file beside %s: %w", path, err)
 	}
-	closed := false
+	tmp := f.Name()
+	open, renamed := true, false
 	defer func() {
-		if err != nil {
-			if !closed {
-				f.Close()
-			}
+		if open {
+			f.Close()
+		}
+		if !renamed {
 			s.snap.fs.Remove(tmp)
 		}
 	}()
@@ -147,13 +150,18 @@ func (s *Store) writeSnapshotFile() (n int, err error) {
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("sync %s: %w", tmp, err)
 	}
-	closed = true
+	open = false
 	if err := f.Close(); err != nil {
 		return 0, fmt.Errorf("close %s: %w", tmp, err)
+	}
+	// The path was checked at start, but may have been taken over since.
+	if err := CheckSnapshotPath(path); err != nil {
+		return 0, err
 	}
 	if err := s.snap.fs.Rename(tmp, path); err != nil {
 		return 0, fmt.Errorf("rename %s: %w", tmp, err)
 	}
+	renamed = true
 	if err := s.snap.fs.SyncDir(filepath.Dir(path)); err != nil {
 		// The new file is in place; only its durability across a power
 		// loss is in doubt.
@@ -367,23 +375,32 @@ func decodeSnapshot(r io.Reader) (*snapshot, error) {
 
 // loadSnapshot installs the snapshot file's counters, dropping keys that
 // are idle by now. Nothing is installed unless the whole file checks out.
-func (s *Store) loadSnapshot() {
+// It returns an error only for a path that holds something else than a
+// snapshot, which the store must not start on (it would replace it);
+// a damaged snapshot is logged and ignored.
+func (s *Store) loadSnapshot() error {
 	path := s.cfg.Snapshot
 	log := s.log.With(zap.String("path", path))
-	f, err := s.snap.fs.Open(path)
+	for _, name := range removeStaleTemps(path) {
+		log.Info("removed a temporary file left by an interrupted snapshot write", zap.String("file", name))
+	}
+	f, err := openSnapshot(path)
+	if ns := (*notSnapshotError)(nil); errors.As(err, &ns) {
+		return err
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		log.Info("no counter snapshot yet; starting with empty counters")
-		return
+		return nil
 	}
 	if err != nil {
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
-		return
+		return nil
 	}
 	snap, err := decodeSnapshot(f)
 	f.Close()
 	if err != nil {
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
-		return
+		return nil
 	}
 	now := s.now()
 	kept := 0
@@ -416,4 +433,5 @@ func (s *Store) loadSnapshot() {
 	log.Info("counter snapshot loaded", zap.Int("keys", kept),
 		zap.Int("idle_dropped", len(snap.entries)-kept),
 		zap.Duration("age", time.Duration(now-snap.written)))
+	return nil
 }

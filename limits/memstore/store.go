@@ -66,8 +66,9 @@ const (
 	sweepShards   = 4 // per tick: a whole pass every 6.4s with 256 shards
 )
 
-// New makes a store and loads its snapshot, if there is one. A snapshot
-// that cannot be used is logged and ignored.
+// New makes a store and loads its snapshot, if there is one. A damaged
+// snapshot is logged and ignored; a snapshot path that holds something
+// else (see CheckSnapshotPath) is an error.
 func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -110,7 +111,9 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		s.shards[i].init(slab[i*size:(i+1)*size:(i+1)*size], l, min(max(hotKeys/n, minHotPerShard), maxHotPerShard))
 	}
 	if cfg.Snapshot != "" {
-		s.loadSnapshot()
+		if err := s.loadSnapshot(); err != nil {
+			return nil, err // it names the path and what is there
+		}
 	}
 	go s.run()
 	return s, nil
