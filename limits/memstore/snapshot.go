@@ -254,22 +254,37 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// snapshot is a decoded file, checked whole before any of it is used.
-type snapshot struct {
+// records receives a snapshot's records in file order as they are read
+// and checked. A name is only valid during the call.
+type records interface {
+	entry(e entry)
+	hot(r hotKey, name []byte)
+	allow(key []byte, until int64)
+}
+
+// tally counts a snapshot's keys, keeping nothing.
+type tally struct{ entries int }
+
+func (t *tally) entry(entry)         { t.entries++ }
+func (t *tally) hot(hotKey, []byte)  {}
+func (t *tally) allow([]byte, int64) {}
+
+// header is what a snapshot says of itself: when it was written, and the
+// checksum that ends it.
+type header struct {
 	written int64
-	entries []entry
-	hot     []hotKey
-	allows  map[string]int64 // key -> until, Unix ns
+	sum     uint64
 }
 
 // decoder reads the snapshot and hashes what it reads; the first error
-// sticks.
+// sticks. It allocates nothing per record: names go through one buffer.
 type decoder struct {
-	r   *bufio.Reader
-	d   *xxhash.Digest
-	off int64
-	err error
-	buf [8]byte
+	r    *bufio.Reader
+	d    *xxhash.Digest
+	off  int64
+	err  error
+	buf  [8]byte
+	name []byte
 }
 
 func (d *decoder) bytes(b []byte) {
@@ -293,13 +308,20 @@ func (d *decoder) u16() uint16 { d.bytes(d.buf[:2]); return binary.LittleEndian.
 func (d *decoder) u32() uint32 { d.bytes(d.buf[:4]); return binary.LittleEndian.Uint32(d.buf[:]) }
 func (d *decoder) u64() uint64 { d.bytes(d.buf[:8]); return binary.LittleEndian.Uint64(d.buf[:]) }
 func (d *decoder) i64() int64  { return int64(d.u64()) }
-func (d *decoder) name() string {
-	b := make([]byte, d.u16())
+
+// readName reads a length and a name into the decoder's buffer, which
+// grows to the longest name read (at most maxName bytes).
+func (d *decoder) readName() []byte {
+	n := int(d.u16())
+	if cap(d.name) < n {
+		d.name = make([]byte, n, max(n, 256))
+	}
+	b := d.name[:n]
 	d.bytes(b)
-	if len(b) == 0 && d.err == nil {
+	if n == 0 && d.err == nil {
 		d.err = fmt.Errorf("empty key name at byte %d", d.off)
 	}
-	return string(b)
+	return b
 }
 
 // fail records a content error unless an earlier one is there.
@@ -309,17 +331,35 @@ func (d *decoder) fail(format string, args ...any) {
 	}
 }
 
-func decodeSnapshot(r io.Reader) (*snapshot, error) {
-	d := &decoder{r: bufio.NewReaderSize(r, 64<<10), d: xxhash.New()}
+// errEmpty is an empty snapshot file: one created and not written yet.
+var errEmpty = errors.New("empty file")
+
+// maxAllows bounds the exemptions a store keeps, and so a snapshot holds:
+// they are set by hand, and each costs a map entry.
+const maxAllows = 10_000
+
+// readSnapshot checks the snapshot in br record by record, giving each
+// record to rec as it goes, and returns its header once the checksum and
+// the end of the file check out. rec may have seen records of a file that
+// fails later: callers check a file whole (with a tally) before they use
+// it. Memory use does not depend on the file: records are not kept here.
+func readSnapshot(br *bufio.Reader, rec records) (header, error) {
+	d := &decoder{r: br, d: xxhash.New()}
 	var magic [len(snapMagic)]byte
 	d.bytes(magic[:])
-	if d.err != nil || string(magic[:]) != snapMagic {
-		return nil, errors.New("not a sluice counter snapshot (bad magic)")
+	switch {
+	case d.off == 0 && errors.Is(d.err, io.ErrUnexpectedEOF):
+		return header{}, errEmpty
+	case string(magic[:d.off]) != snapMagic[:d.off]:
+		return header{}, errors.New("not a sluice counter snapshot (bad magic)")
+	case d.err != nil:
+		return header{}, d.err
 	}
 	if v := d.u16(); d.err == nil && v != snapVersion {
-		return nil, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
+		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
 	}
-	snap := &snapshot{written: d.i64()}
+	hd := header{written: d.i64()}
+	allows := 0
 	for d.err == nil {
 		switch tag := d.u8(); {
 		case d.err != nil:
@@ -333,7 +373,9 @@ func decodeSnapshot(r io.Reader) (*snapshot, error) {
 				if e.h == 0 || e.h&kindBit != 0 || e.v < 0 || e.v > maxTAT {
 					d.fail("invalid entry %x=%d", e.h, e.v)
 				}
-				snap.entries = append(snap.entries, e)
+				if d.err == nil {
+					rec.entry(e)
+				}
 			}
 		case tag == tagHot:
 			var r hotKey
@@ -341,36 +383,92 @@ func decodeSnapshot(r io.Reader) (*snapshot, error) {
 			denied := d.u8()
 			r.denied = denied == 1
 			r.interval, r.burst = d.i64(), d.i64()
-			r.name = d.name()
+			name := d.readName()
 			if r.kind != counter.KindRate || denied > 1 || r.interval <= 0 || r.burst < 0 {
-				d.fail("invalid hot key %q", r.name)
+				d.fail("invalid hot key %q", clip(name))
 			}
-			snap.hot = append(snap.hot, r)
+			if d.err == nil {
+				rec.hot(r, name)
+			}
 		case tag == tagAllow:
 			until := d.i64()
-			key := d.name()
-			if snap.allows == nil {
-				snap.allows = make(map[string]int64)
+			key := d.readName()
+			if allows++; allows > maxAllows {
+				d.fail("more than %d exemptions", maxAllows)
 			}
-			snap.allows[key] = until
+			if d.err == nil {
+				rec.allow(key, until)
+			}
 		case tag == tagEnd:
-			want := d.d.Sum64()
+			hd.sum = d.d.Sum64()
 			var sum [8]byte
 			if _, err := io.ReadFull(d.r, sum[:]); err != nil {
-				return nil, fmt.Errorf("truncated checksum: %w", err)
+				return header{}, fmt.Errorf("truncated checksum: %w", err)
 			}
-			if got := binary.LittleEndian.Uint64(sum[:]); got != want {
-				return nil, fmt.Errorf("checksum mismatch (file %016x, content %016x)", got, want)
+			if got := binary.LittleEndian.Uint64(sum[:]); got != hd.sum {
+				return header{}, fmt.Errorf("checksum mismatch (file %016x, content %016x)", got, hd.sum)
 			}
 			if _, err := d.r.ReadByte(); err != io.EOF {
-				return nil, errors.New("data after the end record")
+				return header{}, errors.New("data after the end record")
 			}
-			return snap, nil
+			return hd, nil
 		default:
 			d.fail("unknown record type %#x", tag)
 		}
 	}
-	return nil, d.err
+	return header{}, d.err
+}
+
+// clip keeps error messages short whatever name a file holds.
+func clip(b []byte) string {
+	const keep = 64
+	if len(b) > keep {
+		return string(b[:keep]) + "..."
+	}
+	return string(b)
+}
+
+// installer puts a checked snapshot's records into the store as they are
+// read again.
+type installer struct {
+	s    *Store
+	now  int64
+	kept int
+}
+
+func (in *installer) entry(e entry) {
+	if e.idle(in.now) {
+		return
+	}
+	sh := in.s.shard(e.h)
+	sh.mu.Lock()
+	sh.set(e.h, e.v, in.now)
+	sh.mu.Unlock()
+	in.kept++
+}
+
+// hot names a key the file holds, if it is still in the table (the
+// writer puts each shard's hot names after its entries) and there is a
+// free place: a file never holds more names than a shard keeps unless it
+// was written with other shards or crafted, and taking the first ones
+// allocates no more names than the places hold.
+func (in *installer) hot(r hotKey, name []byte) {
+	h := hashKey(name, r.kind)
+	sh := in.s.shard(h)
+	sh.mu.Lock()
+	if sh.get(h, in.now) != 0 && sh.findHot(h) < 0 && sh.hasFreeHot() {
+		r.name, r.h, r.seen = string(name), h, in.now
+		sh.addHot(r)
+	}
+	sh.mu.Unlock()
+}
+
+// allow installs an exemption still in force. readSnapshot bounds their
+// number by the store's own, so set cannot refuse one.
+func (in *installer) allow(key []byte, until int64) {
+	if until > in.now {
+		in.s.allow.set(string(key), time.Unix(0, until), in.now)
+	}
 }
 
 // loadSnapshot installs the snapshot file's counters, dropping keys that
@@ -396,42 +494,71 @@ func (s *Store) loadSnapshot() error {
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
 		return nil
 	}
-	snap, err := decodeSnapshot(f)
-	f.Close()
-	if err != nil {
+	defer f.Close()
+	hd, in, err := s.loadFrom(f)
+	switch {
+	case errors.Is(err, errEmpty):
+		log.Info("counter snapshot is empty; starting with empty counters")
+		return nil
+	case err != nil:
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
 		return nil
 	}
-	now := s.now()
-	kept := 0
-	for _, e := range snap.entries {
-		if e.idle(now) {
-			continue
-		}
-		sh := s.shard(e.h)
-		sh.mu.Lock()
-		sh.set(e.h, e.v, now)
-		sh.mu.Unlock()
-		kept++
-	}
-	for _, r := range snap.hot {
-		h := hashKey([]byte(r.name), r.kind)
-		sh := s.shard(h)
-		sh.mu.Lock()
-		if sh.get(h, now) != 0 && sh.findHot(h) < 0 {
-			r.h, r.seen = h, now
-			sh.addHot(r)
-		}
-		sh.mu.Unlock()
-	}
-	for key, until := range snap.allows {
-		s.allow.set(key, time.Unix(0, until), now)
-	}
 	s.snap.statusMu.Lock()
-	s.snap.last = time.Unix(0, snap.written)
+	s.snap.last = time.Unix(0, hd.written)
 	s.snap.statusMu.Unlock()
-	log.Info("counter snapshot loaded", zap.Int("keys", kept),
-		zap.Int("idle_dropped", len(snap.entries)-kept),
-		zap.Duration("age", time.Duration(now-snap.written)))
+	log.Info("counter snapshot loaded", zap.Int("keys", in.kept),
+		zap.Int("idle_dropped", in.tally.entries-in.kept),
+		zap.Duration("age", time.Duration(in.now-hd.written)))
 	return nil
+}
+
+// loaded is what loadFrom installed.
+type loaded struct {
+	tally
+	kept int
+	now  int64
+}
+
+// loadFrom reads r twice: once to check it whole, keeping nothing, then
+// to install it. Memory use is the store's, whatever the file holds. If
+// the second reading differs from the first (the file changed in
+// between), what it installed is taken back.
+func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var t tally
+	checked, err := readSnapshot(br, &t)
+	if err != nil {
+		return header{}, loaded{}, err
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return header{}, loaded{}, err
+	}
+	br.Reset(r)
+	in := &installer{s: s, now: s.now()}
+	hd, err := readSnapshot(br, in)
+	if err == nil && hd != checked {
+		err = errors.New("the file changed while it was read")
+	}
+	if err != nil {
+		s.forgetAll()
+		return header{}, loaded{}, err
+	}
+	return hd, loaded{tally: t, kept: in.kept, now: in.now}, nil
+}
+
+// forgetAll empties the store: keys, hot names and exemptions.
+func (s *Store) forgetAll() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		clear(sh.tab)
+		sh.n, sh.hand = 0, 0
+		clear(sh.hot)
+		sh.mu.Unlock()
+	}
+	s.allow.mu.Lock()
+	clear(s.allow.m)
+	s.allow.any.Store(false)
+	s.allow.mu.Unlock()
 }

@@ -3,20 +3,25 @@
 package memstore
 
 import (
+	"bufio"
+	"context"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"sluice/limits/counter"
 	"sluice/limits/counter/countertest"
 )
 
@@ -330,6 +335,138 @@ func TestSnapshotPathReplacedWhileRunning(t *testing.T) {
 	}
 }
 
+// craftSnapshot writes a snapshot file of records and returns its size.
+// With goodSum false its checksum is wrong, so that only the end of the
+// file tells it from a good one.
+func craftSnapshot(t *testing.T, path string, goodSum bool, records func(e *encoder)) int64 {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	e := &encoder{w: w, d: xxhash.New()}
+	e.bytes([]byte(snapMagic))
+	e.u16(snapVersion)
+	e.u64(uint64(countertest.Start))
+	records(e)
+	e.u8(tagEnd)
+	sum := e.d.Sum64()
+	if !goodSum {
+		sum++
+	}
+	e.u64(sum)
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// entryRecords writes n live rate entries in blocks of the largest size.
+func entryRecords(n int) func(e *encoder) {
+	return func(e *encoder) {
+		for i := 0; i < n; {
+			k := min(n-i, maxBlock)
+			e.u8(tagEntries)
+			e.u32(uint32(k))
+			for range k {
+				i++
+				e.u64(uint64(i)) // never 0, kind bit clear below 2^40
+				e.u64(uint64(countertest.Start + int64(time.Hour)))
+			}
+		}
+	}
+}
+
+// A crafted snapshot much larger than the store (millions of entries,
+// exemptions or hot names, with a good or a bad checksum) is loaded in
+// memory bounded by the store, not by the file: what the load allocates
+// stays under an eighth of the file's size.
+func TestSnapshotLoadMemoryBounded(t *testing.T) {
+	n := 2_000_000
+	if testing.Short() || raceEnabled {
+		n = 500_000
+	}
+	until := uint64(countertest.Start + int64(24*time.Hour))
+	cases := []struct {
+		name    string
+		goodSum bool
+		records func(e *encoder)
+	}{
+		{"entries", true, entryRecords(n)},
+		{"entries, bad checksum", false, entryRecords(n)},
+		{"exemptions", true, func(e *encoder) {
+			for i := range n / 2 {
+				e.u8(tagAllow)
+				e.u64(until)
+				e.name(fmt.Sprintf("sender:%08d@example.org", i))
+			}
+		}},
+		{"hot names", true, func(e *encoder) {
+			pad := strings.Repeat("x", 200)
+			for i := range n / 8 {
+				name := fmt.Sprintf("sender:%08d%s", i, pad)
+				e.u8(tagEntries)
+				e.u32(1)
+				e.u64(hashKey([]byte(name), counter.KindRate))
+				e.u64(uint64(countertest.Start + int64(time.Hour)))
+				e.u8(tagHot)
+				e.u8(byte(counter.KindRate))
+				e.u8(1)
+				e.u64(uint64(time.Minute))
+				e.u64(10)
+				e.name(name)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "counters.snap")
+			size := craftSnapshot(t, path, c.goodSum, c.records)
+			clock := countertest.NewClock()
+
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			s, err := New(Config{Snapshot: path, MaxKeys: 1000}, zap.NewNop(), WithClock(clock.Now))
+			runtime.ReadMemStats(&after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			allocated := after.TotalAlloc - before.TotalAlloc
+			t.Logf("file %d bytes; the load allocated %d bytes", size, allocated)
+			if allocated > uint64(size)/8 {
+				t.Errorf("loading a %d-byte file allocated %d bytes, more than an eighth of it", size, allocated)
+			}
+			if l := s.Len(); l > 1000 {
+				t.Errorf("%d keys in a store of max_keys 1000", l)
+			}
+			allows, _ := s.Allows(context.Background())
+			if !c.goodSum && (s.Len() != 0 || len(allows) != 0) {
+				t.Errorf("a snapshot with a bad checksum was loaded: %d keys, %d exemptions", s.Len(), len(allows))
+			}
+			if len(allows) > maxAllows {
+				t.Errorf("%d exemptions loaded, more than the store keeps (%d)", len(allows), maxAllows)
+			}
+			places := 0
+			for i := range s.shards {
+				places += s.shards[i].hotN
+			}
+			if hot, _ := s.Hot(context.Background(), -1); len(hot) > places {
+				t.Errorf("%d hot names loaded into %d places", len(hot), places)
+			}
+		})
+	}
+}
+
 // CheckSnapshotPath, which `sluice check` calls, accepts what the store
 // may read and replace and refuses the rest, without opening a FIFO or a
 // device.
@@ -418,5 +555,38 @@ func TestSnapshotStaleTempsRemoved(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "kept" {
 		t.Errorf("the link's target changed: %q", b)
+	}
+}
+
+// The store keeps at most maxAllows exemptions, and a snapshot holding
+// that many loads whole.
+func TestAllowsBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "counters.snap")
+	clock := countertest.NewClock()
+	s := newTestStore(t, Config{Snapshot: path}, clock.Now)
+	ctx := context.Background()
+	until := time.Unix(0, clock.Now()).Add(time.Hour)
+	for i := range maxAllows {
+		if err := s.SetAllow(ctx, fmt.Sprint("sender:", i), until); err != nil {
+			t.Fatalf("exemption %d: %v", i+1, err)
+		}
+	}
+	if err := s.SetAllow(ctx, "sender:one-more", until); err == nil || !strings.Contains(err.Error(), fmt.Sprint(maxAllows)) {
+		t.Errorf("exemption past the bound: %v, want an error naming %d", err, maxAllows)
+	}
+	if err := s.SetAllow(ctx, "sender:0", until.Add(time.Hour)); err != nil {
+		t.Errorf("changing an exemption at the bound: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := newTestStore(t, Config{Snapshot: path}, clock.Now)
+	defer b.Close()
+	if m, _ := b.Allows(ctx); len(m) != maxAllows {
+		t.Errorf("%d exemptions loaded, want %d", len(m), maxAllows)
+	}
+	clock.Advance(2 * time.Hour) // all but sender:0 expire, making room
+	if err := b.SetAllow(ctx, "sender:one-more", time.Unix(0, clock.Now()).Add(time.Hour)); err != nil {
+		t.Errorf("exemption once others expired: %v", err)
 	}
 }
