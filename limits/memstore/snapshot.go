@@ -15,6 +15,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 )
 
@@ -127,6 +128,7 @@ func (s *Store) writeSnapshot() error {
 // is followed or truncated; and the rename replaces only what is
 // sluice's own.
 func (s *Store) writeSnapshotFile() (n int, err error) {
+	defer guard.RecoverErr(s.log, "memstore snapshot", &err)
 	path := s.cfg.Snapshot
 	f, err := s.snap.fs.CreateTemp(filepath.Dir(path), tempPattern(path))
 	if err != nil {
@@ -135,6 +137,7 @@ func (s *Store) writeSnapshotFile() (n int, err error) {
 	tmp := f.Name()
 	open, renamed := true, false
 	defer func() {
+		// Also on a panic, before RecoverErr turns it into err.
 		if open {
 			f.Close()
 		}

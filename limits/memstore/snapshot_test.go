@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +18,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"sluice/conf"
+	"sluice/guard"
 	"sluice/limits/counter"
 	"sluice/limits/counter/countertest"
 )
@@ -224,8 +227,9 @@ func TestSnapshotBadFiles(t *testing.T) {
 // disk would.
 type faultFS struct {
 	osFS
-	step string
-	err  error
+	step   string
+	err    error
+	panics atomic.Bool // a write panics, as a bug in the encoder would
 }
 
 type faultFile struct {
@@ -259,6 +263,9 @@ func (f *faultFS) SyncDir(dir string) error {
 }
 
 func (f *faultFile) Write(b []byte) (int, error) {
+	if f.fs.panics.Load() {
+		panic("snapshot writer bug")
+	}
 	if f.fs.step == "write" {
 		return 0, f.fs.err
 	}
@@ -398,4 +405,66 @@ func TestSnapshotPeriodic(t *testing.T) {
 	if n := keysIn(t, path); n != 1 {
 		t.Errorf("periodic snapshot holds %d keys, want 1", n)
 	}
+}
+
+// A panic while the background loop writes the snapshot is recovered and
+// counted: the write fails like a full disk would (logged, shown in the
+// status), the store keeps serving, and the next write retries.
+func TestSnapshotWritePanicRecovered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "counters.snap")
+	ffs := &faultFS{}
+	ffs.panics.Store(true)
+	core, logs := observer.New(zapcore.InfoLevel)
+	s, err := New(Config{Snapshot: path, SnapshotInterval: conf.Duration(time.Second)}, zap.New(core), withFS(ffs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	before := panicsAt("memstore snapshot")
+	take(t, s, countertest.Rate("k", 1, time.Hour, 1))
+	waitStatus(t, s, "a failed write", func(_ time.Time, err error) bool {
+		var pe *guard.PanicError
+		return errors.As(err, &pe)
+	})
+	if panicsAt("memstore snapshot") == before {
+		t.Errorf("the panic was not counted")
+	}
+	if logs.FilterMessageSnippet("snapshot not written").Len() == 0 {
+		t.Errorf("the failed write was not logged: %v", logs.All())
+	}
+	reqs := []counter.Request{countertest.Rate("after", 1, time.Hour, 1)}
+	take(t, s, reqs...)
+	if !reqs[0].Allowed {
+		t.Errorf("store stopped serving after a panic in the snapshot write")
+	}
+	ffs.panics.Store(false)
+	waitStatus(t, s, "a write after the panic", func(at time.Time, err error) bool { return err == nil && !at.IsZero() })
+	if n := keysIn(t, path); n != 2 {
+		t.Errorf("snapshot after recovery holds %d keys, want 2", n)
+	}
+}
+
+// waitStatus polls the snapshot status until ok holds, for at most 30s.
+func waitStatus(t *testing.T, s *Store, what string, ok func(time.Time, error) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		at, err := s.SnapshotStatus()
+		if ok(at, err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: status %v %v", what, at, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func panicsAt(where string) uint64 {
+	for _, c := range guard.Counts() {
+		if c.Where == where {
+			return c.N
+		}
+	}
+	return 0
 }
