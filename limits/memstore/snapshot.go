@@ -258,19 +258,20 @@ func boolByte(b bool) byte {
 }
 
 // records receives a snapshot's records in file order as they are read
-// and checked. A name is only valid during the call.
+// and checked; an error it returns ends the reading. A name is only valid
+// during the call.
 type records interface {
-	entry(e entry)
-	hot(r hotKey, name []byte)
+	entry(e entry) error
+	hot(r hotKey, name []byte) error
 	allow(key []byte, until int64)
 }
 
 // tally counts a snapshot's keys, keeping nothing.
 type tally struct{ entries int }
 
-func (t *tally) entry(entry)         { t.entries++ }
-func (t *tally) hot(hotKey, []byte)  {}
-func (t *tally) allow([]byte, int64) {}
+func (t *tally) entry(entry) error        { t.entries++; return nil }
+func (t *tally) hot(hotKey, []byte) error { return nil }
+func (t *tally) allow([]byte, int64)      {}
 
 // header is what a snapshot says of itself: when it was written, and the
 // checksum that ends it.
@@ -340,7 +341,7 @@ func (d *decoder) entries(n int, rec records) {
 				d.err = fmt.Errorf("at byte %d: invalid entry %x=%d", d.off-int64(len(b)-i), e.h, e.v)
 				break
 			}
-			rec.entry(e)
+			d.err = rec.entry(e)
 		}
 		n -= len(b) / 16
 	}
@@ -359,6 +360,10 @@ var errEmpty = errors.New("empty file")
 // maxAllows bounds the exemptions a store keeps, and so a snapshot holds:
 // they are set by hand, and each costs a map entry.
 const maxAllows = 10_000
+
+// A snapshot sluice writes never holds more hot names than hotKeys: each
+// shard keeps hotKeys/shards of them (at least 8 of 256 shards).
+const maxHotRecords = hotKeys
 
 // readSnapshot checks the snapshot in br record by record, giving each
 // record to rec as it goes, and returns its header once the checksum and
@@ -381,7 +386,7 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
 	}
 	hd := header{written: d.i64()}
-	allows := 0
+	hots, allows := 0, 0
 	for d.err == nil {
 		switch tag := d.u8(); {
 		case d.err != nil:
@@ -401,8 +406,11 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 			if r.kind != counter.KindRate || denied > 1 || r.interval <= 0 || r.burst < 0 {
 				d.fail("invalid hot key %q", clip(name))
 			}
+			if hots++; hots > maxHotRecords {
+				d.fail("more than %d hot key names", maxHotRecords)
+			}
 			if d.err == nil {
-				rec.hot(r, name)
+				d.err = rec.hot(r, name)
 			}
 		case tag == tagAllow:
 			until := d.i64()
@@ -443,22 +451,57 @@ func clip(b []byte) string {
 }
 
 // installer puts a checked snapshot's records into the store as they are
-// read again.
+// read again. It does not evict: once a shard is full, the file's further
+// keys for it are left out (a file written with a larger max_keys). And
+// it bounds its work: the keys of a file are hashes, which a crafted file
+// can make crowd into a few places of the table, where each insertion
+// would walk past all the others (a 300 MB file took ten minutes to
+// load). A snapshot sluice writes holds hashes spread evenly, which an
+// insertion finds a place for in a few steps, so a load that needs more
+// than probeBudget steps a key is not one, and is refused whole.
 type installer struct {
-	s    *Store
-	now  int64
-	kept int
+	s       *Store
+	now     int64
+	kept    int
+	dropped int // left out, their shard full
+	probes  int // table slots looked at
+	budget  int
 }
 
-func (in *installer) entry(e entry) {
+// probeBudget is the steps a load may take per key of max_keys: about ten
+// times what a table filled to its 3/4 with even hashes takes on average.
+const probeBudget = 32
+
+func newInstaller(s *Store) *installer {
+	return &installer{s: s, now: s.now(), budget: probeBudget * s.cfg.MaxKeys}
+}
+
+// errCrowded is a snapshot whose keys would take too long to install.
+var errCrowded = errors.New("its keys crowd into a few places of the table, as those of no snapshot sluice writes do")
+
+func (in *installer) entry(e entry) error {
 	if e.idle(in.now) {
-		return
+		return nil
 	}
 	sh := in.s.shard(e.h)
 	sh.mu.Lock()
-	sh.set(e.h, e.v, in.now)
-	sh.mu.Unlock()
+	defer sh.mu.Unlock()
+	if sh.n >= sh.limit {
+		in.dropped++
+		return nil
+	}
+	i, found := sh.find(e.h)
+	if in.probes += sh.distance(e.h, i) + 1; in.probes > in.budget {
+		return errCrowded
+	}
+	if found { // twice in one file: only a crafted one
+		sh.tab[i].v = e.v
+		return nil
+	}
+	sh.tab[i] = e
+	sh.n++
 	in.kept++
+	return nil
 }
 
 // hot names a key the file holds, if it is still in the table (the
@@ -466,15 +509,20 @@ func (in *installer) entry(e entry) {
 // free place: a file never holds more names than a shard keeps unless it
 // was written with other shards or crafted, and taking the first ones
 // allocates no more names than the places hold.
-func (in *installer) hot(r hotKey, name []byte) {
+func (in *installer) hot(r hotKey, name []byte) error {
 	h := hashKey(name, r.kind)
 	sh := in.s.shard(h)
 	sh.mu.Lock()
-	if sh.get(h, in.now) != 0 && sh.findHot(h) < 0 && sh.hasFreeHot() {
+	defer sh.mu.Unlock()
+	i, found := sh.find(h)
+	if in.probes += sh.distance(h, i) + 1; in.probes > in.budget {
+		return errCrowded
+	}
+	if found && !sh.tab[i].idle(in.now) && sh.findHot(h) < 0 && sh.hasFreeHot() {
 		r.name, r.h, r.seen = string(name), h, in.now
 		sh.addHot(r)
 	}
-	sh.mu.Unlock()
+	return nil
 }
 
 // allow installs an exemption still in force. readSnapshot bounds their
@@ -522,7 +570,8 @@ func (s *Store) loadSnapshot() error {
 	s.snap.last = time.Unix(0, hd.written)
 	s.snap.statusMu.Unlock()
 	log.Info("counter snapshot loaded", zap.Int("keys", in.kept),
-		zap.Int("idle_dropped", in.tally.entries-in.kept),
+		zap.Int("idle_dropped", in.tally.entries-in.kept-in.dropped),
+		zap.Int("over_max_keys", in.dropped),
 		zap.Duration("age", time.Duration(in.now-hd.written)))
 	return nil
 }
@@ -530,8 +579,8 @@ func (s *Store) loadSnapshot() error {
 // loaded is what loadFrom installed.
 type loaded struct {
 	tally
-	kept int
-	now  int64
+	kept, dropped, probes int
+	now                   int64
 }
 
 // loadFrom reads r twice: once to check it whole, keeping nothing, then
@@ -549,7 +598,7 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 		return header{}, loaded{}, err
 	}
 	br.Reset(r)
-	in := &installer{s: s, now: s.now()}
+	in := newInstaller(s)
 	hd, err := readSnapshot(br, in)
 	if err == nil && hd != checked {
 		err = errors.New("the file changed while it was read")
@@ -558,7 +607,7 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 		s.forgetAll()
 		return header{}, loaded{}, err
 	}
-	return hd, loaded{tally: t, kept: in.kept, now: in.now}, nil
+	return hd, loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}, nil
 }
 
 // forgetAll empties the store: keys, hot names and exemptions.

@@ -4,6 +4,7 @@ package memstore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io/fs"
@@ -588,5 +589,68 @@ func TestAllowsBounded(t *testing.T) {
 	clock.Advance(2 * time.Hour) // all but sender:0 expire, making room
 	if err := b.SetAllow(ctx, "sender:one-more", time.Unix(0, clock.Now()).Add(time.Hour)); err != nil {
 		t.Errorf("exemption once others expired: %v", err)
+	}
+}
+
+// A crafted snapshot whose keys all crowd at the start of their shard's
+// table (each insertion would walk past every key before it, then evict
+// from the crowd) is refused after a bounded amount of work, instead of
+// keeping start-up busy for minutes. A snapshot sluice wrote of a full
+// store loads whole, far within that bound.
+func TestSnapshotLoadWorkBounded(t *testing.T) {
+	n := 2_000_000
+	if raceEnabled {
+		n = 400_000
+	}
+	path := filepath.Join(t.TempDir(), "counters.snap")
+	craftSnapshot(t, path, true, func(e *encoder) {
+		live := uint64(countertest.Start + int64(time.Hour))
+		for i := 0; i < n; {
+			k := min(n-i, maxBlock)
+			e.u8(tagEntries)
+			e.u32(uint32(k))
+			for range k {
+				// Shard i%256 of 256, low bits 1, 2, 3...: home slot 0.
+				e.u64(uint64(i%256)<<56 | uint64(i/256+1))
+				e.u64(uint64(live))
+				i++
+			}
+		}
+	})
+	core, logs := observer.New(zapcore.InfoLevel)
+	s, err := newWithin(t, Config{Snapshot: path}, zap.New(core), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if l := s.Len(); l != 0 {
+		t.Errorf("%d keys of a crowding snapshot loaded", l)
+	}
+	if w := logs.FilterMessageSnippet("snapshot ignored").All(); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0].ContextMap()["error"]), "crowd") {
+		t.Errorf("logs: %v", logs.All())
+	}
+
+	// The control: a full store's own snapshot, its shards filled to
+	// their limit by eviction.
+	clock := countertest.NewClock()
+	full := newTestStore(t, Config{MaxKeys: 100_000}, clock.Now)
+	for i := range 150_000 {
+		take(t, full, countertest.Rate(fmt.Sprint("sender:", i, "@example.org"), 1, time.Hour, 1))
+	}
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	written := full.encodeSnapshot(w)
+	w.Flush()
+	full.Close()
+	fresh := newTestStore(t, Config{MaxKeys: 100_000}, clock.Now)
+	defer fresh.Close()
+	_, got, err := fresh.loadFrom(bytes.NewReader(buf.Bytes()))
+	if err != nil || got.kept != written || got.dropped != 0 {
+		t.Fatalf("a full store's snapshot: %v, %d of %d keys kept, %d dropped", err, got.kept, written, got.dropped)
+	}
+	t.Logf("a full store's snapshot of %d keys: %.2f slots looked at per key (budget %d)",
+		written, float64(got.probes)/float64(written), probeBudget)
+	if got.probes > written*probeBudget/4 {
+		t.Errorf("%d probes for %d keys: too close to the budget", got.probes, written)
 	}
 }

@@ -91,6 +91,16 @@ func (sh *shard) find(h uint64) (int, bool) {
 	}
 }
 
+// distance is how many slots past h's home slot i is: find(h) returning
+// i looked at distance+1 slots.
+func (sh *shard) distance(h uint64, i int) int {
+	d := i - sh.home(h)
+	if d < 0 {
+		d += len(sh.tab)
+	}
+	return d
+}
+
 // get returns the state of h, 0 when it is not tracked or idle.
 func (sh *shard) get(h uint64, now int64) int64 {
 	if i, ok := sh.find(h); ok && !sh.tab[i].idle(now) {
