@@ -458,7 +458,9 @@ func clip(b []byte) string {
 // would walk past all the others (a 300 MB file took ten minutes to
 // load). A snapshot sluice writes holds hashes spread evenly, which an
 // insertion finds a place for in a few steps, so a load that needs more
-// than probeBudget steps a key is not one, and is refused whole.
+// than probeBudget steps a key is not one, and is refused whole; so is
+// one that leaves a run of occupied slots longer than maxRun, which
+// every later look-up in it would walk.
 type installer struct {
 	s       *Store
 	now     int64
@@ -470,7 +472,12 @@ type installer struct {
 
 // probeBudget is the steps a load may take per key of max_keys: about ten
 // times what a table filled to its 3/4 with even hashes takes on average.
-const probeBudget = 32
+// maxRun is far beyond the longest run such a table has (a few hundred
+// slots in a shard of millions).
+const (
+	probeBudget = 32
+	maxRun      = 1024
+)
 
 func newInstaller(s *Store) *installer {
 	return &installer{s: s, now: s.now(), budget: probeBudget * s.cfg.MaxKeys}
@@ -603,11 +610,25 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 	if err == nil && hd != checked {
 		err = errors.New("the file changed while it was read")
 	}
+	if err == nil && s.longestRun() > maxRun {
+		err = errCrowded
+	}
 	if err != nil {
 		s.forgetAll()
 		return header{}, loaded{}, err
 	}
 	return hd, loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}, nil
+}
+
+func (s *Store) longestRun() int {
+	longest := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		longest = max(longest, sh.longestRun())
+		sh.mu.Unlock()
+	}
+	return longest
 }
 
 // forgetAll empties the store: keys, hot names and exemptions.

@@ -592,42 +592,62 @@ func TestAllowsBounded(t *testing.T) {
 	}
 }
 
-// A crafted snapshot whose keys all crowd at the start of their shard's
-// table (each insertion would walk past every key before it, then evict
-// from the crowd) is refused after a bounded amount of work, instead of
-// keeping start-up busy for minutes. A snapshot sluice wrote of a full
-// store loads whole, far within that bound.
+// A crafted snapshot whose keys crowd together in the table (each
+// insertion would walk past every key before it, then evict from the
+// crowd, or later look-ups would walk one long run) is refused after a
+// bounded amount of work, instead of keeping start-up busy for minutes
+// or leaving the table slow. A snapshot sluice wrote of a full store
+// loads whole, far within those bounds.
 func TestSnapshotLoadWorkBounded(t *testing.T) {
 	n := 2_000_000
 	if raceEnabled {
 		n = 400_000
 	}
-	path := filepath.Join(t.TempDir(), "counters.snap")
-	craftSnapshot(t, path, true, func(e *encoder) {
-		live := uint64(countertest.Start + int64(time.Hour))
-		for i := 0; i < n; {
-			k := min(n-i, maxBlock)
-			e.u8(tagEntries)
-			e.u32(uint32(k))
-			for range k {
-				// Shard i%256 of 256, low bits 1, 2, 3...: home slot 0.
-				e.u64(uint64(i%256)<<56 | uint64(i/256+1))
-				e.u64(uint64(live))
-				i++
+	live := uint64(countertest.Start + int64(time.Hour))
+	// The default store: 256 shards of 3,907 keys in 5,212 slots.
+	const shards, slots = 256, 5212
+	cases := []struct {
+		name string
+		hash func(i int) uint64
+	}{
+		// Shard i%256, low bits 1, 2, 3...: all at home slot 0.
+		{"every shard crowded", func(i int) uint64 { return uint64(i%shards)<<56 | uint64(i/shards+1) }},
+		// Shard 0, home slot 0.
+		{"one shard crowded", func(i int) uint64 { return uint64(i + 1) }},
+		// Shard 0, home slots 0, 1, 2...: one step each, one long run.
+		{"one long run", func(i int) uint64 { return (uint64(i%slots)<<32+slots-1)/slots + 1 + uint64(i/slots)<<41 }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "counters.snap")
+			craftSnapshot(t, path, true, func(e *encoder) {
+				for i := 0; i < n; {
+					k := min(n-i, maxBlock)
+					e.u8(tagEntries)
+					e.u32(uint32(k))
+					for range k {
+						e.u64(c.hash(i))
+						e.u64(live)
+						i++
+					}
+				}
+			})
+			core, logs := observer.New(zapcore.InfoLevel)
+			s, err := newWithin(t, Config{Snapshot: path}, zap.New(core), nil)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	})
-	core, logs := observer.New(zapcore.InfoLevel)
-	s, err := newWithin(t, Config{Snapshot: path}, zap.New(core), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if l := s.Len(); l != 0 {
-		t.Errorf("%d keys of a crowding snapshot loaded", l)
-	}
-	if w := logs.FilterMessageSnippet("snapshot ignored").All(); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0].ContextMap()["error"]), "crowd") {
-		t.Errorf("logs: %v", logs.All())
+			defer s.Close()
+			if len(s.shards) != shards || len(s.shards[0].tab) != slots {
+				t.Fatalf("%d shards of %d slots: the crafted hashes do not crowd", len(s.shards), len(s.shards[0].tab))
+			}
+			if l := s.Len(); l != 0 {
+				t.Errorf("%d keys of a crowding snapshot loaded", l)
+			}
+			if w := logs.FilterMessageSnippet("snapshot ignored").All(); len(w) != 1 || !strings.Contains(fmt.Sprint(w[0].ContextMap()["error"]), "crowd") {
+				t.Errorf("logs: %v", logs.All())
+			}
+		})
 	}
 
 	// The control: a full store's own snapshot, its shards filled to
@@ -648,8 +668,8 @@ func TestSnapshotLoadWorkBounded(t *testing.T) {
 	if err != nil || got.kept != written || got.dropped != 0 {
 		t.Fatalf("a full store's snapshot: %v, %d of %d keys kept, %d dropped", err, got.kept, written, got.dropped)
 	}
-	t.Logf("a full store's snapshot of %d keys: %.2f slots looked at per key (budget %d)",
-		written, float64(got.probes)/float64(written), probeBudget)
+	t.Logf("a full store's snapshot of %d keys: %.2f slots looked at per key (budget %d), longest run %d (bound %d)",
+		written, float64(got.probes)/float64(written), probeBudget, fresh.longestRun(), maxRun)
 	if got.probes > written*probeBudget/4 {
 		t.Errorf("%d probes for %d keys: too close to the budget", got.probes, written)
 	}
