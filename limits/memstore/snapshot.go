@@ -455,8 +455,8 @@ func clip(b []byte) string {
 // keys for it are left out (a file written with a larger max_keys). And
 // it bounds its work: the keys of a file are hashes, which a crafted file
 // can make crowd into a few places of the table, where each insertion
-// would walk past all the others (a 300 MB file took ten minutes to
-// load). A snapshot sluice writes holds hashes spread evenly, which an
+// would walk past all the others (a 300 MB file took thirteen minutes
+// to load). A snapshot sluice writes holds hashes spread evenly, which an
 // insertion finds a place for in a few steps, so a load that needs more
 // than probeBudget steps a key is not one, and is refused whole; so is
 // one that leaves a run of occupied slots longer than maxRun, which
