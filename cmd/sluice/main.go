@@ -18,6 +18,8 @@ import (
 	"runtime/debug"
 
 	"sluice/auth"
+	"sluice/conf"
+	"sluice/limits/memstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; without
@@ -107,6 +109,11 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	name := *path
 	if name == "" {
 		name = DefaultConfigName
+	}
+	// And what is at the snapshot path, which serve would refuse.
+	if err := memstore.CheckSnapshotPath(c.Store.Snapshot); err != nil {
+		fmt.Fprintln(stderr, locate(name, configData(*path), conf.In(err, "store", "snapshot")))
+		return 1
 	}
 	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", name, len(c.Rules), c.Listen, c.Mode)
 	return 0

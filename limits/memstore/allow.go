@@ -2,6 +2,7 @@ package memstore
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -25,22 +26,30 @@ func (s *Store) SetAllow(ctx context.Context, key string, until time.Time) error
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	s.allow.set(key, until, s.now())
-	return nil
+	return s.allow.set(key, until, s.now())
 }
 
-func (a *allowSet) set(key string, until time.Time, now int64) {
+// set adds, changes or removes an exemption. Past maxAllows in force, a
+// new key is refused.
+func (a *allowSet) set(key string, until time.Time, now int64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer func() { a.any.Store(len(a.m) > 0) }()
 	if until.IsZero() || until.UnixNano() <= now {
 		delete(a.m, key)
-	} else {
-		if a.m == nil {
-			a.m = make(map[string]int64)
-		}
-		a.m[key] = until.UnixNano()
+		return nil
 	}
-	a.any.Store(len(a.m) > 0)
+	if _, ok := a.m[key]; !ok && len(a.m) >= maxAllows {
+		maps.DeleteFunc(a.m, func(_ string, until int64) bool { return until <= now })
+		if len(a.m) >= maxAllows {
+			return fmt.Errorf("the memory store keeps at most %d exemptions", maxAllows)
+		}
+	}
+	if a.m == nil {
+		a.m = make(map[string]int64)
+	}
+	a.m[key] = until.UnixNano()
+	return nil
 }
 
 // Allows lists the exemptions in force; nil when there are none.

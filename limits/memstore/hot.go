@@ -91,6 +91,19 @@ func (sh *shard) addHot(hk hotKey) {
 	sh.hot[victim] = hk
 }
 
+// hasFreeHot reports whether addHot would take a free place.
+func (sh *shard) hasFreeHot() bool {
+	if sh.hot == nil {
+		return sh.hotN > 0
+	}
+	for i := range sh.hot {
+		if sh.hot[i].name == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // forgetHot drops h's name, if kept.
 func (sh *shard) forgetHot(h uint64) {
 	if i := sh.findHot(h); i >= 0 {

@@ -15,6 +15,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 )
 
@@ -42,11 +43,12 @@ const (
 	tagEnd     = 'Z'
 )
 
-// fileSystem is what snapshots need from the OS, so a test can make any
-// step fail as a full or read-only disk would.
+// fileSystem is what snapshot writes need from the OS, so a test can make
+// any step fail as a full or read-only disk would.
 type fileSystem interface {
-	Open(name string) (io.ReadCloser, error)
-	Create(name string) (file, error) // truncates
+	// CreateTemp creates a new file in dir, named by pattern as
+	// os.CreateTemp does; it never opens an existing file or a link.
+	CreateTemp(dir, pattern string) (file, error)
 	Rename(from, to string) error
 	Remove(name string) error
 	SyncDir(dir string) error
@@ -54,18 +56,16 @@ type fileSystem interface {
 
 type file interface {
 	io.Writer
+	Name() string
 	Sync() error
 	Close() error
 }
 
 type osFS struct{}
 
-func (osFS) Open(name string) (io.ReadCloser, error) { return os.Open(name) }
-func (osFS) Create(name string) (file, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-}
-func (osFS) Rename(from, to string) error { return os.Rename(from, to) }
-func (osFS) Remove(name string) error     { return os.Remove(name) }
+func (osFS) CreateTemp(dir, pattern string) (file, error) { return os.CreateTemp(dir, pattern) }
+func (osFS) Rename(from, to string) error                 { return os.Rename(from, to) }
+func (osFS) Remove(name string) error                     { return os.Remove(name) }
 func (osFS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -97,8 +97,9 @@ func (s *Store) SnapshotStatus() (time.Time, error) {
 	return s.snap.last, s.snap.lastErr
 }
 
-// writeSnapshot writes the snapshot now. A failure is logged and kept for
-// SnapshotStatus; the counters stay in memory and the next write retries.
+// writeSnapshot writes the snapshot now. A failure, a panic included, is
+// logged and kept for SnapshotStatus; the counters stay in memory and the
+// next write retries.
 func (s *Store) writeSnapshot() error {
 	s.snap.mu.Lock()
 	defer s.snap.mu.Unlock()
@@ -120,22 +121,27 @@ func (s *Store) writeSnapshot() error {
 	return nil
 }
 
-// writeSnapshotFile writes a temporary file beside the snapshot, syncs it
-// and renames it over the old one, so a crash at any point leaves either
-// the old snapshot or the new one.
+// writeSnapshotFile writes a new temporary file beside the snapshot, syncs
+// it and renames it over the old one, so a crash at any point leaves
+// either the old snapshot or the new one. The temporary file's name is
+// random and created exclusively, so nothing planted beside the snapshot
+// is followed or truncated; and the rename replaces only what is
+// sluice's own.
 func (s *Store) writeSnapshotFile() (n int, err error) {
+	defer guard.RecoverErr(s.log, "memstore snapshot", &err)
 	path := s.cfg.Snapshot
-	tmp := path + ".tmp"
-	f, err := s.snap.fs.Create(tmp)
+	f, err := s.snap.fs.CreateTemp(filepath.Dir(path), tempPattern(path))
 	if err != nil {
-		return 0, fmt.Errorf("create %s: %w", tmp, err)
+		return 0, fmt.Errorf("create a temporary file beside %s: %w", path, err)
 	}
-	closed := false
+	tmp := f.Name()
+	open, renamed := true, false
 	defer func() {
-		if err != nil {
-			if !closed {
-				f.Close()
-			}
+		// Also on a panic, before RecoverErr turns it into err.
+		if open {
+			f.Close()
+		}
+		if !renamed {
 			s.snap.fs.Remove(tmp)
 		}
 	}()
@@ -147,13 +153,18 @@ func (s *Store) writeSnapshotFile() (n int, err error) {
 	if err := f.Sync(); err != nil {
 		return 0, fmt.Errorf("sync %s: %w", tmp, err)
 	}
-	closed = true
+	open = false
 	if err := f.Close(); err != nil {
 		return 0, fmt.Errorf("close %s: %w", tmp, err)
+	}
+	// The path was checked at start, but may have been taken over since.
+	if err := CheckSnapshotPath(path); err != nil {
+		return 0, err
 	}
 	if err := s.snap.fs.Rename(tmp, path); err != nil {
 		return 0, fmt.Errorf("rename %s: %w", tmp, err)
 	}
+	renamed = true
 	if err := s.snap.fs.SyncDir(filepath.Dir(path)); err != nil {
 		// The new file is in place; only its durability across a power
 		// loss is in doubt.
@@ -246,22 +257,39 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// snapshot is a decoded file, checked whole before any of it is used.
-type snapshot struct {
+// records receives a snapshot's records in file order as they are read
+// and checked; an error it returns ends the reading. A name is only valid
+// during the call.
+type records interface {
+	entry(e entry) error
+	hot(r hotKey, name []byte) error
+	allow(key []byte, until int64)
+}
+
+// tally counts a snapshot's keys, keeping nothing.
+type tally struct{ entries int }
+
+func (t *tally) entry(entry) error        { t.entries++; return nil }
+func (t *tally) hot(hotKey, []byte) error { return nil }
+func (t *tally) allow([]byte, int64)      {}
+
+// header is what a snapshot says of itself: when it was written, and the
+// checksum that ends it.
+type header struct {
 	written int64
-	entries []entry
-	hot     []hotKey
-	allows  map[string]int64 // key -> until, Unix ns
+	sum     uint64
 }
 
 // decoder reads the snapshot and hashes what it reads; the first error
-// sticks.
+// sticks. It allocates nothing per record: names go through one buffer.
 type decoder struct {
-	r   *bufio.Reader
-	d   *xxhash.Digest
-	off int64
-	err error
-	buf [8]byte
+	r     *bufio.Reader
+	d     *xxhash.Digest
+	off   int64
+	err   error
+	buf   [8]byte
+	name  []byte
+	chunk [256 * 16]byte // entries
 }
 
 func (d *decoder) bytes(b []byte) {
@@ -285,13 +313,38 @@ func (d *decoder) u16() uint16 { d.bytes(d.buf[:2]); return binary.LittleEndian.
 func (d *decoder) u32() uint32 { d.bytes(d.buf[:4]); return binary.LittleEndian.Uint32(d.buf[:]) }
 func (d *decoder) u64() uint64 { d.bytes(d.buf[:8]); return binary.LittleEndian.Uint64(d.buf[:]) }
 func (d *decoder) i64() int64  { return int64(d.u64()) }
-func (d *decoder) name() string {
-	b := make([]byte, d.u16())
+
+// readName reads a length and a name into the decoder's buffer, which
+// grows to the longest name read (at most maxName bytes).
+func (d *decoder) readName() []byte {
+	n := int(d.u16())
+	if cap(d.name) < n {
+		d.name = make([]byte, n, max(n, 256))
+	}
+	b := d.name[:n]
 	d.bytes(b)
-	if len(b) == 0 && d.err == nil {
+	if n == 0 && d.err == nil {
 		d.err = fmt.Errorf("empty key name at byte %d", d.off)
 	}
-	return string(b)
+	return b
+}
+
+// entries reads a block of n entries, a chunk at a time: hashing and
+// checking them field by field would make a load several times slower.
+func (d *decoder) entries(n int, rec records) {
+	for n > 0 && d.err == nil {
+		b := d.chunk[:min(n, len(d.chunk)/16)*16]
+		d.bytes(b)
+		for i := 0; i < len(b) && d.err == nil; i += 16 {
+			e := entry{h: binary.LittleEndian.Uint64(b[i:]), v: int64(binary.LittleEndian.Uint64(b[i+8:]))}
+			if e.h == 0 || e.h&kindBit != 0 || e.v < 0 || e.v > maxTAT {
+				d.err = fmt.Errorf("at byte %d: invalid entry %x=%d", d.off-int64(len(b)-i), e.h, e.v)
+				break
+			}
+			d.err = rec.entry(e)
+		}
+		n -= len(b) / 16
+	}
 }
 
 // fail records a content error unless an earlier one is there.
@@ -301,119 +354,295 @@ func (d *decoder) fail(format string, args ...any) {
 	}
 }
 
-func decodeSnapshot(r io.Reader) (*snapshot, error) {
-	d := &decoder{r: bufio.NewReaderSize(r, 64<<10), d: xxhash.New()}
+// errEmpty is an empty snapshot file: one created and not written yet.
+var errEmpty = errors.New("empty file")
+
+// maxAllows bounds the exemptions a store keeps, and so a snapshot holds:
+// they are set by hand, and each costs a map entry.
+const maxAllows = 10_000
+
+// A snapshot sluice writes never holds more hot names than hotKeys: each
+// shard keeps hotKeys/shards of them (at least 8 of 256 shards).
+const maxHotRecords = hotKeys
+
+// readSnapshot checks the snapshot in br record by record, giving each
+// record to rec as it goes, and returns its header once the checksum and
+// the end of the file check out. rec may have seen records of a file that
+// fails later: callers check a file whole (with a tally) before they use
+// it. Memory use does not depend on the file: records are not kept here.
+func readSnapshot(br *bufio.Reader, rec records) (header, error) {
+	d := &decoder{r: br, d: xxhash.New()}
 	var magic [len(snapMagic)]byte
 	d.bytes(magic[:])
-	if d.err != nil || string(magic[:]) != snapMagic {
-		return nil, errors.New("not a sluice counter snapshot (bad magic)")
+	switch {
+	case d.off == 0 && errors.Is(d.err, io.ErrUnexpectedEOF):
+		return header{}, errEmpty
+	case string(magic[:d.off]) != snapMagic[:d.off]:
+		return header{}, errors.New("not a sluice counter snapshot (bad magic)")
+	case d.err != nil:
+		return header{}, d.err
 	}
 	if v := d.u16(); d.err == nil && v != snapVersion {
-		return nil, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
+		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
 	}
-	snap := &snapshot{written: d.i64()}
+	hd := header{written: d.i64()}
+	hots, allows := 0, 0
 	for d.err == nil {
 		switch tag := d.u8(); {
 		case d.err != nil:
 		case tag == tagEntries:
-			n := d.u32()
+			n := int(d.u32())
 			if n == 0 || n > maxBlock {
 				d.fail("entry block of %d", n)
 			}
-			for ; n > 0 && d.err == nil; n-- {
-				e := entry{h: d.u64(), v: d.i64()}
-				if e.h == 0 || e.h&kindBit != 0 || e.v < 0 || e.v > maxTAT {
-					d.fail("invalid entry %x=%d", e.h, e.v)
-				}
-				snap.entries = append(snap.entries, e)
-			}
+			d.entries(n, rec)
 		case tag == tagHot:
 			var r hotKey
 			r.kind = counter.Kind(d.u8())
 			denied := d.u8()
 			r.denied = denied == 1
 			r.interval, r.burst = d.i64(), d.i64()
-			r.name = d.name()
+			name := d.readName()
 			if r.kind != counter.KindRate || denied > 1 || r.interval <= 0 || r.burst < 0 {
-				d.fail("invalid hot key %q", r.name)
+				d.fail("invalid hot key %q", clip(name))
 			}
-			snap.hot = append(snap.hot, r)
+			if hots++; hots > maxHotRecords {
+				d.fail("more than %d hot key names", maxHotRecords)
+			}
+			if d.err == nil {
+				d.err = rec.hot(r, name)
+			}
 		case tag == tagAllow:
 			until := d.i64()
-			key := d.name()
-			if snap.allows == nil {
-				snap.allows = make(map[string]int64)
+			key := d.readName()
+			if allows++; allows > maxAllows {
+				d.fail("more than %d exemptions", maxAllows)
 			}
-			snap.allows[key] = until
+			if d.err == nil {
+				rec.allow(key, until)
+			}
 		case tag == tagEnd:
-			want := d.d.Sum64()
+			hd.sum = d.d.Sum64()
 			var sum [8]byte
 			if _, err := io.ReadFull(d.r, sum[:]); err != nil {
-				return nil, fmt.Errorf("truncated checksum: %w", err)
+				return header{}, fmt.Errorf("truncated checksum: %w", err)
 			}
-			if got := binary.LittleEndian.Uint64(sum[:]); got != want {
-				return nil, fmt.Errorf("checksum mismatch (file %016x, content %016x)", got, want)
+			if got := binary.LittleEndian.Uint64(sum[:]); got != hd.sum {
+				return header{}, fmt.Errorf("checksum mismatch (file %016x, content %016x)", got, hd.sum)
 			}
 			if _, err := d.r.ReadByte(); err != io.EOF {
-				return nil, errors.New("data after the end record")
+				return header{}, errors.New("data after the end record")
 			}
-			return snap, nil
+			return hd, nil
 		default:
 			d.fail("unknown record type %#x", tag)
 		}
 	}
-	return nil, d.err
+	return header{}, d.err
+}
+
+// clip keeps error messages short whatever name a file holds.
+func clip(b []byte) string {
+	const keep = 64
+	if len(b) > keep {
+		return string(b[:keep]) + "..."
+	}
+	return string(b)
+}
+
+// installer puts a checked snapshot's records into the store as they are
+// read again. It does not evict: once a shard is full, the file's further
+// keys for it are left out (a file written with a larger max_keys). And
+// it bounds its work: the keys of a file are hashes, which a crafted file
+// can make crowd into a few places of the table, where each insertion
+// would walk past all the others (a 300 MB file took thirteen minutes
+// to load). A snapshot sluice writes holds hashes spread evenly, which an
+// insertion finds a place for in a few steps, so a load that needs more
+// than probeBudget steps a key is not one, and is refused whole; so is
+// one that leaves a run of occupied slots longer than maxRun, which
+// every later look-up in it would walk.
+type installer struct {
+	s       *Store
+	now     int64
+	kept    int
+	dropped int // left out, their shard full
+	probes  int // table slots looked at
+	budget  int
+}
+
+// probeBudget is the steps a load may take per key of max_keys: about ten
+// times what a table filled to its 3/4 with even hashes takes on average.
+// maxRun is far beyond the longest run such a table has (a few hundred
+// slots in a shard of millions).
+const (
+	probeBudget = 32
+	maxRun      = 1024
+)
+
+func newInstaller(s *Store) *installer {
+	return &installer{s: s, now: s.now(), budget: probeBudget * s.cfg.MaxKeys}
+}
+
+// errCrowded is a snapshot whose keys would take too long to install.
+var errCrowded = errors.New("its keys crowd into a few places of the table, as those of no snapshot sluice writes do")
+
+func (in *installer) entry(e entry) error {
+	if e.idle(in.now) {
+		return nil
+	}
+	sh := in.s.shard(e.h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.n >= sh.limit {
+		in.dropped++
+		return nil
+	}
+	i, found := sh.find(e.h)
+	if in.probes += sh.distance(e.h, i) + 1; in.probes > in.budget {
+		return errCrowded
+	}
+	if found { // twice in one file: only a crafted one
+		sh.tab[i].v = e.v
+		return nil
+	}
+	sh.tab[i] = e
+	sh.n++
+	in.kept++
+	return nil
+}
+
+// hot names a key the file holds, if it is still in the table (the
+// writer puts each shard's hot names after its entries) and there is a
+// free place: a file never holds more names than a shard keeps unless it
+// was written with other shards or crafted, and taking the first ones
+// allocates no more names than the places hold.
+func (in *installer) hot(r hotKey, name []byte) error {
+	h := hashKey(name, r.kind)
+	sh := in.s.shard(h)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	i, found := sh.find(h)
+	if in.probes += sh.distance(h, i) + 1; in.probes > in.budget {
+		return errCrowded
+	}
+	if found && !sh.tab[i].idle(in.now) && sh.findHot(h) < 0 && sh.hasFreeHot() {
+		r.name, r.h, r.seen = string(name), h, in.now
+		sh.addHot(r)
+	}
+	return nil
+}
+
+// allow installs an exemption still in force. readSnapshot bounds their
+// number by the store's own, so set cannot refuse one.
+func (in *installer) allow(key []byte, until int64) {
+	if until > in.now {
+		in.s.allow.set(string(key), time.Unix(0, until), in.now)
+	}
 }
 
 // loadSnapshot installs the snapshot file's counters, dropping keys that
 // are idle by now. Nothing is installed unless the whole file checks out.
-func (s *Store) loadSnapshot() {
+// It returns an error only for a path that holds something else than a
+// snapshot, which the store must not start on (it would replace it);
+// a damaged snapshot is logged and ignored.
+func (s *Store) loadSnapshot() error {
 	path := s.cfg.Snapshot
 	log := s.log.With(zap.String("path", path))
-	f, err := s.snap.fs.Open(path)
+	for _, name := range removeStaleTemps(path) {
+		log.Info("removed a temporary file left by an interrupted snapshot write", zap.String("file", name))
+	}
+	f, err := openSnapshot(path)
+	if ns := (*notSnapshotError)(nil); errors.As(err, &ns) {
+		return err
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		log.Info("no counter snapshot yet; starting with empty counters")
-		return
+		return nil
 	}
 	if err != nil {
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
-		return
+		return nil
 	}
-	snap, err := decodeSnapshot(f)
-	f.Close()
-	if err != nil {
+	defer f.Close()
+	hd, in, err := s.loadFrom(f)
+	switch {
+	case errors.Is(err, errEmpty):
+		log.Info("counter snapshot is empty; starting with empty counters")
+		return nil
+	case err != nil:
 		log.Warn("counter snapshot ignored; starting with empty counters", zap.Error(err))
-		return
-	}
-	now := s.now()
-	kept := 0
-	for _, e := range snap.entries {
-		if e.idle(now) {
-			continue
-		}
-		sh := s.shard(e.h)
-		sh.mu.Lock()
-		sh.set(e.h, e.v, now)
-		sh.mu.Unlock()
-		kept++
-	}
-	for _, r := range snap.hot {
-		h := hashKey([]byte(r.name), r.kind)
-		sh := s.shard(h)
-		sh.mu.Lock()
-		if sh.get(h, now) != 0 && sh.findHot(h) < 0 {
-			r.h, r.seen = h, now
-			sh.addHot(r)
-		}
-		sh.mu.Unlock()
-	}
-	for key, until := range snap.allows {
-		s.allow.set(key, time.Unix(0, until), now)
+		return nil
 	}
 	s.snap.statusMu.Lock()
-	s.snap.last = time.Unix(0, snap.written)
+	s.snap.last = time.Unix(0, hd.written)
 	s.snap.statusMu.Unlock()
-	log.Info("counter snapshot loaded", zap.Int("keys", kept),
-		zap.Int("idle_dropped", len(snap.entries)-kept),
-		zap.Duration("age", time.Duration(now-snap.written)))
+	log.Info("counter snapshot loaded", zap.Int("keys", in.kept),
+		zap.Int("idle_dropped", in.tally.entries-in.kept-in.dropped),
+		zap.Int("over_max_keys", in.dropped),
+		zap.Duration("age", time.Duration(in.now-hd.written)))
+	return nil
+}
+
+// loaded is what loadFrom installed.
+type loaded struct {
+	tally
+	kept, dropped, probes int
+	now                   int64
+}
+
+// loadFrom reads r twice: once to check it whole, keeping nothing, then
+// to install it. Memory use is the store's, whatever the file holds. If
+// the second reading differs from the first (the file changed in
+// between), what it installed is taken back.
+func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var t tally
+	checked, err := readSnapshot(br, &t)
+	if err != nil {
+		return header{}, loaded{}, err
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return header{}, loaded{}, err
+	}
+	br.Reset(r)
+	in := newInstaller(s)
+	hd, err := readSnapshot(br, in)
+	if err == nil && hd != checked {
+		err = errors.New("the file changed while it was read")
+	}
+	if err == nil && s.longestRun() > maxRun {
+		err = errCrowded
+	}
+	if err != nil {
+		s.forgetAll()
+		return header{}, loaded{}, err
+	}
+	return hd, loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}, nil
+}
+
+func (s *Store) longestRun() int {
+	longest := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		longest = max(longest, sh.longestRun())
+		sh.mu.Unlock()
+	}
+	return longest
+}
+
+// forgetAll empties the store: keys, hot names and exemptions.
+func (s *Store) forgetAll() {
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		clear(sh.tab)
+		sh.n, sh.hand = 0, 0
+		clear(sh.hot)
+		sh.mu.Unlock()
+	}
+	s.allow.mu.Lock()
+	clear(s.allow.m)
+	s.allow.any.Store(false)
+	s.allow.mu.Unlock()
 }

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 )
 
@@ -66,8 +67,9 @@ const (
 	sweepShards   = 4 // per tick: a whole pass every 6.4s with 256 shards
 )
 
-// New makes a store and loads its snapshot, if there is one. A snapshot
-// that cannot be used is logged and ignored.
+// New makes a store and loads its snapshot, if there is one. A damaged
+// snapshot is logged and ignored; a snapshot path that holds something
+// else (see CheckSnapshotPath) is an error.
 func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -110,9 +112,11 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		s.shards[i].init(slab[i*size:(i+1)*size:(i+1)*size], l, min(max(hotKeys/n, minHotPerShard), maxHotPerShard))
 	}
 	if cfg.Snapshot != "" {
-		s.loadSnapshot()
+		if err := s.loadSnapshot(); err != nil {
+			return nil, err // it names the path and what is there
+		}
 	}
-	go s.run()
+	guard.Go(log, "memstore background", s.run)
 	return s, nil
 }
 
@@ -342,7 +346,8 @@ func (s *Store) Close() error {
 }
 
 // run sweeps idle keys a few shards at a time, so reclaiming never holds
-// more than one shard's lock, and writes the snapshot on schedule.
+// more than one shard's lock, and writes the snapshot on schedule. A
+// panic in a sweep or a write is recovered there, and the loop goes on.
 func (s *Store) run() {
 	defer close(s.done)
 	sweep := time.NewTicker(sweepEvery)
@@ -359,20 +364,30 @@ func (s *Store) run() {
 		case <-s.stop:
 			return
 		case <-sweep.C:
-			s.clock.refresh()
-			for range min(sweepShards, len(s.shards)) {
-				s.sweepShard(next)
-				next = (next + 1) % len(s.shards)
-			}
+			next = s.sweep(next)
 		case <-snapC:
 			s.writeSnapshot()
 		}
 	}
 }
 
+// sweep purges a few shards from the one at from and returns where the
+// next sweep starts: past a shard that panicked, too.
+func (s *Store) sweep(from int) (next int) {
+	defer guard.Recover(s.log, "memstore sweep")
+	next = from
+	s.clock.refresh()
+	for range min(sweepShards, len(s.shards)) {
+		i := next
+		next = (next + 1) % len(s.shards)
+		s.sweepShard(i)
+	}
+	return next
+}
+
 func (s *Store) sweepShard(i int) {
 	sh := &s.shards[i]
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	sh.purge(s.now())
-	sh.mu.Unlock()
 }

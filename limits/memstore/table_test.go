@@ -160,3 +160,29 @@ func TestEvictSparesHeldSlots(t *testing.T) {
 		t.Errorf("evicted a key holding 2 slots rather than the one holding 1")
 	}
 }
+
+// longestRun counts runs of occupied slots, one that wraps around the end
+// of the table included.
+func TestLongestRun(t *testing.T) {
+	for _, c := range []struct {
+		slots string // x: occupied
+		want  int
+	}{
+		{"........", 0},
+		{"x.......", 1},
+		{".xxx.xx.", 3},
+		{"xx....xx", 4},
+		{"xxx.xxxx", 7},
+		{"xxxxxxxx", 8},
+	} {
+		sh := &shard{tab: make([]entry, len(c.slots))}
+		for i, ch := range c.slots {
+			if ch == 'x' {
+				sh.tab[i].h = uint64(i + 1)
+			}
+		}
+		if got := sh.longestRun(); got != c.want {
+			t.Errorf("%s: longest run %d, want %d", c.slots, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package memstore
+
+const openNoFollow = 0

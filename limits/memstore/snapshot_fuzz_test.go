@@ -1,0 +1,102 @@
+package memstore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"maps"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"go.uber.org/zap"
+
+	"sluice/limits/counter/countertest"
+)
+
+// fuzzMaxKeys is small, so that the fuzzer's entries fill the table and
+// eviction runs during a load.
+const fuzzMaxKeys = 64
+
+func fuzzStore(t testing.TB, now func() int64) *Store {
+	s, err := New(Config{MaxKeys: fuzzMaxKeys}, zap.NewNop(), WithClock(now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// encoded is the snapshot s would write.
+func encoded(s *Store) []byte {
+	var buf bytes.Buffer
+	w := bufio.NewWriter(&buf)
+	s.encodeSnapshot(w)
+	w.Flush()
+	return buf.Bytes()
+}
+
+// FuzzSnapshot loads any bytes as a snapshot; with sealed, the bytes are
+// the records and get a good end record and checksum, so that the fuzzer
+// reaches the installing pass too. Whatever they hold, the load must not
+// panic; a file it refuses leaves the store empty (nothing half loaded);
+// a file it takes stays within max_keys and the exemption bound, and
+// what the store then writes loads back into the same state.
+func FuzzSnapshot(f *testing.F) {
+	clock := countertest.NewClock()
+	seed := fuzzStore(f, clock.Now)
+	for i := range 40 {
+		take(f, seed, countertest.Rate(string(rune('a'+i%26))+"@example.org", 10, time.Hour, 10))
+	}
+	for range 11 {
+		take(f, seed, countertest.Rate("sender:full@example.org", 10, time.Hour, 10))
+	}
+	seed.SetAllow(context.Background(), "sender:vip@example.org", time.Unix(0, clock.Now()).Add(time.Hour))
+	valid := encoded(seed)
+	seed.Close()
+	header := append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	f.Add(valid, false)
+	f.Add(valid[:len(valid)-9], true) // the records alone
+	f.Add([]byte{}, false)
+	f.Add([]byte(snapMagic), false)
+	f.Add(valid[:len(valid)/2], false)
+	f.Add(append(header, 'E', 0xff, 0xff, 0xff, 0x7f), true)
+	f.Add(append(header, 'E', 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), true)
+	f.Add(append(header, 'A', 1, 2, 3, 4, 5, 6, 7, 8, 0xff, 0xff), true)
+	f.Add(append(header, 'H', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 'k'), true)
+	f.Add([]byte("# sluice configuration\n"), false)
+
+	f.Fuzz(func(t *testing.T, data []byte, sealed bool) {
+		if sealed {
+			data = append(bytes.Clone(data), tagEnd)
+			data = binary.LittleEndian.AppendUint64(data, xxhash.Sum64(data))
+		}
+		s := fuzzStore(t, clock.Now)
+		defer s.Close()
+		_, _, err := s.loadFrom(bytes.NewReader(data))
+		allows, _ := s.Allows(context.Background())
+		hot, _ := s.Hot(context.Background(), -1)
+		if err != nil {
+			if s.Len() != 0 || len(allows) != 0 || len(hot) != 0 {
+				t.Fatalf("refused (%v) but %d keys, %d exemptions, %d hot names loaded", err, s.Len(), len(allows), len(hot))
+			}
+			return
+		}
+		if s.Len() > fuzzMaxKeys || len(allows) > maxAllows {
+			t.Fatalf("%d keys, %d exemptions loaded", s.Len(), len(allows))
+		}
+
+		again := fuzzStore(t, clock.Now)
+		defer again.Close()
+		if _, _, err := again.loadFrom(bytes.NewReader(encoded(s))); err != nil {
+			t.Fatalf("what the store wrote does not load: %v", err)
+		}
+		allowsAgain, _ := again.Allows(context.Background())
+		hotAgain, _ := again.Hot(context.Background(), -1)
+		if again.Len() != s.Len() || !maps.Equal(allows, allowsAgain) || !reflect.DeepEqual(hot, hotAgain) {
+			t.Fatalf("written and loaded back: %d keys, exemptions %v, hot %v; had %d, %v, %v",
+				again.Len(), allowsAgain, hotAgain, s.Len(), allows, hot)
+		}
+	})
+}
