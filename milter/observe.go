@@ -22,6 +22,15 @@ type Observer interface {
 	Check(check, result string, took time.Duration)
 }
 
+// ConnObserver is what an Observer may also hear: connections sluice
+// closed to stay within its bounds. Its methods are called from sessions'
+// goroutines at once.
+type ConnObserver interface {
+	// ConnCut: a connection was closed for crossing a bound. reason is
+	// header_bytes, macro_bytes or packet_length.
+	ConnCut(reason string)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) SessionOpened()                                      {}
@@ -35,4 +44,5 @@ func (s *Server) Observe(o Observer) {
 		o = nopObserver{}
 	}
 	s.obs = o
+	s.bounds.obs, _ = o.(ConnObserver)
 }
