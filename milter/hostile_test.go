@@ -47,14 +47,27 @@ type hostileServer struct {
 // connCounts hears the connections the server refused or cut off.
 type connCounts struct {
 	nopObserver
-	mu  sync.Mutex
-	cut map[string]int
+	mu      sync.Mutex
+	refused int
+	cut     map[string]int
+}
+
+func (o *connCounts) ConnRefused() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.refused++
 }
 
 func (o *connCounts) ConnCut(reason string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.cut[reason]++
+}
+
+func (o *connCounts) refusals() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.refused
 }
 
 func (o *connCounts) cuts(reason string) int {

@@ -23,11 +23,15 @@ type Observer interface {
 }
 
 // ConnObserver is what an Observer may also hear: connections sluice
-// closed to stay within its bounds. Its methods are called from sessions'
-// goroutines at once.
+// refused or closed to stay within its bounds. Its methods are called from
+// the accept loop and from sessions' goroutines at once.
 type ConnObserver interface {
+	// ConnRefused: max_connections were open, and none had been silent
+	// long enough to make room; a new connection was closed at once.
+	ConnRefused()
 	// ConnCut: a connection was closed for crossing a bound. reason is
-	// header_bytes, macro_bytes or packet_length.
+	// header_bytes, macro_bytes, packet_length, or silent (closed to make
+	// room for a new one).
 	ConnCut(reason string)
 }
 

@@ -97,7 +97,7 @@ type Server struct {
 	pol atomic.Pointer[Policy]
 	obs Observer
 
-	bounds bounds // the caps of each connection
+	bounds bounds // max_connections and the caps of each connection
 
 	ctx    context.Context // cancelled when sessions must stop waiting
 	cancel context.CancelFunc
@@ -153,7 +153,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		s.start(raw)
+		if s.admit(raw) {
+			s.start(raw)
+		}
 	}
 }
 
@@ -167,6 +169,7 @@ func (s *Server) start(raw net.Conn) {
 		s.obs.SessionClosed()
 		s.mu.Lock()
 		delete(s.conns, c)
+		s.bounds.closed(c)
 		s.mu.Unlock()
 		s.wg.Done()
 	}

@@ -1,0 +1,91 @@
+package milter
+
+import (
+	"testing"
+	"time"
+
+	"sluice/policy"
+)
+
+// TestMaxConnectionsRefuses fills max_connections with sessions that talk
+// and checks that each connection past it is closed at once, counted, and
+// logged in sampled lines; that the sessions open go on; and that a place
+// freed is taken again.
+func TestMaxConnectionsRefuses(t *testing.T) {
+	h := newHostileServerWith(t, func(c *Config) { c.MaxConnections = 3 }, policy.ModeEnforce, 0)
+	var open []*rawConn
+	for i := 0; i < 3; i++ {
+		r := h.dial()
+		r.t = t
+		r.negotiate()
+		open = append(open, r)
+	}
+	h.waitSessions(3)
+	const refusals = 20
+	for i := 0; i < refusals; i++ {
+		r := h.dial()
+		r.t = t
+		r.send('O', make([]byte, 12))
+		if !r.hungUp() {
+			t.Fatalf("connection %d past max_connections was served", i+1)
+		}
+	}
+	if n := h.conns.refusals(); n != refusals {
+		t.Errorf("%d refusals counted, want %d", n, refusals)
+	}
+	lines := h.logs.FilterMessage("MTA connection refused: max_connections open").All()
+	if len(lines) == 0 || len(lines) >= refusals {
+		t.Errorf("%d log lines for %d refusals, want at least one and fewer than the refusals", len(lines), refusals)
+	}
+	if n := h.srv.Sessions(); n != 3 {
+		t.Errorf("%d sessions open, want the 3 that were admitted", n)
+	}
+	for i, r := range open {
+		if code := r.connect("192.0.2.1"); code != 'c' {
+			t.Fatalf("session %d after the refusals: connect answered %q", i, code)
+		}
+	}
+	open[0].c.Close()
+	h.waitSessions(2)
+	again := h.dial()
+	again.t = t
+	again.negotiate()
+	h.checkNoPanics()
+}
+
+// TestMaxConnectionsReclaimsSilent fills max_connections with connections
+// that say nothing and one session: a new connection takes the place of
+// the one silent the longest, once it has been silent for a tenth of
+// idle_timeout, so that silent peers cannot keep the MTA out.
+func TestMaxConnectionsReclaimsSilent(t *testing.T) {
+	const idle = 5 * time.Second
+	h := newHostileServerWith(t, func(c *Config) { c.MaxConnections = 3 }, policy.ModeEnforce, idle)
+	silent := []*rawConn{h.dial(), h.dial()}
+	h.waitSessions(2)
+	talking := h.dial()
+	talking.t = t
+	talking.negotiate()
+	h.waitSessions(3)
+	time.Sleep(idle/10 + 200*time.Millisecond)
+	for i := range silent {
+		r := h.dial()
+		r.t = t
+		r.negotiate() // served: it took a silent one's place
+		if !silent[i].hungUp() {
+			t.Fatalf("silent connection %d was not closed to make room", i)
+		}
+		if code := r.connect("192.0.2.2"); code != 'c' {
+			t.Fatalf("new connection %d: connect answered %q", i, code)
+		}
+	}
+	if n := h.conns.cuts("silent"); n != 2 {
+		t.Errorf("%d connections counted as closed to make room, want 2", n)
+	}
+	if n := h.logs.FilterMessage("MTA connection closed to make room: max_connections open").Len(); n != 2 {
+		t.Errorf("%d log lines for connections closed to make room, want 2", n)
+	}
+	if code := talking.connect("192.0.2.3"); code != 'c' {
+		t.Fatalf("the session that talked: connect answered %q", code)
+	}
+	h.checkNoPanics()
+}
