@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/limits"
+	"sluice/test/keepalive"
 )
 
 // fake answers like an engine with one counter for sender:a@b.
@@ -85,4 +86,23 @@ func TestRoundTrip(t *testing.T) {
 	if _, err := NewClient(filepath.Join(t.TempDir(), "none.sock")).Top(ctx, "", 1); err == nil || !strings.Contains(err.Error(), "no sluice answers") {
 		t.Errorf("client on a missing socket: %v", err)
 	}
+}
+
+// TestServerCapsAndClosesKeepAlives: keep-alive connections to the admin
+// socket are capped at MaxConnections and closed when idle.
+func TestServerCapsAndClosesKeepAlives(t *testing.T) {
+	keepalive.CheckCapAndIdle(t, func(t testing.TB, idle time.Duration) keepalive.Dial {
+		prev := idleTimeout
+		idleTimeout = idle
+		defer func() { idleTimeout = prev }()
+		sock := filepath.Join(t.TempDir(), "admin.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &fake{allowed: map[string]time.Time{}}
+		s := Serve(ln, func() Counters { return f }, zap.NewNop())
+		t.Cleanup(func() { s.Close(context.Background()) })
+		return func() (net.Conn, error) { return net.Dial("unix", sock) }
+	}, MaxConnections, "/v1/counters/allows")
 }
