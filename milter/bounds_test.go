@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -88,4 +89,47 @@ func TestMaxConnectionsReclaimsSilent(t *testing.T) {
 		t.Fatalf("the session that talked: connect answered %q", code)
 	}
 	h.checkNoPanics()
+}
+
+// TestBoundsValidate: the bounds keep their defaults when left out, and a
+// value out of range is an error that names its key and the range.
+func TestBoundsValidate(t *testing.T) {
+	var c Config
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if c.MaxHeaderBytes != DefaultMaxHeaderBytes || c.MaxMacroBytes != DefaultMaxMacroBytes || c.MaxConnections != 0 {
+		t.Errorf("defaults: %+v", c.Bounds)
+	}
+	for _, tc := range []struct {
+		set  func(*Bounds)
+		want string
+	}{
+		{func(b *Bounds) { b.MaxConnections = -1 }, "max_connections: -1 is out of range"},
+		{func(b *Bounds) { b.MaxConnections = 1 << 21 }, "max_connections: 2097152 is out of range"},
+		{func(b *Bounds) { b.MaxHeaderBytes = 100 << 10 }, "max_header_bytes: 102400 is out of range (131072 to"},
+		{func(b *Bounds) { b.MaxMacroBytes = 2 << 30 }, "max_macro_bytes: 2147483648 is out of range (16384 to 1073741824 bytes)"},
+	} {
+		c := Config{}
+		c.Defaults()
+		tc.set(&c.Bounds)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", c.Bounds, err, tc.want)
+		}
+	}
+}
+
+// TestConnectionsFor: half of the descriptors left after the reserve, and
+// at least one whatever the limit.
+func TestConnectionsFor(t *testing.T) {
+	for _, c := range []struct{ nofile, reserved, want int }{
+		{65536, 100, 32718},
+		{256, 64, 96},
+		{64, 100, 1},
+	} {
+		if got := ConnectionsFor(c.nofile, c.reserved); got != c.want {
+			t.Errorf("ConnectionsFor(%d, %d) = %d, want %d", c.nofile, c.reserved, got, c.want)
+		}
+	}
 }
