@@ -149,7 +149,8 @@ func (b *bounds) cut(c *conn, reason string, n, limit int64) {
 // max_connections it is. At max_connections, the connection silent the
 // longest makes room for it if it has been silent for reclaimAfter (a peer
 // that opens connections and says nothing cannot keep the MTA out);
-// otherwise the new connection is closed at once.
+// otherwise the new connection is closed at once. Silent means sluice is
+// waiting for the MTA to send: a session busy with a stage never is.
 func (s *Server) admit(raw net.Conn) bool {
 	b := &s.bounds
 	s.mu.Lock()
@@ -198,13 +199,13 @@ func (s *Server) longestSilent() (*conn, time.Duration) {
 	var victim *conn
 	oldest := now
 	for c := range s.conns {
-		if h := c.heard.Load(); h < oldest && !c.reclaimed {
-			victim, oldest = c, h
+		if w := c.waiting.Load(); w != 0 && w < oldest && !c.reclaimed {
+			victim, oldest = c, w
 		}
 	}
 	if victim == nil || now-oldest < int64(b.reclaimAfter) {
-		// Reads only move a connection's time forward, and new ones start
-		// at now: none can qualify before the oldest does.
+		// A connection that starts waiting from now on starts at now or
+		// later: none can qualify before the one waiting longest does.
 		b.quietUntil = oldest + int64(b.reclaimAfter)
 		return nil, 0
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"sluice/conf"
+	"sluice/limits"
 	"sluice/policy"
 )
 
@@ -132,4 +134,34 @@ func TestConnectionsFor(t *testing.T) {
 			t.Errorf("ConnectionsFor(%d, %d) = %d, want %d", c.nofile, c.reserved, got, c.want)
 		}
 	}
+}
+
+// TestMaxConnectionsSparesBusySessions: a session sluice is working on —
+// here pausing before its reply — is not silent, however long ago its MTA
+// last sent something; at max_connections a new connection is refused
+// rather than cut it off.
+func TestMaxConnectionsSparesBusySessions(t *testing.T) {
+	const (
+		idle  = 5 * time.Second // a place is taken after 500ms of silence
+		pause = 5 * time.Second
+	)
+	h := newHostileServerWith(t, func(c *Config) { c.MaxConnections = 1 }, policy.ModeEnforce, idle,
+		limits.Rule{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: "delay", Delay: conf.Duration(pause)})
+	r := h.attacker(t, "192.0.2.30")
+	r.mailCodes("first@example.org")
+	r.send('M', cstr("<second@example.org>")) // over the rate: answered after the pause
+	time.Sleep(idle/10 + 300*time.Millisecond)
+	late := h.dial()
+	late.t = t
+	late.send('O', make([]byte, 12))
+	if !late.hungUp() {
+		t.Fatal("a connection past max_connections was served while the one session was busy")
+	}
+	if code, _, err := r.read(pause + 5*time.Second); err != nil || code != 'c' {
+		t.Fatalf("the busy session's MAIL answered %q, %v; want continue after the pause", code, err)
+	}
+	if n, cut := h.conns.refusals(), h.conns.cuts("silent"); n != 1 || cut != 0 {
+		t.Errorf("%d refused and %d closed to make room, want 1 and 0", n, cut)
+	}
+	h.checkNoPanics()
 }

@@ -37,7 +37,10 @@ type conn struct {
 	once     sync.Once
 	onClose  func()
 	lastRead time.Time
-	heard    atomic.Int64 // when a read last brought bytes (or the accept), Unix ns
+	// waiting is since when sluice has been waiting for the MTA to send
+	// (Unix ns), 0 while it has something to work on: a session in a
+	// stage, a pause or a store call is not silent.
+	waiting atomic.Int64
 	// reclaimed is set, under Server.mu, when the connection was closed
 	// to make room for a new one.
 	reclaimed bool
@@ -89,7 +92,6 @@ var quickACK = "on"
 func newConn(c net.Conn, idle time.Duration, onClose func()) *conn {
 	w := &conn{Conn: c, idle: idle, onClose: onClose, caps: caps{header: DefaultMaxHeaderBytes, macro: DefaultMaxMacroBytes}}
 	w.r = bufio.NewReaderSize(socketReader{w}, 2048)
-	w.heard.Store(time.Now().UnixNano())
 	if tc, ok := c.(*net.TCPConn); ok {
 		if quickACK != "off" {
 			w.raw, _ = tc.SyscallConn()
@@ -110,15 +112,14 @@ func (s socketReader) Read(p []byte) (int, error) {
 		_ = c.Conn.SetReadDeadline(now.Add(c.idle))
 		c.lastRead = now
 	}
+	c.waiting.Store(now.UnixNano())
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.heard.Store(time.Now().UnixNano())
-		if c.raw != nil {
-			// Linux leaves quick-ACK mode on its own; ask again after each read.
-			_ = c.raw.Control(func(fd uintptr) {
-				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
-			})
-		}
+	c.waiting.Store(0)
+	if n > 0 && c.raw != nil {
+		// Linux leaves quick-ACK mode on its own; ask again after each read.
+		_ = c.raw.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
+		})
 	}
 	return n, err
 }
