@@ -48,7 +48,10 @@ func (f *fake) Allow(ctx context.Context, key string, until time.Time) ([]string
 
 func (f *fake) Exemptions(ctx context.Context) (map[string]time.Time, error) { return f.allowed, nil }
 
-func TestRoundTrip(t *testing.T) {
+// serveFake serves the admin API of a fake engine on a socket of its own
+// until the test ends.
+func serveFake(t testing.TB) (string, *fake) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -56,7 +59,12 @@ func TestRoundTrip(t *testing.T) {
 	}
 	f := &fake{allowed: map[string]time.Time{}}
 	s := Serve(ln, func() Counters { return f }, zap.NewNop())
-	defer s.Close(context.Background())
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return sock, f
+}
+
+func TestRoundTrip(t *testing.T) {
+	sock, f := serveFake(t)
 	c := NewClient(sock)
 	ctx := context.Background()
 
@@ -95,14 +103,7 @@ func TestServerCapsAndClosesKeepAlives(t *testing.T) {
 		prev := idleTimeout
 		idleTimeout = idle
 		defer func() { idleTimeout = prev }()
-		sock := filepath.Join(t.TempDir(), "admin.sock")
-		ln, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := &fake{allowed: map[string]time.Time{}}
-		s := Serve(ln, func() Counters { return f }, zap.NewNop())
-		t.Cleanup(func() { s.Close(context.Background()) })
+		sock, _ := serveFake(t)
 		return func() (net.Conn, error) { return net.Dial("unix", sock) }
 	}, MaxConnections, "/v1/counters/allows")
 }

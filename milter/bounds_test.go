@@ -147,7 +147,7 @@ func TestMaxConnectionsSparesBusySessions(t *testing.T) {
 	)
 	h := newHostileServerWith(t, func(c *Config) { c.MaxConnections = 1 }, policy.ModeEnforce, idle,
 		limits.Rule{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: "delay", Delay: conf.Duration(pause)})
-	r := h.attacker(t, "192.0.2.30")
+	r := h.connected(t, "192.0.2.30")
 	r.mailCodes("first@example.org")
 	r.send('M', cstr("<second@example.org>")) // over the rate: answered after the pause
 	time.Sleep(idle/10 + 300*time.Millisecond)
