@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/limits"
+	"sluice/test/keepalive"
 )
 
 // fake answers like an engine with one counter for sender:a@b.
@@ -47,7 +48,10 @@ func (f *fake) Allow(ctx context.Context, key string, until time.Time) ([]string
 
 func (f *fake) Exemptions(ctx context.Context) (map[string]time.Time, error) { return f.allowed, nil }
 
-func TestRoundTrip(t *testing.T) {
+// serveFake serves the admin API of a fake engine on a socket of its own
+// until the test ends.
+func serveFake(t testing.TB) (string, *fake) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -55,7 +59,12 @@ func TestRoundTrip(t *testing.T) {
 	}
 	f := &fake{allowed: map[string]time.Time{}}
 	s := Serve(ln, func() Counters { return f }, zap.NewNop())
-	defer s.Close(context.Background())
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return sock, f
+}
+
+func TestRoundTrip(t *testing.T) {
+	sock, f := serveFake(t)
 	c := NewClient(sock)
 	ctx := context.Background()
 
@@ -85,4 +94,16 @@ func TestRoundTrip(t *testing.T) {
 	if _, err := NewClient(filepath.Join(t.TempDir(), "none.sock")).Top(ctx, "", 1); err == nil || !strings.Contains(err.Error(), "no sluice answers") {
 		t.Errorf("client on a missing socket: %v", err)
 	}
+}
+
+// TestServerCapsAndClosesKeepAlives: keep-alive connections to the admin
+// socket are capped at MaxConnections and closed when idle.
+func TestServerCapsAndClosesKeepAlives(t *testing.T) {
+	keepalive.CheckCapAndIdle(t, func(t testing.TB, idle time.Duration) keepalive.Dial {
+		prev := idleTimeout
+		idleTimeout = idle
+		defer func() { idleTimeout = prev }()
+		sock, _ := serveFake(t)
+		return func() (net.Conn, error) { return net.Dial("unix", sock) }
+	}, MaxConnections, "/v1/counters/allows")
 }

@@ -14,11 +14,19 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 
 	"sluice/conf"
 	"sluice/limits"
 )
+
+// MaxConnections caps the connections the admin socket serves at once;
+// more wait in the listen backlog. `sluice counters` opens one.
+const MaxConnections = 8
+
+// idleTimeout closes a keep-alive connection idle this long.
+var idleTimeout = 30 * time.Second
 
 // Server answers admin requests on a unix socket.
 type Server struct {
@@ -44,10 +52,14 @@ func Serve(ln net.Listener, engine func() Counters, log *zap.Logger) *Server {
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
 		ErrorLog:          zap.NewStdLog(log),
 	}
 	go func() {
-		if err := s.srv.Serve(&peerListener{Listener: ln, log: log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		// The peer check sees the socket itself; a refused peer never
+		// takes a place under the cap.
+		ln := netutil.LimitListener(&peerListener{Listener: ln, log: log}, MaxConnections)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("admin endpoint stopped", zap.Error(err))
 		}
 	}()

@@ -66,9 +66,10 @@ type Metrics struct {
 
 	sessionsOpen  prometheus.Gauge
 	sessionsTotal prometheus.Counter
-	stageTime     [policy.StageData + 1]prometheus.Observer
-	replies       [policy.StageData + 1][policy.ActionReject + 1]prometheus.Counter
-	decisions     *prometheus.CounterVec
+	connMetrics
+	stageTime [policy.StageData + 1]prometheus.Observer
+	replies   [policy.StageData + 1][policy.ActionReject + 1]prometheus.Counter
+	decisions *prometheus.CounterVec
 
 	checks    *prometheus.CounterVec
 	checkTime *prometheus.HistogramVec
@@ -105,6 +106,7 @@ func New(version string) *Metrics {
 		Name: "sluice_sessions_total",
 		Help: "MTA connections (milter sessions) accepted.",
 	})
+	m.connMetrics.init(f)
 	stageTime := f.histogramVec(prometheus.HistogramOpts{
 		Name:    "sluice_stage_duration_seconds",
 		Help:    "Time sluice took to answer an SMTP stage (counting, checks, decision), pauses asked for by the policy excluded.",

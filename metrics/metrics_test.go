@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +19,9 @@ import (
 	"sluice/limits/counter"
 	"sluice/limits/memstore"
 	"sluice/limits/redisstore"
+	"sluice/milter"
 	"sluice/policy"
+	"sluice/test/keepalive"
 )
 
 func TestStageAndDecisions(t *testing.T) {
@@ -205,6 +208,50 @@ func TestDashboardNames(t *testing.T) {
 		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
 		if !have[base] {
 			t.Errorf("the dashboard uses %s, which sluice does not export", name)
+		}
+	}
+}
+
+// TestServerCapsAndClosesKeepAlives: keep-alive connections to the metrics
+// listener are capped at MaxConnections and closed when idle, so that
+// scrapers (or anyone) holding them cannot take sluice's descriptors.
+func TestServerCapsAndClosesKeepAlives(t *testing.T) {
+	keepalive.CheckCapAndIdle(t, func(t testing.TB, idle time.Duration) keepalive.Dial {
+		prev := idleTimeout
+		idleTimeout = idle
+		defer func() { idleTimeout = prev }()
+		srv, err := New("test").Listen("127.0.0.1:0", func(context.Context) error { return nil }, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close(context.Background()) })
+		return func() (net.Conn, error) { return net.Dial("tcp", srv.Addr().String()) }
+	}, MaxConnections, "/healthz")
+}
+
+// TestConnMetrics: connections refused and closed by the milter server's
+// bounds are counted by reason, and every reason is exported from the start.
+func TestConnMetrics(t *testing.T) {
+	var _ milter.ConnObserver = (*Metrics)(nil)
+	m := New("test")
+	if n := testutil.CollectAndCount(m.reg, "sluice_connections_closed_total"); n != len(connCloseReasons) {
+		t.Errorf("%d reasons exported before any close, want %d", n, len(connCloseReasons))
+	}
+	m.SetMaxConnections(5000)
+	m.ConnRefused()
+	m.ConnRefused()
+	m.ConnCut("header_bytes")
+	for _, c := range []struct {
+		got, want float64
+		what      string
+	}{
+		{testutil.ToFloat64(m.connMetrics.max), 5000, "max connections"},
+		{testutil.ToFloat64(m.connMetrics.refused), 2, "refused"},
+		{testutil.ToFloat64(m.connMetrics.closed.WithLabelValues("header_bytes")), 1, "closed for header_bytes"},
+		{testutil.ToFloat64(m.connMetrics.closed.WithLabelValues("silent")), 0, "closed silent"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 		}
 	}
 }

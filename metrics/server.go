@@ -10,7 +10,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 )
+
+// MaxConnections caps the connections the metrics listener serves at once;
+// more wait in the listen backlog. Scrapers and probes need a few; the cap
+// keeps anyone holding connections from taking the descriptors the MTA's
+// sessions need.
+const MaxConnections = 16
+
+// idleTimeout closes a keep-alive connection idle this long: a scraper
+// opens a new one at its next scrape.
+var idleTimeout = 30 * time.Second
 
 // Server serves /metrics, /healthz and /readyz.
 type Server struct {
@@ -48,10 +59,11 @@ func (m *Metrics) Listen(addr string, ready ReadyFunc, log *zap.Logger) (*Server
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
 		ErrorLog:          zap.NewStdLog(log),
 	}}
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(netutil.LimitListener(ln, MaxConnections)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", zap.Error(err))
 		}
 	}()

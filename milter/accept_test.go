@@ -51,12 +51,7 @@ func (r *rawConn) mailCodes(senders ...string) []string {
 
 func sessionCodes(t *testing.T, h *hostileServer, ip string, senders ...string) []string {
 	t.Helper()
-	r := h.dial()
-	r.t = t
-	r.negotiate()
-	if code := r.connect(ip); code != 'c' {
-		t.Fatalf("connect: %q", code)
-	}
+	r := h.connected(t, ip)
 	codes := r.mailCodes(senders...)
 	r.send('Q')
 	return codes

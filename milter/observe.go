@@ -22,6 +22,19 @@ type Observer interface {
 	Check(check, result string, took time.Duration)
 }
 
+// ConnObserver is what an Observer may also hear: connections sluice
+// refused or closed to stay within its bounds. Its methods are called from
+// the accept loop and from sessions' goroutines at once.
+type ConnObserver interface {
+	// ConnRefused: max_connections were open, and none had been silent
+	// long enough to make room; a new connection was closed at once.
+	ConnRefused()
+	// ConnCut: a connection was closed for crossing a bound. reason is
+	// header_bytes, macro_bytes, packet_length, or silent (closed to make
+	// room for a new one).
+	ConnCut(reason string)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) SessionOpened()                                      {}
@@ -35,4 +48,5 @@ func (s *Server) Observe(o Observer) {
 		o = nopObserver{}
 	}
 	s.obs = o
+	s.bounds.obs, _ = o.(ConnObserver)
 }

@@ -25,6 +25,7 @@ type Config struct {
 	Listen      string        `toml:"listen"`       // unix:/path or inet:host:port
 	IdleTimeout conf.Duration `toml:"idle_timeout"` // drop an MTA connection silent this long
 	TagHeader   string        `toml:"tag_header"`   // header for crossed limits in tag mode
+	Bounds
 }
 
 // DefaultListen is where sluice listens when the file does not say.
@@ -43,6 +44,7 @@ func (c *Config) Defaults() {
 	if c.TagHeader == "" {
 		c.TagHeader = "X-Sluice-Limit"
 	}
+	c.Bounds.defaults()
 }
 
 // Validate checks the milter keys.
@@ -56,7 +58,7 @@ func (c *Config) Validate() error {
 	if !hasPrefixFold(c.TagHeader, "X-Sluice-") {
 		return conf.Errorf("tag_header", "%q must start with X-Sluice- so that sluice can remove forged copies", c.TagHeader)
 	}
-	return nil
+	return c.Bounds.validate()
 }
 
 func validHeaderName(s string) bool {
@@ -95,6 +97,8 @@ type Server struct {
 	pol atomic.Pointer[Policy]
 	obs Observer
 
+	bounds bounds // max_connections and the caps of each connection
+
 	ctx    context.Context // cancelled when sessions must stop waiting
 	cancel context.CancelFunc
 
@@ -110,6 +114,7 @@ func NewServer(cfg Config, p *Policy, log *zap.Logger) *Server {
 	s := &Server{cfg: cfg, log: log, obs: nopObserver{}, conns: make(map[*conn]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.pol.Store(p)
+	s.bounds.init(&cfg, log)
 	return s
 }
 
@@ -148,7 +153,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		s.start(raw)
+		if s.admit(raw) {
+			s.start(raw)
+		}
 	}
 }
 
@@ -156,11 +163,13 @@ func (s *Server) start(raw net.Conn) {
 	p := s.pol.Load()
 	sess := newSession(s, p)
 	c := newConn(raw, s.cfg.IdleTimeout.D(), nil)
+	s.bounds.watch(c)
 	c.onClose = func() {
 		sess.close()
 		s.obs.SessionClosed()
 		s.mu.Lock()
 		delete(s.conns, c)
+		s.bounds.closed(c)
 		s.mu.Unlock()
 		s.wg.Done()
 	}

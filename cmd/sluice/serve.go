@@ -125,9 +125,21 @@ func (d *daemon) run(c *Config) error {
 	if err != nil {
 		return err
 	}
-	d.srv = milter.NewServer(c.MilterConfig, p, d.log)
+	mc := c.MilterConfig
+	var fdLimit int
+	var tooMany bool
+	if mc.MaxConnections, fdLimit, tooMany, err = connectionBudget(c); err != nil {
+		closeAll(lns)
+		return err
+	}
+	if tooMany {
+		d.log.Warn("max_connections leaves fewer file descriptors than sluice keeps for the rest; raise LimitNOFILE or lower it",
+			zap.Int("max_connections", mc.MaxConnections), zap.Int("fd_limit", fdLimit), zap.Int("reserve", fdReserve(c)))
+	}
+	d.srv = milter.NewServer(mc, p, d.log)
 	if d.met != nil {
 		d.srv.Observe(d.met)
+		d.met.SetMaxConnections(mc.MaxConnections)
 		d.met.ConfigLoaded(len(c.Rules), false)
 	}
 
@@ -160,7 +172,8 @@ func (d *daemon) run(c *Config) error {
 	d.serving.Store(true)
 	fields := []zap.Field{zap.String("listen", listenNames(lns)), zap.String("version", versionString()),
 		zap.Stringer("mode", c.Mode), zap.Int("limits", len(c.Rules)), zap.String("store", c.Store.Backend),
-		zap.String("config", configName(d.path)), zap.Bool("systemd_socket", d.activated)}
+		zap.String("config", configName(d.path)), zap.Bool("systemd_socket", d.activated),
+		zap.Int("max_connections", mc.MaxConnections), zap.Int("fd_limit", fdLimit)}
 	if metricsSrv != nil {
 		fields = append(fields, zap.Stringer("metrics", metricsSrv.Addr()))
 	}
@@ -352,6 +365,7 @@ func (d *daemon) warnRestartOnly(c *Config) {
 		what    string
 		changed bool
 	}{
+		{"max_connections, max_header_bytes or max_macro_bytes", c.Bounds != d.cfg.Bounds},
 		{"[store]", !reflect.DeepEqual(c.Store, d.cfg.Store)},
 		{"[metrics]", c.Metrics != d.cfg.Metrics},
 		{"[admin]", c.Admin != d.cfg.Admin},

@@ -37,6 +37,9 @@ action = "tempfail"
 		{name: "bad-action", line: 12, config: `action = "explode"`, want: "action"},
 		{name: "bad-cidr", line: 12, config: `except = ["192.0.2.0/33"]`, want: "192.0.2.0/33"},
 		{name: "bad-listen", line: 1, config: `listen = "tcp:nowhere"`, want: "listen"},
+		{name: "bad-max-connections", line: 2, config: `max_connections = -1`, want: "max_connections"},
+		{name: "tiny-max-header-bytes", line: 2, config: `max_header_bytes = 1000`, want: "max_header_bytes"},
+		{name: "max-macro-bytes-as-text", line: 2, config: `max_macro_bytes = "64KB"`, want: "max_macro_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path, prefix := runCheck(t, dir, good, tc)

@@ -143,6 +143,9 @@ type Sluice struct {
 	// otherwise), so that a unix socket it creates with mode 0660 is
 	// open to that group: "postfix" for Postfix's smtpd.
 	Group string
+	// NoFile, when set, is sluice's file descriptor limit, soft and hard
+	// (so that Go cannot raise it at start), set by prlimit(1).
+	NoFile int
 
 	t          testing.TB
 	proc       *process
@@ -200,6 +203,10 @@ func (s *Sluice) Start(body string) {
 	s.WriteConfig(body)
 	from := len(s.Logs())
 	cmd := exec.Command(Binary(s.t), "serve", "-config", s.Config)
+	if s.NoFile > 0 {
+		limit := fmt.Sprintf("--nofile=%d:%d", s.NoFile, s.NoFile)
+		cmd = exec.Command(Tool(s.t, "prlimit"), limit, "--", Binary(s.t), "serve", "-config", s.Config)
+	}
 	cmd.Dir = s.Dir
 	// A Writer, not StdoutPipe: Wait then returns only after the last
 	// line was read, so lines printed at shutdown are never lost.
