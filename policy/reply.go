@@ -142,6 +142,21 @@ func (r *Reply) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// Quotes reports whether the template fills in the named placeholder
+// ("sasl_user" for {sasl_user}).
+func (r *Reply) Quotes(name string) bool {
+	ph, ok := placeholders[name]
+	if !ok {
+		return false
+	}
+	for _, p := range r.parts {
+		if p.v == ph {
+			return true
+		}
+	}
+	return false
+}
+
 // Code is the three-digit SMTP code.
 func (r *Reply) Code() string { return r.code }
 
