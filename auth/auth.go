@@ -7,7 +7,7 @@
 //	c, err := auth.New(&cfg, log)         // loads access tables
 //	c.Connect(ctx, facts)                 // starts the client's DNS lookups early
 //	vs := c.Mail(ctx, facts, &msg)        // every check; verdicts for policy.Decide
-//	hs := c.Headers(&msg)                 // at end of message: headers to add
+//	hs := c.Headers(&msg, mode)           // at end of message: headers to add
 //	c.Forged(name, value)                 // incoming Authentication-Results to remove
 //
 // Every check answers at MAIL FROM, in this order: helo_access and
@@ -142,16 +142,6 @@ type Message struct {
 // Results are the outcomes of the checks that ran for the message, in
 // check order.
 func (m *Message) Results() []Result { return m.results }
-
-// Soften applies the global mode (policy.Config.Mode) to the results, as
-// policy.Decide applies it to their verdicts, so that the headers say what
-// was done: a check that asks to reject shows mode=tag in X-Sluice-Check
-// under the global tag mode, and nothing under dry-run.
-func (m *Message) Soften(global policy.Mode) {
-	for i := range m.results {
-		m.results[i].Mode = m.results[i].Mode.Soften(global)
-	}
-}
 
 // SPF is the SPF result ("pass", "fail"...) and whether SPF ran.
 func (m *Message) SPF() (string, bool) {

@@ -76,7 +76,7 @@ func TestSPFNullSenderUsesHelo(t *testing.T) {
 	c := checker(t, spfFake(), func(c *Config) { c.SPF.Enabled = true })
 	vs, m := mail(c, session{ip: "192.0.2.1", helo: "helo.example", sender: ""})
 	expect(t, m, vs, "spf", "pass", none)
-	hs := c.Headers(m)
+	hs := c.Headers(m, nil)
 	ar := header(hs, "Authentication-Results")
 	if want := "mx.sluice.test; spf=pass smtp.helo=helo.example"; ar != want {
 		t.Errorf("Authentication-Results %q, want %q", ar, want)
@@ -151,7 +151,7 @@ func TestHeaders(t *testing.T) {
 	})
 	s := session{ip: "192.0.2.1", helo: "localhost", sender: "alice@pass.example"}
 	vs, m := mail(c, s)
-	hs := c.Headers(m)
+	hs := c.Headers(m, nil)
 	for _, h := range hs {
 		t.Logf("%s: %s", h.Name, h.Value)
 	}
@@ -208,7 +208,7 @@ func TestHostileInputInHeaders(t *testing.T) {
 		{ip: "192.0.2.1", helo: "ok.example", sender: ""},
 	} {
 		_, m := mail(c, s)
-		hs := c.Headers(m)
+		hs := c.Headers(m, nil)
 		if len(hs) < 2 {
 			t.Fatalf("headers %v", hs)
 		}
@@ -275,7 +275,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if v, ok := verdict(vs, "require_fqdn_helo"); !ok || v.Mode != policy.ModeDryRun {
 		t.Fatalf("verdict %+v %v", v, ok)
 	}
-	if hs := c.Headers(m); len(hs) != 0 {
+	if hs := c.Headers(m, nil); len(hs) != 0 {
 		t.Errorf("headers in dry-run: %v", hs)
 	}
 }

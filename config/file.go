@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -129,3 +129,8 @@ func readFile(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// Locate turns a validation error about a key path (a *conf.Error, as
+// every section's Validate returns) into "FILE:LINE: path: message",
+// reading the lines from c's own text.
+func (c *Config) Locate(err error) error { return locate(c.name, c.data, err) }

@@ -14,12 +14,11 @@ import (
 	"sluice/policy"
 )
 
-// Config is the limits part of the file: the [[limit]] rules, the global
-// trusted list and the [store] table.
+// Config is the limits part of the file: the [[limit]] rules and the
+// global trusted list. Where the counts live ([store]) is the wiring's.
 type Config struct {
-	Rules   []Rule      `toml:"limit"`
-	Trusted []string    `toml:"trusted"` // networks no rule applies to unless it says apply_to_trusted
-	Store   StoreConfig `toml:"store"`
+	Rules   []Rule   `toml:"limit"`
+	Trusted []string `toml:"trusted"` // networks no rule applies to unless it says apply_to_trusted
 }
 
 // Rule is one [[limit]] as written in the file.
@@ -118,7 +117,6 @@ func (c *Config) Defaults() {
 	if c.Trusted == nil {
 		c.Trusted = DefaultTrusted
 	}
-	c.Store.Defaults()
 }
 
 // Validate checks the rules without reading list files; a rule that names
@@ -130,11 +128,7 @@ func (c *Config) Validate(listNames map[string]bool) error {
 	seen := make(map[string]bool)
 	for i := range c.Rules {
 		r := &c.Rules[i]
-		cr, err := compileRule(r, nil, listNames)
-		if err == nil {
-			err = c.Store.fits(cr)
-		}
-		if err != nil {
+		if _, err := compileRule(r, nil, listNames); err != nil {
 			return conf.In(err, "limit", conf.Index(i))
 		}
 		if seen[r.Name] {
@@ -142,7 +136,32 @@ func (c *Config) Validate(listNames map[string]bool) error {
 		}
 		seen[r.Name] = true
 	}
-	return conf.In(c.Store.Validate(), "store")
+	return nil
+}
+
+// FitSpan checks the rules, valid by Validate with the same list names,
+// against the longest window a store counts exactly (rate times burst):
+// span nanoseconds. bound says so in the error ("the Redis store counts
+// windows of up to 52 days").
+func (c *Config) FitSpan(listNames map[string]bool, span int64, bound string) error {
+	for i := range c.Rules {
+		r, err := compileRule(&c.Rules[i], nil, listNames)
+		if err != nil {
+			return conf.In(err, "limit", conf.Index(i))
+		}
+		for _, w := range r.windows {
+			if w.burst > span/w.interval {
+				return conf.In(conf.Errorf("rate", "%s: %s (rate times burst)", w.text, bound), "limit", conf.Index(i))
+			}
+		}
+	}
+	return nil
+}
+
+// CheckOnStoreError validates an on_store_error value.
+func CheckOnStoreError(s string) error {
+	_, err := parseStoreErrorPolicy(s)
+	return err
 }
 
 // rule is a compiled Rule.

@@ -55,7 +55,7 @@ func newTestEnvOn(t *testing.T, cfg Config, mode policy.Mode, st counter.Store, 
 	if cfg.Trusted == nil {
 		cfg.Trusted = []string{}
 	}
-	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: mode, Log: zaptest.NewLogger(t)})
+	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: global(mode), Log: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +66,11 @@ func newTestEnvOn(t *testing.T, cfg Config, mode policy.Mode, st counter.Store, 
 }
 
 func rules(rs ...Rule) Config { return Config{Rules: rs} }
+
+// global applies a server-wide mode to each rule's own, as the engine does.
+func global(mode policy.Mode) func(policy.Mode) policy.Mode {
+	return func(m policy.Mode) policy.Mode { return m.Soften(mode) }
+}
 
 // step runs one stage as the milter does: check, decide, settle. It
 // returns the verdicts and whether the stage was refused.
@@ -733,7 +738,6 @@ func TestStoreErrors(t *testing.T) {
 	main := &failingStore{Store: newStore(clock)}
 	local := newStore(clock)
 	v := newTestEnvOn(t, Config{
-		Store: StoreConfig{OnStoreError: "allow"},
 		Rules: []Rule{
 			{Name: "allow", Count: "concurrent", Per: "client_ip", Max: 1},
 			{Name: "tempfail", Count: "messages", Per: "sender", Rate: "100/1h", OnStoreError: "tempfail", Match: Match{SenderDomain: []string{"t.example"}}},

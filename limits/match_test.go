@@ -37,7 +37,7 @@ func matchEngine(t *testing.T, trusted []string, lc lists.Config, mode policy.Mo
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(cfg, set, Options{Store: st, Mode: mode})
+	e, err := New(cfg, set, Options{Store: st, Mode: global(mode)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,33 +379,6 @@ func TestPerDestinationThrottle(t *testing.T) {
 		t.Errorf("verdict %+v", vs)
 	}
 	e.Settle(context.Background(), s, true)
-}
-
-func TestMayTag(t *testing.T) {
-	rule := func(action, mode string) Rule {
-		return Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: action, Mode: mode}
-	}
-	for _, tc := range []struct {
-		r      Rule
-		global policy.Mode
-		want   bool
-	}{
-		{rule("tempfail", ""), policy.ModeEnforce, false},
-		{rule("tempfail", ""), policy.ModeTag, true},
-		{rule("tempfail", ""), policy.ModeDryRun, false},
-		{rule("tag", ""), policy.ModeEnforce, true},
-		{rule("tag", "dry-run"), policy.ModeEnforce, false},
-		{rule("tag", ""), policy.ModeDryRun, false},
-		{rule("hold", "tag"), policy.ModeEnforce, true},
-		{rule("hold", ""), policy.ModeEnforce, true}, // a held message says why
-		{rule("hold", "dry-run"), policy.ModeEnforce, false},
-		{rule("reject", "dry-run"), policy.ModeTag, false},
-	} {
-		e := matchEngine(t, []string{}, nil, tc.global, tc.r)
-		if got := e.MayTag(tc.global); got != tc.want {
-			t.Errorf("action %s mode %q global %s: MayTag %v, want %v", tc.r.Action, tc.r.Mode, tc.global, got, tc.want)
-		}
-	}
 }
 
 func TestExplainReasons(t *testing.T) {

@@ -17,7 +17,8 @@ import (
 	"os"
 	"runtime/debug"
 
-	"sluice/auth"
+	"sluice/config"
+	"sluice/limits/memstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; without
@@ -94,21 +95,20 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	// The list files too: serve would not start without them.
-	if _, err := buildLists(c, *path); err != nil {
+	// The list files and auth's access tables too, and the engine they
+	// make: serve would not start without them. The counters are a
+	// throwaway store: check opens no store of the file's.
+	store, err := memstore.New(memstore.Config{MaxKeys: 16}, nil)
+	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	// And auth's access tables, which serve loads the same way.
-	if _, err := auth.New(&c.AuthConfig, nil); err != nil {
+	defer store.Close()
+	if _, err := c.Build(config.Runtime{Store: store}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	name := *path
-	if name == "" {
-		name = DefaultConfigName
-	}
-	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", name, len(c.Rules), c.Listen, c.Mode)
+	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", configName(*path), len(c.Rules), c.Listen, c.Mode)
 	return 0
 }
 
