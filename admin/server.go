@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"sluice/conf"
+	"sluice/guard"
 	"sluice/limits"
 )
 
@@ -46,11 +47,11 @@ func Serve(ln net.Listener, engine func() Counters, log *zap.Logger) *Server {
 		WriteTimeout:      30 * time.Second,
 		ErrorLog:          zap.NewStdLog(log),
 	}
-	go func() {
+	guard.Go(log, "admin server", func() {
 		if err := s.srv.Serve(&peerListener{Listener: ln, log: log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("admin endpoint stopped", zap.Error(err))
 		}
-	}()
+	})
 	return s
 }
 

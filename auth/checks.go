@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/auth/access"
+	"sluice/guard"
 	"sluice/policy"
 )
 
@@ -237,7 +238,10 @@ func (a *accessCheck) check(s string) []outcome {
 // clientOutcomes runs the client checks; Connect uses it to warm the cache.
 func (c *Checker) clientOutcomes(ctx context.Context, ip netip.Addr) {
 	var wg sync.WaitGroup
-	wg.Go(func() { c.rdnsOutcome(ctx, ip) })
+	wg.Go(func() {
+		defer guard.Recover(c.log, "auth prefetch client_rdns")
+		c.rdnsOutcome(ctx, ip)
+	})
 	c.dnsblOutcomes(ctx, ip)
 	wg.Wait()
 }
@@ -279,6 +283,8 @@ func (c *Checker) rdnsOutcome(ctx context.Context, ip netip.Addr) []outcome {
 	var wg sync.WaitGroup
 	for i, n := range names {
 		wg.Go(func() {
+			// A panic leaves this name unconfirmed; the others answer.
+			defer guard.Recover(c.log, "auth check client_rdns forward")
 			addrs, err := c.res.LookupNetIP(ctx, network, n)
 			for _, a := range addrs {
 				if a.Unmap() == ip {
@@ -310,7 +316,11 @@ func (c *Checker) dnsblOutcomes(ctx context.Context, ip netip.Addr) []outcome {
 	per := make([][]outcome, len(c.dnsbl))
 	var wg sync.WaitGroup
 	for i, b := range c.dnsbl {
-		wg.Go(func() { per[i] = c.dnsblOutcome(ctx, b, ip) })
+		wg.Go(func() {
+			// A panic leaves this zone without an answer; the others answer.
+			defer guard.Recover(c.log, "auth check "+b.source)
+			per[i] = c.dnsblOutcome(ctx, b, ip)
+		})
 	}
 	wg.Wait()
 	var out []outcome

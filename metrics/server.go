@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"sluice/guard"
 )
 
 // Server serves /metrics, /healthz and /readyz.
@@ -50,11 +52,11 @@ func (m *Metrics) Listen(addr string, ready ReadyFunc, log *zap.Logger) (*Server
 		WriteTimeout:      30 * time.Second,
 		ErrorLog:          zap.NewStdLog(log),
 	}}
-	go func() {
+	guard.Go(log, "metrics server", func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", zap.Error(err))
 		}
-	}()
+	})
 	return s, nil
 }
 

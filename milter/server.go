@@ -174,7 +174,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	guard.Go(s.log, "milter shutdown", func() { defer close(done); s.wg.Wait() })
 	select {
 	case <-done:
 		return nil
