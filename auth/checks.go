@@ -26,8 +26,8 @@ type rule struct {
 
 // newRule compiles an action with its reply: the configured one, or ours
 // with the enhanced status code enh ("7.1" becomes 5.7.1 or 4.7.1).
-func newRule(action string, mode policy.Mode, custom *policy.Reply, enh, text string) (rule, error) {
-	a, err := checkAction(action)
+func newRule(action *policy.Action, mode policy.Mode, custom *policy.Reply, enh, text string) (rule, error) {
+	a, err := checkable(action)
 	if err != nil {
 		return rule{}, err
 	}
@@ -189,14 +189,14 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 	}
 	a := &accessCheck{name: name, table: t, rules: make(map[*access.Entry]*rule)}
 	for _, e := range t.Entries() {
-		var action string
+		var action policy.Action
 		switch e.Action {
 		case access.Reject:
-			action = "reject"
+			action = policy.ActionReject
 		case access.Tempfail:
-			action = "tempfail"
+			action = policy.ActionTempfail
 		case access.Tag:
-			action = "tag"
+			action = policy.ActionTag
 		default:
 			continue
 		}
@@ -204,7 +204,7 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 		if text == "" {
 			text = "Access denied"
 		}
-		r, err := newRule(action, l.Mode, nil, "7.1", prefix+text)
+		r, err := newRule(&action, l.Mode, nil, "7.1", prefix+text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s:%d: text: %w", name, t.Path(), e.Line, err)
 		}

@@ -37,11 +37,34 @@ func decodeFile(path string, data []byte, v any) error {
 		row, _ := de.Position()
 		msg := de.Error()
 		if k := de.Key(); len(k) > 0 {
-			msg = strings.Join(k, ".") + ": " + strings.TrimPrefix(msg, "toml: ")
+			msg = keyAt(data, k, row) + ": " + strings.TrimPrefix(msg, "toml: ")
 		}
 		return fmt.Errorf("%s:%d: %s", path, row, msg)
 	}
 	return fmt.Errorf("%s: %w", path, err)
+}
+
+// keyAt names the key written on line row as people count: the decoder
+// says "limit.action" for the action of any [[limit]]; the file says
+// which, limit[2].action.
+func keyAt(data []byte, key []string, row int) string {
+	want := strings.Join(key, ".")
+	for path, line := range keyLines(data) {
+		if line != row {
+			continue
+		}
+		parts := strings.Split(path, ".")
+		var named []string
+		for _, p := range parts {
+			if _, err := strconv.Atoi(p); err != nil {
+				named = append(named, p)
+			}
+		}
+		if strings.Join(named, ".") == want {
+			return strings.Join(displayPath(parts), ".")
+		}
+	}
+	return want
 }
 
 // locate turns a validation error about a key path into "file:line: ...".

@@ -11,6 +11,7 @@ import (
 	"sluice/auth"
 	"sluice/limits"
 	"sluice/limits/memstore"
+	"sluice/policy"
 	"sluice/smtp"
 	"sluice/test/dnstest"
 )
@@ -27,8 +28,8 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 	ac.Defaults()
 	ac.DNS.Servers = []string{srv.Addr()}
 	ac.SPF.Enabled = true
-	ac.SPF.Fail = "reject"
-	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: "reject", Mode: dnsbl}}}}
+	ac.SPF.Fail = policy.MustAction("reject")
+	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject"), Mode: dnsbl}}}}
 	ac.Defaults()
 	if err := ac.Validate(); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"sluice/limits"
+	"sluice/policy"
 	"sluice/smtp"
 )
 
@@ -14,7 +15,7 @@ import (
 // MAIL FROM only when nothing later matters.
 func TestNeeds(t *testing.T) {
 	rule := func(action, mode string) limits.Rule {
-		return limits.Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: action, Mode: mode}
+		return limits.Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: policy.MustAction(action), Mode: policy.MustMode(mode)}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -46,7 +47,7 @@ func TestNeeds(t *testing.T) {
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
 		{"except list", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Except: []string{"relayuser"}}},
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
-		{"reply quoting the login", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Reply: "451 4.7.1 Slow down, {sasl_user}"}},
+		{"reply quoting the login", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Reply: policy.MustReply("451 4.7.1 Slow down, {sasl_user}")}},
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

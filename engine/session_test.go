@@ -17,7 +17,7 @@ import (
 )
 
 func senderRule(rate, action string) limits.Rule {
-	return limits.Rule{Name: "per-sender", Count: "messages", Per: "sender", Rate: rate, Action: action}
+	return limits.Rule{Name: "per-sender", Count: "messages", Per: "sender", Rate: rate, Action: policy.MustAction(action)}
 }
 
 // mailOnly sends MAIL FROM and ends the transaction there, as a client
@@ -205,7 +205,7 @@ func TestForgedHeadersRemoved(t *testing.T) {
 func TestReplyTemplate(t *testing.T) {
 	v := newEnv(t, setup{rules: []limits.Rule{{
 		Name: "per-sender", Count: "messages", Per: "sender", Rate: "1/1h",
-		Reply: "451 4.7.1 Too many messages from {sender} ({client_ip}, {rule}, {key}, {limit}); try again in {retry_after}",
+		Reply: policy.MustReply("451 4.7.1 Too many messages from {sender} ({client_ip}, {rule}, {key}, {limit}); try again in {retry_after}"),
 	}}})
 	s, _ := v.open("192.0.2.24")
 	v.mailOnly(s, "100%@example.org")
@@ -221,8 +221,8 @@ func TestDelaysCappedByMaxDelay(t *testing.T) {
 	v := newEnv(t, setup{
 		decide: func(c *policy.Config) { c.MaxDelay = conf.Duration(200 * time.Millisecond) },
 		rules: []limits.Rule{
-			{Name: "a", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: "delay", Delay: conf.Duration(150 * time.Millisecond)},
-			{Name: "b", Count: "messages", Per: "sender", Rate: "1/1h", Action: "delay", Delay: conf.Duration(150 * time.Millisecond)},
+			{Name: "a", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction("delay"), Delay: conf.Duration(150 * time.Millisecond)},
+			{Name: "b", Count: "messages", Per: "sender", Rate: "1/1h", Action: policy.MustAction("delay"), Delay: conf.Duration(150 * time.Millisecond)},
 		},
 	})
 	s, _ := v.open("192.0.2.22")
@@ -342,8 +342,8 @@ func TestNamedListMatch(t *testing.T) {
 // session, on top of the message's own.
 func TestConnectVerdictsApplyToEveryMessage(t *testing.T) {
 	v := newEnv(t, setup{rules: []limits.Rule{
-		{Name: "conns", Count: "connections", Per: "client_ip", Rate: "1/1h", Action: "tag"},
-		{Name: "msgs", Count: "messages", Per: "sender", Rate: "1/1h", Action: "tag"},
+		{Name: "conns", Count: "connections", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction("tag")},
+		{Name: "msgs", Count: "messages", Per: "sender", Rate: "1/1h", Action: policy.MustAction("tag")},
 	}})
 	v.open("192.0.2.60")
 	s, _ := v.open("192.0.2.60")

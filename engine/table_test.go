@@ -25,16 +25,16 @@ var bigSubject = strings.Repeat("s", 40)
 
 var crossings = []crossing{
 	{smtp.Connect, func(a, m string) limits.Rule {
-		return limits.Rule{Name: "r", Count: "connections", Per: "client_ip", Rate: "1/1h", Action: a, Mode: m}
+		return limits.Rule{Name: "r", Count: "connections", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction(a), Mode: policy.MustMode(m)}
 	}},
 	{smtp.Mail, func(a, m string) limits.Rule {
-		return limits.Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: a, Mode: m}
+		return limits.Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: policy.MustAction(a), Mode: policy.MustMode(m)}
 	}},
 	{smtp.Rcpt, func(a, m string) limits.Rule {
-		return limits.Rule{Name: "r", Count: "recipients", Per: "rcpt_domain", Rate: "1/1h", Action: a, Mode: m}
+		return limits.Rule{Name: "r", Count: "recipients", Per: "rcpt_domain", Rate: "1/1h", Action: policy.MustAction(a), Mode: policy.MustMode(m)}
 	}},
 	{smtp.Data, func(a, m string) limits.Rule {
-		return limits.Rule{Name: "r", Count: "bytes", Per: "sender", Rate: "100/1h", Action: a, Mode: m}
+		return limits.Rule{Name: "r", Count: "bytes", Per: "sender", Rate: "100/1h", Action: policy.MustAction(a), Mode: policy.MustMode(m)}
 	}},
 }
 
@@ -102,9 +102,6 @@ func TestStageActionModeTrusted(t *testing.T) {
 						t.Run(name, func(t *testing.T) {
 							n++
 							r := c.rule(action, rm.String())
-							if rm == smtp.ModeEnforce {
-								r.Mode = ""
-							}
 							r.ApplyToTrusted = cl.applyToTrusted
 							if action == "delay" {
 								r.Delay = conf.Duration(2 * time.Second)

@@ -402,7 +402,7 @@ func TestMaxRcptPerMessage(t *testing.T) {
 		t.Errorf("a per-message cap put %d keys in the store", v.st.Len())
 	}
 	// With a rate too, the cap keeps its own reply and limit.
-	w := newTestEnv(t, rules(Rule{Name: "both", Count: "recipients", Per: "sender", Rate: "100/1h", MaxRcptPerMessage: 2, Action: "reject"}), policy.ModeEnforce)
+	w := newTestEnv(t, rules(Rule{Name: "both", Count: "recipients", Per: "sender", Rate: "100/1h", MaxRcptPerMessage: 2, Action: policy.MustAction("reject")}), policy.ModeEnforce)
 	f = policy.Facts{Sender: "a@b", RcptCount: 2}
 	vs, _ = w.e.Check(context.Background(), policy.StageRcpt, &f, w.e.NewSession())
 	if len(vs) != 1 || vs[0].Limit != "2 recipients a message" || vs[0].Detail != "rcpt=3" {
@@ -568,7 +568,7 @@ func TestModes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newTestEnv(t, rules(
-				Rule{Name: "m", Count: "messages", Per: "sender", Rate: "1/1h", Mode: tc.ruleMode},
+				Rule{Name: "m", Count: "messages", Per: "sender", Rate: "1/1h", Mode: policy.MustMode(tc.ruleMode)},
 				Rule{Name: "other", Count: "messages", Per: "client_ip", Rate: "100/1h"},
 			), tc.global)
 			s := v.e.NewSession()
@@ -849,7 +849,7 @@ func TestMultiWindowCrossedInTagMode(t *testing.T) {
 		name, mode, action string
 	}{{"tag mode", "tag", ""}, {"action tag", "", "tag"}, {"action hold", "", "hold"}, {"dry-run", "dry-run", ""}} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newTestEnv(t, rules(Rule{Name: "mw", Count: "messages", Per: "sender", Rate: []any{"2/1m", "10/1h"}, Mode: tc.mode, Action: tc.action}), policy.ModeEnforce)
+			v := newTestEnv(t, rules(Rule{Name: "mw", Count: "messages", Per: "sender", Rate: []any{"2/1m", "10/1h"}, Mode: policy.MustMode(tc.mode), Action: policy.MustAction(tc.action)}), policy.ModeEnforce)
 			s := v.e.NewSession()
 			f := policy.Facts{}
 			var crossed []bool

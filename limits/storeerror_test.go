@@ -44,7 +44,7 @@ func failingEngine(t *testing.T) (*Engine, *flakyStore, *memstore.Store, recorde
 	t.Helper()
 	shared, local := &flakyStore{Store: newMem(t)}, newMem(t)
 	rule := func(name, domain, onErr, action string) Rule {
-		return Rule{Name: name, Count: "messages", Per: "sender", Rate: "2/1h", Action: action,
+		return Rule{Name: name, Count: "messages", Per: "sender", Rate: "2/1h", Action: policy.MustAction(action),
 			Match: Match{SenderDomain: []string{domain}}, OnStoreError: onErr}
 	}
 	cfg := &Config{Trusted: []string{}, Rules: []Rule{

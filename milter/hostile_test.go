@@ -28,6 +28,7 @@ import (
 
 	"sluice/conf"
 	"sluice/limits"
+	"sluice/policy"
 	"sluice/smtp"
 	"sluice/socket"
 )
@@ -78,7 +79,7 @@ func hostileRules() []limits.Rule {
 		{Name: "one-conn", Count: "concurrent", Per: "client_ip", Max: 1},
 		{Name: "per-helo", Count: "messages", Per: "helo", Rate: "1/1h"},
 		{Name: "per-sender", Count: "messages", Per: "sender", Rate: "1/1h",
-			Reply: "451 4.7.1 Too many messages from {sender} ({key}) at {client_ip}; try again in {retry_after}"},
+			Reply: policy.MustReply("451 4.7.1 Too many messages from {sender} ({key}) at {client_ip}; try again in {retry_after}")},
 		{Name: "per-domain", Count: "messages", Per: "sender_domain", Rate: "1/1h"},
 		{Name: "per-rcpt", Count: "recipients", Per: []any{"rcpt", "client_ip"}, Rate: "1/1h"},
 		{Name: "per-rcpt-domain", Count: "recipients", Per: "rcpt_domain", Rate: "1/1h"},

@@ -177,7 +177,7 @@ func TestPanicInSessionIsTempfailed(t *testing.T) {
 		{Name: "slots", Count: "concurrent", Per: "client_ip", Max: 1},
 		{Name: "helos", Count: "messages", Per: "helo", Rate: "1000/1h"},
 		{Name: "rcpts", Count: "recipients", Per: "rcpt_domain", Rate: "1000/1h"},
-		{Name: "bytes", Count: "bytes", Per: "sender", Rate: "1000000/1h", Action: "tag"},
+		{Name: "bytes", Count: "bytes", Per: "sender", Rate: "1000000/1h", Action: policy.MustAction("tag")},
 	}}, log)}
 	p.at.Store("")
 	srv, sock := panicServer(t, p, log)

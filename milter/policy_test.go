@@ -21,6 +21,7 @@ import (
 
 	"sluice/conf"
 	"sluice/limits"
+	"sluice/policy"
 	"sluice/smtp"
 	"sluice/socket"
 )
@@ -98,7 +99,7 @@ func mods(ms []milter.ModifyAction, code milter.ModifyActCode) []milter.ModifyAc
 }
 
 func senderRule(rate, action string) limits.Rule {
-	return limits.Rule{Name: "per-sender", Count: "messages", Per: "sender", Rate: rate, Action: action}
+	return limits.Rule{Name: "per-sender", Count: "messages", Per: "sender", Rate: rate, Action: policy.MustAction(action)}
 }
 
 // hold: over-limit messages are accepted and quarantined with the reason;
@@ -135,7 +136,7 @@ func TestHold(t *testing.T) {
 // delay: the reply comes after the pause; the message goes on.
 func TestDelay(t *testing.T) {
 	const pause = 300 * time.Millisecond
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: "delay", Delay: conf.Duration(pause)}}})
+	h := newPolicyHarness(t, setup{rules: []limits.Rule{{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction("delay"), Delay: conf.Duration(pause)}}})
 	s, _ := h.session("192.0.2.21")
 	var took [3]time.Duration
 	for i := range took {
@@ -160,7 +161,7 @@ func TestDelay(t *testing.T) {
 func TestDisconnect(t *testing.T) {
 	h := newPolicyHarness(t, setup{rules: []limits.Rule{
 		senderRule("1/1h", "disconnect"),
-		{Name: "custom", Count: "messages", Per: "client_ip", Rate: "5/1h", Action: "disconnect", Reply: "421 4.7.0 Go away, {client_ip}"},
+		{Name: "custom", Count: "messages", Per: "client_ip", Rate: "5/1h", Action: policy.MustAction("disconnect"), Reply: policy.MustReply("421 4.7.0 Go away, {client_ip}")},
 	}})
 	s, _ := h.session("192.0.2.23")
 	mail(t, s, "a@example.org", "")

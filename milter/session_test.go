@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"sluice/limits"
+	"sluice/policy"
 	"sluice/smtp"
 )
 
@@ -74,7 +75,7 @@ func (h *harness) message(s *milter.ClientSession, from string, rcpts ...string)
 }
 
 func msgsPerSender(rate string, action string) limits.Rule {
-	return limits.Rule{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: rate, Action: action}
+	return limits.Rule{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: rate, Action: policy.MustAction(action)}
 }
 
 func TestSenderLimitRefusesAtMailFrom(t *testing.T) {
