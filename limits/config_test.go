@@ -136,7 +136,7 @@ func TestRuleErrors(t *testing.T) {
 	}
 }
 
-// TestRulesAccepted: the forms the issue names compile, and keep what
+// TestRulesAccepted: the forms the docs show compile, and keep what
 // they say.
 func TestRulesAccepted(t *testing.T) {
 	for _, r := range []Rule{
