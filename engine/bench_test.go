@@ -1,10 +1,11 @@
-package engine
+package engine_test
 
 import (
 	"context"
 	"net/netip"
 	"testing"
 
+	"sluice/engine"
 	"sluice/limits"
 	"sluice/limits/memstore"
 	"sluice/smtp"
@@ -12,14 +13,14 @@ import (
 
 // benchEngine is the built-in policy's message rules on a memory store:
 // two windows per client address and two per sender.
-func benchEngine(b *testing.B) *Engine {
+func benchEngine(b *testing.B) *engine.Engine {
 	b.Helper()
 	st, err := memstore.New(memstore.Config{MaxKeys: memstore.DefaultMaxKeys}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
-	eng, err := New(Options{
+	eng, err := engine.New(engine.Options{
 		Policy: policyOf(smtp.ModeEnforce),
 		Rules: &limits.Config{Trusted: []string{}, Rules: []limits.Rule{
 			{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 1 << 30},

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/auth"
+	"sluice/engine"
 	"sluice/limits"
 	"sluice/limits/memstore"
 	"sluice/policy"
@@ -18,7 +19,7 @@ import (
 
 // checksEnv is an engine with SPF and a DNSBL, asking the loopback DNS
 // server in test/dnstest.
-func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*Engine, *recordingObserver) {
+func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*engine.Engine, *recordingObserver) {
 	t.Helper()
 	srv := dnstest.Start(t, dnstest.NewZone().MustAddText(
 		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
@@ -48,7 +49,7 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 		rules.Rules = []limits.Rule{senderRule("1/1h", "")}
 	}
 	obs := &recordingObserver{}
-	eng, err := New(Options{Policy: policyOf(mode), Rules: rules, Counting: limits.Options{Store: store}, Auth: checker, Observer: obs})
+	eng, err := engine.New(engine.Options{Policy: policyOf(mode), Rules: rules, Counting: limits.Options{Store: store}, Auth: checker, Observer: obs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"sluice/engine"
 	"sluice/limits"
 	"sluice/policy"
 	"sluice/smtp"
@@ -75,7 +76,7 @@ func parseTag(v string) (rule string, params map[string]string, err error) {
 // Hostile senders produce one well-formed tag whose key says, escaped,
 // what the client sent.
 func TestTagHeaderWellFormed(t *testing.T) {
-	v := newEnv(t, setup{mode: smtp.ModeTag, rules: []limits.Rule{senderRule("1/1h", "")}})
+	v := newEnv(t, setup{Mode: smtp.ModeTag, Rules: []limits.Rule{senderRule("1/1h", "")}})
 	for _, sender := range []string{
 		"alice@example.org",
 		`"john\"doe"@example.org`,
@@ -122,7 +123,7 @@ func FuzzTagValue(f *testing.F) {
 		v := policy.Verdict{Source: "per-sender", Action: policy.ActionTempfail, Key: key, Limit: limit,
 			Detail: "count=2", RetryAfter: time.Duration(retry) * time.Second}
 		for _, held := range []bool{false, true} {
-			out := tagValue(&v, held)
+			out := engine.TagValue(&v, held)
 			rule, params, err := parseTag(out)
 			if err != nil {
 				t.Fatalf("key %q limit %q: %q is not well-formed: %v", key, limit, out, err)

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"context"
@@ -10,10 +10,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"sluice/limits"
+	"sluice/engine"
+	"sluice/engine/enginetest"
 	"sluice/limits/memstore"
-	"sluice/lists"
-	"sluice/policy"
 	"sluice/smtp"
 )
 
@@ -26,64 +25,25 @@ func (c *testClock) now() int64 { return c.ns.Load() }
 // log lines are kept.
 type env struct {
 	t     *testing.T
-	eng   *Engine
+	eng   *engine.Engine
 	logs  *observer.ObservedLogs
 	store *memstore.Store
 	clock *testClock
 	obs   *recordingObserver
 }
 
-// setup is what a test engine is built from.
-type setup struct {
-	mode    smtp.Mode
-	decide  func(*policy.Config) // changes to the global policy keys
-	rules   []limits.Rule
-	lists   lists.Config
-	trusted []string // the global trusted list; none when nil
-	accept  bool     // AcceptAtMail
-	tag     string   // tag_header
-}
+// setup is what a test engine is built from; newEnv sets its clock, log
+// and observer.
+type setup = enginetest.Setup
 
 func newEnv(t *testing.T, su setup) *env {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	clock := &testClock{}
 	clock.ns.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	store, err := memstore.New(memstore.Config{MaxKeys: 10000}, nil, memstore.WithClock(clock.now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	set, _, err := su.lists.Build(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	trusted := su.trusted
-	if trusted == nil {
-		trusted = []string{}
-	}
-	pc := policy.Config{Mode: su.mode}
-	if su.decide != nil {
-		su.decide(&pc)
-	}
-	pc.Defaults()
-	if err := pc.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	obs := &recordingObserver{}
-	eng, err := New(Options{
-		Config:       Config{TagHeader: su.tag},
-		Policy:       pc,
-		Rules:        &limits.Config{Rules: su.rules, Trusted: trusted},
-		Lists:        set,
-		Counting:     limits.Options{Store: store},
-		Log:          zap.New(core),
-		Observer:     obs,
-		AcceptAtMail: su.accept,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	su.Clock, su.Log, su.Observer = clock.now, zap.New(core), obs
+	eng, store := enginetest.New(t, su)
 	return &env{t: t, eng: eng, logs: logs, store: store, clock: clock, obs: obs}
 }
 
@@ -102,18 +62,18 @@ func (o *recordingObserver) Check(check, result string, took time.Duration) {
 }
 
 // open starts a session from ip on listener smtpd and asks CONNECT.
-func (v *env) open(ip string) (*Session, smtp.Decision) {
+func (v *env) open(ip string) (*engine.Session, smtp.Decision) {
 	v.t.Helper()
 	return v.openOn(ip, "smtpd")
 }
 
-func (v *env) openOn(ip, listener string) (*Session, smtp.Decision) {
+func (v *env) openOn(ip, listener string) (*engine.Session, smtp.Decision) {
 	v.t.Helper()
 	c := smtp.Client{Name: "client.example", Listener: listener}
 	if ip != "" {
 		c.IP = netip.MustParseAddr(ip)
 	}
-	s := v.eng.Open(c).(*Session)
+	s := v.eng.Open(c).(*engine.Session)
 	v.t.Cleanup(func() { s.Close(context.Background()) })
 	return s, s.Stage(context.Background(), smtp.Connect)
 }
@@ -141,7 +101,7 @@ func (m *message) last() smtp.Decision {
 // send runs one transaction as a front end would: MAIL, each RCPT, a
 // header of the given fields and a body, end of message; it stops where
 // a stage refuses or accepts, as the MTA would.
-func (v *env) send(s *Session, from, user string, rcpts []string, header ...[2]string) message {
+func (v *env) send(s *engine.Session, from, user string, rcpts []string, header ...[2]string) message {
 	v.t.Helper()
 	ctx := context.Background()
 	var m message

@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"testing"
@@ -52,7 +52,7 @@ func TestNeeds(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, option := range []bool{false, true} {
-				v := newEnv(t, setup{mode: tc.mode, rules: tc.rules, accept: option})
+				v := newEnv(t, setup{Mode: tc.mode, Rules: tc.rules, Accept: option})
 				want := tc.want
 				want.AcceptAtMail = option && tc.accept
 				if got := v.eng.Needs(); got != want {

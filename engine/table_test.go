@@ -1,4 +1,4 @@
-package engine
+package engine_test
 
 import (
 	"fmt"
@@ -106,7 +106,7 @@ func TestStageActionModeTrusted(t *testing.T) {
 							if action == "delay" {
 								r.Delay = conf.Duration(2 * time.Second)
 							}
-							v := newEnv(t, setup{mode: gm, rules: []limits.Rule{r}, trusted: []string{"10.0.0.0/8"}})
+							v := newEnv(t, setup{Mode: gm, Rules: []limits.Rule{r}, Trusted: []string{"10.0.0.0/8"}})
 							d, edits, delivered := c.run(v, cl.ip)
 							checkCrossing(t, v, c.stage, action, rm.Soften(gm), cl.counted, d, edits, delivered)
 						})

@@ -11,7 +11,7 @@ import (
 // accept at MAIL FROM, as the daemon's does (on fresh counters).
 func (h *hostileServer) acceptAtMail() {
 	su := h.su
-	su.accept = true
+	su.Accept = true
 	h.srv.SetEngine(testEngine(h.t, su, h.log))
 }
 

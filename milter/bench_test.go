@@ -14,7 +14,7 @@ import (
 // them to a session: the translation and the engine's stage, without the
 // socket. The built-in policy's message rules, never crossed.
 func BenchmarkMailFrom(b *testing.B) {
-	eng := testEngine(b, setup{accept: true, rules: []limits.Rule{
+	eng := testEngine(b, setup{Accept: true, Rules: []limits.Rule{
 		{Name: "msgs-per-ip", Count: "messages", Per: "client_ip", Rate: []any{"1000000000/1s", "1000000000/1d"}},
 		{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: []any{"1000000000/1s", "1000000000/1d"}},
 	}}, zap.NewNop())

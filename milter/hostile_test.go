@@ -93,7 +93,7 @@ func newHostileServer(t testing.TB, mode smtp.Mode, idle time.Duration, rules ..
 	enc := zap.NewProductionEncoderConfig()
 	jcore := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(js), zap.DebugLevel)
 	lg := zap.New(zapcore.NewTee(core, jcore))
-	su := setup{mode: mode, rules: rules}
+	su := setup{Mode: mode, Rules: rules}
 	eng := testEngine(t, su, lg)
 	mc := Config{}
 	mc.Defaults()

@@ -32,7 +32,6 @@ import (
 	"sluice/metrics"
 	"sluice/policy"
 	"sluice/smtp"
-	"sluice/socket"
 )
 
 // panicky is an engine whose sessions panic once at one place, chosen by
@@ -79,23 +78,6 @@ func (s *panickySession) EndMessage(ctx context.Context, accepted bool) {
 	s.Session.EndMessage(ctx, accepted)
 }
 func (s *panickySession) Close(ctx context.Context) { s.p.maybe("close"); s.Session.Close(ctx) }
-
-// panicServer serves eng on a unix socket; its log is kept.
-func panicServer(t *testing.T, eng smtp.Engine, log *zap.Logger) (*Server, string) {
-	t.Helper()
-	mc := Config{}
-	mc.Defaults()
-	sock := filepath.Join(t.TempDir(), "s.sock")
-	mc.Listen = "unix:" + sock
-	srv := NewServer(mc, eng, log)
-	ln, err := socket.Listen(mc.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return srv, sock
-}
 
 func panics(where string) uint64 {
 	for _, c := range guard.Counts() {
@@ -173,14 +155,14 @@ func TestPanicInSessionIsTempfailed(t *testing.T) {
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	// Rules that need every event, so that the MTA sends them all.
-	p := &panicky{Engine: testEngine(t, setup{rules: []limits.Rule{
+	p := &panicky{Engine: testEngine(t, setup{Rules: []limits.Rule{
 		{Name: "slots", Count: "concurrent", Per: "client_ip", Max: 1},
 		{Name: "helos", Count: "messages", Per: "helo", Rate: "1000/1h"},
 		{Name: "rcpts", Count: "recipients", Per: "rcpt_domain", Rate: "1000/1h"},
 		{Name: "bytes", Count: "bytes", Per: "sender", Rate: "1000000/1h", Action: policy.MustAction("tag")},
 	}}, log)}
 	p.at.Store("")
-	srv, sock := panicServer(t, p, log)
+	srv, sock := serve(t, p, log)
 	for i, where := range []string{"open", "helo", "mail", "rcpt", "header", "body", "end of message", "abort", "close"} {
 		t.Run(where, func(t *testing.T) {
 			place := "milter session"
@@ -271,7 +253,7 @@ func TestPanicInExemptionRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sock := panicServer(t, eng, log)
+	_, sock := serve(t, eng, log)
 	before := panics("limits allows refresh")
 	if act := answers(t, sock, "192.0.2.1", "x@example.org")["mail"]; act.Code != milter.ActContinue {
 		t.Fatalf("first message: %+v", act)
@@ -331,7 +313,7 @@ func TestPanicInCheckLookups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sock := panicServer(t, eng, log)
+	_, sock := serve(t, eng, log)
 	prefetch, check := panics("auth prefetch client_rdns"), panics("auth check client_rdns")
 	for _, ip := range []string{"192.0.2.1", "192.0.2.2"} {
 		for step, act := range answers(t, sock, ip, "x@example.org") {
@@ -362,7 +344,7 @@ func (l *panicListener) Accept() (net.Conn, error) {
 // metrics server answers the next request.
 func TestPanicInSideServers(t *testing.T) {
 	log := zap.NewNop()
-	_, sock := panicServer(t, testEngine(t, setup{}, log), log)
+	_, sock := serve(t, testEngine(t, setup{}, log), log)
 
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "admin.sock"))
 	if err != nil {

@@ -10,7 +10,6 @@ package milter
 import (
 	"fmt"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,25 +22,13 @@ import (
 	"sluice/limits"
 	"sluice/policy"
 	"sluice/smtp"
-	"sluice/socket"
 )
 
 func newPolicyHarness(t *testing.T, su setup) *harness {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
-	eng := testEngine(t, su, log)
-	mc := Config{}
-	mc.Defaults()
-	sock := filepath.Join(t.TempDir(), "sluice.sock")
-	mc.Listen = "unix:" + sock
-	srv := NewServer(mc, eng, log)
-	ln, err := socket.Listen(mc.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(t.Context()) })
+	srv, sock := serve(t, testEngine(t, su, log), log)
 	return &harness{t: t, srv: srv, sock: sock, logs: logs}
 }
 
@@ -105,7 +92,7 @@ func senderRule(rate, action string) limits.Rule {
 // hold: over-limit messages are accepted and quarantined with the reason;
 // the others are not.
 func TestHold(t *testing.T) {
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{senderRule("2/1h", "hold")}})
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{senderRule("2/1h", "hold")}})
 	s, _ := h.session("192.0.2.20")
 	for i := 1; i <= 4; i++ {
 		act, ms := h.message(s, "script@example.org", "ops@example.net")
@@ -136,7 +123,7 @@ func TestHold(t *testing.T) {
 // delay: the reply comes after the pause; the message goes on.
 func TestDelay(t *testing.T) {
 	const pause = 300 * time.Millisecond
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction("delay"), Delay: conf.Duration(pause)}}})
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{{Name: "tarpit", Count: "messages", Per: "client_ip", Rate: "1/1h", Action: policy.MustAction("delay"), Delay: conf.Duration(pause)}}})
 	s, _ := h.session("192.0.2.21")
 	var took [3]time.Duration
 	for i := range took {
@@ -159,7 +146,7 @@ func TestDelay(t *testing.T) {
 
 // disconnect: 421 4.7.0, the reply that makes the MTA hang up.
 func TestDisconnect(t *testing.T) {
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{
 		senderRule("1/1h", "disconnect"),
 		{Name: "custom", Count: "messages", Per: "client_ip", Rate: "5/1h", Action: policy.MustAction("disconnect"), Reply: policy.MustReply("421 4.7.0 Go away, {client_ip}")},
 	}})
@@ -183,7 +170,7 @@ func TestDisconnect(t *testing.T) {
 // The header name is configurable and only headers of ours are removed,
 // whatever their case and however many there are.
 func TestForgedHeadersRemoved(t *testing.T) {
-	h := newPolicyHarness(t, setup{mode: smtp.ModeTag, rules: []limits.Rule{senderRule("1/1h", "")}, tag: "X-Sluice-Rate"})
+	h := newPolicyHarness(t, setup{Mode: smtp.ModeTag, Rules: []limits.Rule{senderRule("1/1h", "")}, Tag: "X-Sluice-Rate"})
 	s, _ := h.session("192.0.2.28")
 	if act := mail(t, s, "a@example.org", ""); act.Code != milter.ActContinue {
 		t.Fatal(act)
@@ -233,34 +220,27 @@ func TestForgedHeadersRemoved(t *testing.T) {
 	}
 }
 
-// The listener ({daemon_name}) and authentication pick the profile: a
-// higher limit on the submission port than on port 25.
-func TestListenerProfiles(t *testing.T) {
+// The {daemon_name} macro at CONNECT is the listener, and {auth_authen} at
+// MAIL FROM the login: together they pick a rule that only the submission
+// port's authenticated users meet.
+func TestListenerAndLoginFromMacros(t *testing.T) {
 	auth := true
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{
-		{Name: "smtpd-sender", Count: "messages", Per: "sender", Rate: "2/1h", Match: limits.Match{Listener: []string{"smtpd"}}},
-		{Name: "submission-user", Count: "messages", Per: "sasl_user", Rate: "5/1h", Match: limits.Match{Listener: []string{"submission"}, Authenticated: &auth}},
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{
+		{Name: "submission-user", Count: "messages", Per: "sasl_user", Rate: "1/1h", Match: limits.Match{Listener: []string{"submission"}, Authenticated: &auth}},
 	}})
-	count := func(daemon, user string) int {
+	second := func(daemon, user string) *milter.Action {
 		s, _ := h.sessionAs("192.0.2.30", daemon, "client.example")
-		n := 0
-		for range 8 {
-			if mail(t, s, "alice@example.org", user).Code == milter.ActContinue {
-				n++
-			}
-			s.Abort()
+		mail(t, s, "alice@example.org", user)
+		s.Abort()
+		return mail(t, s, "alice@example.org", user)
+	}
+	if act := second("submission", "alice"); act.SMTPCode != 451 || !strings.Contains(act.SMTPText, "sasl_user:alice") {
+		t.Errorf("submission, alice: %+v, want 451 for sasl_user:alice", act)
+	}
+	for _, c := range [][2]string{{"smtpd", "bob"}, {"submission", ""}} {
+		if act := second(c[0], c[1]); act.Code != milter.ActContinue {
+			t.Errorf("listener %q, login %q: %+v, want continue", c[0], c[1], act)
 		}
-		return n
-	}
-	if n := count("smtpd", ""); n != 2 {
-		t.Errorf("port 25: %d of 8 accepted, want 2", n)
-	}
-	if n := count("submission", "alice"); n != 5 {
-		t.Errorf("submission: %d of 8 accepted, want 5", n)
-	}
-	// Not authenticated on the submission port: neither profile applies.
-	if n := count("submission", ""); n != 8 {
-		t.Errorf("submission without AUTH: %d of 8 accepted, want 8", n)
 	}
 }
 
@@ -319,7 +299,7 @@ func TestNegotiation(t *testing.T) {
 // A refusal at MAIL FROM never names the queue id of the message before
 // it (Postfix sends {i} only from RCPT or end of message on).
 func TestQueueIDPerTransaction(t *testing.T) {
-	h := newPolicyHarness(t, setup{rules: []limits.Rule{senderRule("1/1h", "")}})
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{senderRule("1/1h", "")}})
 	s, _ := h.session("192.0.2.35")
 	mail(t, s, "a@example.org", "")
 	if _, err := s.Rcpt("b@example.net", nil); err != nil {

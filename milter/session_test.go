@@ -24,7 +24,7 @@ type harness struct {
 
 func newHarness(t *testing.T, mode smtp.Mode, rules ...limits.Rule) *harness {
 	t.Helper()
-	return newPolicyHarness(t, setup{mode: mode, rules: rules})
+	return newPolicyHarness(t, setup{Mode: mode, Rules: rules})
 }
 
 // session opens an MTA connection and sends CONNECT (and HELO) as Postfix does.
