@@ -159,9 +159,6 @@ func (e *Engine) Limits() *limits.Engine { return e.lim }
 // Checks reports whether sender checks run (SPF, [checks]).
 func (e *Engine) Checks() bool { return e.auth != nil }
 
-// Mode is the global mode.
-func (e *Engine) Mode() smtp.Mode { return e.pol.Mode }
-
 // Needs says which events and facts the policy reads.
 func (e *Engine) Needs() smtp.Needs { return e.needs }
 
