@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"sluice/conf"
+	"sluice/guard"
 	"sluice/limits"
 )
 
@@ -55,14 +56,14 @@ func Serve(ln net.Listener, engine func() Counters, log *zap.Logger) *Server {
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          zap.NewStdLog(log),
 	}
-	go func() {
+	guard.Go(log, "admin server", func() {
 		// The peer check sees the socket itself; a refused peer never
 		// takes a place under the cap.
 		ln := netutil.LimitListener(&peerListener{Listener: ln, log: log}, MaxConnections)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("admin endpoint stopped", zap.Error(err))
 		}
-	}()
+	})
 	return s
 }
 

@@ -7,7 +7,7 @@
 //	c, err := auth.New(&cfg, log)         // loads access tables
 //	c.Connect(ctx, facts)                 // starts the client's DNS lookups early
 //	vs := c.Mail(ctx, facts, &msg)        // every check; verdicts for policy.Decide
-//	hs := c.Headers(&msg)                 // at end of message: headers to add
+//	hs := c.Headers(&msg, mode)           // at end of message: headers to add
 //	c.Forged(name, value)                 // incoming Authentication-Results to remove
 //
 // Every check answers at MAIL FROM, in this order: helo_access and
@@ -31,20 +31,21 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"sync"
 
 	"go.uber.org/zap"
 
 	"sluice/auth/resolver"
+	"sluice/guard"
 	"sluice/policy"
 )
 
-// dnsResolver is what the checks ask DNS through; *resolver.Resolver is
-// the real one. Its errors are *net.DNSError: IsNotFound for NXDOMAIN,
-// IsTimeout or IsTemporary for answers that may differ on a retry.
-type dnsResolver interface {
+// Resolver is what the checks ask DNS through; *resolver.Resolver, built
+// from [dns], is the real one. Its errors are *net.DNSError: IsNotFound
+// for NXDOMAIN, IsTimeout or IsTemporary for answers that may differ on a
+// retry.
+type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
 	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
@@ -56,7 +57,7 @@ type dnsResolver interface {
 // concurrent use.
 type Checker struct {
 	id  string
-	res dnsResolver
+	res Resolver
 	log *zap.Logger
 
 	spf *spfChecker // nil when SPF is off
@@ -80,14 +81,27 @@ type Checker struct {
 // flood cannot pile up goroutines waiting on DNS.
 const maxPrefetch = 256
 
+// Option changes how New builds a Checker.
+type Option func(*options)
+
+type options struct{ res Resolver }
+
+// WithResolver makes the checks ask r instead of a resolver built from
+// [dns]: a log replayed with the answers it recorded, a test.
+func WithResolver(r Resolver) Option { return func(o *options) { o.res = r } }
+
 // New builds a Checker from a config that passed Validate. It loads the
 // access tables; their errors name the file and line.
-func New(cfg *Config, log *zap.Logger) (*Checker, error) {
+func New(cfg *Config, log *zap.Logger, opts ...Option) (*Checker, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	var res dnsResolver
-	if k := &cfg.Checks; cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0 {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	res := o.res
+	if k := &cfg.Checks; res == nil && (cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0) {
 		r, err := resolver.New(&cfg.DNS, log)
 		if err != nil {
 			return nil, err
@@ -97,7 +111,7 @@ func New(cfg *Config, log *zap.Logger) (*Checker, error) {
 	return newChecker(cfg, log, res)
 }
 
-func newChecker(cfg *Config, log *zap.Logger, res dnsResolver) (*Checker, error) {
+func newChecker(cfg *Config, log *zap.Logger, res Resolver) (*Checker, error) {
 	c := &Checker{id: cfg.AuthservID, res: res, log: log, checkBytes: cfg.DNS.CheckBytes, prefetch: make(chan struct{}, maxPrefetch)}
 	var err error
 	if cfg.SPF.Enabled {
@@ -144,16 +158,6 @@ type Message struct {
 // check order.
 func (m *Message) Results() []Result { return m.results }
 
-// Soften applies the global mode (policy.Config.Mode) to the results, as
-// policy.Decide applies it to their verdicts, so that the headers say what
-// was done: a check that asks to reject shows mode=tag in X-Sluice-Check
-// under the global tag mode, and nothing under dry-run.
-func (m *Message) Soften(global policy.Mode) {
-	for i := range m.results {
-		m.results[i].Mode = m.results[i].Mode.Soften(global)
-	}
-}
-
 // SPF is the SPF result ("pass", "fail"...) and whether SPF ran.
 func (m *Message) SPF() (string, bool) {
 	if m.spf == nil {
@@ -187,7 +191,7 @@ func (c *Checker) Connect(ctx context.Context, f *policy.Facts) {
 	pctx := context.WithoutCancel(ctx)
 	go func() {
 		defer func() { <-c.prefetch }()
-		defer c.recoverTo("prefetch", nil)
+		defer guard.Recover(c.log, "auth prefetch")
 		c.clientOutcomes(pctx, ip)
 	}()
 }
@@ -229,7 +233,9 @@ func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []polic
 	var wg sync.WaitGroup
 	run := func(slot int, fn func() []outcome) {
 		wg.Go(func() {
-			defer c.recoverTo(checkNames[slot], &slots[slot])
+			// A panic in a check leaves its slot empty: it gives no
+			// result, and the others go on.
+			defer guard.Recover(c.log, "auth check "+checkNames[slot])
 			slots[slot] = fn()
 		})
 	}
@@ -280,18 +286,6 @@ func (m *Message) collect(slots [][]outcome) []policy.Verdict {
 		}
 	}
 	return vs
-}
-
-// recoverTo keeps a panic in a check from taking the daemon down with
-// every session: the check gives no result and the panic is logged.
-func (c *Checker) recoverTo(what string, slot *[]outcome) {
-	if p := recover(); p != nil {
-		c.log.Error("auth check panicked", zap.String("check", what), zap.Any("panic", p),
-			zap.ByteString("stack", debug.Stack()))
-		if slot != nil {
-			*slot = nil
-		}
-	}
 }
 
 // Forged reports whether an incoming header is an Authentication-Results

@@ -37,7 +37,7 @@ func BenchmarkMail(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Mail(context.Background(), f, &m)
-		_ = c.Headers(&m)
+		_ = c.Headers(&m, nil)
 	}
 	if n := srv.Queries() - before; n != 0 {
 		b.Fatalf("%d queries during the benchmark: the cache did not answer", n)

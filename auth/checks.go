@@ -13,7 +13,9 @@ import (
 
 	"sluice/auth/access"
 	"sluice/auth/resolver"
+	"sluice/guard"
 	"sluice/policy"
+	"sluice/smtp"
 )
 
 // rule is what one outcome of a check asks for.
@@ -26,8 +28,8 @@ type rule struct {
 
 // newRule compiles an action with its reply: the configured one, or ours
 // with the enhanced status code enh ("7.1" becomes 5.7.1 or 4.7.1).
-func newRule(action string, mode policy.Mode, custom *policy.Reply, enh, text string) (rule, error) {
-	a, err := checkAction(action)
+func newRule(action *policy.Action, mode policy.Mode, custom *policy.Reply, enh, text string) (rule, error) {
+	a, err := checkable(action)
 	if err != nil {
 		return rule{}, err
 	}
@@ -102,7 +104,7 @@ type notOursCheck struct {
 
 // safe bounds and escapes what a client sent before it goes into a
 // detail, a key or a header.
-func safe(s string) string { return policy.Printable(s, 200) }
+func safe(s string) string { return smtp.Printable(s, 200) }
 
 func (c *Checker) compileChecks(k *ChecksConfig) error {
 	c.checksSkipAuth = k.SkipAuthenticated == nil || *k.SkipAuthenticated
@@ -189,14 +191,14 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 	}
 	a := &accessCheck{name: name, table: t, rules: make(map[*access.Entry]*rule)}
 	for _, e := range t.Entries() {
-		var action string
+		var action policy.Action
 		switch e.Action {
 		case access.Reject:
-			action = "reject"
+			action = policy.ActionReject
 		case access.Tempfail:
-			action = "tempfail"
+			action = policy.ActionTempfail
 		case access.Tag:
-			action = "tag"
+			action = policy.ActionTag
 		default:
 			continue
 		}
@@ -204,7 +206,7 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 		if text == "" {
 			text = "Access denied"
 		}
-		r, err := newRule(action, l.Mode, nil, "7.1", prefix+text)
+		r, err := newRule(&action, l.Mode, nil, "7.1", prefix+text)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s:%d: text: %w", name, t.Path(), e.Line, err)
 		}
@@ -248,7 +250,10 @@ func (c *Checker) budget(ctx context.Context) context.Context {
 // clientOutcomes runs the client checks; Connect uses it to warm the cache.
 func (c *Checker) clientOutcomes(ctx context.Context, ip netip.Addr) {
 	var wg sync.WaitGroup
-	wg.Go(func() { c.rdnsOutcome(ctx, ip) })
+	wg.Go(func() {
+		defer guard.Recover(c.log, "auth prefetch client_rdns")
+		c.rdnsOutcome(ctx, ip)
+	})
 	c.dnsblOutcomes(ctx, ip)
 	wg.Wait()
 }
@@ -291,6 +296,8 @@ func (c *Checker) rdnsOutcome(ctx context.Context, ip netip.Addr) []outcome {
 	var wg sync.WaitGroup
 	for i, n := range names {
 		wg.Go(func() {
+			// A panic leaves this name unconfirmed; the others answer.
+			defer guard.Recover(c.log, "auth check client_rdns forward")
 			addrs, err := c.res.LookupNetIP(ctx, network, n)
 			for _, a := range addrs {
 				if a.Unmap() == ip {
@@ -322,7 +329,11 @@ func (c *Checker) dnsblOutcomes(ctx context.Context, ip netip.Addr) []outcome {
 	per := make([][]outcome, len(c.dnsbl))
 	var wg sync.WaitGroup
 	for i, b := range c.dnsbl {
-		wg.Go(func() { per[i] = c.dnsblOutcome(ctx, b, ip) })
+		wg.Go(func() {
+			// A panic leaves this zone without an answer; the others answer.
+			defer guard.Recover(c.log, "auth check "+b.source)
+			per[i] = c.dnsblOutcome(ctx, b, ip)
+		})
 	}
 	wg.Wait()
 	var out []outcome

@@ -95,7 +95,9 @@ func TestSenderDomainExists(t *testing.T) {
 	}
 
 	// in tag mode a temporary failure is only tagged too
-	c = checker(t, f, func(c *Config) { c.Checks.SenderDomainExists = &DNSCheck{Check: Check{Action: "tag"}} })
+	c = checker(t, f, func(c *Config) {
+		c.Checks.SenderDomainExists = &DNSCheck{Check: Check{Action: policy.MustAction("tag")}}
+	})
 	vs, m := mail(c, session{ip: "192.0.2.1", helo: "h.example", sender: "u@servfail.example"})
 	expect(t, m, vs, "sender_domain_exists", "temperror", tag)
 }
@@ -106,7 +108,7 @@ func TestHeloChecks(t *testing.T) {
 	defer func() { hostname = old }()
 	c := checker(t, newFake(), func(c *Config) {
 		c.Checks.RequireFQDNHelo = &Check{}
-		c.Checks.HeloSyntax = &Check{Action: "tempfail"}
+		c.Checks.HeloSyntax = &Check{Action: policy.MustAction("tempfail")}
 		c.Checks.HeloNotOurs = &HeloNotOurs{Names: []string{"mx.ours.example", "MX2.ours.example.", "192.0.2.25", "2001:db8::25"}}
 	})
 	for _, tc := range []struct {
@@ -225,7 +227,7 @@ func TestDNSBL(t *testing.T) {
 	c := checker(t, f, func(c *Config) {
 		c.Checks.DNSBL = []DNSBL{
 			{Zone: "zen.example"},
-			{Zone: "bl.example.", DNSCheck: DNSCheck{Check: Check{Action: "tag"}, TempError: "tempfail"}, Codes: []string{"127.0.0.3"}},
+			{Zone: "bl.example.", DNSCheck: DNSCheck{Check: Check{Action: policy.MustAction("tag")}, TempError: policy.MustAction("tempfail")}, Codes: []string{"127.0.0.3"}},
 		}
 	})
 	for _, tc := range []struct {
@@ -301,7 +303,7 @@ func TestChecksBoundedByContext(t *testing.T) {
 		return errTimeout
 	}
 	c := checker(t, f, func(c *Config) {
-		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{TempError: "tempfail"}}}
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{TempError: policy.MustAction("tempfail")}}}
 		c.Checks.SenderDomainExists = &DNSCheck{}
 		c.SPF.Enabled = true
 	})
@@ -427,7 +429,7 @@ func TestTrustedAndAuthenticated(t *testing.T) {
 			c.Checks.SkipAuthenticated = &skip
 			c.SPF.Enabled = true
 			c.SPF.SkipAuthenticated = &skip
-			c.SPF.Fail = "reject"
+			c.SPF.Fail = policy.MustAction("reject")
 		}
 	}
 	skipping := checker(t, f, edit(true))

@@ -36,12 +36,12 @@ type SPFConfig struct {
 	Timeout conf.Duration `toml:"timeout"`
 	// The action for each result: "reject", "tempfail", "tag" (default)
 	// or "none". pass never acts.
-	Fail      string `toml:"fail"`
-	SoftFail  string `toml:"softfail"`
-	Neutral   string `toml:"neutral"`
-	None      string `toml:"none"`
-	TempError string `toml:"temperror"`
-	PermError string `toml:"permerror"`
+	Fail      *policy.Action `toml:"fail"`
+	SoftFail  *policy.Action `toml:"softfail"`
+	Neutral   *policy.Action `toml:"neutral"`
+	None      *policy.Action `toml:"none"`
+	TempError *policy.Action `toml:"temperror"`
+	PermError *policy.Action `toml:"permerror"`
 	// Reply holds optional reply templates per result.
 	Reply SPFReplies `toml:"reply"`
 }
@@ -77,24 +77,33 @@ type ChecksConfig struct {
 // Check is the common part of a check's table. In the file a check is
 // either a table or just its action: require_fqdn_sender = "reject".
 type Check struct {
-	Action string        `toml:"action"` // reject (default), tempfail, tag or none
-	Mode   policy.Mode   `toml:"mode"`
-	Reply  *policy.Reply `toml:"reply"`
+	Action *policy.Action `toml:"action"` // reject (default), tempfail, tag or none
+	Mode   policy.Mode    `toml:"mode"`
+	Reply  *policy.Reply  `toml:"reply"`
 }
 
 // UnmarshalText reads the short form: the action alone.
-func (c *Check) UnmarshalText(b []byte) error { c.Action = string(b); return nil }
+func (c *Check) UnmarshalText(b []byte) error { return c.setAction(b) }
+
+func (c *Check) setAction(b []byte) error {
+	a, err := policy.ParseAction(string(b))
+	if err != nil {
+		return err
+	}
+	c.Action = &a
+	return nil
+}
 
 // DNSCheck is a check that asks DNS, and so may not get an answer.
 type DNSCheck struct {
 	Check
 	// TempError is the action when DNS fails temporarily (timeout,
 	// SERVFAIL). Default: tempfail when Action refuses, else Action.
-	TempError string `toml:"temperror"`
+	TempError *policy.Action `toml:"temperror"`
 }
 
 // UnmarshalText reads the short form: the action alone.
-func (c *DNSCheck) UnmarshalText(b []byte) error { c.Action = string(b); return nil }
+func (c *DNSCheck) UnmarshalText(b []byte) error { return c.setAction(b) }
 
 // HeloNotOurs refuses a HELO that claims to be this host.
 type HeloNotOurs struct {
@@ -106,7 +115,7 @@ type HeloNotOurs struct {
 }
 
 // UnmarshalText reads the short form: the action alone.
-func (c *HeloNotOurs) UnmarshalText(b []byte) error { c.Action = string(b); return nil }
+func (c *HeloNotOurs) UnmarshalText(b []byte) error { return c.setAction(b) }
 
 // ClientRDNS asks that the client's address has a name.
 type ClientRDNS struct {
@@ -162,9 +171,9 @@ func (c *Config) Defaults() {
 	if s.Timeout == 0 {
 		s.Timeout = conf.Duration(10 * time.Second)
 	}
-	for _, a := range []*string{&s.Fail, &s.SoftFail, &s.Neutral, &s.None, &s.TempError, &s.PermError} {
-		if *a == "" {
-			*a = "tag"
+	for _, a := range []**policy.Action{&s.Fail, &s.SoftFail, &s.Neutral, &s.None, &s.TempError, &s.PermError} {
+		if *a == nil {
+			*a = ptr(policy.ActionTag)
 		}
 	}
 	k := &c.Checks
@@ -177,7 +186,7 @@ func (c *Config) Defaults() {
 		}
 	}
 	if k.SenderDomainExists != nil {
-		k.SenderDomainExists.defaults("")
+		k.SenderDomainExists.defaults(nil)
 	}
 	if k.HeloNotOurs != nil {
 		k.HeloNotOurs.defaults()
@@ -188,38 +197,37 @@ func (c *Config) Defaults() {
 		}
 	}
 	if k.ClientRDNS != nil {
-		k.ClientRDNS.DNSCheck.defaults("")
+		k.ClientRDNS.DNSCheck.defaults(nil)
 		if k.ClientRDNS.Require == "" {
 			k.ClientRDNS.Require = "exists"
 		}
 	}
 	for i := range k.DNSBL {
 		// a blocklist that does not answer must not stop mail
-		k.DNSBL[i].defaults("none")
+		k.DNSBL[i].defaults(ptr(policy.ActionNone))
 	}
 }
 
 func ptr[T any](v T) *T { return &v }
 
 func (c *Check) defaults() {
-	if c.Action == "" {
-		c.Action = "reject"
+	if c.Action == nil {
+		c.Action = ptr(policy.ActionReject)
 	}
 }
 
-func (c *DNSCheck) defaults(temp string) {
+// defaults fills the check's; temp, when not nil, is what a lookup that
+// failed for now does, else the check's own action softened to tempfail.
+func (c *DNSCheck) defaults(temp *policy.Action) {
 	c.Check.defaults()
-	if c.TempError != "" {
-		return
-	}
-	if temp != "" {
+	switch {
+	case c.TempError != nil:
+	case temp != nil:
 		c.TempError = temp
-		return
-	}
-	if a, err := checkAction(c.Action); err == nil && a.Refuses() {
-		c.TempError = "tempfail"
-	} else {
-		c.TempError = c.Action
+	case c.Action.Refuses():
+		c.TempError = ptr(policy.ActionTempfail)
+	default:
+		c.TempError = ptr(*c.Action)
 	}
 }
 
@@ -248,7 +256,7 @@ func (s *SPFConfig) validate() error {
 		return conf.Errorf("timeout", "%s must be between 0 and 25s, inside the MTA's milter timeout", s.Timeout.D())
 	}
 	for _, r := range s.results() {
-		a, err := checkAction(*r.action)
+		a, err := checkable(*r.action)
 		if err != nil {
 			return conf.Errorf(r.name, "%v", err)
 		}
@@ -261,7 +269,7 @@ func (s *SPFConfig) validate() error {
 
 type spfResultConfig struct {
 	name   string
-	action *string
+	action **policy.Action
 	reply  *policy.Reply
 }
 
@@ -351,7 +359,7 @@ func (k *ChecksConfig) validate() error {
 }
 
 func (c *Check) validate() error {
-	a, err := checkAction(c.Action)
+	a, err := checkable(c.Action)
 	if err != nil {
 		return conf.Errorf("action", "%v", err)
 	}
@@ -362,25 +370,24 @@ func (c *DNSCheck) validate() error {
 	if err := c.Check.validate(); err != nil {
 		return err
 	}
-	if _, err := checkAction(c.TempError); err != nil {
+	if _, err := checkable(c.TempError); err != nil {
 		return conf.Errorf("temperror", "%v", err)
 	}
 	return nil
 }
 
-// checkAction parses the actions a check may ask for.
-func checkAction(s string) (policy.Action, error) {
-	switch s {
-	case "reject":
-		return policy.ActionReject, nil
-	case "tempfail":
-		return policy.ActionTempfail, nil
-	case "tag":
-		return policy.ActionTag, nil
-	case "none":
-		return policy.ActionNone, nil
+// checkable refuses the actions a check cannot take: a check answers at
+// MAIL FROM with a refusal, a tag, or nothing. Defaults fill every action,
+// so nil is a caller that skipped them.
+func checkable(a *policy.Action) (policy.Action, error) {
+	if a == nil {
+		return 0, fmt.Errorf("no action")
 	}
-	return 0, fmt.Errorf("unknown action %q (want reject, tempfail, tag or none)", s)
+	switch *a {
+	case policy.ActionReject, policy.ActionTempfail, policy.ActionTag, policy.ActionNone:
+		return *a, nil
+	}
+	return 0, fmt.Errorf("action %s is not for checks (want reject, tempfail, tag or none)", *a)
 }
 
 // replyMatches refuses a reply whose class contradicts the action: a 5xx

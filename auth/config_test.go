@@ -41,16 +41,16 @@ func TestExampleConfig(t *testing.T) {
 		got, want any
 	}{
 		{"dns timeout", cfg.DNS.Timeout.D(), 3 * time.Second},
-		{"spf fail", cfg.SPF.Fail, "tag"},
+		{"spf fail", *cfg.SPF.Fail, policy.ActionTag},
 		{"spf skip_authenticated", *cfg.SPF.SkipAuthenticated, true},
 		{"spf reply", cfg.SPF.Reply.Fail.Code(), "550"},
-		{"require_fqdn_sender", k.RequireFQDNSender.Action, "reject"},
-		{"sender_domain_exists temperror", k.SenderDomainExists.TempError, "tempfail"},
+		{"require_fqdn_sender", *k.RequireFQDNSender.Action, policy.ActionReject},
+		{"sender_domain_exists temperror", *k.SenderDomainExists.TempError, policy.ActionTempfail},
 		{"helo_syntax mode", k.HeloSyntax.Mode, policy.ModeTag},
 		{"helo_not_ours names", len(k.HeloNotOurs.Names), 2},
 		{"client_rdns", k.ClientRDNS.Require, "fcrdns"},
-		{"client_rdns action", k.ClientRDNS.Action, "tempfail"},
-		{"client_rdns temperror default", k.ClientRDNS.TempError, "tempfail"},
+		{"client_rdns action", *k.ClientRDNS.Action, policy.ActionTempfail},
+		{"client_rdns temperror default", *k.ClientRDNS.TempError, policy.ActionTempfail},
 		{"dnsbl zone", k.DNSBL[0].Zone, "zen.example"},
 		{"dnsbl codes", len(k.DNSBL[1].Codes), 2},
 		{"sender_access", k.SenderAccess.File, "testdata/sender_access"},
@@ -82,13 +82,13 @@ dnsbl = ["zen.example", { zone = "bl.example", action = "tag" }]
 		what      string
 		got, want any
 	}{
-		{"sender_domain_exists", k.SenderDomainExists.Action, "tag"},
-		{"sender_domain_exists temperror follows a soft action", k.SenderDomainExists.TempError, "tag"},
-		{"helo_not_ours", k.HeloNotOurs.Action, "tempfail"},
+		{"sender_domain_exists", *k.SenderDomainExists.Action, policy.ActionTag},
+		{"sender_domain_exists temperror follows a soft action", *k.SenderDomainExists.TempError, policy.ActionTag},
+		{"helo_not_ours", *k.HeloNotOurs.Action, policy.ActionTempfail},
 		{"client_rdns", k.ClientRDNS.Require, "exists"},
-		{"client_rdns action", k.ClientRDNS.Action, "reject"},
-		{"dnsbl short", k.DNSBL[0].Zone + "/" + k.DNSBL[0].Action, "zen.example/reject"},
-		{"dnsbl table", k.DNSBL[1].Zone + "/" + k.DNSBL[1].Action, "bl.example/tag"},
+		{"client_rdns action", *k.ClientRDNS.Action, policy.ActionReject},
+		{"dnsbl short", k.DNSBL[0].Zone + "/" + k.DNSBL[0].Action.String(), "zen.example/reject"},
+		{"dnsbl table", k.DNSBL[1].Zone + "/" + k.DNSBL[1].Action.String(), "bl.example/tag"},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
@@ -107,9 +107,9 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.AuthservID != "host.example.test" {
 		t.Errorf("authserv_id default %q", cfg.AuthservID)
 	}
-	for _, a := range []string{cfg.SPF.Fail, cfg.SPF.SoftFail, cfg.SPF.Neutral, cfg.SPF.None, cfg.SPF.TempError, cfg.SPF.PermError} {
-		if a != "tag" {
-			t.Errorf("SPF results must default to tag, got %q", a)
+	for _, a := range []*policy.Action{cfg.SPF.Fail, cfg.SPF.SoftFail, cfg.SPF.Neutral, cfg.SPF.None, cfg.SPF.TempError, cfg.SPF.PermError} {
+		if *a != policy.ActionTag {
+			t.Errorf("SPF results must default to tag, got %s", *a)
 		}
 	}
 	c, err := newChecker(cfg, nil, newFake())
@@ -129,13 +129,13 @@ func TestConfigErrors(t *testing.T) {
 		{"authserv_id = \"a;b\"", "authserv_id", "not a valid authserv-id"},
 		{"[dns]\ntimeout = \"1m\"", "dns.timeout", "above"},
 		{"[dns]\nservers = [\"ns.example\"]", "dns.servers.0", "IP address"},
-		{"[spf]\nfail = \"bounce\"", "spf.fail", "unknown action"},
+		{"[spf]\nfail = \"hold\"", "spf.fail", "not for checks"},
 		{"[spf]\ntimeout = \"1m\"", "spf.timeout", "25s"},
 		{"[spf]\nfail = \"tempfail\"\n[spf.reply]\nfail = \"550 5.7.23 no\"", "spf.reply.fail", "permanent but the action is tempfail"},
 		{"[spf.reply]\ntemperror = \"451 4.7.24 later\"", "", ""}, // tag: a reply that is never sent is fine
-		{"[checks]\nrequire_fqdn_sender = \"drop\"", "checks.require_fqdn_sender.action", "unknown action"},
+		{"[checks]\nrequire_fqdn_sender = \"delay\"", "checks.require_fqdn_sender.action", "not for checks"},
 		{"[checks]\nhelo_syntax = { action = \"reject\", reply = \"451 4.5.2 later\" }", "checks.helo_syntax.reply", "temporary but the action is reject"},
-		{"[checks]\nsender_domain_exists = { temperror = \"hold\" }", "checks.sender_domain_exists.temperror", "unknown action"},
+		{"[checks]\nsender_domain_exists = { temperror = \"hold\" }", "checks.sender_domain_exists.temperror", "not for checks"},
 		{"[checks]\nclient_rdns = \"maybe\"", "checks.client_rdns.require", "exists or fcrdns"},
 		{"[checks]\nhelo_not_ours = { names = [\"ok.example\", \"bad name\"] }", "checks.helo_not_ours.names.1", "neither a host name nor an address"},
 		{"[[checks.dnsbl]]\nzone = \"zen.example\"\n[[checks.dnsbl]]\nzone = \"ZEN.example.\"", "checks.dnsbl.1.zone", "already listed as dnsbl 0"},
@@ -157,6 +157,23 @@ func TestConfigErrors(t *testing.T) {
 		var ce *conf.Error
 		if !errors.As(err, &ce) || strings.Join(ce.Path, ".") != tc.path || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%q: error %v, want one at %s containing %q", tc.text, err, tc.path, tc.msg)
+		}
+	}
+}
+
+// An action that is no action at all is refused when the file is read,
+// by policy's parser, wherever a check takes one.
+func TestUnknownActionsAreRefused(t *testing.T) {
+	for _, text := range []string{
+		"[spf]\nfail = \"bounce\"",
+		"[checks]\nrequire_fqdn_sender = \"drop\"",
+		"[checks]\nsender_domain_exists = { temperror = \"later\" }",
+		"[[checks.dnsbl]]\nzone = \"zen.example\"\naction = \"explode\"",
+	} {
+		var cfg Config
+		err := toml.NewDecoder(strings.NewReader(text)).Decode(&cfg)
+		if err == nil || !strings.Contains(err.Error(), "unknown action") {
+			t.Errorf("%q: %v, want an unknown action", text, err)
 		}
 	}
 }

@@ -50,7 +50,7 @@ func TestChecksOverDNS(t *testing.T) {
 	c, _ := realChecker(t, z, func(c *Config) {
 		c.SPF.Enabled = true
 		c.Checks.ClientRDNS = &ClientRDNS{Require: "fcrdns"}
-		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{TempError: "tempfail"}}}
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{TempError: policy.MustAction("tempfail")}}}
 		c.Checks.SenderDomainExists = &DNSCheck{}
 	})
 	for _, tc := range []struct {

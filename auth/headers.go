@@ -27,7 +27,13 @@ const CheckHeader = "X-Sluice-Check"
 // a check in dry-run mode changes nothing in the message, so it only
 // shows in the verdicts (for logs and metrics). The milter should not
 // make tag headers of its own from auth's verdicts: these are they.
-func (c *Checker) Headers(m *Message) []Header {
+//
+// mode gives the mode each check is applied in, from its own (the engine
+// applies the global mode), so that the headers say what was done: a
+// check that asks to reject shows mode=tag in X-Sluice-Check under the
+// global tag mode, and nothing under dry-run. A nil mode keeps each
+// check's own.
+func (c *Checker) Headers(m *Message, mode func(policy.Mode) policy.Mode) []Header {
 	var hs []Header
 	var ar []authres.Result
 	if o := m.spf; o != nil {
@@ -52,6 +58,9 @@ func (c *Checker) Headers(m *Message) []Header {
 		hs = append(hs, Header{"Received-SPF", c.receivedSPF(m.spf)})
 	}
 	for _, r := range m.results {
+		if mode != nil {
+			r.Mode = mode(r.Mode)
+		}
 		if r.Action == policy.ActionNone || r.Mode == policy.ModeDryRun ||
 			r.Check == "spf" && r.Action == policy.ActionTag {
 			continue

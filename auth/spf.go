@@ -167,7 +167,7 @@ func matched(err error) string {
 // addresses: RFC 7208 §5.3 and §5.4 look up the connection's family, and
 // "exists" always uses A. An IPv6 client gets both families (the library
 // does not tell "exists" from "a").
-type ip4Resolver struct{ dnsResolver }
+type ip4Resolver struct{ Resolver }
 
 func (r ip4Resolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
 	ips, err := r.LookupNetIP(ctx, "ip4", host)

@@ -76,7 +76,7 @@ func TestSPFNullSenderUsesHelo(t *testing.T) {
 	c := checker(t, spfFake(), func(c *Config) { c.SPF.Enabled = true })
 	vs, m := mail(c, session{ip: "192.0.2.1", helo: "helo.example", sender: ""})
 	expect(t, m, vs, "spf", "pass", none)
-	hs := c.Headers(m)
+	hs := c.Headers(m, nil)
 	ar := header(hs, "Authentication-Results")
 	if want := "mx.sluice.test; spf=pass smtp.helo=helo.example"; ar != want {
 		t.Errorf("Authentication-Results %q, want %q", ar, want)
@@ -99,10 +99,10 @@ func TestSPFNullSenderUsesHelo(t *testing.T) {
 func TestSPFActionsAndReplies(t *testing.T) {
 	c := checker(t, spfFake(), func(c *Config) {
 		c.SPF.Enabled = true
-		c.SPF.Fail = "reject"
-		c.SPF.SoftFail = "none"
-		c.SPF.TempError = "tempfail"
-		c.SPF.PermError = "reject"
+		c.SPF.Fail = policy.MustAction("reject")
+		c.SPF.SoftFail = policy.MustAction("none")
+		c.SPF.TempError = policy.MustAction("tempfail")
+		c.SPF.PermError = policy.MustAction("reject")
 		c.SPF.Reply.PermError = policy.MustReply("550 5.7.24 Fix your SPF record, {sender}")
 	})
 	for _, tc := range []struct {
@@ -144,14 +144,14 @@ func TestHeaders(t *testing.T) {
 	f.addIP("mail.pass.example", "192.0.2.1")
 	c := checker(t, f, func(c *Config) {
 		c.SPF.Enabled = true
-		c.SPF.Fail = "reject"
+		c.SPF.Fail = policy.MustAction("reject")
 		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}}
 		c.Checks.ClientRDNS = &ClientRDNS{Require: "fcrdns"}
-		c.Checks.RequireFQDNHelo = &Check{Action: "reject", Mode: policy.ModeTag}
+		c.Checks.RequireFQDNHelo = &Check{Action: policy.MustAction("reject"), Mode: policy.ModeTag}
 	})
 	s := session{ip: "192.0.2.1", helo: "localhost", sender: "alice@pass.example"}
 	vs, m := mail(c, s)
-	hs := c.Headers(m)
+	hs := c.Headers(m, nil)
 	for _, h := range hs {
 		t.Logf("%s: %s", h.Name, h.Value)
 	}
@@ -198,7 +198,7 @@ func TestHostileInputInHeaders(t *testing.T) {
 	f := spfFake()
 	c := checker(t, f, func(c *Config) {
 		c.SPF.Enabled = true
-		c.Checks.RequireFQDNHelo = &Check{Action: "tag"}
+		c.Checks.RequireFQDNHelo = &Check{Action: policy.MustAction("tag")}
 	})
 	for _, s := range []session{
 		{ip: "192.0.2.1", helo: "evil\r\nX-Injected: yes", sender: "a\"b\\\"c (d) ;e@fail.example"},
@@ -208,7 +208,7 @@ func TestHostileInputInHeaders(t *testing.T) {
 		{ip: "192.0.2.1", helo: "ok.example", sender: ""},
 	} {
 		_, m := mail(c, s)
-		hs := c.Headers(m)
+		hs := c.Headers(m, nil)
 		if len(hs) < 2 {
 			t.Fatalf("headers %v", hs)
 		}
@@ -269,13 +269,13 @@ func TestForged(t *testing.T) {
 // logs and metrics) but no header.
 func TestDryRunChangesNothing(t *testing.T) {
 	c := checker(t, newFake(), func(c *Config) {
-		c.Checks.RequireFQDNHelo = &Check{Action: "reject", Mode: policy.ModeDryRun}
+		c.Checks.RequireFQDNHelo = &Check{Action: policy.MustAction("reject"), Mode: policy.ModeDryRun}
 	})
 	vs, m := mail(c, session{ip: "192.0.2.1", helo: "localhost", sender: "a@b.example"})
 	if v, ok := verdict(vs, "require_fqdn_helo"); !ok || v.Mode != policy.ModeDryRun {
 		t.Fatalf("verdict %+v %v", v, ok)
 	}
-	if hs := c.Headers(m); len(hs) != 0 {
+	if hs := c.Headers(m, nil); len(hs) != 0 {
 		t.Errorf("headers in dry-run: %v", hs)
 	}
 }

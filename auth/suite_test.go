@@ -49,7 +49,7 @@ func TestRFC7208Suite(t *testing.T) {
 		var m Message
 		chk.Mail(context.Background(), f, &m)
 		var out []spftest.Field
-		for _, h := range chk.Headers(&m) {
+		for _, h := range chk.Headers(&m, nil) {
 			out = append(out, spftest.Field{Name: h.Name, Value: h.Value})
 		}
 		return out, nil

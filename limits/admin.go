@@ -69,7 +69,7 @@ func (e *Engine) Reset(ctx context.Context, key, rule string) ([]Counter, error)
 	for i := range cs {
 		keys[i] = []byte(cs[i].StoreKey)
 	}
-	if err := e.store.Reset(ctx, keys); err != nil {
+	if err := counter.Reset(ctx, e.store, keys); err != nil {
 		return nil, fmt.Errorf("reset counters of %s: %w", key, err)
 	}
 	return cs, nil
@@ -91,12 +91,12 @@ func (e *Engine) Allow(ctx context.Context, key string, until time.Time) ([]stri
 		}
 	}
 	for _, k := range keys {
-		if err := e.store.SetAllow(ctx, k, until); err != nil {
+		if err := counter.SetAllow(ctx, e.store, k, until); err != nil {
 			return nil, fmt.Errorf("exempt %s: %w", k, err)
 		}
 	}
 	// Take effect now on this host rather than at the next refresh.
-	if m, err := e.store.Allows(ctx); err == nil {
+	if m, err := counter.Allows(ctx, e.store); err == nil {
 		e.setExemptions(m)
 	}
 	return keys, nil
@@ -104,7 +104,7 @@ func (e *Engine) Allow(ctx context.Context, key string, until time.Time) ([]stri
 
 // Exemptions lists the exemptions in force.
 func (e *Engine) Exemptions(ctx context.Context) (map[string]time.Time, error) {
-	return e.store.Allows(ctx)
+	return counter.Allows(ctx, e.store)
 }
 
 // Top lists up to n counters closest to or over their limit, fullest
@@ -114,7 +114,7 @@ func (e *Engine) Top(ctx context.Context, rule string, n int) ([]Counter, error)
 	if rule != "" {
 		ask = maxTop // the store cannot filter by rule: ask for all it names
 	}
-	hot, err := e.store.Hot(ctx, ask)
+	hot, err := counter.Hot(ctx, e.store, ask)
 	if err != nil {
 		return nil, fmt.Errorf("list hot counters: %w", err)
 	}

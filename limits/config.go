@@ -14,12 +14,11 @@ import (
 	"sluice/policy"
 )
 
-// Config is the limits part of the file: the [[limit]] rules, the global
-// trusted list and the [store] table.
+// Config is the limits part of the file: the [[limit]] rules and the
+// global trusted list. Where the counts live ([store]) is the wiring's.
 type Config struct {
-	Rules   []Rule      `toml:"limit"`
-	Trusted []string    `toml:"trusted"` // networks no rule applies to unless it says apply_to_trusted
-	Store   StoreConfig `toml:"store"`
+	Rules   []Rule   `toml:"limit"`
+	Trusted []string `toml:"trusted"` // networks no rule applies to unless it says apply_to_trusted
 }
 
 // Rule is one [[limit]] as written in the file.
@@ -43,28 +42,28 @@ type Config struct {
 // reservations count against the limit while the message is in flight.
 // An event sluice refuses adds nothing (leaky) unless strict = true.
 type Rule struct {
-	Name              string        `toml:"name"`
-	Count             string        `toml:"count"` // connections | concurrent | messages | recipients | bytes
-	Per               any           `toml:"per"`   // a key name or a list of them
-	Max               int64         `toml:"max"`   // concurrent: open connections
-	Rate              any           `toml:"rate"`  // "N/period" or a list of them
-	Burst             int64         `toml:"burst"` // units at once; default N
-	MaxRcptPerMessage int           `toml:"max_rcpt_per_message"`
-	Action            string        `toml:"action"` // default tempfail
-	Mode              string        `toml:"mode"`   // enforce | tag | dry-run
-	Reply             string        `toml:"reply"`
-	Delay             conf.Duration `toml:"delay"`
-	Except            []string      `toml:"except"` // client networks, sender addresses or domains, SASL users the rule skips
-	IPv4Prefix        int           `toml:"ipv4_prefix"`
-	IPv6Prefix        int           `toml:"ipv6_prefix"`
-	StripExtension    bool          `toml:"strip_extension"`
-	NullSender        string        `toml:"null_sender"` // skip | count
-	CountOn           string        `toml:"count_on"`    // attempt | accepted
-	Strict            bool          `toml:"strict"`
-	Final             bool          `toml:"final"`
-	ApplyToTrusted    bool          `toml:"apply_to_trusted"`
-	Match             Match         `toml:"match"`
-	OnStoreError      string        `toml:"on_store_error"` // allow | tempfail | local; default from [store]
+	Name              string         `toml:"name"`
+	Count             string         `toml:"count"` // connections | concurrent | messages | recipients | bytes
+	Per               any            `toml:"per"`   // a key name or a list of them
+	Max               int64          `toml:"max"`   // concurrent: open connections
+	Rate              any            `toml:"rate"`  // "N/period" or a list of them
+	Burst             int64          `toml:"burst"` // units at once; default N
+	MaxRcptPerMessage int            `toml:"max_rcpt_per_message"`
+	Action            *policy.Action `toml:"action"` // default tempfail
+	Mode              policy.Mode    `toml:"mode"`   // enforce (default) | tag | dry-run
+	Reply             *policy.Reply  `toml:"reply"`
+	Delay             conf.Duration  `toml:"delay"`
+	Except            []string       `toml:"except"` // client networks, sender addresses or domains, SASL users the rule skips
+	IPv4Prefix        int            `toml:"ipv4_prefix"`
+	IPv6Prefix        int            `toml:"ipv6_prefix"`
+	StripExtension    bool           `toml:"strip_extension"`
+	NullSender        string         `toml:"null_sender"` // skip | count
+	CountOn           string         `toml:"count_on"`    // attempt | accepted
+	Strict            bool           `toml:"strict"`
+	Final             bool           `toml:"final"`
+	ApplyToTrusted    bool           `toml:"apply_to_trusted"`
+	Match             Match          `toml:"match"`
+	OnStoreError      string         `toml:"on_store_error"` // allow | tempfail | local; default from [store]
 }
 
 // Match narrows the sessions a rule applies to; every condition given must hold.
@@ -118,7 +117,6 @@ func (c *Config) Defaults() {
 	if c.Trusted == nil {
 		c.Trusted = DefaultTrusted
 	}
-	c.Store.Defaults()
 }
 
 // Validate checks the rules without reading list files; a rule that names
@@ -130,11 +128,7 @@ func (c *Config) Validate(listNames map[string]bool) error {
 	seen := make(map[string]bool)
 	for i := range c.Rules {
 		r := &c.Rules[i]
-		cr, err := compileRule(r, nil, listNames)
-		if err == nil {
-			err = c.Store.fits(cr)
-		}
-		if err != nil {
+		if _, err := compileRule(r, nil, listNames); err != nil {
 			return conf.In(err, "limit", conf.Index(i))
 		}
 		if seen[r.Name] {
@@ -142,7 +136,32 @@ func (c *Config) Validate(listNames map[string]bool) error {
 		}
 		seen[r.Name] = true
 	}
-	return conf.In(c.Store.Validate(), "store")
+	return nil
+}
+
+// FitSpan checks the rules, valid by Validate with the same list names,
+// against the longest window a store counts exactly (rate times burst):
+// span nanoseconds. bound says so in the error ("the Redis store counts
+// windows of up to 52 days").
+func (c *Config) FitSpan(listNames map[string]bool, span int64, bound string) error {
+	for i := range c.Rules {
+		r, err := compileRule(&c.Rules[i], nil, listNames)
+		if err != nil {
+			return conf.In(err, "limit", conf.Index(i))
+		}
+		for _, w := range r.windows {
+			if w.burst > span/w.interval {
+				return conf.In(conf.Errorf("rate", "%s: %s (rate times burst)", w.text, bound), "limit", conf.Index(i))
+			}
+		}
+	}
+	return nil
+}
+
+// CheckOnStoreError validates an on_store_error value.
+func CheckOnStoreError(s string) error {
+	_, err := parseStoreErrorPolicy(s)
+	return err
 }
 
 // rule is a compiled Rule.
@@ -404,29 +423,18 @@ func (c *rule) compileKey(r *Rule) error {
 
 func (c *rule) compileAction(r *Rule) error {
 	c.action = policy.ActionTempfail
-	if r.Action != "" {
-		a, err := policy.ParseAction(r.Action)
-		if err != nil {
-			return conf.Errorf("action", "%v", err)
-		}
-		if a == policy.ActionNone {
+	if r.Action != nil {
+		if *r.Action == policy.ActionNone {
 			return conf.Errorf("action", "\"none\" would make the rule do nothing; use mode = \"dry-run\" to only log")
 		}
-		c.action = a
+		c.action = *r.Action
 	}
-	if r.Mode != "" {
-		m, err := policy.ParseMode(r.Mode)
-		if err != nil {
-			return conf.Errorf("mode", "%v", err)
-		}
-		c.mode = m
-	}
-	if r.Reply != "" {
-		rp, err := policy.ParseReplyFor(c.action, r.Reply)
-		if err != nil {
+	c.mode = r.Mode
+	if r.Reply != nil {
+		if err := r.Reply.Fits(c.action); err != nil {
 			return conf.Errorf("reply", "%v", err)
 		}
-		c.reply = rp
+		c.reply = r.Reply
 	}
 	if c.action == policy.ActionDelay {
 		if r.Delay <= 0 {

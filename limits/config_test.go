@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"sluice/conf"
+	"sluice/policy"
 )
 
 func TestParseRate(t *testing.T) {
@@ -105,10 +106,15 @@ func TestRuleErrors(t *testing.T) {
 		{"strip_extension without an address", with(func(r *Rule) { r.Per = "sender_domain"; r.StripExtension = true }), "strip_extension", "sender or rcpt"},
 		{"unknown null_sender", with(func(r *Rule) { r.NullSender = "drop" }), "null_sender", "skip or count"},
 		{"null_sender per client_ip", with(func(r *Rule) { r.Per = "client_ip"; r.NullSender = "skip" }), "null_sender", "sender or sender_domain"},
-		{"unknown action", with(func(r *Rule) { r.Action = "bounce" }), "action", "unknown action"},
-		{"action none", with(func(r *Rule) { r.Action = "none" }), "action", "dry-run"},
-		{"unknown mode", with(func(r *Rule) { r.Mode = "soft" }), "mode", "unknown mode"},
-		{"delay without delay", with(func(r *Rule) { r.Action = "delay" }), "delay", "delay ="},
+		{"action none", with(func(r *Rule) { r.Action = policy.MustAction("none") }), "action", "dry-run"},
+		{"reply for another action", with(func(r *Rule) { r.Reply = policy.MustReply("550 5.7.1 no") }), "reply", "tempfail needs a 4xx"},
+		{"reply for an action that sends none", with(func(r *Rule) {
+			r.Action, r.Reply = policy.MustAction("tag"), policy.MustReply("451 4.7.1 later")
+		}), "reply", "sends no reply"},
+		{"disconnect needs 421", with(func(r *Rule) {
+			r.Action, r.Reply = policy.MustAction("disconnect"), policy.MustReply("451 4.7.1 later")
+		}), "reply", "421"},
+		{"delay without delay", with(func(r *Rule) { r.Action = policy.MustAction("delay") }), "delay", "delay ="},
 		{"delay on tempfail", with(func(r *Rule) { r.Delay = conf.Duration(time.Second) }), "delay", "only for"},
 		{"unknown count_on", with(func(r *Rule) { r.CountOn = "end" }), "count_on", "attempt or accepted"},
 		{"count_on accepted for bytes", with(func(r *Rule) { r.Count = "bytes"; r.CountOn = "accepted" }), "count_on", "messages and recipients"},
@@ -130,7 +136,7 @@ func TestRuleErrors(t *testing.T) {
 	}
 }
 
-// TestRulesAccepted: the forms the issue names compile, and keep what
+// TestRulesAccepted: the forms the docs show compile, and keep what
 // they say.
 func TestRulesAccepted(t *testing.T) {
 	for _, r := range []Rule{
@@ -141,10 +147,10 @@ func TestRulesAccepted(t *testing.T) {
 		{Name: "cap", MaxRcptPerMessage: 50},
 		{Name: "cap-and-rate", Count: "recipients", Per: "rcpt", Rate: "10/1m", MaxRcptPerMessage: 50, StripExtension: true},
 		{Name: "bytes", Count: "bytes", Per: "sender_domain", Rate: "50MB/1h", NullSender: "skip"},
-		{Name: "helo", Count: "messages", Per: []any{"helo", "listener"}, Rate: "5/1m", Action: "delay", Delay: conf.Duration(2 * time.Second)},
-		{Name: "tagged", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: "tag"},
-		{Name: "held", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: "hold", Mode: "dry-run"},
-		{Name: "rejected", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: "reject", Reply: "550 5.7.1 Go away {client_ip}"},
+		{Name: "helo", Count: "messages", Per: []any{"helo", "listener"}, Rate: "5/1m", Action: policy.MustAction("delay"), Delay: conf.Duration(2 * time.Second)},
+		{Name: "tagged", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: policy.MustAction("tag")},
+		{Name: "held", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: policy.MustAction("hold"), Mode: policy.MustMode("dry-run")},
+		{Name: "rejected", Count: "messages", Per: "client_ip", Rate: "5/1m", Action: policy.MustAction("reject"), Reply: policy.MustReply("550 5.7.1 Go away {client_ip}")},
 	} {
 		c, err := compileRule(&r, nil, nil)
 		if err != nil {

@@ -5,7 +5,9 @@ package limits
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"strconv"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 	"sluice/lists"
 	"sluice/policy"
@@ -27,7 +30,6 @@ type Engine struct {
 	trusted  *lists.List
 	store    counter.Store
 	fallback counter.Store // for rules with on_store_error = "local"
-	mode     policy.Mode   // the global mode: a denial only refuses in enforce mode
 	onError  storeErrorPolicy
 	log      *zap.Logger
 	failures storeFailures // on_store_error bookkeeping
@@ -43,24 +45,31 @@ type Engine struct {
 type Options struct {
 	Store    counter.Store
 	Fallback counter.Store // may be nil: "local" then behaves like "allow"
-	Mode     policy.Mode
-	Log      *zap.Logger
+	// Mode gives the mode a rule is applied in from its own: the caller
+	// (the engine) applies the global mode there. A crossed rule refuses
+	// the event only in enforce mode, which the store must know to count
+	// all or nothing. nil: each rule's own mode.
+	Mode func(policy.Mode) policy.Mode
+	Log  *zap.Logger
 	// Recorder is told of every store failure that rules answered by
 	// on_store_error; nil: the store itself, if it is a StoreErrorRecorder.
 	Recorder StoreErrorRecorder
+	// OnStoreError is what rules that do not say do when the store fails
+	// ([store] on_store_error): allow (the default), tempfail or local.
+	OnStoreError string
 }
 
 // New compiles the rules. The store is shared: a reload makes a new Engine
 // on the same store, so counters survive it.
 func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
-	e := &Engine{store: opt.Store, fallback: opt.Fallback, mode: opt.Mode, log: opt.Log, allowMaxAge: 2 * time.Second,
+	e := &Engine{store: opt.Store, fallback: opt.Fallback, log: opt.Log, allowMaxAge: 2 * time.Second,
 		allowsWarn: rate.Sometimes{Interval: time.Minute}}
 	e.failures.init(opt.Recorder, opt.Store)
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
 	var err error
-	if e.onError, err = parseStoreErrorPolicy(cfg.Store.OnStoreError); err != nil {
+	if e.onError, err = parseStoreErrorPolicy(opt.OnStoreError); err != nil {
 		return nil, err
 	}
 	names := make(map[string]bool)
@@ -80,7 +89,11 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		if r.onError == onErrorDefault {
 			r.onError = e.onError
 		}
-		r.blocking = r.action.Refuses() && r.mode.Soften(e.mode) == policy.ModeEnforce
+		mode := r.mode
+		if opt.Mode != nil {
+			mode = opt.Mode(mode)
+		}
+		r.blocking = r.action.Refuses() && mode == policy.ModeEnforce
 		e.rules = append(e.rules, r)
 		st := r.count.stage()
 		e.byStage[st] = append(e.byStage[st], r)
@@ -473,16 +486,30 @@ func exempt(allows map[string]time.Time, key []byte) bool {
 
 func (e *Engine) refreshAllows() {
 	defer e.refreshing.Store(false)
+	m, again := e.allows.Load().until, true
+	// Whatever happens, even a panic in the store, the exemptions in m
+	// are put in force and the next refresh comes allowMaxAge later.
+	defer func() {
+		if again {
+			e.setExemptions(m)
+		}
+	}()
+	defer guard.Recover(e.log, "limits allows refresh")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	m, err := e.store.Allows(ctx)
-	if err != nil {
+	got, err := counter.Allows(ctx, e.store)
+	switch {
+	case errors.Is(err, counter.ErrUnsupported):
+		// A store without exemptions: nothing to read, ever.
+		e.allows.Store(&allowCache{})
+		again = false
+	case err != nil:
 		e.allowsWarn.Do(func() {
 			e.log.Warn("could not read exemptions; keeping those read before (logged once a minute)", zap.Error(err))
 		})
-		m = e.allows.Load().until
+	default:
+		m = got
 	}
-	e.setExemptions(m)
 }
 
 // setExemptions puts m in force until the next refresh, allowMaxAge from now.
@@ -507,19 +534,25 @@ func (e *Engine) UsesHelo() bool {
 	return false
 }
 
-// MayTag reports whether any rule can end in a header under the global
-// mode: an enforced action tag or hold (a held message says why in a
-// header), a rule in tag mode, or any rule when the server is in tag
-// mode. A rule in dry-run never shows.
-func (e *Engine) MayTag(global policy.Mode) bool {
-	for _, r := range e.rules {
-		switch r.mode.Soften(global) {
-		case policy.ModeTag:
-			return true
-		case policy.ModeEnforce:
-			if r.action == policy.ActionTag || r.action == policy.ActionHold {
-				return true
+// Actions yields each rule's action and its own mode, in file order, for
+// a caller that must know what the rules may ask for: whether a message
+// may get a header, for one.
+func (e *Engine) Actions() iter.Seq2[policy.Action, policy.Mode] {
+	return func(yield func(policy.Action, policy.Mode) bool) {
+		for _, r := range e.rules {
+			if !yield(r.action, r.mode) {
+				return
 			}
+		}
+	}
+}
+
+// UsesSASLUser reports whether any rule reads the SASL login name: as a
+// key, in a match or an except list, or in its reply.
+func (e *Engine) UsesSASLUser() bool {
+	for _, r := range e.rules {
+		if r.match.authenticated != nil || r.except != nil || r.keyer.has(dimSASLUser) || r.reply != nil && r.reply.Quotes("sasl_user") {
+			return true
 		}
 	}
 	return false

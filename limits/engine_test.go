@@ -55,7 +55,7 @@ func newTestEnvOn(t *testing.T, cfg Config, mode policy.Mode, st counter.Store, 
 	if cfg.Trusted == nil {
 		cfg.Trusted = []string{}
 	}
-	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: mode, Log: zaptest.NewLogger(t)})
+	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: global(mode), Log: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +66,11 @@ func newTestEnvOn(t *testing.T, cfg Config, mode policy.Mode, st counter.Store, 
 }
 
 func rules(rs ...Rule) Config { return Config{Rules: rs} }
+
+// global applies a server-wide mode to each rule's own, as the engine does.
+func global(mode policy.Mode) func(policy.Mode) policy.Mode {
+	return func(m policy.Mode) policy.Mode { return m.Soften(mode) }
+}
 
 // step runs one stage as the milter does: check, decide, settle. It
 // returns the verdicts and whether the stage was refused.
@@ -397,7 +402,7 @@ func TestMaxRcptPerMessage(t *testing.T) {
 		t.Errorf("a per-message cap put %d keys in the store", v.st.Len())
 	}
 	// With a rate too, the cap keeps its own reply and limit.
-	w := newTestEnv(t, rules(Rule{Name: "both", Count: "recipients", Per: "sender", Rate: "100/1h", MaxRcptPerMessage: 2, Action: "reject"}), policy.ModeEnforce)
+	w := newTestEnv(t, rules(Rule{Name: "both", Count: "recipients", Per: "sender", Rate: "100/1h", MaxRcptPerMessage: 2, Action: policy.MustAction("reject")}), policy.ModeEnforce)
 	f = policy.Facts{Sender: "a@b", RcptCount: 2}
 	vs, _ = w.e.Check(context.Background(), policy.StageRcpt, &f, w.e.NewSession())
 	if len(vs) != 1 || vs[0].Limit != "2 recipients a message" || vs[0].Detail != "rcpt=3" {
@@ -563,7 +568,7 @@ func TestModes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newTestEnv(t, rules(
-				Rule{Name: "m", Count: "messages", Per: "sender", Rate: "1/1h", Mode: tc.ruleMode},
+				Rule{Name: "m", Count: "messages", Per: "sender", Rate: "1/1h", Mode: policy.MustMode(tc.ruleMode)},
 				Rule{Name: "other", Count: "messages", Per: "client_ip", Rate: "100/1h"},
 			), tc.global)
 			s := v.e.NewSession()
@@ -733,7 +738,6 @@ func TestStoreErrors(t *testing.T) {
 	main := &failingStore{Store: newStore(clock)}
 	local := newStore(clock)
 	v := newTestEnvOn(t, Config{
-		Store: StoreConfig{OnStoreError: "allow"},
 		Rules: []Rule{
 			{Name: "allow", Count: "concurrent", Per: "client_ip", Max: 1},
 			{Name: "tempfail", Count: "messages", Per: "sender", Rate: "100/1h", OnStoreError: "tempfail", Match: Match{SenderDomain: []string{"t.example"}}},
@@ -845,7 +849,7 @@ func TestMultiWindowCrossedInTagMode(t *testing.T) {
 		name, mode, action string
 	}{{"tag mode", "tag", ""}, {"action tag", "", "tag"}, {"action hold", "", "hold"}, {"dry-run", "dry-run", ""}} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newTestEnv(t, rules(Rule{Name: "mw", Count: "messages", Per: "sender", Rate: []any{"2/1m", "10/1h"}, Mode: tc.mode, Action: tc.action}), policy.ModeEnforce)
+			v := newTestEnv(t, rules(Rule{Name: "mw", Count: "messages", Per: "sender", Rate: []any{"2/1m", "10/1h"}, Mode: policy.MustMode(tc.mode), Action: policy.MustAction(tc.action)}), policy.ModeEnforce)
 			s := v.e.NewSession()
 			f := policy.Facts{}
 			var crossed []bool

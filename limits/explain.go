@@ -6,6 +6,7 @@ import (
 
 	"sluice/lists"
 	"sluice/policy"
+	"sluice/smtp"
 )
 
 // Trace is what one rule makes of one event, for `sluice explain`: whether
@@ -88,7 +89,7 @@ func (e *Engine) whyNot(r *rule, f *policy.Facts) string {
 
 // describe says why condition c failed for f; "" for condNone.
 func (m *matcher) describe(c condition, f *policy.Facts) string {
-	q := func(s string) string { return fmt.Sprintf("%q", policy.Printable(s, 200)) }
+	q := func(s string) string { return fmt.Sprintf("%q", smtp.Printable(s, 200)) }
 	key := "match." + conditionKeys[c] + ": "
 	switch c {
 	case condNone:
@@ -103,7 +104,7 @@ func (m *matcher) describe(c condition, f *policy.Facts) string {
 	case condClient:
 		who := ipText(f)
 		if f.ClientName != "" {
-			who += " (" + policy.Printable(f.ClientName, 200) + ")"
+			who += " (" + smtp.Printable(f.ClientName, 200) + ")"
 		}
 		return key + fmt.Sprintf("client %s is in none of %s", who, listNames(m.client))
 	case condSenderDomain:
@@ -171,5 +172,5 @@ func senderText(s string) string {
 	if trimPath(s) == "" {
 		return "<>"
 	}
-	return fmt.Sprintf("%q", policy.Printable(s, 200))
+	return fmt.Sprintf("%q", smtp.Printable(s, 200))
 }

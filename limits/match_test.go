@@ -37,7 +37,7 @@ func matchEngine(t *testing.T, trusted []string, lc lists.Config, mode policy.Mo
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := New(cfg, set, Options{Store: st, Mode: mode})
+	e, err := New(cfg, set, Options{Store: st, Mode: global(mode)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,14 +189,12 @@ func TestMatchCompileErrors(t *testing.T) {
 		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Match: Match{Client: []string{"192.0.2.0/33"}}}, "match.client: entry 1: bad network"},
 		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Match: Match{SenderDomain: []string{"jp", "bad..domain"}}}, "match.sender_domain: entry 1"},
 		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Match: Match{Listener: []string{"smtpd", ""}}}, "match.listener.1: empty listener name"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "disconnect", Reply: "451 4.7.1 x"}, "needs a 421"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "reject", Reply: "451 4.7.1 x"}, "needs a 5xx"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "tempfail", Reply: "550 5.7.1 x"}, "needs a 4xx"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "tag", Reply: "451 4.7.1 x"}, "sends no reply"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "hold", Reply: "451 4.7.1 x"}, "sends no reply"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Reply: "451 4.7.1 {bogus}"}, "unknown placeholder"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Reply: "451 4.7.1 caf\u00e9"}, "printable ASCII"},
-		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: "delay"}, "delay"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("disconnect"), Reply: policy.MustReply("451 4.7.1 x")}, "needs a 421"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("reject"), Reply: policy.MustReply("451 4.7.1 x")}, "needs a 5xx"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("tempfail"), Reply: policy.MustReply("550 5.7.1 x")}, "needs a 4xx"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("tag"), Reply: policy.MustReply("451 4.7.1 x")}, "sends no reply"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("hold"), Reply: policy.MustReply("451 4.7.1 x")}, "sends no reply"},
+		{Rule{Name: "r", Count: "messages", Per: "client_ip", Rate: "1/1m", Action: policy.MustAction("delay")}, "delay"},
 	} {
 		cfg := Config{Trusted: []string{}, Rules: []Rule{tc.r}}
 		err := cfg.Validate(names)
@@ -379,33 +377,6 @@ func TestPerDestinationThrottle(t *testing.T) {
 		t.Errorf("verdict %+v", vs)
 	}
 	e.Settle(context.Background(), s, true)
-}
-
-func TestMayTag(t *testing.T) {
-	rule := func(action, mode string) Rule {
-		return Rule{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Action: action, Mode: mode}
-	}
-	for _, tc := range []struct {
-		r      Rule
-		global policy.Mode
-		want   bool
-	}{
-		{rule("tempfail", ""), policy.ModeEnforce, false},
-		{rule("tempfail", ""), policy.ModeTag, true},
-		{rule("tempfail", ""), policy.ModeDryRun, false},
-		{rule("tag", ""), policy.ModeEnforce, true},
-		{rule("tag", "dry-run"), policy.ModeEnforce, false},
-		{rule("tag", ""), policy.ModeDryRun, false},
-		{rule("hold", "tag"), policy.ModeEnforce, true},
-		{rule("hold", ""), policy.ModeEnforce, true}, // a held message says why
-		{rule("hold", "dry-run"), policy.ModeEnforce, false},
-		{rule("reject", "dry-run"), policy.ModeTag, false},
-	} {
-		e := matchEngine(t, []string{}, nil, tc.global, tc.r)
-		if got := e.MayTag(tc.global); got != tc.want {
-			t.Errorf("action %s mode %q global %s: MayTag %v, want %v", tc.r.Action, tc.r.Mode, tc.global, got, tc.want)
-		}
-	}
 }
 
 func TestExplainReasons(t *testing.T) {

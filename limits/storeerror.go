@@ -31,7 +31,7 @@ type storeFailures struct {
 
 func (f *storeFailures) init(rec StoreErrorRecorder, st counter.Store) {
 	if rec == nil {
-		rec, _ = st.(StoreErrorRecorder)
+		rec, _ = counter.As[StoreErrorRecorder](st)
 	}
 	f.rec = rec
 	// The first few, then one every 10 seconds.

@@ -44,7 +44,7 @@ func failingEngine(t *testing.T) (*Engine, *flakyStore, *memstore.Store, recorde
 	t.Helper()
 	shared, local := &flakyStore{Store: newMem(t)}, newMem(t)
 	rule := func(name, domain, onErr, action string) Rule {
-		return Rule{Name: name, Count: "messages", Per: "sender", Rate: "2/1h", Action: action,
+		return Rule{Name: name, Count: "messages", Per: "sender", Rate: "2/1h", Action: policy.MustAction(action),
 			Match: Match{SenderDomain: []string{domain}}, OnStoreError: onErr}
 	}
 	cfg := &Config{Trusted: []string{}, Rules: []Rule{
@@ -161,34 +161,5 @@ func TestLocalSlotGivenBackLocally(t *testing.T) {
 	e.Close(ctx, s)
 	if l := level(); l != 0 {
 		t.Errorf("the fallback still holds %d slots after Close", l)
-	}
-}
-
-// The Redis backend opens with Redis down, with a local fallback, and
-// the engine answers by on_store_error at once.
-func TestOpenRedisStoreDown(t *testing.T) {
-	c := StoreConfig{Backend: "redis", OnStoreError: "tempfail"}
-	c.Addrs = []string{"127.0.0.1:1"} // nothing listens there
-	c.Defaults()
-	if err := c.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	st, local, err := OpenStore(&c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	defer local.Close()
-	if local == nil {
-		t.Fatal("no local fallback")
-	}
-	cfg := &Config{Trusted: []string{}, Store: c, Rules: []Rule{{Name: "m", Count: "messages", Per: "sender", Rate: "1/1h"}}}
-	e, err := New(cfg, nil, Options{Store: st, Fallback: local})
-	if err != nil {
-		t.Fatal(err)
-	}
-	vs, err := mail(t, e, "x@example.org")
-	if len(vs) != 1 || vs[0].Reply != storeDown || err == nil {
-		t.Errorf("with Redis down: %+v, %v; want the store's tempfail and an error to log", vs, err)
 	}
 }

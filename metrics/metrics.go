@@ -14,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"sluice/conf"
-	"sluice/policy"
+	"sluice/guard"
+	"sluice/limits/counter"
+	"sluice/smtp"
 )
 
 // Config is the [metrics] table. Metrics are off when listen is empty (the
@@ -67,8 +69,8 @@ type Metrics struct {
 	sessionsOpen  prometheus.Gauge
 	sessionsTotal prometheus.Counter
 	connMetrics
-	stageTime [policy.StageData + 1]prometheus.Observer
-	replies   [policy.StageData + 1][policy.ActionReject + 1]prometheus.Counter
+	stageTime [smtp.Data + 1]prometheus.Observer
+	replies   [smtp.Data + 1][smtp.ActionReject + 1]prometheus.Counter
 	decisions *prometheus.CounterVec
 
 	checks    *prometheus.CounterVec
@@ -116,10 +118,10 @@ func New(version string) *Metrics {
 		Name: "sluice_replies_total",
 		Help: "Answers to the MTA by stage; action none is continue, the others are refusals.",
 	}, "stage", "action")
-	for st := policy.StageConnect; st <= policy.StageData; st++ {
+	for st := smtp.Connect; st <= smtp.Data; st++ {
 		m.stageTime[st] = stageTime.WithLabelValues(st.String())
-		for a := policy.ActionNone; a <= policy.ActionReject; a++ {
-			if a == policy.ActionNone || a.Refuses() {
+		for a := smtp.ActionNone; a <= smtp.ActionReject; a++ {
+			if a == smtp.ActionNone || a.Refuses() {
 				m.replies[st][a] = replies.WithLabelValues(st.String(), a.String())
 			}
 		}
@@ -185,6 +187,7 @@ func New(version string) *Metrics {
 		Name: "sluice_shutting_down",
 		Help: "1 once sluice stopped accepting connections to exit.",
 	})
+	m.reg.MustRegister(panicCollector{})
 	return m
 }
 
@@ -201,25 +204,26 @@ func (m *Metrics) SessionOpened() {
 // SessionClosed counts an MTA connection gone.
 func (m *Metrics) SessionClosed() { m.sessionsOpen.Dec() }
 
-// Stage records a stage's latency, its answer and every verdict in it.
-func (m *Metrics) Stage(st policy.Stage, took time.Duration, d *policy.Decision) {
-	if st > policy.StageData {
+// Stage records a stage's latency, its answer and every verdict in it;
+// it makes Metrics an engine.Observer.
+func (m *Metrics) Stage(st smtp.Stage, took time.Duration, d *smtp.Decision) {
+	if st > smtp.Data {
 		return
 	}
 	m.stageTime[st].Observe(took.Seconds())
-	if a := d.Action; a <= policy.ActionReject {
+	if a := d.Action; a <= smtp.ActionReject {
 		if c := m.replies[st][a]; c != nil {
 			c.Inc()
 		}
 	}
 	for i := range d.Outcomes {
 		o := &d.Outcomes[i]
-		m.decisions.WithLabelValues(o.Source, o.Verdict.Action.String(), o.Mode.String()).Inc()
+		m.decisions.WithLabelValues(o.Source, o.Asked.String(), o.Mode.String()).Inc()
 	}
 }
 
 // Check records the result of one sender check (check "spf", result
-// "pass") and how long it took. The auth wiring calls it.
+// "pass") and how long it took.
 func (m *Metrics) Check(check, result string, took time.Duration) {
 	m.checks.WithLabelValues(check, result).Inc()
 	m.checkTime.WithLabelValues(check).Observe(took.Seconds())
@@ -250,62 +254,41 @@ func (m *Metrics) ReloadFailed() {
 // ShuttingDown records that sluice stopped accepting connections.
 func (m *Metrics) ShuttingDown() { m.shuttingDown.Set(1) }
 
-// SnapshotStatuser is what a store that writes snapshots tells about them
-// (the memory store does).
-type SnapshotStatuser interface {
-	SnapshotStatus() (last time.Time, err error)
-}
-
-// Lener reports the number of keys a store tracks; -1 when unknown.
-type Lener interface{ Len() int }
-
-// WatchStore exports the store's tracked keys; if it writes snapshots,
-// their age and whether the last write failed; and if it is the Redis
-// store, its own statistics (sluice_redis_*). The values are read at
-// each scrape.
-func (m *Metrics) WatchStore(s Lener) {
+// WatchStore exports the number of keys the store tracks and, when the
+// store exports metrics of its own (the memory store's snapshot, the
+// Redis store's statistics), those. The values are read at each scrape.
+func (m *Metrics) WatchStore(s counter.Store) {
 	m.reg.MustRegister(&storeCollector{s: s})
-	if rs, ok := s.(RedisStatser); ok {
-		m.reg.MustRegister(redisCollector{rs})
+	if c, ok := counter.As[interface{ Collector() prometheus.Collector }](s); ok {
+		m.reg.MustRegister(c.Collector())
 	}
 }
 
-var (
-	keysDesc = prometheus.NewDesc("sluice_store_keys",
-		"Keys the counter store tracks now (idle ones not yet reclaimed included).", nil, nil)
-	snapAgeDesc = prometheus.NewDesc("sluice_snapshot_age_seconds",
-		"Seconds since the counter snapshot was last written (or loaded at start).", nil, nil)
-	snapFailDesc = prometheus.NewDesc("sluice_snapshot_write_failing",
-		"1 when the last snapshot write failed (full or read-only disk): counters are kept in memory and the write is retried.", nil, nil)
-)
+var keysDesc = prometheus.NewDesc("sluice_store_keys",
+	"Keys the counter store tracks now (idle ones not yet reclaimed included).", nil, nil)
 
-type storeCollector struct{ s Lener }
+type storeCollector struct{ s counter.Store }
 
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- keysDesc
-	if _, ok := c.s.(SnapshotStatuser); ok {
-		ch <- snapAgeDesc
-		ch <- snapFailDesc
-	}
-}
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- keysDesc }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	if n := c.s.Len(); n >= 0 {
+	if n := counter.Len(c.s); n >= 0 {
 		ch <- prometheus.MustNewConstMetric(keysDesc, prometheus.GaugeValue, float64(n))
 	}
-	ss, ok := c.s.(SnapshotStatuser)
-	if !ok {
-		return
+}
+
+var panicsDesc = prometheus.NewDesc("sluice_panics_total",
+	"Panics recovered, by the place that recovered them: a bug, logged with its stack; sluice went on.", []string{"where"}, nil)
+
+// panicCollector reads guard's counts at each scrape.
+type panicCollector struct{}
+
+func (panicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- panicsDesc }
+
+func (panicCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range guard.Counts() {
+		ch <- prometheus.MustNewConstMetric(panicsDesc, prometheus.CounterValue, float64(c.N), c.Where)
 	}
-	last, err := ss.SnapshotStatus()
-	if !last.IsZero() {
-		ch <- prometheus.MustNewConstMetric(snapAgeDesc, prometheus.GaugeValue, time.Since(last).Seconds())
-	}
-	failing := 0.0
-	if err != nil {
-		failing = 1
-	}
-	ch <- prometheus.MustNewConstMetric(snapFailDesc, prometheus.GaugeValue, failing)
 }
 
 // factory registers what it makes.

@@ -16,11 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
+	"sluice/guard"
 	"sluice/limits/counter"
 	"sluice/limits/memstore"
 	"sluice/limits/redisstore"
 	"sluice/milter"
-	"sluice/policy"
+	"sluice/smtp"
 	"sluice/test/keepalive"
 )
 
@@ -29,16 +30,12 @@ func TestStageAndDecisions(t *testing.T) {
 	m.SessionOpened()
 	m.SessionOpened()
 	m.SessionClosed()
-	v := []policy.Verdict{
-		{Source: "a", Action: policy.ActionTempfail},
-		{Source: "b", Action: policy.ActionReject},
-	}
-	d := policy.Decision{Action: policy.ActionTempfail, Outcomes: []policy.Outcome{
-		{Verdict: &v[0], Mode: policy.ModeEnforce, Action: policy.ActionTempfail},
-		{Verdict: &v[1], Mode: policy.ModeDryRun, Action: policy.ActionNone},
+	d := smtp.Decision{Kind: smtp.Reply, Action: smtp.ActionTempfail, Outcomes: []smtp.Outcome{
+		{Source: "a", Asked: smtp.ActionTempfail, Mode: smtp.ModeEnforce, Action: smtp.ActionTempfail},
+		{Source: "b", Asked: smtp.ActionReject, Mode: smtp.ModeDryRun, Action: smtp.ActionNone},
 	}}
-	m.Stage(policy.StageMail, time.Millisecond, &d)
-	m.Stage(policy.StageRcpt, time.Millisecond, &policy.Decision{})
+	m.Stage(smtp.Mail, time.Millisecond, &d)
+	m.Stage(smtp.Rcpt, time.Millisecond, &smtp.Decision{})
 	m.Check("spf", "fail", 3*time.Millisecond)
 
 	for _, c := range []struct {
@@ -50,8 +47,8 @@ func TestStageAndDecisions(t *testing.T) {
 		{testutil.ToFloat64(m.sessionsTotal), 2, "sessions total"},
 		{testutil.ToFloat64(m.decisions.WithLabelValues("a", "tempfail", "enforce")), 1, "decision a"},
 		{testutil.ToFloat64(m.decisions.WithLabelValues("b", "reject", "dry-run")), 1, "would-have-refused b"},
-		{testutil.ToFloat64(m.replies[policy.StageMail][policy.ActionTempfail]), 1, "mail tempfail reply"},
-		{testutil.ToFloat64(m.replies[policy.StageRcpt][policy.ActionNone]), 1, "rcpt continue"},
+		{testutil.ToFloat64(m.replies[smtp.Mail][smtp.ActionTempfail]), 1, "mail tempfail reply"},
+		{testutil.ToFloat64(m.replies[smtp.Rcpt][smtp.ActionNone]), 1, "rcpt continue"},
 		{testutil.ToFloat64(m.checks.WithLabelValues("spf", "fail")), 1, "spf fail"},
 	} {
 		if c.got != c.want {
@@ -63,13 +60,13 @@ func TestStageAndDecisions(t *testing.T) {
 	}
 }
 
-// failing is a store whose every call fails.
-type failing struct{ counter.Store }
+// failing is a store that can only count, and whose every count fails.
+type failing struct{}
 
 var errDown = errors.New("down")
 
 func (failing) Do(context.Context, []counter.Request) error { return errDown }
-func (failing) Len() int                                    { return -1 }
+func (failing) Close() error                                { return nil }
 
 // newMemstore opens a memory store that is closed when the test ends.
 func newMemstore(t *testing.T, c memstore.Config) *memstore.Store {
@@ -94,7 +91,7 @@ func TestStoreWrapper(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	w.Reset(ctx, [][]byte{[]byte("x")})
+	counter.Reset(ctx, w, [][]byte{[]byte("x")})
 	f := m.Store("redis", failing{})
 	if err := f.Do(ctx, reqs); !errors.Is(err, errDown) {
 		t.Fatalf("the wrapper changed the error: %v", err)
@@ -171,12 +168,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// redisLike is a memory store that also tells Redis statistics, so that
-// one registry holds every metric sluice can export.
-type redisLike struct{ *memstore.Store }
-
-func (redisLike) Stats() redisstore.Stats { return redisstore.Stats{} }
-
 // TestDashboardNames checks that the Grafana dashboard in docs/ uses only
 // metrics that exist.
 func TestDashboardNames(t *testing.T) {
@@ -186,10 +177,11 @@ func TestDashboardNames(t *testing.T) {
 	}
 	m := New("test")
 	st := newMemstore(t, memstore.Config{Snapshot: filepath.Join(t.TempDir(), "snap")})
-	m.WatchStore(redisLike{st}) // the dashboard shows Redis statistics too
+	m.WatchStore(st)
+	// The dashboard shows the Redis store's statistics too.
+	m.reg.MustRegister(redisstore.NewCollector(func() redisstore.Stats { return redisstore.Stats{} }))
 	m.Store("memory", st).Do(context.Background(), nil)
-	v := policy.Verdict{Source: "r", Action: policy.ActionTag}
-	m.Stage(policy.StageMail, time.Millisecond, &policy.Decision{Outcomes: []policy.Outcome{{Verdict: &v}}})
+	m.Stage(smtp.Mail, time.Millisecond, &smtp.Decision{Outcomes: []smtp.Outcome{{Source: "r", Asked: smtp.ActionTag}}})
 	m.Check("spf", "pass", time.Millisecond)
 	st.Close() // writes the snapshot: its age is known from now on
 	fams, err := m.reg.Gather()
@@ -254,4 +246,75 @@ func TestConnMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 		}
 	}
+}
+
+// A store seen through the metrics wrapper keeps what it can do beyond
+// counting: its exemptions, hot keys, resets, key count and own metrics
+// are reached through the wrapper and counted there; a store that can
+// only count says so (ErrUnsupported) instead of seeming to succeed.
+func TestWrapperPassesCapabilitiesThrough(t *testing.T) {
+	m := New("test")
+	st := newMemstore(t, memstore.Config{})
+	w := m.Store("memory", st)
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour)
+	if err := counter.SetAllow(ctx, w, "sender:a@example.org", until); err != nil {
+		t.Fatalf("SetAllow through the wrapper: %v", err)
+	}
+	if got, err := counter.Allows(ctx, w); err != nil || len(got) != 1 {
+		t.Errorf("Allows through the wrapper: %v %v", got, err)
+	}
+	if got, err := counter.Allows(ctx, st); err != nil || len(got) != 1 {
+		t.Errorf("the exemption did not reach the store: %v %v", got, err)
+	}
+	if _, err := counter.Hot(ctx, w, 10); err != nil {
+		t.Errorf("Hot through the wrapper: %v", err)
+	}
+	if n := counter.Len(w); n != 0 {
+		t.Errorf("Len through the wrapper = %d, want 0", n)
+	}
+	if _, ok := counter.As[interface{ SnapshotStatus() (time.Time, error) }](w); !ok {
+		t.Error("the memory store's snapshot status is hidden by the wrapper")
+	}
+	if got := testutil.ToFloat64(m.storeOps.WithLabelValues("memory", "set_allow")); got != 1 {
+		t.Errorf("set_allow counted %v times, want 1", got)
+	}
+
+	only := m.Store("redis", failing{})
+	if _, err := counter.Allows(ctx, only); !errors.Is(err, counter.ErrUnsupported) {
+		t.Errorf("Allows on a store that cannot: %v, want ErrUnsupported", err)
+	}
+	if err := counter.Reset(ctx, only, nil); !errors.Is(err, counter.ErrUnsupported) {
+		t.Errorf("Reset on a store that cannot: %v, want ErrUnsupported", err)
+	}
+	if n := counter.Len(only); n != -1 {
+		t.Errorf("Len on a store that cannot say: %d, want -1", n)
+	}
+	if got := testutil.ToFloat64(m.storeOps.WithLabelValues("redis", "allows")); got != 0 {
+		t.Errorf("an unsupported call was counted %v times as a store call", got)
+	}
+}
+
+// The panics guard recovered are exported by place, read at each scrape.
+func TestPanicsExported(t *testing.T) {
+	m := New("test")
+	func() {
+		defer guard.Recover(nil, "metrics test")
+		panic("boom")
+	}()
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != "sluice_panics_total" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			if l := mt.GetLabel(); len(l) == 1 && l[0].GetValue() == "metrics test" && mt.GetCounter().GetValue() >= 1 {
+				return
+			}
+		}
+	}
+	t.Error(`no sluice_panics_total{where="metrics test"} of at least 1`)
 }

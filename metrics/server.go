@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/net/netutil"
+
+	"sluice/guard"
 )
 
 // MaxConnections caps the connections the metrics listener serves at once;
@@ -62,11 +64,11 @@ func (m *Metrics) Listen(addr string, ready ReadyFunc, log *zap.Logger) (*Server
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          zap.NewStdLog(log),
 	}}
-	go func() {
+	guard.Go(log, "metrics server", func() {
 		if err := s.srv.Serve(netutil.LimitListener(ln, MaxConnections)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", zap.Error(err))
 		}
-	}()
+	})
 	return s, nil
 }
 

@@ -4,15 +4,15 @@ import (
 	"testing"
 
 	"sluice/limits"
-	"sluice/policy"
+	"sluice/smtp"
 )
 
-// acceptAtMail turns Policy.AcceptAtMail on for the sessions opened from
-// now on, as the daemon does.
+// acceptAtMail gives the sessions opened from now on an engine that may
+// accept at MAIL FROM, as the daemon's does (on fresh counters).
 func (h *hostileServer) acceptAtMail() {
-	p := *h.srv.Policy()
-	p.AcceptAtMail = true
-	h.srv.SetPolicy(&p)
+	su := h.su
+	su.Accept = true
+	h.srv.SetEngine(testEngine(h.t, su, h.log))
 }
 
 // mailCodes sends MAIL FROM for each sender on one session, finishing each
@@ -83,18 +83,18 @@ func TestAcceptAtMail(t *testing.T) {
 	senders := []string{"a@example.org", "a@example.org", "a@example.org", "b@example.org"}
 	for _, tc := range []struct {
 		name  string
-		mode  policy.Mode
+		mode  smtp.Mode
 		rules []limits.Rule
 		on    bool
 		want  []string
 	}{
-		{"built-in rules", policy.ModeEnforce, builtin, true, []string{"a", "a", "451", "a"}},
-		{"without AcceptAtMail", policy.ModeEnforce, builtin, false, []string{"c", "c", "451", "c"}},
-		{"tag mode writes headers at the end", policy.ModeTag, builtin, true, []string{"c", "c", "c", "c"}},
-		{"a recipient rule needs RCPT", policy.ModeEnforce,
+		{"built-in rules", smtp.ModeEnforce, builtin, true, []string{"a", "a", "451", "a"}},
+		{"without AcceptAtMail", smtp.ModeEnforce, builtin, false, []string{"c", "c", "451", "c"}},
+		{"tag mode writes headers at the end", smtp.ModeTag, builtin, true, []string{"c", "c", "c", "c"}},
+		{"a recipient rule needs RCPT", smtp.ModeEnforce,
 			append([]limits.Rule{{Name: "rcpts", Count: "recipients", Per: "sender", Rate: "100/1h"}}, builtin...), true,
 			[]string{"c", "c", "451", "c"}},
-		{"count_on accepted needs the end of message", policy.ModeEnforce,
+		{"count_on accepted needs the end of message", smtp.ModeEnforce,
 			[]limits.Rule{{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: "2/1h", CountOn: "accepted"}}, true,
 			[]string{"c", "c", "451", "c"}},
 	} {
@@ -117,7 +117,7 @@ func TestAcceptAtMail(t *testing.T) {
 // does not stop the early accept, and messages accepted at MAIL FROM are
 // counted: a second session from the same sender meets the limit.
 func TestAcceptAtMailKeepsCounting(t *testing.T) {
-	h := newHostileServer(t, policy.ModeEnforce, 0,
+	h := newHostileServer(t, smtp.ModeEnforce, 0,
 		limits.Rule{Name: "per-sender", Count: "messages", Per: "sender", Rate: "3/1h"},
 		limits.Rule{Name: "vip-accepted", Count: "messages", Per: "sender", Rate: "100/1h", CountOn: "accepted",
 			Match: limits.Match{Sender: "^vip@"}})

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"sluice/conf"
-	"sluice/policy"
+	"sluice/smtp"
 )
 
 // Bounds are the keys that bound what MTA connections may cost sluice:
@@ -138,7 +138,7 @@ func (b *bounds) watch(c *conn) {
 // cut is told when c crossed a cap: one log line and a count.
 func (b *bounds) cut(c *conn, reason string, n, limit int64) {
 	b.log.Warn("MTA connection closed: over a cap", zap.String("cap", reason), zap.Int64("bytes", n),
-		zap.Int64("limit", limit), zap.String("client_ip", policy.Printable(c.client, 64)),
+		zap.Int64("limit", limit), zap.String("client_ip", smtp.Printable(c.client, 64)),
 		zap.String("mta", addrString(c.RemoteAddr())))
 	if b.obs != nil {
 		b.obs.ConnCut(reason)
@@ -170,7 +170,7 @@ func (s *Server) admit(raw net.Conn) bool {
 		victim.Conn.Close()
 		b.log.Info("MTA connection closed to make room: max_connections open",
 			zap.Int("max_connections", b.MaxConnections), zap.Duration("silent_for", silent),
-			zap.String("client_ip", policy.Printable(victim.client, 64)))
+			zap.String("client_ip", smtp.Printable(victim.client, 64)))
 		if b.obs != nil {
 			b.obs.ConnCut("silent")
 		}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"sluice/policy"
+	"sluice/smtp"
 )
 
 // FuzzSession drives one whole session with client-chosen macros and
@@ -28,7 +28,7 @@ func FuzzSession(f *testing.F) {
 
 	// One server for every input of this process: starting a server per
 	// input would fuzz the setup, not the session.
-	h := newHostileServer(f, policy.ModeTag, 0, hostileRules()...)
+	h := newHostileServer(f, smtp.ModeTag, 0, hostileRules()...)
 	f.Fuzz(func(t *testing.T, connMacros []byte, host string, family byte, addr string, helo string,
 		mailMacros []byte, sender, rcpt, hname, hvalue string, eomMacros []byte) {
 		h.t = t

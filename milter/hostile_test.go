@@ -28,14 +28,20 @@ import (
 
 	"sluice/conf"
 	"sluice/limits"
-	"sluice/limits/memstore"
 	"sluice/policy"
+	"sluice/smtp"
+	"sluice/socket"
 )
+
+// maxLogValue is the engine's bound on a client-written value in a log line.
+const maxLogValue = 256
 
 // hostileServer is a Server on a unix socket whose logs are kept both as
 // entries and as the JSON lines sluice would print.
 type hostileServer struct {
 	t      testing.TB
+	su     setup
+	log    *zap.Logger
 	srv    *Server
 	sock   string
 	logs   *observer.ObservedLogs
@@ -106,39 +112,29 @@ func hostileRules() []limits.Rule {
 		{Name: "one-conn", Count: "concurrent", Per: "client_ip", Max: 1},
 		{Name: "per-helo", Count: "messages", Per: "helo", Rate: "1/1h"},
 		{Name: "per-sender", Count: "messages", Per: "sender", Rate: "1/1h",
-			Reply: "451 4.7.1 Too many messages from {sender} ({key}) at {client_ip}; try again in {retry_after}"},
+			Reply: policy.MustReply("451 4.7.1 Too many messages from {sender} ({key}) at {client_ip}; try again in {retry_after}")},
 		{Name: "per-domain", Count: "messages", Per: "sender_domain", Rate: "1/1h"},
 		{Name: "per-rcpt", Count: "recipients", Per: []any{"rcpt", "client_ip"}, Rate: "1/1h"},
 		{Name: "per-rcpt-domain", Count: "recipients", Per: "rcpt_domain", Rate: "1/1h"},
 	}
 }
 
-func newHostileServer(t testing.TB, mode policy.Mode, idle time.Duration, rules ...limits.Rule) *hostileServer {
+func newHostileServer(t testing.TB, mode smtp.Mode, idle time.Duration, rules ...limits.Rule) *hostileServer {
 	t.Helper()
 	return newHostileServerWith(t, nil, mode, idle, rules...)
 }
 
 // newHostileServerWith is newHostileServer with set changing the milter
 // config after its defaults.
-func newHostileServerWith(t testing.TB, set func(*Config), mode policy.Mode, idle time.Duration, rules ...limits.Rule) *hostileServer {
+func newHostileServerWith(t testing.TB, set func(*Config), mode smtp.Mode, idle time.Duration, rules ...limits.Rule) *hostileServer {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	js := &lockedBuffer{}
 	enc := zap.NewProductionEncoderConfig()
 	jcore := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(js), zap.DebugLevel)
 	lg := zap.New(zapcore.NewTee(core, jcore))
-	store, err := memstore.New(memstore.Config{MaxKeys: 1000}, lg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	lc := limits.Config{Rules: rules, Trusted: []string{}}
-	eng, err := limits.New(&lc, nil, limits.Options{Store: store, Mode: mode, Log: lg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc := policy.Config{Mode: mode}
-	pc.Defaults()
+	su := setup{Mode: mode, Rules: rules}
+	eng := testEngine(t, su, lg)
 	mc := Config{}
 	mc.Defaults()
 	if idle > 0 {
@@ -149,10 +145,10 @@ func newHostileServerWith(t testing.TB, set func(*Config), mode policy.Mode, idl
 	if set != nil {
 		set(&mc)
 	}
-	srv := NewServer(mc, &Policy{Limits: eng, Decide: pc, TagHeader: mc.TagHeader}, lg)
+	srv := NewServer(mc, eng, lg)
 	counts := &connCounts{cut: make(map[string]int)}
 	srv.Observe(counts)
-	ln, err := Listen(mc.Listen)
+	ln, err := socket.Listen(mc.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,15 +163,15 @@ func newHostileServerWith(t testing.TB, set func(*Config), mode policy.Mode, idl
 		log.SetOutput(prevOut)
 		log.SetFlags(prevFlags)
 	})
-	return &hostileServer{t: t, srv: srv, sock: sock, logs: logs, json: js, stdlog: std, conns: counts}
+	return &hostileServer{t: t, su: su, log: lg, srv: srv, sock: sock, logs: logs, json: js, stdlog: std, conns: counts}
 }
 
-// checkNoPanics fails t if a panic was recovered anywhere: in sluice's
-// session (logged as an internal error) or in go-milter's command loop.
+// checkNoPanics fails t if a panic was recovered anywhere: in sluice
+// (logged by guard) or in go-milter's command loop.
 func (h *hostileServer) checkNoPanics() {
 	h.t.Helper()
-	if n := h.logs.FilterMessage("internal error in session").Len(); n > 0 {
-		h.t.Errorf("%d panics recovered in sessions: %v", n, h.logs.FilterMessage("internal error in session").All()[0].ContextMap())
+	if l := h.logs.FilterMessage("recovered from a panic"); l.Len() > 0 {
+		h.t.Errorf("%d panics recovered: %v", l.Len(), l.All()[0].ContextMap())
 	}
 	if s := h.stdlog.String(); strings.Contains(s, "panic") {
 		h.t.Errorf("go-milter recovered a panic:\n%s", s)
@@ -336,7 +332,7 @@ func (r *rawConn) connect(ip string) byte {
 // concurrency slot comes back, and that the healthy session and new ones
 // go on.
 func TestMalformedPackets(t *testing.T) {
-	h := newHostileServer(t, policy.ModeEnforce, 0, hostileRules()...)
+	h := newHostileServer(t, smtp.ModeEnforce, 0, hostileRules()...)
 
 	good := h.dial()
 	good.negotiate()
@@ -547,7 +543,7 @@ func TestMalformedPackets(t *testing.T) {
 // slot is released.
 func TestIdleConnectionsAreClosed(t *testing.T) {
 	const idle = 300 * time.Millisecond
-	h := newHostileServer(t, policy.ModeEnforce, idle, hostileRules()...)
+	h := newHostileServer(t, smtp.ModeEnforce, idle, hostileRules()...)
 	silent := h.dial() // says nothing at all
 	mid := h.dial()
 	mid.negotiate()
@@ -597,7 +593,7 @@ const maxHeaderLine = 998
 // checks every header sluice adds, every reply it gives and every log
 // line it writes: one line, valid UTF-8, no control characters, bounded.
 func TestHostileValuesInHeadersRepliesAndLogs(t *testing.T) {
-	for _, mode := range []policy.Mode{policy.ModeTag, policy.ModeEnforce} {
+	for _, mode := range []smtp.Mode{smtp.ModeTag, smtp.ModeEnforce} {
 		t.Run(mode.String(), func(t *testing.T) {
 			h := newHostileServer(t, mode, 0, hostileRules()[1:]...)
 			n, headers, replies := 0, 0, 0
@@ -651,10 +647,10 @@ func TestHostileValuesInHeadersRepliesAndLogs(t *testing.T) {
 			}
 			h.waitSessions(0)
 			lines := checkLogLines(t, h.json.String())
-			if mode == policy.ModeTag && headers < len(hostileValues) {
+			if mode == smtp.ModeTag && headers < len(hostileValues) {
 				t.Errorf("%d headers added for %d hostile values: the test did not reach the tags", headers, len(hostileValues))
 			}
-			if mode == policy.ModeEnforce && replies < len(hostileValues) {
+			if mode == smtp.ModeEnforce && replies < len(hostileValues) {
 				t.Errorf("%d refusals for %d hostile values: the test did not reach the replies", replies, len(hostileValues))
 			}
 			t.Logf("%d headers, %d replies, %d log lines checked", headers, replies, lines)
@@ -705,7 +701,7 @@ func checkModification(t *testing.T, name string, m []byte) int {
 		return 0
 	}
 	field, value := string(parts[0]), string(parts[1])
-	if !validHeaderName(field) {
+	if field == "" || strings.ContainsFunc(field, func(r rune) bool { return r <= ' ' || r >= 0x7f || r == ':' }) {
 		t.Errorf("%s: header name %q", name, field)
 	}
 	if len(field)+2+len(value) > maxHeaderLine {

@@ -1,25 +1,12 @@
 package milter
 
-import (
-	"time"
-
-	"sluice/policy"
-)
-
-// Observer hears what the server does, for metrics. Its methods are called
+// Observer hears of MTA connections, for metrics. Its methods are called
 // from every session's goroutine at once: they must be cheap, safe for
-// concurrent use, and must not block.
+// concurrent use, and must not block. What each stage decided is the
+// engine's to report (engine.Observer).
 type Observer interface {
-	// SessionOpened and SessionClosed bracket each MTA connection.
 	SessionOpened()
 	SessionClosed()
-	// Stage reports a stage's decision and the time sluice took to reach it
-	// (the store, checks and decision; not a pause asked for by the policy).
-	// d and what it points to are only valid during the call.
-	Stage(st policy.Stage, took time.Duration, d *policy.Decision)
-	// Check reports one sender check's result ("spf", "fail") and the time
-	// the MAIL FROM checks it came with took.
-	Check(check, result string, took time.Duration)
 }
 
 // ConnObserver is what an Observer may also hear: connections sluice
@@ -37,10 +24,8 @@ type ConnObserver interface {
 
 type nopObserver struct{}
 
-func (nopObserver) SessionOpened()                                      {}
-func (nopObserver) SessionClosed()                                      {}
-func (nopObserver) Stage(policy.Stage, time.Duration, *policy.Decision) {}
-func (nopObserver) Check(string, string, time.Duration)                 {}
+func (nopObserver) SessionOpened() {}
+func (nopObserver) SessionClosed() {}
 
 // Observe makes o hear every session from now on. Call it before Serve.
 func (s *Server) Observe(o Observer) {

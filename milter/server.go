@@ -1,6 +1,7 @@
 // Package milter is the MTA side of sluice: it speaks the milter protocol
-// through go-milter, keeps one Session per MTA connection, and turns
-// verdicts into SMTP replies, headers and quarantine.
+// through go-milter and translates, one session per MTA connection, the
+// MTA's events into the engine's facts and stages, and the engine's
+// decisions into replies, header changes and quarantine.
 package milter
 
 import (
@@ -14,17 +15,16 @@ import (
 	"github.com/emersion/go-milter"
 	"go.uber.org/zap"
 
-	"sluice/auth"
 	"sluice/conf"
-	"sluice/limits"
-	"sluice/policy"
+	"sluice/guard"
+	"sluice/smtp"
+	"sluice/socket"
 )
 
 // Config is the milter part of the file: top-level keys.
 type Config struct {
 	Listen      string        `toml:"listen"`       // unix:/path or inet:host:port
 	IdleTimeout conf.Duration `toml:"idle_timeout"` // drop an MTA connection silent this long
-	TagHeader   string        `toml:"tag_header"`   // header for crossed limits in tag mode
 	Bounds
 }
 
@@ -41,60 +41,37 @@ func (c *Config) Defaults() {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = conf.Duration(10 * time.Minute)
 	}
-	if c.TagHeader == "" {
-		c.TagHeader = "X-Sluice-Limit"
-	}
 	c.Bounds.defaults()
 }
 
 // Validate checks the milter keys.
 func (c *Config) Validate() error {
-	if _, _, err := ParseSpec(c.Listen); err != nil {
+	if _, _, err := socket.ParseSpec(c.Listen); err != nil {
 		return conf.Errorf("listen", "%v", err)
-	}
-	if !validHeaderName(c.TagHeader) {
-		return conf.Errorf("tag_header", "%q is not a header field name", c.TagHeader)
-	}
-	if !hasPrefixFold(c.TagHeader, "X-Sluice-") {
-		return conf.Errorf("tag_header", "%q must start with X-Sluice- so that sluice can remove forged copies", c.TagHeader)
 	}
 	return c.Bounds.validate()
 }
 
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' {
-			return false
-		}
-	}
-	return true
+// negotiated is the engine in force and what it negotiates with the MTA,
+// worked out once per engine rather than once per connection.
+type negotiated struct {
+	eng      smtp.Engine
+	actions  milter.OptAction
+	protocol milter.OptProtocol
+	syms     map[milter.Stage][]string
 }
 
-// Policy is everything a session consults. A reload builds a new one; each
-// session keeps the one it started with.
-type Policy struct {
-	Limits    *limits.Engine
-	Auth      *auth.Checker // nil when no check is configured
-	Decide    policy.Config
-	TagHeader string
-	// AcceptAtMail lets a session answer ACCEPT at MAIL FROM when nothing
-	// later can change its answer (see endsAtMail), so that the MTA skips
-	// the rest of the message's events. The daemon sets it; without it
-	// every message runs to its end of message.
-	AcceptAtMail bool
+func newNegotiated(eng smtp.Engine) *negotiated {
+	p := &negotiated{eng: eng}
+	p.actions, p.protocol, p.syms = negotiate(eng.Needs())
+	return p
 }
-
-// checks reports whether the policy runs sender checks.
-func (p *Policy) checks() bool { return p.Auth != nil && p.Auth.Enabled() }
 
 // Server accepts MTA connections and runs a session for each.
 type Server struct {
 	cfg Config
 	log *zap.Logger
-	pol atomic.Pointer[Policy]
+	pol atomic.Pointer[negotiated]
 	obs Observer
 
 	bounds bounds // max_connections and the caps of each connection
@@ -109,20 +86,20 @@ type Server struct {
 	wg      sync.WaitGroup
 }
 
-// NewServer makes a server that will run sessions on p.
-func NewServer(cfg Config, p *Policy, log *zap.Logger) *Server {
+// NewServer makes a server that will run sessions on eng.
+func NewServer(cfg Config, eng smtp.Engine, log *zap.Logger) *Server {
 	s := &Server{cfg: cfg, log: log, obs: nopObserver{}, conns: make(map[*conn]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.pol.Store(p)
+	s.pol.Store(newNegotiated(eng))
 	s.bounds.init(&cfg, log)
 	return s
 }
 
-// SetPolicy makes new sessions use p; sessions in flight finish on theirs.
-func (s *Server) SetPolicy(p *Policy) { s.pol.Store(p) }
+// SetEngine makes new sessions use eng; sessions in flight finish on theirs.
+func (s *Server) SetEngine(eng smtp.Engine) { s.pol.Store(newNegotiated(eng)) }
 
-// Policy returns the policy new sessions get.
-func (s *Server) Policy() *Policy { return s.pol.Load() }
+// Engine returns the engine new sessions get.
+func (s *Server) Engine() smtp.Engine { return s.pol.Load().eng }
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -161,33 +138,39 @@ func (s *Server) Serve(ln net.Listener) error {
 
 func (s *Server) start(raw net.Conn) {
 	p := s.pol.Load()
-	sess := newSession(s, p)
+	sess := newSession(s, p.eng)
 	c := newConn(raw, s.cfg.IdleTimeout.D(), nil)
 	s.bounds.watch(c)
 	c.onClose = func() {
+		defer s.closed(c)
+		// The close path runs after go-milter's own recover: a panic in
+		// freeing the session must not end the daemon.
+		defer guard.Recover(s.log, "milter close")
 		sess.close()
-		s.obs.SessionClosed()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.bounds.closed(c)
-		s.mu.Unlock()
-		s.wg.Done()
 	}
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.obs.SessionOpened()
-	actions, protocol, syms := negotiate(p)
-	sess.endsAtMail = p.AcceptAtMail && endsAtMail(p, protocol)
 	ms := &milter.Server{
 		NewMilter: func() milter.Milter { return sess },
-		Actions:   actions,
-		Protocol:  protocol,
-		SymList:   syms,
+		Actions:   p.actions,
+		Protocol:  p.protocol,
+		SymList:   p.syms,
 	}
 	// Returns as soon as go-milter has started the session's goroutine.
 	_ = ms.Serve(&oneConn{c: c})
+}
+
+// closed forgets a connection that has ended.
+func (s *Server) closed(c *conn) {
+	s.obs.SessionClosed()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.bounds.closed(c)
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // Shutdown stops accepting, lets sessions in flight finish until ctx is
@@ -200,7 +183,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	guard.Go(s.log, "milter shutdown", func() { defer close(done); s.wg.Wait() })
 	select {
 	case <-done:
 		return nil

@@ -11,6 +11,7 @@ import (
 
 	"sluice/limits"
 	"sluice/policy"
+	"sluice/smtp"
 )
 
 // harness runs a Server on a unix socket with the given rules.
@@ -21,9 +22,9 @@ type harness struct {
 	logs *observer.ObservedLogs
 }
 
-func newHarness(t *testing.T, mode policy.Mode, rules ...limits.Rule) *harness {
+func newHarness(t *testing.T, mode smtp.Mode, rules ...limits.Rule) *harness {
 	t.Helper()
-	return newPolicyHarness(t, setup{mode: mode, rules: rules})
+	return newPolicyHarness(t, setup{Mode: mode, Rules: rules})
 }
 
 // session opens an MTA connection and sends CONNECT (and HELO) as Postfix does.
@@ -74,11 +75,11 @@ func (h *harness) message(s *milter.ClientSession, from string, rcpts ...string)
 }
 
 func msgsPerSender(rate string, action string) limits.Rule {
-	return limits.Rule{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: rate, Action: action}
+	return limits.Rule{Name: "msgs-per-sender", Count: "messages", Per: "sender", Rate: rate, Action: policy.MustAction(action)}
 }
 
 func TestSenderLimitRefusesAtMailFrom(t *testing.T) {
-	h := newHarness(t, policy.ModeEnforce, msgsPerSender("10/1h", "tempfail"))
+	h := newHarness(t, smtp.ModeEnforce, msgsPerSender("10/1h", "tempfail"))
 	s, act := h.session("192.0.2.10")
 	defer s.Close()
 	if act.Code != milter.ActContinue {
@@ -113,7 +114,7 @@ func TestSenderLimitRefusesAtMailFrom(t *testing.T) {
 }
 
 func TestTagModeTagsAndRemovesForgedHeaders(t *testing.T) {
-	h := newHarness(t, policy.ModeTag, msgsPerSender("10/1h", "tempfail"))
+	h := newHarness(t, smtp.ModeTag, msgsPerSender("10/1h", "tempfail"))
 	s, _ := h.session("192.0.2.11")
 	defer s.Close()
 	tagged := 0
@@ -144,7 +145,7 @@ func TestTagModeTagsAndRemovesForgedHeaders(t *testing.T) {
 }
 
 func TestConcurrentSlotsFreedAtDisconnect(t *testing.T) {
-	h := newHarness(t, policy.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 3})
+	h := newHarness(t, smtp.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 3})
 	var open []*milter.ClientSession
 	for i := 0; i < 3; i++ {
 		s, act := h.session("198.51.100.7")
@@ -183,7 +184,7 @@ func TestConcurrentSlotsFreedAtDisconnect(t *testing.T) {
 }
 
 func TestRefusedRecipientKeepsSession(t *testing.T) {
-	h := newHarness(t, policy.ModeEnforce,
+	h := newHarness(t, smtp.ModeEnforce,
 		limits.Rule{Name: "rcpt-cap", Count: "recipients", MaxRcptPerMessage: 2},
 		msgsPerSender("100/1h", "reject"))
 	s, _ := h.session("192.0.2.12")
@@ -214,7 +215,7 @@ func TestRefusedRecipientKeepsSession(t *testing.T) {
 }
 
 func TestClientWithoutAddress(t *testing.T) {
-	h := newHarness(t, policy.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 1})
+	h := newHarness(t, smtp.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 1})
 	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, ActionMask: milter.OptAddHeader})
 	for i := 0; i < 3; i++ {
 		s, err := c.Session()

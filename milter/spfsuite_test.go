@@ -20,73 +20,40 @@ import (
 	"time"
 
 	"github.com/emersion/go-milter"
-	"github.com/pelletier/go-toml/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"sluice/auth"
 	"sluice/auth/spftest"
-	"sluice/limits"
+	"sluice/config"
 	sluicemilter "sluice/milter"
-	"sluice/policy"
+	"sluice/socket"
 	"sluice/test/dnstest"
 )
 
 const suiteAuthservID = "mx.sluice.test"
 
-// The parts of cmd/sluice's Config that a session consults, embedded the
-// same way so that their keys are top-level.
-type (
-	milterConfig = sluicemilter.Config
-	policyConfig = policy.Config
-	limitsConfig = limits.Config
-	authConfig   = auth.Config
-)
-
-type suiteConfig struct {
-	milterConfig
-	policyConfig
-	limitsConfig
-	authConfig
-}
-
-// startSuiteMilter decodes body as sluice's config file, builds the policy
-// as cmd/sluice does (memory store, default trusted list, auth.New) and
-// serves it on a unix socket, whose path it returns.
+// startSuiteMilter loads body as sluice's config file, builds the engine
+// as the daemon does (package config: memory store, default trusted
+// list, sender checks) and serves it on a unix socket, whose path it
+// returns.
 func startSuiteMilter(t *testing.T, body string, log *zap.Logger) string {
 	t.Helper()
-	var c suiteConfig
-	dec := toml.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	sock := filepath.Join(t.TempDir(), "sluice.sock")
+	c, err := config.Parse("suite.toml", []byte(fmt.Sprintf("listen = %q\n%s", "unix:"+sock, body)))
+	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	sock := filepath.Join(t.TempDir(), "sluice.sock")
-	c.Listen = "unix:" + sock
-	c.milterConfig.Defaults()
-	c.policyConfig.Defaults()
-	c.limitsConfig.Defaults()
-	c.authConfig.Defaults()
-	for _, err := range []error{c.milterConfig.Validate(), c.policyConfig.Validate(), c.limitsConfig.Validate(nil), c.authConfig.Validate()} {
-		if err != nil {
-			t.Fatalf("config: %v", err)
-		}
-	}
-	store, fallback, err := limits.OpenStore(&c.Store, log)
+	store, fallback, err := config.OpenStores(&c.Store, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	eng, err := limits.New(&c.limitsConfig, nil, limits.Options{Store: store, Fallback: fallback, Mode: c.Mode, Log: log})
+	b, err := c.Build(config.Runtime{Store: store, Fallback: fallback, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &sluicemilter.Policy{Limits: eng, Decide: c.policyConfig, TagHeader: c.TagHeader}
-	if p.Auth, err = auth.New(&c.authConfig, log); err != nil {
-		t.Fatal(err)
-	}
-	srv := sluicemilter.NewServer(c.milterConfig, p, log)
-	ln, err := sluicemilter.Listen(c.Listen)
+	srv := sluicemilter.NewServer(c.MilterConfig, b.Engine, log)
+	ln, err := socket.Listen(c.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +67,8 @@ func startSuiteMilter(t *testing.T, body string, log *zap.Logger) string {
 	return sock
 }
 
-// TestRFC7208SuiteThroughMilter is issue 5's proof: every case of the
-// suite as a milter session, judged by the Received-SPF and
+// TestRFC7208SuiteThroughMilter runs every case of the RFC 7208 suite as
+// a milter session, judged by the Received-SPF and
 // Authentication-Results the session adds. Each message also carries a
 // forged Authentication-Results with our authserv-id, which must be
 // removed, beside one from another host, which must stay.

@@ -109,11 +109,16 @@ type Decision struct {
 // Refused reports whether the decision refuses the command.
 func (d *Decision) Refused() bool { return d.Action.Refuses() }
 
+// Effective is the mode a verdict of mode m is applied in: the softer of
+// its own and the global one. Every part that must know what the global
+// mode makes of a verdict asks here.
+func (c *Config) Effective(m Mode) Mode { return m.Soften(c.Mode) }
+
 // Refuses reports whether any verdict would refuse the command under the
 // global mode: the caller can skip costlier questions.
 func (c *Config) Refuses(vs []Verdict) bool {
 	for i := range vs {
-		if vs[i].Action.Refuses() && vs[i].Mode.Soften(c.Mode) == ModeEnforce {
+		if vs[i].Action.Refuses() && c.Effective(vs[i].Mode) == ModeEnforce {
 			return true
 		}
 	}
@@ -131,7 +136,7 @@ func (c *Config) Decide(stage Stage, vs []Verdict, env *Env) Decision {
 		if v.Action == ActionNone {
 			continue
 		}
-		o := Outcome{Verdict: v, Mode: v.Mode.Soften(c.Mode), Action: v.Action}
+		o := Outcome{Verdict: v, Mode: c.Effective(v.Mode), Action: v.Action}
 		switch o.Mode {
 		case ModeTag:
 			o.Action = ActionTag

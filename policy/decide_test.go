@@ -231,27 +231,3 @@ func TestConfigDefaultsAndValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
-
-func TestParseActionAndMode(t *testing.T) {
-	for i, n := range actionNames {
-		a, err := ParseAction(n)
-		if err != nil || a != Action(i) || a.String() != n {
-			t.Errorf("ParseAction(%q) = %v %v", n, a, err)
-		}
-	}
-	if _, err := ParseAction("explode"); err == nil {
-		t.Error("unknown action parsed")
-	}
-	for i, n := range modeNames {
-		m, err := ParseMode(n)
-		if err != nil || m != Mode(i) {
-			t.Errorf("ParseMode(%q) = %v %v", n, m, err)
-		}
-	}
-	if _, err := ParseMode("soft"); err == nil {
-		t.Error("unknown mode parsed")
-	}
-	if !ActionTempfail.Refuses() || !ActionDisconnect.Refuses() || !ActionReject.Refuses() || ActionHold.Refuses() || ActionDelay.Refuses() || ActionTag.Refuses() {
-		t.Error("Refuses is wrong")
-	}
-}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"sluice/smtp"
 )
 
 // Env is what the session knows that a reply may quote.
@@ -17,6 +19,7 @@ type Env struct {
 // Reply is a validated SMTP reply template such as
 // "451 4.7.1 Too many messages from {sender}; try again in {retry_after}".
 type Reply struct {
+	src   string // as written
 	code  string // "451"
 	enh   string // "4.7.1"
 	parts []part
@@ -62,7 +65,7 @@ func ParseReply(s string) (*Reply, error) {
 	if len(s) < 4 || s[3] != ' ' || (s[0] != '4' && s[0] != '5') || !isDigit(s[1]) || !isDigit(s[2]) {
 		return nil, fmt.Errorf("reply %q must start with a 4xx or 5xx code and a space", s)
 	}
-	r := &Reply{code: s[:3]}
+	r := &Reply{src: s, code: s[:3]}
 	rest := s[4:]
 	if enh, after, ok := cutEnhanced(rest); ok {
 		if enh[0] != s[0] {
@@ -94,25 +97,50 @@ func ParseReply(s string) (*Reply, error) {
 }
 
 // ParseReplyFor is ParseReply for a rule or check whose action is a: the
-// reply's class must fit it. tempfail takes a 4xx, reject a 5xx, and
-// disconnect exactly 421 — the only code that makes the MTA hang up.
+// reply's class must fit it (see Fits).
 func ParseReplyFor(a Action, s string) (*Reply, error) {
-	if !a.Refuses() {
-		return nil, fmt.Errorf("action %s sends no reply", a)
-	}
 	r, err := ParseReply(s)
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case a == ActionDisconnect && r.code != "421":
-		return nil, fmt.Errorf("reply %q: action disconnect needs a 421 reply (4.x.x), not %s", s, r.code)
-	case a == ActionReject && r.Temporary():
-		return nil, fmt.Errorf("reply %q: action reject needs a 5xx reply, not %s", s, r.code)
-	case a == ActionTempfail && !r.Temporary():
-		return nil, fmt.Errorf("reply %q: action tempfail needs a 4xx reply, not %s", s, r.code)
+	if err := r.Fits(a); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// Fits checks that the reply's class fits action a: tempfail takes a 4xx,
+// reject a 5xx, and disconnect exactly 421 — the only code that makes the
+// MTA hang up. An action that refuses nothing sends no reply.
+func (r *Reply) Fits(a Action) error {
+	switch {
+	case !a.Refuses():
+		return fmt.Errorf("action %s sends no reply", a)
+	case a == ActionDisconnect && r.code != "421":
+		return fmt.Errorf("reply %s: action disconnect needs a 421 reply (4.x.x), not %s", r, r.code)
+	case a == ActionReject && r.Temporary():
+		return fmt.Errorf("reply %s: action reject needs a 5xx reply, not %s", r, r.code)
+	case a == ActionTempfail && !r.Temporary():
+		return fmt.Errorf("reply %s: action tempfail needs a 4xx reply, not %s", r, r.code)
+	}
+	return nil
+}
+
+// String is the template as written, quoted.
+func (r *Reply) String() string { return fmt.Sprintf("%q", r.src) }
+
+// MustAction is ParseAction for actions written in the code; it returns a
+// pointer, as an optional action in a config is, and nil for "" (none
+// given).
+func MustAction(name string) *Action {
+	if name == "" {
+		return nil
+	}
+	a, err := ParseAction(name)
+	if err != nil {
+		panic(err)
+	}
+	return &a
 }
 
 func literalLen(parts []part) int {
@@ -140,6 +168,21 @@ func (r *Reply) UnmarshalText(b []byte) error {
 	}
 	*r = *p
 	return nil
+}
+
+// Quotes reports whether the template fills in the named placeholder
+// ("sasl_user" for {sasl_user}).
+func (r *Reply) Quotes(name string) bool {
+	ph, ok := placeholders[name]
+	if !ok {
+		return false
+	}
+	for _, p := range r.parts {
+		if p.v == ph {
+			return true
+		}
+	}
+	return false
 }
 
 // Code is the three-digit SMTP code.
@@ -213,7 +256,7 @@ func (r *Reply) Render(v *Verdict, env *Env) string {
 			writePercent(&b, p.lit)
 			continue
 		}
-		writePercent(&b, ASCII(r.value(p.v, v, env), 200))
+		writePercent(&b, smtp.ASCII(r.value(p.v, v, env), 200))
 	}
 	out := b.String()
 	if len(out) > maxReplyLine {
@@ -299,3 +342,16 @@ func FormatRetry(d time.Duration) string {
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// MustMode is ParseMode for modes written in the code; "" is enforce, as
+// in a config that does not say.
+func MustMode(name string) Mode {
+	if name == "" {
+		return ModeEnforce
+	}
+	m, err := ParseMode(name)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -11,19 +12,22 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"sluice/conf"
+	"sluice/config"
+	"sluice/engine"
 	"sluice/limits"
 	"sluice/limits/memstore"
-	"sluice/lists"
 	"sluice/policy"
+	"sluice/smtp"
 )
 
 // explainCmd shows how a policy treats one SMTP session before the policy
-// is loaded: which rules apply at each stage and why the others do not,
-// what each stage would answer on fresh counters, and when repeating the
-// session would cross each limit. It counts in a private memory store
-// with a stopped clock; a running sluice's counters are never read or
-// touched.
+// is loaded. It drives the same engine as the milter: for each stage, the
+// rules that count there and why the others do not, the sender checks and
+// their results (asked of DNS through [dns]; -no-dns leaves them out), the
+// decision, and at the end the header fields the message would get. Then
+// it repeats the session to show when each limit is crossed. It counts in
+// private memory stores with a stopped clock; a running sluice's counters
+// are never read or touched.
 func explainCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
 	path := fs.String("config", "", "config file (default: the built-in config)")
@@ -35,19 +39,24 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	fs.Func("rcpt", "envelope recipient (repeat for several)", func(s string) error { rcpts = append(rcpts, s); return nil })
 	listener := fs.String("listener", "smtpd", "listener, as Postfix's {daemon_name} (milter_macro_daemon_name)")
 	auth := fs.String("auth", "", "SASL user name, when the client authenticated")
-	size := fs.Int64("size", 10240, "message size in bytes, for bytes rules")
+	size := fs.Int64("size", 10240, "message size in bytes (header and body as the client sent them), for bytes rules")
 	most := fs.Int("n", 100000, "repeat the session at most this many times")
+	noDNS := fs.Bool("no-dns", false, "leave SPF and the sender checks out (they ask DNS)")
+	asJSON := fs.Bool("json", false, "print the session's stages and decisions as JSON")
 	if code := flags(fs, args, stderr); code >= 0 {
 		return code
 	}
-	f := policy.Facts{ClientName: *name, Listener: *listener, Helo: *helo, SASLUser: *auth, Sender: strings.Trim(*sender, "<>")}
+	x := &explainer{
+		client: smtp.Client{Name: *name, Listener: *listener},
+		helo:   *helo, sender: strings.Trim(*sender, "<>"), sasl: *auth, rcpts: rcpts, size: *size,
+	}
 	if *client != "" {
 		ip, err := netip.ParseAddr(*client)
 		if err != nil {
 			fmt.Fprintf(stderr, "sluice explain: -client: %v\n", err)
 			return 2
 		}
-		f.ClientIP = ip.Unmap()
+		x.client.IP = ip.Unmap()
 	}
 	if *size < 0 || *most < 1 {
 		fmt.Fprintln(stderr, "sluice explain: -size must not be negative and -n must be at least 1")
@@ -58,180 +67,203 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	set, err := buildLists(c, *path)
+	x.cfg, x.config, x.noDNS = c, configName(*path), *noDNS
+	// The session as explained, sender checks and all.
+	main, err := x.open(!*noDNS)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	x, err := newExplainer(c, set)
+	defer main.close()
+	// The repetitions count on their own fresh counters and leave the
+	// sender checks out: their answers do not depend on counters, and a
+	// hundred thousand sessions must not ask DNS.
+	counting, err := x.open(false)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	defer x.store.Close()
-	f.Trusted = x.eng.Trusted(f.ClientIP)
-	x.f, x.rcpts, x.size = f, rcpts, *size
-	x.run(stdout, configName(*path), *most)
+	defer counting.close()
+	x.main, x.counting = main, counting
+	if *asJSON {
+		return x.json(stdout, *most)
+	}
+	x.run(stdout, *most)
 	return 0
-}
-
-// buildLists reads the [lists] files, as serve does at start: a file that
-// cannot be read is an error naming it.
-func buildLists(c *Config, path string) (*lists.Set, error) {
-	set, _, err := c.Lists.Build(nil)
-	if err != nil {
-		return nil, locate(configName(path), configData(path), conf.In(err, "lists"))
-	}
-	return set, nil
 }
 
 // explainer runs sessions of one client against the policy on private
 // counters.
 type explainer struct {
-	cfg   *Config
-	eng   *limits.Engine
-	store *memstore.Store
+	cfg    *config.Config
+	config string // the file's name for people
+	noDNS  bool
 
-	f     policy.Facts // the session as given: client, HELO, sender, SASL user
-	rcpts []string
-	size  int64
+	main     *private // the explained session, sender checks included
+	counting *private // repetitions: counting only
+
+	client smtp.Client
+	helo   string
+	sender string
+	sasl   string
+	rcpts  []string
+	size   int64
 }
+
+// private is an engine on a memory store of its own.
+type private struct {
+	eng   *engine.Engine
+	store *memstore.Store
+}
+
+func (p *private) close() { p.store.Close() }
 
 // explainEpoch is the stopped clock of the private counters: every
 // repetition happens at the same instant, the worst case for a burst.
 var explainEpoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 
-func newExplainer(c *Config, set *lists.Set) (*explainer, error) {
+func (x *explainer) open(checks bool) (*private, error) {
 	store, err := memstore.New(memstore.Config{MaxKeys: 1 << 20}, nil, memstore.WithClock(func() int64 { return explainEpoch }))
 	if err != nil {
 		return nil, err
 	}
-	eng, err := limits.New(&c.LimitsConfig, set, limits.Options{Store: store, Mode: c.Mode})
+	b, err := x.cfg.Build(config.Runtime{Store: store, NoChecks: !checks})
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
-	return &explainer{cfg: c, eng: eng, store: store}, nil
+	return &private{eng: b.Engine, store: store}, nil
 }
 
 // step is one stage of a simulated session and what it was answered.
 type step struct {
 	label string // "mail", "rcpt bob@example.net"
-	st    policy.Stage
+	st    smtp.Stage
 	facts policy.Facts // as the stage saw them
-	d     policy.Decision
+	d     smtp.Decision
 }
 
-// session runs one SMTP session through every stage on the private
-// counters. A refusal ends what it ends for a real client: at connect or
-// HELO the session, at MAIL or DATA the message, at RCPT that recipient.
+// result is one session: its steps and, when the message was not refused,
+// the changes to it.
+type result struct {
+	steps []step
+	edits []smtp.Edit
+}
+
+// session runs one SMTP session through every stage, as the milter would
+// drive the engine. A refusal ends what it ends for a real client: at
+// connect or HELO the session, at MAIL or DATA the message, at RCPT that
+// recipient; an Accept at MAIL FROM ends sluice's part in the message.
 // With keepOpen the session is not closed (its concurrency slots stay).
-func (x *explainer) session(keepOpen bool) []step {
+func (x *explainer) session(p *private, keepOpen bool) result {
 	ctx := context.Background()
-	ls := x.eng.NewSession()
+	es := p.eng.Open(x.client)
+	s := es.(*engine.Session)
 	if !keepOpen {
-		defer x.eng.Close(ctx, ls)
+		defer s.Close(ctx)
 	}
-	f := x.f
-	sasl := f.SASLUser
-	f.SASLUser, f.Sender = "", "" // not known before MAIL FROM
-	sender := x.f.Sender
-	refusals := 0
-	var steps []step
-	// ask runs one stage and reports whether it was refused.
-	ask := func(label string, st policy.Stage) bool {
-		vs, _ := x.eng.Check(ctx, st, &f, ls)
-		var d policy.Decision
-		if vs != nil {
-			env := policy.Env{ClientIP: ipText(f.ClientIP), Sender: f.Sender, SASLUser: f.SASLUser, Rcpt: f.Rcpt}
-			d = x.cfg.PolicyConfig.Decide(st, vs, &env)
-			d.Hold = copyVerdict(d.Hold)
-			d.Tags = copyVerdicts(d.Tags)
-			for i := range d.Outcomes {
-				d.Outcomes[i].Verdict = copyVerdict(d.Outcomes[i].Verdict)
-			}
+	var r result
+	ask := func(label string, st smtp.Stage) smtp.Decision {
+		f := s.Facts()
+		if st == smtp.Data {
+			f.Size = x.size
 		}
-		x.cfg.PolicyConfig.Escalate(refusals, &d)
-		if d.Refused() {
-			refusals++
-		}
-		x.eng.Settle(ctx, ls, d.Refused())
-		steps = append(steps, step{label: label, st: st, facts: f, d: d})
-		return d.Refused()
+		d := s.Stage(ctx, st)
+		r.steps = append(r.steps, step{label: label, st: st, facts: f, d: d})
+		return d
 	}
-	if ask("connect", policy.StageConnect) || ask("helo", policy.StageHelo) {
-		return steps
+	if ask("connect", smtp.Connect).Refused() {
+		return r
 	}
-	f.SASLUser, f.Sender = sasl, sender
-	if ask("mail", policy.StageMail) {
-		x.eng.EndMessage(ctx, ls, false)
-		return steps
+	s.Helo(x.helo)
+	if ask("helo", smtp.Helo).Refused() {
+		return r
 	}
-	for _, r := range x.rcpts {
-		f.Rcpt = r
-		if !ask("rcpt "+r, policy.StageRcpt) {
-			f.RcptCount++
+	s.Mail(x.sender, x.sasl)
+	switch d := ask("mail", smtp.Mail); {
+	case d.Refused():
+		s.EndMessage(ctx, false)
+		return r
+	case d.Kind == smtp.Accept:
+		return r
+	}
+	accepted := 0
+	for _, rcpt := range x.rcpts {
+		s.Rcpt(rcpt)
+		if !ask("rcpt "+rcpt, smtp.Rcpt).Refused() {
+			accepted++
 		}
 	}
-	if len(x.rcpts) > 0 && f.RcptCount == 0 {
-		x.eng.EndMessage(ctx, ls, false)
-		return steps
+	if len(x.rcpts) > 0 && accepted == 0 {
+		s.EndMessage(ctx, false)
+		return r
 	}
-	f.Size = x.size
-	x.eng.EndMessage(ctx, ls, !ask("data", policy.StageData))
-	return steps
+	// The size as the client sent it: the engine adds the empty line
+	// between header and body to what it is shown.
+	s.Body(int(max(x.size-2, 0)))
+	if ask("data", smtp.Data).Refused() {
+		s.EndMessage(ctx, false)
+		return r
+	}
+	r.edits = s.Edits()
+	s.EndMessage(ctx, true)
+	return r
 }
 
-func copyVerdict(v *policy.Verdict) *policy.Verdict {
-	if v == nil {
-		return nil
+func (x *explainer) checksLine() string {
+	switch {
+	case x.noDNS:
+		return "sender checks: left out (-no-dns): SPF and [checks] were not asked"
+	case x.checksOn():
+		return "sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]"
 	}
-	c := *v
-	return &c
+	return "sender checks: none configured"
 }
 
-func copyVerdicts(vs []*policy.Verdict) []*policy.Verdict {
-	out := make([]*policy.Verdict, len(vs))
-	for i, v := range vs {
-		out[i] = copyVerdict(v)
-	}
-	return out
-}
+// checksOn reports whether the explained engine runs sender checks.
+func (x *explainer) checksOn() bool { return !x.noDNS && x.main.eng.Checks() }
 
-func (x *explainer) run(w io.Writer, config string, most int) {
-	f := x.f
-	fmt.Fprintf(w, "sluice explain: %s, mode %s\n", config, x.cfg.Mode)
-	who := ipText(f.ClientIP)
+func (x *explainer) run(w io.Writer, most int) {
+	fmt.Fprintf(w, "sluice explain: %s, mode %s\n", x.config, x.cfg.Mode)
+	who := ipText(x.client.IP)
 	if who == "" {
 		who = "(no address)"
 	}
-	fmt.Fprintf(w, "client %s [%s] on listener %q, HELO %q", who, f.ClientName, f.Listener, f.Helo)
-	if f.Trusted {
+	fmt.Fprintf(w, "client %s [%s] on listener %q, HELO %q", who, x.client.Name, x.client.Listener, x.helo)
+	if x.main.eng.Limits().Trusted(x.client.IP) {
 		fmt.Fprint(w, " — on the trusted list")
 	}
-	if f.SASLUser != "" {
-		fmt.Fprintf(w, ", authenticated as %q", f.SASLUser)
+	if x.sasl != "" {
+		fmt.Fprintf(w, ", authenticated as %q", x.sasl)
 	} else {
 		fmt.Fprint(w, ", not authenticated")
 	}
-	fmt.Fprintf(w, "\nsender %s, recipients %s, message size %d bytes\n", addrText(f.Sender), strings.Join(x.rcpts, ", "), x.size)
+	fmt.Fprintf(w, "\nsender %s, recipients %s, message size %d bytes\n", addrText(x.sender), strings.Join(x.rcpts, ", "), x.size)
 	fmt.Fprintln(w, "counters: a private, fresh memory store (a running sluice's counters are not read)")
+	fmt.Fprintln(w, x.checksLine())
 
-	first := x.session(false)
-	for _, s := range first {
+	first := x.session(x.main, false)
+	for _, s := range first.steps {
 		fmt.Fprintf(w, "\n%s\n", s.label)
 		x.printTraces(w, s)
+		printChecks(w, s.d.Checks)
 		fmt.Fprintf(w, "  => %s\n", describe(s.d, true))
+	}
+	if len(first.edits) > 0 {
+		fmt.Fprintln(w, "\nat end of message")
+		for _, e := range first.edits {
+			fmt.Fprintf(w, "  %s\n", editText(e))
+		}
 	}
 	if len(x.rcpts) == 0 {
 		fmt.Fprintln(w, "\n(no -rcpt given: rules that count recipients were not asked)")
 	}
-	x.repeat(w, first, most)
+	x.repeat(w, most)
 	x.concurrent(w, most)
 }
 
 func (x *explainer) printTraces(w io.Writer, s step) {
-	traces := x.eng.Explain(s.st, &s.facts)
+	traces := x.main.eng.Limits().Explain(s.st, &s.facts)
 	if len(traces) == 0 {
 		fmt.Fprintln(w, "  (no rule counts at this stage)")
 		return
@@ -243,7 +275,7 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 			continue
 		}
 		what := fmt.Sprintf("%s %s, %s", t.Count, t.Limit, t.Action)
-		if t.Mode != policy.ModeEnforce {
+		if t.Mode != smtp.ModeEnforce {
 			what += " (mode " + t.Mode.String() + ")"
 		}
 		if t.Final {
@@ -258,49 +290,99 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 	tw.Flush()
 }
 
+func printChecks(w io.Writer, cs []smtp.Check) {
+	if len(cs) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range cs {
+		what := "no action"
+		if c.Asked != smtp.ActionNone {
+			what = "asks " + c.Asked.String()
+			if c.Mode != smtp.ModeEnforce {
+				what += " (mode " + c.Mode.String() + ")"
+			}
+		}
+		fmt.Fprintf(tw, "  check %s\t%s\t%s\t%s\n", c.Name, c.Result, what, smtp.Printable(c.Detail, 200))
+	}
+	tw.Flush()
+}
+
+func editText(e smtp.Edit) string {
+	switch e.Kind {
+	case smtp.Remove:
+		return fmt.Sprintf("remove %s #%d", e.Name, e.Index)
+	case smtp.Insert:
+		return fmt.Sprintf("insert at %d  %s: %s", e.Index, e.Name, e.Value)
+	case smtp.Quarantine:
+		return "hold: " + e.Value
+	}
+	return fmt.Sprintf("add  %s: %s", e.Name, e.Value)
+}
+
 // repeat runs the session again and again, each closed before the next,
 // and prints each stage's answer when it changes from the first session's.
-func (x *explainer) repeat(w io.Writer, first []step, most int) {
-	n := x.repetitions(first, most)
+func (x *explainer) repeat(w io.Writer, most int) {
+	first := x.session(x.counting, false)
+	n := x.repetitions(first.steps, most)
 	fmt.Fprintf(w, "\nOn a fresh counter, the same session again and again, each closed before the next (up to %d):\n", n)
+	if x.checksOn() {
+		fmt.Fprintln(w, "  (limits only: the sender checks answer each session alike)")
+	}
+	changes, never := x.repetition(first, n)
+	for _, c := range changes {
+		fmt.Fprintf(w, "  from session %d, %s: %s\n", c.session, c.label, describe(c.d, true))
+	}
+	if len(changes) == 0 {
+		fmt.Fprintf(w, "  no answer changes within %d sessions\n", n)
+	}
+	if len(never) > 0 {
+		fmt.Fprintf(w, "  never crossed: %s (a refusal at another rule stops the session first, or the limit is beyond %d sessions)\n", strings.Join(never, ", "), n)
+	}
+}
+
+// change is a stage whose answer changed from one session on.
+type change struct {
+	session int
+	label   string
+	d       smtp.Decision
+}
+
+// repetition runs sessions 2..n after first and returns each change of a
+// stage's answer, and the rules that apply but were never crossed.
+func (x *explainer) repetition(first result, n int) ([]change, []string) {
 	last := map[string]string{}
 	crossed := map[string]bool{}
-	note := func(d *policy.Decision) {
+	note := func(d *smtp.Decision) {
 		for _, o := range d.Outcomes {
-			crossed[o.Verdict.Source] = true
+			crossed[o.Source] = true
 		}
 	}
-	for _, s := range first {
+	for _, s := range first.steps {
 		last[s.label] = describe(s.d, false)
 		note(&s.d)
 	}
-	changed := false
+	var changes []change
 	for i := 2; i <= n; i++ {
-		for _, s := range x.session(false) {
+		for _, s := range x.session(x.counting, false).steps {
 			note(&s.d)
 			got := describe(s.d, false)
 			if got == last[s.label] {
 				continue
 			}
 			last[s.label] = got
-			changed = true
-			fmt.Fprintf(w, "  from session %d, %s: %s\n", i, s.label, describe(s.d, true))
+			changes = append(changes, change{session: i, label: s.label, d: s.d})
 		}
 	}
-	if !changed {
-		fmt.Fprintf(w, "  no answer changes within %d sessions\n", n)
-	}
 	var never []string
-	for _, s := range first {
-		for _, t := range x.eng.Explain(s.st, &s.facts) {
+	for _, s := range first.steps {
+		for _, t := range x.counting.eng.Limits().Explain(s.st, &s.facts) {
 			if t.Applies && t.Why == "" && t.Count != "concurrent" && !crossed[t.Rule] && !slices.Contains(never, t.Rule) {
 				never = append(never, t.Rule)
 			}
 		}
 	}
-	if len(never) > 0 {
-		fmt.Fprintf(w, "  never crossed: %s (a refusal at another rule stops the session first, or the limit is beyond %d sessions)\n", strings.Join(never, ", "), n)
-	}
+	return changes, never
 }
 
 // repetitions is how many sessions it takes for every rule that applies
@@ -308,7 +390,7 @@ func (x *explainer) repeat(w io.Writer, first []step, most int) {
 func (x *explainer) repetitions(first []step, most int) int {
 	need := int64(2)
 	for _, s := range first {
-		for _, t := range x.eng.Explain(s.st, &s.facts) {
+		for _, t := range x.counting.eng.Limits().Explain(s.st, &s.facts) {
 			if !t.Applies || t.Why != "" || t.Count == "concurrent" {
 				continue
 			}
@@ -323,62 +405,81 @@ func (x *explainer) repetitions(first []step, most int) int {
 }
 
 // concurrent opens sessions without closing them until a concurrency
-// limit answers, when a rule counts open connections for this client.
-func (x *explainer) concurrent(w io.Writer, most int) {
+// limit answers, when a rule counts open connections for this client. It
+// returns the number of the session that was refused (or the last one
+// opened) and its answer at connect; 0 when no rule counts open
+// connections.
+func (x *explainer) concurrentRun(most int) (int, smtp.Decision, int) {
 	var slots int64
-	f := x.f
-	for _, t := range x.eng.Explain(policy.StageConnect, &f) {
+	f := policy.Facts{ClientIP: x.client.IP, ClientName: x.client.Name, Listener: x.client.Listener,
+		Trusted: x.counting.eng.Limits().Trusted(x.client.IP)}
+	for _, t := range x.counting.eng.Limits().Explain(smtp.Connect, &f) {
 		if t.Applies && t.Why == "" && t.Count == "concurrent" {
 			slots = max(slots, t.Burst)
 		}
 	}
 	if slots == 0 {
-		return
+		return 0, smtp.Decision{}, 0
 	}
 	n := int(min(slots+1, int64(most)))
-	fmt.Fprintf(w, "\nSessions open at the same time (up to %d, none closed):\n", n)
 	for i := 1; i <= n; i++ {
-		steps := x.session(true)
-		if d := &steps[0].d; d.Refused() || i == n {
-			fmt.Fprintf(w, "  session %d, connect: %s\n", i, describe(*d, true))
-			if d.Refused() {
-				return
-			}
+		steps := x.session(x.counting, true).steps
+		if d := steps[0].d; d.Refused() || i == n {
+			return i, d, n
 		}
 	}
+	return 0, smtp.Decision{}, n
+}
+
+func (x *explainer) concurrent(w io.Writer, most int) {
+	i, d, n := x.concurrentRun(most)
+	if i == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nSessions open at the same time (up to %d, none closed):\n", n)
+	fmt.Fprintf(w, "  session %d, connect: %s\n", i, describe(d, true))
 }
 
 // describe says what a decision does; full adds the reply text, delays
 // and the rules behind it.
-func describe(d policy.Decision, full bool) string {
+func describe(d smtp.Decision, full bool) string {
 	var parts []string
-	if d.Refused() {
+	switch {
+	case d.Refused():
 		s := d.Action.String()
 		if full {
 			// As the client reads it: the MTA undoes the %% escaping.
 			s += fmt.Sprintf(" %q", strings.ReplaceAll(d.Reply, "%%", "%"))
 		}
 		parts = append(parts, s)
-	} else {
+	case d.Kind == smtp.Accept:
+		parts = append(parts, "accept (nothing later can change the answer: the MTA leaves sluice out of the rest of the message)")
+	default:
 		parts = append(parts, "continue")
 	}
-	if d.Delay > 0 {
-		parts = append(parts, "after a pause of "+d.Delay.String())
+	if d.Pause > 0 {
+		parts = append(parts, "after a pause of "+d.Pause.String())
 	}
-	if d.Escalation != policy.ActionNone {
+	if d.Escalation != smtp.ActionNone {
 		parts = append(parts, "escalated ("+d.Escalation.String()+")")
 	}
-	if d.Hold != nil {
-		parts = append(parts, "held by "+d.Hold.Source)
-	}
-	for _, v := range d.Tags {
-		parts = append(parts, "tagged by "+v.Source)
+	held := false
+	for _, o := range d.Outcomes {
+		if o.Action == smtp.ActionHold && !held {
+			parts = append(parts, "held by "+o.Source)
+			held = true
+		}
 	}
 	for _, o := range d.Outcomes {
-		if o.Mode == policy.ModeDryRun {
-			parts = append(parts, fmt.Sprintf("would %s (%s, dry-run)", o.Verdict.Action, o.Verdict.Source))
+		if o.Action == smtp.ActionTag {
+			parts = append(parts, "tagged by "+o.Source)
+		}
+	}
+	for _, o := range d.Outcomes {
+		if o.Mode == smtp.ModeDryRun {
+			parts = append(parts, fmt.Sprintf("would %s (%s, dry-run)", o.Asked, o.Source))
 		} else if full && o.Action.Refuses() {
-			parts = append(parts, "by "+o.Verdict.Source)
+			parts = append(parts, "by "+o.Source)
 		}
 	}
 	return strings.Join(parts, ", ")
@@ -396,4 +497,155 @@ func addrText(a string) string {
 		return "<>"
 	}
 	return a
+}
+
+// The -json output: one session's stages as the engine decided them, for
+// scripts and for tests that compare explain with a live sluice.
+type (
+	explainJSON struct {
+		Config     string       `json:"config"`
+		Mode       string       `json:"mode"`
+		Checks     string       `json:"checks"` // "on", "off" (-no-dns) or "none"
+		Trusted    bool         `json:"trusted"`
+		Stages     []stageJSON  `json:"stages"`
+		Edits      []editJSON   `json:"edits,omitempty"`
+		Repeat     []changeJSON `json:"repeat,omitempty"`
+		Concurrent *changeJSON  `json:"concurrent,omitempty"`
+		Never      []string     `json:"never_crossed,omitempty"`
+		Sessions   int          `json:"sessions"` // repetitions run
+		Client     clientJSON   `json:"client"`
+		Message    messageJSON  `json:"message"`
+	}
+	clientJSON struct {
+		IP       string `json:"ip"`
+		Name     string `json:"name"`
+		Listener string `json:"listener"`
+		Helo     string `json:"helo"`
+		SASLUser string `json:"sasl_user,omitempty"`
+	}
+	messageJSON struct {
+		Sender string   `json:"sender"`
+		Rcpts  []string `json:"rcpts"`
+		Size   int64    `json:"size"`
+	}
+	stageJSON struct {
+		Label    string       `json:"label"`
+		Stage    string       `json:"stage"`
+		Rules    []traceJSON  `json:"rules"`
+		Checks   []checkJSON  `json:"checks,omitempty"`
+		Decision decisionJSON `json:"decision"`
+	}
+	traceJSON struct {
+		Rule    string `json:"rule"`
+		Applies bool   `json:"applies"`
+		Why     string `json:"why,omitempty"`
+		Key     string `json:"key,omitempty"`
+		Count   string `json:"count"`
+		Limit   string `json:"limit"`
+		Action  string `json:"action"`
+		Mode    string `json:"mode"`
+		Final   bool   `json:"final,omitempty"`
+	}
+	checkJSON struct {
+		Check  string `json:"check"`
+		Result string `json:"result"`
+		Action string `json:"action"`
+		Mode   string `json:"mode"`
+		Detail string `json:"detail,omitempty"`
+	}
+	decisionJSON struct {
+		Kind       string        `json:"kind"` // continue, accept, reply, disconnect
+		Reply      string        `json:"reply,omitempty"`
+		Action     string        `json:"action"`
+		PauseMS    int64         `json:"pause_ms,omitempty"`
+		Escalation string        `json:"escalation,omitempty"`
+		Outcomes   []outcomeJSON `json:"outcomes,omitempty"`
+	}
+	outcomeJSON struct {
+		Source     string  `json:"source"`
+		Key        string  `json:"key"`
+		Limit      string  `json:"limit,omitempty"`
+		Detail     string  `json:"detail,omitempty"`
+		Asked      string  `json:"asked"`
+		Mode       string  `json:"mode"`
+		Action     string  `json:"action"`
+		RetryAfter float64 `json:"retry_after_seconds,omitempty"`
+	}
+	editJSON struct {
+		Kind  string `json:"kind"` // remove, insert, add, quarantine
+		Name  string `json:"name,omitempty"`
+		Value string `json:"value,omitempty"`
+		Index int    `json:"index"`
+	}
+	changeJSON struct {
+		Session  int          `json:"session"`
+		Label    string       `json:"label"`
+		Decision decisionJSON `json:"decision"`
+	}
+)
+
+func (x *explainer) json(w io.Writer, most int) int {
+	out := explainJSON{
+		Config: x.config, Mode: x.cfg.Mode.String(), Checks: "none",
+		Trusted: x.main.eng.Limits().Trusted(x.client.IP),
+		Client: clientJSON{IP: ipText(x.client.IP), Name: x.client.Name, Listener: x.client.Listener,
+			Helo: x.helo, SASLUser: x.sasl},
+		Message: messageJSON{Sender: x.sender, Rcpts: x.rcpts, Size: x.size},
+	}
+	switch {
+	case x.noDNS:
+		out.Checks = "off"
+	case x.checksOn():
+		out.Checks = "on"
+	}
+	if out.Message.Rcpts == nil {
+		out.Message.Rcpts = []string{}
+	}
+	first := x.session(x.main, false)
+	for _, s := range first.steps {
+		sj := stageJSON{Label: s.label, Stage: s.st.String(), Rules: []traceJSON{}, Decision: decisionOf(s.d)}
+		for _, t := range x.main.eng.Limits().Explain(s.st, &s.facts) {
+			sj.Rules = append(sj.Rules, traceOf(t))
+		}
+		for _, c := range s.d.Checks {
+			sj.Checks = append(sj.Checks, checkJSON{Check: c.Name, Result: c.Result, Action: c.Asked.String(), Mode: c.Mode.String(), Detail: c.Detail})
+		}
+		out.Stages = append(out.Stages, sj)
+	}
+	for _, e := range first.edits {
+		out.Edits = append(out.Edits, editJSON{Kind: e.Kind.String(), Name: e.Name, Value: e.Value, Index: e.Index})
+	}
+	counted := x.session(x.counting, false)
+	out.Sessions = x.repetitions(counted.steps, most)
+	changes, never := x.repetition(counted, out.Sessions)
+	for _, c := range changes {
+		out.Repeat = append(out.Repeat, changeJSON{Session: c.session, Label: c.label, Decision: decisionOf(c.d)})
+	}
+	out.Never = never
+	if i, d, _ := x.concurrentRun(most); i > 0 {
+		out.Concurrent = &changeJSON{Session: i, Label: "connect", Decision: decisionOf(d)}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func decisionOf(d smtp.Decision) decisionJSON {
+	j := decisionJSON{Kind: d.Kind.String(), Reply: d.Reply, Action: d.Action.String(), PauseMS: d.Pause.Milliseconds()}
+	if d.Escalation != smtp.ActionNone {
+		j.Escalation = d.Escalation.String()
+	}
+	for _, o := range d.Outcomes {
+		j.Outcomes = append(j.Outcomes, outcomeJSON{Source: o.Source, Key: o.Key, Limit: o.Limit, Detail: o.Detail,
+			Asked: o.Asked.String(), Mode: o.Mode.String(), Action: o.Action.String(), RetryAfter: o.RetryAfter.Seconds()})
+	}
+	return j
+}
+
+func traceOf(t limits.Trace) traceJSON {
+	return traceJSON{Rule: t.Rule, Applies: t.Applies && t.Why == "", Why: t.Why, Key: t.Key, Count: t.Count,
+		Limit: t.Limit, Action: t.Action.String(), Mode: t.Mode.String(), Final: t.Final}
 }

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"sluice/test/dnstest"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -193,5 +196,103 @@ delay = "6s"
 	path = writeConfig(t, "milter_timeout = \"10s\"\nmax_delay = \"5s\"\n")
 	if code, _, errs = runCmd("check", "-config", path); code != 0 {
 		t.Errorf("Sendmail's 10s timeout with a 5s cap: exit %d: %q", code, errs)
+	}
+}
+
+// explainChecks is a policy with SPF and a DNSBL, asking srv, and a tag
+// rule so that the message gets headers of both kinds.
+func explainChecks(t *testing.T, srv string) string {
+	t.Helper()
+	return writeConfig(t, `authserv_id = "mx.sluice.test"
+trusted = []
+
+[dns]
+servers = ["`+srv+`"]
+
+[spf]
+enabled = true
+fail = "reject"
+mode = "tag"
+
+[[checks.dnsbl]]
+zone = "zen.example"
+action = "reject"
+mode = "dry-run"
+
+[[limit]]
+name = "per-sender"
+count = "messages"
+per = "sender"
+rate = "1/1h"
+action = "tag"
+`)
+}
+
+// explain asks the sender checks through [dns] and shows, per stage, their
+// results and the decision, and at the end the header fields the message
+// would get; -no-dns leaves the checks out and says so.
+func TestExplainSenderChecks(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.NewZone().MustAddText(
+		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
+		`9.100.51.198.zen.example. 300 IN A 127.0.0.2`,
+	))
+	config := explainChecks(t, srv.Addr())
+	args := []string{"explain", "-config", config, "-client", "198.51.100.9", "-helo", "client.example.net",
+		"-sender", "alice@spf-fail.example", "-rcpt", "bob@example.net"}
+	code, out, errs := runCmd(args...)
+	t.Logf("\n%s", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]",
+		"check dnsbl:zen.example  listed  asks reject (mode dry-run)",
+		"check spf                fail    asks reject (mode tag)",
+		"=> continue, tagged by spf, would reject (dnsbl:zen.example, dry-run)",
+		"at end of message\n  insert at 0  Authentication-Results: mx.sluice.test; spf=fail smtp.mailfrom=alice@spf-fail.example\n  insert at 1  Received-SPF: fail",
+		"add  X-Sluice-Check: spf=fail action=reject mode=tag (",
+		"(limits only: the sender checks answer each session alike)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	code, out, _ = runCmd(append(args, "-no-dns")...)
+	if code != 0 || !strings.Contains(out, "sender checks: left out (-no-dns)") || strings.Contains(out, "check spf") || strings.Contains(out, "Authentication-Results") {
+		t.Errorf("-no-dns: exit %d\n%s", code, out)
+	}
+}
+
+// -json prints the same session for a program: every stage with its rules,
+// checks and decision, the edits, and the repetitions.
+func TestExplainJSON(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.NewZone().MustAddText(`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`))
+	code, out, errs := runCmd("explain", "-json", "-config", explainChecks(t, srv.Addr()), "-client", "198.51.100.9",
+		"-helo", "client.example.net", "-sender", "alice@spf-fail.example", "-rcpt", "bob@example.net")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got explainJSON
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	var labels []string
+	for _, s := range got.Stages {
+		labels = append(labels, s.Label+":"+s.Decision.Kind)
+	}
+	if strings.Join(labels, " ") != "connect:continue helo:continue mail:continue rcpt bob@example.net:continue data:continue" {
+		t.Errorf("stages %q", labels)
+	}
+	if got.Checks != "on" || len(got.Stages[2].Checks) != 2 || got.Stages[2].Checks[1].Check != "spf" || got.Stages[2].Checks[1].Result != "fail" {
+		t.Errorf("checks %q %+v", got.Checks, got.Stages[2].Checks)
+	}
+	if len(got.Stages[2].Rules) != 1 || got.Stages[2].Rules[0].Key != "sender:alice@spf-fail.example" {
+		t.Errorf("mail rules %+v", got.Stages[2].Rules)
+	}
+	if len(got.Edits) != 3 || got.Edits[0].Kind != "insert" || got.Edits[0].Name != "Authentication-Results" {
+		t.Errorf("edits %+v", got.Edits)
+	}
+	if len(got.Repeat) == 0 || got.Repeat[0].Session != 2 || got.Repeat[0].Label != "mail" || got.Repeat[0].Decision.Outcomes[0].Action != "tag" {
+		t.Errorf("repeat %+v", got.Repeat)
 	}
 }

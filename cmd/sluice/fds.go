@@ -4,6 +4,7 @@ import (
 	"runtime"
 
 	"sluice/admin"
+	"sluice/config"
 	"sluice/metrics"
 	"sluice/milter"
 )
@@ -13,7 +14,7 @@ import (
 // listeners with the connections they serve at most, and the Redis pools
 // (go-redis's default is 10 connections per CPU, one pool per address
 // given, one more connection each for Sentinel or Cluster bookkeeping).
-func fdReserve(c *Config) int {
+func fdReserve(c *config.Config) int {
 	n := milter.BaseReserve
 	if c.Metrics.Enabled() {
 		n += 1 + metrics.MaxConnections
@@ -35,7 +36,7 @@ func fdReserve(c *Config) int {
 // descriptor limit it was derived from or checked against: the config's
 // value, or ConnectionsFor the limit and the reserve. tooMany is set when
 // a configured value leaves less than the reserve.
-func connectionBudget(c *Config) (n, limit int, tooMany bool, err error) {
+func connectionBudget(c *config.Config) (n, limit int, tooMany bool, err error) {
 	limit, err = milter.FDLimit()
 	if err != nil {
 		return 0, 0, false, err

@@ -17,8 +17,8 @@ import (
 	"os"
 	"runtime/debug"
 
-	"sluice/auth"
 	"sluice/conf"
+	"sluice/config"
 	"sluice/limits/memstore"
 )
 
@@ -96,26 +96,25 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	// The list files too: serve would not start without them.
-	if _, err := buildLists(c, *path); err != nil {
+	// The list files and auth's access tables too, and the engine they
+	// make: serve would not start without them. The counters are a
+	// throwaway store: check opens no store of the file's.
+	store, err := memstore.New(memstore.Config{MaxKeys: 16}, nil)
+	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	// And auth's access tables, which serve loads the same way.
-	if _, err := auth.New(&c.AuthConfig, nil); err != nil {
+	defer store.Close()
+	if _, err := c.Build(config.Runtime{Store: store}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
-	}
-	name := *path
-	if name == "" {
-		name = DefaultConfigName
 	}
 	// And what is at the snapshot path, which serve would refuse.
 	if err := memstore.CheckSnapshotPath(c.Store.Snapshot); err != nil {
-		fmt.Fprintln(stderr, locate(name, configData(*path), conf.In(err, "store", "snapshot")))
+		fmt.Fprintln(stderr, c.Locate(conf.In(err, "store", "snapshot")))
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", name, len(c.Rules), c.Listen, c.Mode)
+	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", configName(*path), len(c.Rules), c.Listen, c.Mode)
 	return 0
 }
 

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -21,13 +20,15 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"sluice/admin"
-	"sluice/auth"
-	"sluice/conf"
+	"sluice/config"
+	"sluice/engine"
+	"sluice/guard"
 	"sluice/limits"
 	"sluice/limits/counter"
 	"sluice/lists"
 	"sluice/metrics"
 	"sluice/milter"
+	"sluice/socket"
 )
 
 func serveCmd(args []string, stderr io.Writer) int {
@@ -58,7 +59,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func newLogger(c *LogConfig, w io.Writer) (*zap.Logger, error) {
+func newLogger(c *config.LogConfig, w io.Writer) (*zap.Logger, error) {
 	level, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
 		return nil, err
@@ -84,8 +85,9 @@ type daemon struct {
 	store    counter.Store // what the engines use: raw, counted when metrics are on
 	fallback counter.Store
 	srv      *milter.Server
+	eng      atomic.Pointer[engine.Engine] // the engine in force
 	lists    *lists.Set
-	cfg      *Config
+	cfg      *config.Config
 	met      *metrics.Metrics // nil when [metrics] is off
 
 	activated bool // the milter sockets came from systemd
@@ -93,10 +95,10 @@ type daemon struct {
 	stopping  atomic.Bool
 }
 
-func (d *daemon) run(c *Config) error {
+func (d *daemon) run(c *config.Config) error {
 	var err error
 	d.cfg = c
-	d.raw, d.fallback, err = limits.OpenStore(&c.Store, d.log)
+	d.raw, d.fallback, err = config.OpenStores(&c.Store, d.log)
 	if err != nil {
 		return err
 	}
@@ -116,11 +118,12 @@ func (d *daemon) run(c *Config) error {
 			d.closeStores(stores)
 		}
 	}()
-	p, set, err := d.build(c, nil)
+	b, err := d.build(c, nil)
 	if err != nil {
 		return err
 	}
-	d.lists = set
+	d.lists = b.Lists
+	d.eng.Store(b.Engine)
 	lns, err := d.listeners(c.Listen)
 	if err != nil {
 		return err
@@ -136,7 +139,7 @@ func (d *daemon) run(c *Config) error {
 		d.log.Warn("max_connections leaves fewer file descriptors than sluice keeps for the rest; raise LimitNOFILE or lower it",
 			zap.Int("max_connections", mc.MaxConnections), zap.Int("fd_limit", fdLimit), zap.Int("reserve", fdReserve(c)))
 	}
-	d.srv = milter.NewServer(mc, p, d.log)
+	d.srv = milter.NewServer(mc, b.Engine, d.log)
 	if d.met != nil {
 		d.srv.Observe(d.met)
 		d.met.SetMaxConnections(mc.MaxConnections)
@@ -167,7 +170,15 @@ func (d *daemon) run(c *Config) error {
 	defer signal.Stop(sigs)
 	served := make(chan error, len(lns))
 	for _, ln := range lns {
-		go func() { served <- d.srv.Serve(ln) }()
+		guard.Go(d.log, "milter serve", func() {
+			var err error
+			// A panic in the accept loop is an error of Serve: sluice
+			// stops with it, logged, rather than crash or stop taking
+			// connections unnoticed.
+			defer func() { served <- err }()
+			defer guard.RecoverErr(d.log, "milter serve", &err)
+			err = d.srv.Serve(ln)
+		})
 	}
 	d.serving.Store(true)
 	fields := []zap.Field{zap.String("listen", listenNames(lns)), zap.String("version", versionString()),
@@ -237,7 +248,7 @@ func (d *daemon) listeners(spec string) ([]net.Listener, error) {
 			zap.String("sockets", listenNames(lns)), zap.String("config_listen", spec))
 		return lns, nil
 	}
-	ln, err := milter.Listen(spec)
+	ln, err := socket.Listen(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +258,7 @@ func (d *daemon) listeners(spec string) ([]net.Listener, error) {
 // serveAdmin opens the admin socket, readable and writable by sluice's
 // own user only.
 func (d *daemon) serveAdmin(path string) (*admin.Server, error) {
-	ln, err := milter.Listen("unix:" + path)
+	ln, err := socket.Listen("unix:" + path)
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
@@ -255,8 +266,8 @@ func (d *daemon) serveAdmin(path string) (*admin.Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	engine := func() admin.Counters { return d.srv.Policy().Limits }
-	return admin.Serve(ln, engine, d.log.Named("admin")), nil
+	counters := func() admin.Counters { return d.eng.Load().Limits() }
+	return admin.Serve(ln, counters, d.log.Named("admin")), nil
 }
 
 // ready answers /readyz: sluice takes sessions and its store answers.
@@ -267,11 +278,13 @@ func (d *daemon) ready(ctx context.Context) error {
 	case !d.serving.Load():
 		return metrics.NotReady("starting")
 	}
-	var err error
-	if p, ok := d.raw.(interface{ Ping(context.Context) error }); ok {
-		err = p.Ping(ctx)
-	} else {
-		_, err = d.raw.Allows(ctx)
+	err := counter.Ping(ctx, d.raw)
+	if errors.Is(err, counter.ErrUnsupported) {
+		// A store with nothing to ping answers if it can list its
+		// exemptions; one that cannot do either is always there.
+		if _, err = counter.Allows(ctx, d.raw); errors.Is(err, counter.ErrUnsupported) {
+			err = nil
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("counter store %s: %w", d.cfg.Store.Backend, err)
@@ -279,25 +292,21 @@ func (d *daemon) ready(ctx context.Context) error {
 	return nil
 }
 
-// build compiles a policy from c. prev is the list set in force, whose
+// build compiles an engine from c. prev is the list set in force, whose
 // lists stay when their files cannot be read at a reload.
-func (d *daemon) build(c *Config, prev *lists.Set) (*milter.Policy, *lists.Set, error) {
-	set, kept, err := c.Lists.Build(prev)
-	if err != nil {
-		return nil, nil, locate(configName(d.path), configData(d.path), conf.In(err, "lists"))
+func (d *daemon) build(c *config.Config, prev *lists.Set) (*config.Built, error) {
+	rt := config.Runtime{Store: d.store, Fallback: d.fallback, Recorder: d.recorder(), Log: d.log, Lists: prev}
+	if d.met != nil {
+		rt.Observer = d.met
 	}
-	for _, e := range kept {
+	b, err := c.Build(rt)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range b.Kept {
 		d.log.Error("list not reloaded", zap.Error(e))
 	}
-	eng, err := limits.New(&c.LimitsConfig, set, limits.Options{Store: d.store, Fallback: d.fallback, Mode: c.Mode, Log: d.log, Recorder: d.recorder()})
-	if err != nil {
-		return nil, nil, err
-	}
-	p := &milter.Policy{Limits: eng, Decide: c.PolicyConfig, TagHeader: c.TagHeader, AcceptAtMail: true}
-	if p.Auth, err = auth.New(&c.AuthConfig, d.log); err != nil {
-		return nil, nil, err
-	}
-	return p, set, nil
+	return b, nil
 }
 
 // recorder is told of store failures the rules answered: the store itself
@@ -334,11 +343,11 @@ func (d *daemon) reload() {
 	c, err := loadConfig(d.path)
 	if err == nil {
 		d.warnRestartOnly(c)
-		var p *milter.Policy
-		var set *lists.Set
-		if p, set, err = d.build(c, d.lists); err == nil {
-			d.srv.SetPolicy(p)
-			d.cfg, d.lists = c, set
+		var b *config.Built
+		if b, err = d.build(c, d.lists); err == nil {
+			d.eng.Store(b.Engine)
+			d.srv.SetEngine(b.Engine)
+			d.cfg, d.lists = c, b.Lists
 		}
 	}
 	if err != nil {
@@ -357,7 +366,7 @@ func (d *daemon) reload() {
 }
 
 // warnRestartOnly says which changes a reload does not apply.
-func (d *daemon) warnRestartOnly(c *Config) {
+func (d *daemon) warnRestartOnly(c *config.Config) {
 	if c.Listen != d.cfg.Listen && !d.activated {
 		d.log.Warn("listen changed; it takes a restart", zap.String("running", d.cfg.Listen), zap.String("file", c.Listen))
 	}
@@ -366,7 +375,7 @@ func (d *daemon) warnRestartOnly(c *Config) {
 		changed bool
 	}{
 		{"max_connections, max_header_bytes or max_macro_bytes", c.Bounds != d.cfg.Bounds},
-		{"[store]", !reflect.DeepEqual(c.Store, d.cfg.Store)},
+		{"[store]", !c.Store.Equal(&d.cfg.Store)},
 		{"[metrics]", c.Metrics != d.cfg.Metrics},
 		{"[admin]", c.Admin != d.cfg.Admin},
 		{"[log]", c.Log != d.cfg.Log},
@@ -393,10 +402,10 @@ func (d *daemon) shutdown(sig os.Signal, sigs <-chan os.Signal) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout.D())
 	defer cancel()
 	done := make(chan struct{})
-	go func() {
+	guard.Go(d.log, "shutdown", func() {
+		defer close(done)
 		_ = d.srv.Shutdown(ctx)
-		close(done)
-	}()
+	})
 	for {
 		select {
 		case <-done:
@@ -470,17 +479,10 @@ func closeQuietly(close func(context.Context) error) {
 // oneLine keeps a multi-line error on one STATUS= line.
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
-func configName(path string) string {
-	if path == "" {
-		return DefaultConfigName
-	}
-	return path
-}
-
 // postfixLines are the main.cf settings that plug sluice into Postfix.
 func postfixLines(listen string) string {
 	spec := listen
-	if network, addr, err := milter.ParseSpec(listen); err == nil && network == "tcp" {
+	if network, addr, err := socket.ParseSpec(listen); err == nil && network == "tcp" {
 		if h, p, err := net.SplitHostPort(addr); err == nil {
 			spec = "inet:" + net.JoinHostPort(h, p)
 		}

@@ -49,7 +49,10 @@ type Request struct {
 	Level      int64         // units in the bucket (rate) or slots held (concurrent) after the event
 }
 
-// Store keeps counters. Implementations must be safe for concurrent use.
+// Store keeps counters: what the engine asks of it for every SMTP event.
+// Implementations must be safe for concurrent use. What admins and
+// operators ask (Resetter, HotLister, Allower, Lener, Pinger) is optional:
+// find it with the functions below, which look through wrappers.
 type Store interface {
 	// Do applies the requests of one event as one step. Every request is
 	// judged first; the event is refused when a Blocking request is denied.
@@ -58,24 +61,118 @@ type Store interface {
 	// An error means nothing was applied.
 	Do(ctx context.Context, reqs []Request) error
 
-	// Reset forgets the given keys.
+	// Close flushes what must survive (a snapshot) and frees the store.
+	Close() error
+}
+
+// Resetter forgets keys.
+type Resetter interface {
 	Reset(ctx context.Context, keys [][]byte) error
+}
 
-	// Hot returns up to n keys that were recently denied or more than half
-	// full, fullest first, with the parameters they were last seen with.
+// HotLister lists the keys closest to their limits.
+type HotLister interface {
+	// Hot returns up to n keys that were recently denied or more than
+	// half full, fullest first, with the parameters they were last seen
+	// with.
 	Hot(ctx context.Context, n int) ([]HotKey, error)
+}
 
+// Allower keeps exemptions.
+type Allower interface {
 	// SetAllow exempts a dimension key ("sender:alice@example.org") from
 	// every rule until the given time; a zero time removes the exemption.
 	SetAllow(ctx context.Context, key string, until time.Time) error
 	// Allows lists the exemptions in force.
 	Allows(ctx context.Context) (map[string]time.Time, error)
+}
 
-	// Len is the number of keys tracked, for metrics; -1 if unknown.
-	Len() int
+// Lener reports how many keys a store tracks, for metrics; -1 if unknown.
+type Lener interface{ Len() int }
 
-	// Close flushes what must survive (a snapshot) and frees the store.
-	Close() error
+// Pinger checks that a store can answer now, for readiness.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Wrapper is a store that wraps another one, adding something of its own
+// (metrics, say). A wrapper that does not offer an optional interface of
+// what it wraps still lets callers reach it: the functions below unwrap.
+type Wrapper interface {
+	Unwrap() Store
+}
+
+// ErrUnsupported is what asking a store for what it cannot do returns.
+var ErrUnsupported = fmt.Errorf("counter store: %w", errors.ErrUnsupported)
+
+// As finds, in s and then in what it wraps, the first store that is a T.
+func As[T any](s Store) (T, bool) {
+	for s != nil {
+		if t, ok := s.(T); ok {
+			return t, true
+		}
+		w, ok := s.(Wrapper)
+		if !ok {
+			break
+		}
+		s = w.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// Reset forgets keys in s, or returns ErrUnsupported.
+func Reset(ctx context.Context, s Store, keys [][]byte) error {
+	r, ok := As[Resetter](s)
+	if !ok {
+		return ErrUnsupported
+	}
+	return r.Reset(ctx, keys)
+}
+
+// Hot lists up to n hot keys of s, or returns ErrUnsupported.
+func Hot(ctx context.Context, s Store, n int) ([]HotKey, error) {
+	h, ok := As[HotLister](s)
+	if !ok {
+		return nil, ErrUnsupported
+	}
+	return h.Hot(ctx, n)
+}
+
+// SetAllow sets an exemption in s, or returns ErrUnsupported.
+func SetAllow(ctx context.Context, s Store, key string, until time.Time) error {
+	a, ok := As[Allower](s)
+	if !ok {
+		return ErrUnsupported
+	}
+	return a.SetAllow(ctx, key, until)
+}
+
+// Allows lists the exemptions in s, or returns ErrUnsupported.
+func Allows(ctx context.Context, s Store) (map[string]time.Time, error) {
+	a, ok := As[Allower](s)
+	if !ok {
+		return nil, ErrUnsupported
+	}
+	return a.Allows(ctx)
+}
+
+// Len is how many keys s tracks; -1 when it cannot say.
+func Len(s Store) int {
+	l, ok := As[Lener](s)
+	if !ok {
+		return -1
+	}
+	return l.Len()
+}
+
+// Ping checks that s answers, or returns ErrUnsupported.
+func Ping(ctx context.Context, s Store) error {
+	p, ok := As[Pinger](s)
+	if !ok {
+		return ErrUnsupported
+	}
+	return p.Ping(ctx)
 }
 
 // HotKey is a key close to or over its limit.

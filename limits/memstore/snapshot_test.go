@@ -89,8 +89,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
-// TestSnapshotKeepsLimitAcrossRestart is the case: 10 messages at
-// 10/1h, restart, the 11th is refused.
+// TestSnapshotKeepsLimitAcrossRestart: 10 messages at 10/1h, restart,
+// the 11th is refused.
 func TestSnapshotKeepsLimitAcrossRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "counters.snap")
 	r := countertest.Rate("msgs:sender:alice@example.org", 10, time.Hour, 10)

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 5's proofs with real Postfix (and one with Sendmail, in
+// Sender checks with real Postfix (and with Sendmail, in
 // auth_sendmail_test.go): SPF and the client checks answered by a DNS
 // server this test process runs on loopback (test/dnstest), which the
 // sluice binary asks through [dns] servers. Tests pose as outside clients

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 5 with real Sendmail: the client is 127.0.0.1 (Sendmail has no
+// Sender checks with real Sendmail: the client is 127.0.0.1 (Sendmail has no
 // XCLIENT), so the config empties the trusted list, and the test zone
 // lets 127.0.0.1 send for spf-pass.example but not for spf-fail.example.
 

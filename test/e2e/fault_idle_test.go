@@ -1,6 +1,6 @@
 package e2e
 
-// Faults (issue 8): MTA connections that go silent. sluice sets deadlines
+// Faults: MTA connections that go silent. sluice sets deadlines
 // go-milter lacks, so 5,000 idle milter connections cost a bounded amount
 // of memory and are closed, and their memory released, after idle_timeout.
 

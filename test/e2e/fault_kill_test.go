@@ -1,6 +1,6 @@
 package e2e
 
-// Faults with real Postfix (issue 8): sluice killed with SIGKILL in the
+// Faults with real Postfix: sluice killed with SIGKILL in the
 // middle of a run loses no mail and duplicates none.
 
 import (

@@ -1,6 +1,6 @@
 package e2e
 
-// Faults (issue 8): the counter snapshot's disk fills up or turns
+// Faults: the counter snapshot's disk fills up or turns
 // read-only. sluice must keep serving and counting, say so in its log and
 // in /metrics, recover when the disk does, and keep the last good
 // snapshot for the next start.

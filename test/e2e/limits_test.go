@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 3's proofs with real Postfix: recipients per SASL user (SMTP AUTH
+// Counting with real Postfix: recipients per SASL user (SMTP AUTH
 // against a sasldb), bytes per sender, max_rcpt_per_message, and counters
 // that survive a restart through the snapshot file. The configs set
 // trusted = [] because these clients connect from loopback, which is

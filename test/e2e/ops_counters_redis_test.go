@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7's `sluice counters` on the Redis store (issue 6): two sluice
+// `sluice counters` on the Redis store: two sluice
 // daemons, each behind its own Postfix and with its own admin socket,
 // share one real redis-server. What one host counts, the other shows;
 // an exemption set on one host lets mail through on the other; a reset

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7: `sluice counters top/show/reset/allow` against a running sluice
+// `sluice counters top/show/reset/allow` against a running sluice
 // behind real Postfix.
 
 import (

@@ -1,6 +1,6 @@
 package e2e
 
-// Helpers of the operations tests (issue 7): metrics scraping, counting
+// Helpers of the operations tests: metrics scraping, counting
 // log lines, and a sender limit config that ignores the trusted list.
 
 import (

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7: /metrics, scraped after sending known traffic through real
+// /metrics, scraped after sending known traffic through real
 // Postfix, counts exactly the decisions sluice took — refusals in enforce
 // mode and the refusals that would have happened in tag and dry-run mode.
 

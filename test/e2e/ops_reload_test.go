@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7: reload (SIGHUP) with real Postfix. New sessions get the new
+// Reload (SIGHUP) with real Postfix. New sessions get the new
 // policy, sessions in flight finish on theirs, counters are kept, no
 // message fails because of a reload, and a bad config leaves the running
 // one in force.

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7: SIGTERM during SMTP sessions with real Postfix and
+// SIGTERM during SMTP sessions with real Postfix and
 // milter_default_action = tempfail. Sluice stops accepting, lets sessions
 // finish until shutdown_timeout, cuts the rest, writes its snapshot and
 // exits 0; every message either got 250 and reached the sink, or got a 4xx

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 7: what systemd sees, without systemd. systemd-socket-activate
+// What systemd sees, without systemd. systemd-socket-activate
 // (shipped with systemd) opens the milter socket and hands it over as
 // sluice.socket would; a unixgram socket in NOTIFY_SOCKET stands for the
 // service manager and records READY=1, RELOADING=1 + MONOTONIC_USEC, and

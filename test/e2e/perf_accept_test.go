@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 8: under a policy that needs nothing past MAIL FROM (the built-in
+// Under a policy that needs nothing past MAIL FROM (the built-in
 // one), sluice accepts each message at MAIL FROM and the MTA leaves it out
 // of the rest of the message — one round trip fewer per message, the end
 // of message that Postfix's cleanup would make. Real Postfix and Sendmail

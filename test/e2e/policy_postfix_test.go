@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 4's proofs with real Postfix: hold puts over-limit mail in the hold
+// Policy actions with real Postfix: hold puts over-limit mail in the hold
 // queue, listener profiles, delay, dry-run, disconnect, per-destination
 // throttling, and hostile senders that must still give well-formed
 // headers. The configs set trusted = [] where clients come from loopback

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 2's proofs with real Postfix: sluice attached through
+// sluice with real Postfix: attached through
 // smtpd_milters, tests posing as outside clients with XCLIENT (loopback
 // may be exempt from limits by default).
 

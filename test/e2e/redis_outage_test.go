@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 6: Redis goes away mid-run (hung, then dead) and comes back; and
+// Redis goes away mid-run (hung, then dead) and comes back; and
 // Redis down when sluice starts. Real Postfix, real redis-server.
 
 import (

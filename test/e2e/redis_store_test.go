@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 6's proofs with real Postfix and real redis-server: several MX
+// The shared store with real Postfix and real redis-server: several MX
 // hosts, each a Postfix with its own sluice, share counters in one Redis
 // or a 3-node Redis Cluster. Sessions pose as outside clients with
 // XCLIENT (loopback is on the default trusted list).

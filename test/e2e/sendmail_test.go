@@ -25,7 +25,7 @@ func sendmailSession(t *testing.T, sm *mta.Sendmail) *mta.Client {
 	return c
 }
 
-// Case 4, enforce: 10 of 15 delivered, 5 refused with 451 4.7.1 at MAIL
+// Enforce: 10 of 15 delivered, 5 refused with 451 4.7.1 at MAIL
 // FROM; a second sender unaffected.
 func TestSendmailSenderLimit(t *testing.T) {
 	mta.Require(t)
@@ -51,7 +51,7 @@ func TestSendmailSenderLimit(t *testing.T) {
 	checkRuleLines(t, ruleLines(sl, "msgs-per-sender"), 5, "127.0.0.1", alice, true, aliceTrs, [2]int{11, 15})
 }
 
-// Case 4, tag mode: all 15 delivered, exactly 5 carry X-Sluice-Limit.
+// Tag mode: all 15 delivered, exactly 5 carry X-Sluice-Limit.
 func TestSendmailSenderLimitTagMode(t *testing.T) {
 	mta.Require(t)
 	sl := mta.StartSluice(t, "trusted = []\n"+senderLimit("tag", "10/1h"))

@@ -13,7 +13,7 @@ package countertest
 // since. GCRA computes the same thing in O(1): its tat is max_j(t_j +
 // T·units since t_j), so "new tat - t <= T·B" is the same inequality for
 // the worst j. The property test holds the store to this model event by
-// event, which implies both statements of the issue (see Property).
+// event, which implies both statements of the bound (see Property).
 //
 // A refund removes units from the newest entries (a released reservation
 // is the last thing taken); GCRA's max(tat - T·c, now) is that removal.

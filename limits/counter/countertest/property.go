@@ -51,8 +51,8 @@ type PropertyOptions struct {
 //  1. every result — Allowed, RetryAfter, Level — equals the model's;
 //  2. in every window of the rule's period W = N·T that ends at an
 //     admitted take, the units applied are at most B + N - 1; so no window
-//     of length W ever holds more than N + B admitted units (the issue's
-//     bound; one less in a half-open window because admissions are T
+//     of length W ever holds more than N + B admitted units (the
+//     documented bound; one less in a half-open window because admissions are T
 //     apart in the steady state and the burst is spent at one instant);
 //  3. a take is never refused when the units in the closed window
 //     [t-W, t] plus its cost are at most min(N, B): a client below the

@@ -325,7 +325,7 @@ func testReset(t *testing.T, st counter.Store, clock *Clock) {
 	s := Slots("reset-slots", 1, "h")
 	keep := Rate("keep", 1, time.Hour, 1)
 	Do(t, st, &r, &s, &keep)
-	if err := st.Reset(context.Background(), [][]byte{[]byte("reset"), []byte("reset-slots")}); err != nil {
+	if err := counter.Reset(context.Background(), st, [][]byte{[]byte("reset"), []byte("reset-slots")}); err != nil {
 		t.Fatal(err)
 	}
 	if p := peek(t, st, r); p.Level != 0 || !p.Allowed {
@@ -341,19 +341,19 @@ func testReset(t *testing.T, st counter.Store, clock *Clock) {
 
 func testAllows(t *testing.T, st counter.Store, clock *Clock) {
 	ctx := context.Background()
-	if m, err := st.Allows(ctx); err != nil || len(m) != 0 {
+	if m, err := counter.Allows(ctx, st); err != nil || len(m) != 0 {
 		t.Fatalf("empty store: %v %v", m, err)
 	}
 	now := time.Unix(0, clock.Now())
 	set := func(key string, until time.Time) {
-		if err := st.SetAllow(ctx, key, until); err != nil {
+		if err := counter.SetAllow(ctx, st, key, until); err != nil {
 			t.Fatal(err)
 		}
 	}
 	set("sender:a@example.org", now.Add(time.Hour))
 	set("sender:b@example.org", now.Add(2*time.Hour))
 	set("sender:c@example.org", now.Add(-time.Second)) // already over: not kept
-	m, err := st.Allows(ctx)
+	m, err := counter.Allows(ctx, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,11 +361,11 @@ func testAllows(t *testing.T, st counter.Store, clock *Clock) {
 		t.Errorf("Allows = %v", m)
 	}
 	clock.Advance(time.Hour)
-	if m, _ := st.Allows(ctx); len(m) != 1 || m["sender:b@example.org"].IsZero() {
+	if m, _ := counter.Allows(ctx, st); len(m) != 1 || m["sender:b@example.org"].IsZero() {
 		t.Errorf("after 1h: %v, want only b", m)
 	}
 	set("sender:b@example.org", time.Time{})
-	if m, _ := st.Allows(ctx); len(m) != 0 {
+	if m, _ := counter.Allows(ctx, st); len(m) != 0 {
 		t.Errorf("after removal: %v", m)
 	}
 }
@@ -387,7 +387,7 @@ func testHot(t *testing.T, st counter.Store, clock *Clock) {
 	slots := Slots("slots", 2, "h")
 	Do(t, st, &slots) // 1 of 2: not more than half
 
-	hot, err := st.Hot(ctx, 10)
+	hot, err := counter.Hot(ctx, st, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,11 +398,11 @@ func testHot(t *testing.T, st counter.Store, clock *Clock) {
 	if h.Kind != counter.KindRate || h.Level != 4 || h.Burst != 4 || h.Interval != full.Interval || h.RetryAfter != 6*time.Second {
 		t.Errorf("full: %+v", h)
 	}
-	if hot, _ := st.Hot(ctx, 1); len(hot) != 1 || hot[0].Key != "full" {
+	if hot, _ := counter.Hot(ctx, st, 1); len(hot) != 1 || hot[0].Key != "full" {
 		t.Errorf("Hot(1) = %+v", hot)
 	}
 	clock.Advance(time.Hour)
-	if hot, _ := st.Hot(ctx, 10); len(hot) != 0 {
+	if hot, _ := counter.Hot(ctx, st, 10); len(hot) != 0 {
 		t.Errorf("after idle: Hot = %+v", hot)
 	}
 }

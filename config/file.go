@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -37,11 +37,34 @@ func decodeFile(path string, data []byte, v any) error {
 		row, _ := de.Position()
 		msg := de.Error()
 		if k := de.Key(); len(k) > 0 {
-			msg = strings.Join(k, ".") + ": " + strings.TrimPrefix(msg, "toml: ")
+			msg = keyAt(data, k, row) + ": " + strings.TrimPrefix(msg, "toml: ")
 		}
 		return fmt.Errorf("%s:%d: %s", path, row, msg)
 	}
 	return fmt.Errorf("%s: %w", path, err)
+}
+
+// keyAt names the key written on line row as people count: the decoder
+// says "limit.action" for the action of any [[limit]]; the file says
+// which, limit[2].action.
+func keyAt(data []byte, key []string, row int) string {
+	want := strings.Join(key, ".")
+	for path, line := range keyLines(data) {
+		if line != row {
+			continue
+		}
+		parts := strings.Split(path, ".")
+		var named []string
+		for _, p := range parts {
+			if _, err := strconv.Atoi(p); err != nil {
+				named = append(named, p)
+			}
+		}
+		if strings.Join(named, ".") == want {
+			return strings.Join(displayPath(parts), ".")
+		}
+	}
+	return want
 }
 
 // locate turns a validation error about a key path into "file:line: ...".
@@ -129,3 +152,8 @@ func readFile(path string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// Locate turns a validation error about a key path (a *conf.Error, as
+// every section's Validate returns) into "FILE:LINE: path: message",
+// reading the lines from c's own text.
+func (c *Config) Locate(err error) error { return locate(c.name, c.data, err) }

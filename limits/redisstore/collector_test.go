@@ -1,30 +1,24 @@
-package metrics
+package redisstore
 
 import (
 	"net"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
-
-	"sluice/limits/memstore"
-	"sluice/limits/redisstore"
 )
 
-// redisFake is a store that tells Redis statistics, as redisstore.Store does.
-type redisFake struct{ st redisstore.Stats }
-
-func (f *redisFake) Len() int                { return -1 }
-func (f *redisFake) Stats() redisstore.Stats { return f.st }
-
+// The collector exports every statistic under its sluice_redis_* name, and
+// reads them again at each scrape.
 func TestRedisStats(t *testing.T) {
-	m := New("test")
-	f := &redisFake{st: redisstore.Stats{
+	reg := prometheus.NewRegistry()
+	st := Stats{
 		Calls: 12, RoundTrips: 10, Errors: 3, FastFails: 7, BreakerOpens: 1, ScriptReloads: 2,
 		Compensations: 4, RefreshErrors: 5, LeasesLost: 6, RepliesRefused: 9, FallbackAllow: 99, Leases: 8, Down: true,
-	}}
-	m.WatchStore(f)
+	}
+	reg.MustRegister(NewCollector(func() Stats { return st }))
 	want := `
 # HELP sluice_redis_breaker_opens_total Times Redis was found down (the circuit breaker opened): one per outage.
 # TYPE sluice_redis_breaker_opens_total counter
@@ -66,16 +60,16 @@ sluice_redis_script_reloads_total 2
 	names := []string{"sluice_redis_breaker_opens_total", "sluice_redis_calls_total", "sluice_redis_cross_slot_undos_total",
 		"sluice_redis_down", "sluice_redis_errors_total", "sluice_redis_fast_failures_total", "sluice_redis_lease_refresh_errors_total",
 		"sluice_redis_leases", "sluice_redis_leases_lost_total", "sluice_redis_replies_refused_total", "sluice_redis_round_trips_total", "sluice_redis_script_reloads_total"}
-	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), names...); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(m.reg, names...); n != len(names) {
+	if n := testutil.CollectAndCount(reg, names...); n != len(names) {
 		t.Errorf("%d sluice_redis_* series, want %d", n, len(names))
 	}
 
 	// Read at each scrape: Redis is back, more round trips.
-	f.st.Down, f.st.RoundTrips = false, 11
-	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(`
+	st.Down, st.RoundTrips = false, 11
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP sluice_redis_down 1 while Redis is known to be down: calls fail at once and rules follow on_store_error.
 # TYPE sluice_redis_down gauge
 sluice_redis_down 0
@@ -87,8 +81,8 @@ sluice_redis_round_trips_total 11
 	}
 }
 
-// The real Redis store is recognised: opened while nothing listens at its
-// address, it is down from the start.
+// The store's own collector says so when the store is opened while nothing
+// listens at its address: it is down from the start.
 func TestRedisStoreDown(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,33 +90,18 @@ func TestRedisStoreDown(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	st, err := redisstore.Open(redisstore.Config{Addrs: []string{addr}}, zap.NewNop())
+	s, err := Open(Config{Addrs: []string{addr}}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	m := New("test")
-	m.WatchStore(st)
-	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(`
+	defer s.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.Collector())
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP sluice_redis_down 1 while Redis is known to be down: calls fail at once and rules follow on_store_error.
 # TYPE sluice_redis_down gauge
 sluice_redis_down 1
 `), "sluice_redis_down"); err != nil {
 		t.Error(err)
-	}
-}
-
-// The memory store has no Redis statistics: no sluice_redis_* series.
-func TestNoRedisStatsOnMemory(t *testing.T) {
-	m := New("test")
-	m.WatchStore(newMemstore(t, memstore.Config{}))
-	fams, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if strings.HasPrefix(f.GetName(), "sluice_redis_") {
-			t.Errorf("a memory store exports %s", f.GetName())
-		}
 	}
 }

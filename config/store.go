@@ -1,4 +1,4 @@
-package limits
+package config
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/conf"
+	"sluice/limits"
 	"sluice/limits/counter"
 	"sluice/limits/memstore"
 	"sluice/limits/redisstore"
@@ -53,35 +54,21 @@ func (c *StoreConfig) Validate() error {
 	default:
 		return conf.Errorf("backend", "unknown backend %q (want memory or redis)", c.Backend)
 	}
-	if _, err := parseStoreErrorPolicy(c.OnStoreError); err != nil {
+	if err := limits.CheckOnStoreError(c.OnStoreError); err != nil {
 		return conf.Errorf("on_store_error", "%v", err)
 	}
 	return c.Config.Validate()
 }
 
-// fits checks a rule against what the backend can count: Lua in Redis
-// computes exactly up to 2^52 nanoseconds of a bucket, about 52 days.
-func (c *StoreConfig) fits(r *rule) error {
-	if c.Backend != "redis" {
-		return nil
-	}
-	for _, w := range r.windows {
-		if w.burst > redisstore.MaxSpan/w.interval {
-			return conf.Errorf("rate", "%s: the Redis store counts windows of up to 52 days (rate times burst)", w.text)
-		}
-	}
-	return nil
-}
-
 // Equal reports whether two [store] tables say the same thing.
 func (c *StoreConfig) Equal(o *StoreConfig) bool { return reflect.DeepEqual(c, o) }
 
-// OpenStore opens the configured store, and the local store that rules
+// OpenStores opens the configured store, and the local store that rules
 // with on_store_error = "local" fall back to (nil for the memory backend,
 // which cannot fail that way). The Redis store opens even when Redis is
 // down: it says so in the log, and rules follow on_store_error until
 // Redis answers.
-func OpenStore(c *StoreConfig, log *zap.Logger) (store, fallback counter.Store, err error) {
+func OpenStores(c *StoreConfig, log *zap.Logger) (store, fallback counter.Store, err error) {
 	if log == nil {
 		log = zap.NewNop()
 	}

@@ -1,4 +1,6 @@
-package milter
+// Package socket reads socket specs in Postfix's syntax (unix:/path,
+// inet:host:port) and opens listeners for them.
+package socket
 
 import (
 	"errors"

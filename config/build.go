@@ -1,0 +1,87 @@
+package config
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+
+	"sluice/auth"
+	"sluice/conf"
+	"sluice/engine"
+	"sluice/limits"
+	"sluice/limits/counter"
+	"sluice/lists"
+)
+
+// Runtime is what an engine built from a config runs on and reports to:
+// the parts that outlive a reload.
+type Runtime struct {
+	Store    counter.Store
+	Fallback counter.Store // for on_store_error = "local"; may be nil
+	// Recorder is told of store failures the rules answered; nil: the
+	// store itself when it counts them.
+	Recorder limits.StoreErrorRecorder
+	Log      *zap.Logger
+	Observer engine.Observer
+	// Lists are the lists in force, kept when their files cannot be read
+	// again at a reload; nil at start, where a file that cannot be read
+	// is an error.
+	Lists *lists.Set
+	// NoChecks leaves the sender checks and SPF out (sluice explain
+	// -no-dns).
+	NoChecks bool
+	// Now is the clock the engine reads; nil: time.Now.
+	Now func() time.Time
+}
+
+// Built is an engine and what went into it.
+type Built struct {
+	Engine *engine.Engine
+	Lists  *lists.Set
+	// Kept are the errors of lists that could not be read again and were
+	// kept as they were (only at a reload).
+	Kept []error
+}
+
+// Build reads the list files and access tables and builds the engine.
+func (c *Config) Build(rt Runtime) (*Built, error) {
+	set, kept, err := c.BuildLists(rt.Lists)
+	if err != nil {
+		return nil, err
+	}
+	var checker *auth.Checker
+	if !rt.NoChecks {
+		if checker, err = auth.New(&c.AuthConfig, rt.Log); err != nil {
+			return nil, err
+		}
+	}
+	eng, err := engine.New(engine.Options{
+		Config: c.EngineConfig,
+		Policy: c.PolicyConfig,
+		Rules:  &c.LimitsConfig,
+		Lists:  set,
+		Counting: limits.Options{
+			Store: rt.Store, Fallback: rt.Fallback, Recorder: rt.Recorder, OnStoreError: c.Store.OnStoreError,
+		},
+		Auth:         checker,
+		Log:          rt.Log,
+		Observer:     rt.Observer,
+		AcceptAtMail: true,
+		Now:          rt.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Built{Engine: eng, Lists: set, Kept: kept}, nil
+}
+
+// BuildLists reads the [lists] files; prev, when given, is the set in
+// force, whose lists are kept (and their errors returned) when their
+// files cannot be read. An error names the file and the config line.
+func (c *Config) BuildLists(prev *lists.Set) (*lists.Set, []error, error) {
+	set, kept, err := c.Lists.Build(prev)
+	if err != nil {
+		return nil, nil, c.Locate(conf.In(err, "lists"))
+	}
+	return set, kept, nil
+}

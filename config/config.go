@@ -1,0 +1,169 @@
+// Package config loads sluice's config file: strict decoding with
+// FILE:LINE errors, defaults, checks across sections, and the engine.
+//
+// Each section belongs to the package that uses it, which fills its
+// defaults and validates it (milter, engine, policy, limits, auth, lists,
+// metrics, admin); this package puts them together, checks what only the
+// whole file can tell (a rule's delay against max_delay, the Redis
+// store's longest window against the rules), opens the counter stores
+// and builds the engine.
+package config
+
+import (
+	"fmt"
+
+	"sluice/admin"
+	"sluice/auth"
+	"sluice/conf"
+	"sluice/engine"
+	"sluice/limits"
+	"sluice/limits/redisstore"
+	"sluice/lists"
+	"sluice/metrics"
+	"sluice/milter"
+	"sluice/policy"
+)
+
+// Config is the whole file. The embedded sections hold top-level keys.
+type Config struct {
+	MilterConfig
+	EngineConfig
+	PolicyConfig
+	LimitsConfig
+	AuthConfig
+	Store           StoreConfig    `toml:"store"`
+	Lists           lists.Config   `toml:"lists"`
+	Log             LogConfig      `toml:"log"`
+	ShutdownTimeout conf.Duration  `toml:"shutdown_timeout"`
+	Metrics         metrics.Config `toml:"metrics"`
+	Admin           admin.Config   `toml:"admin"`
+
+	name string // the file, for errors
+	data []byte // its text, to find the line of a key
+}
+
+// The sections that hold top-level keys are embedded; these names keep
+// their fields apart.
+type (
+	MilterConfig = milter.Config
+	EngineConfig = engine.Config
+	PolicyConfig = policy.Config
+	LimitsConfig = limits.Config
+	AuthConfig   = auth.Config
+)
+
+// LogConfig is the [log] table.
+type LogConfig struct {
+	Level  string `toml:"level"`  // debug | info | warn | error
+	Format string `toml:"format"` // json | console
+}
+
+// Load reads, decodes, defaults and validates a config file; every error
+// names the file and line.
+func Load(path string) (*Config, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for a config in memory; name stands for it in errors.
+func Parse(name string, data []byte) (*Config, error) {
+	c := &Config{name: name, data: data}
+	if err := decodeFile(name, data, c); err != nil {
+		return nil, err
+	}
+	c.defaults()
+	if err := c.validate(); err != nil {
+		return nil, c.Locate(err)
+	}
+	return c, nil
+}
+
+// Name is the file the config came from.
+func (c *Config) Name() string { return c.name }
+
+func (c *Config) defaults() {
+	c.MilterConfig.Defaults()
+	c.EngineConfig.Defaults()
+	c.PolicyConfig.Defaults()
+	c.LimitsConfig.Defaults()
+	c.AuthConfig.Defaults()
+	c.Store.Defaults()
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = conf.Duration(30e9)
+	}
+	c.Metrics.Defaults()
+	c.Admin.Defaults()
+}
+
+func (c *Config) validate() error {
+	if err := c.MilterConfig.Validate(); err != nil {
+		return err
+	}
+	if err := c.EngineConfig.Validate(); err != nil {
+		return err
+	}
+	if err := c.PolicyConfig.Validate(); err != nil {
+		return err
+	}
+	if err := c.Lists.Validate(); err != nil {
+		return conf.In(err, "lists")
+	}
+	names := make(map[string]bool)
+	for n := range c.Lists {
+		names[n] = true
+	}
+	if err := c.LimitsConfig.Validate(names); err != nil {
+		return err
+	}
+	if c.Store.Backend == "redis" {
+		// Lua in Redis computes exactly up to 2^52 nanoseconds of a
+		// bucket, about 52 days.
+		if err := c.LimitsConfig.FitSpan(names, redisstore.MaxSpan, "the Redis store counts windows of up to 52 days"); err != nil {
+			return err
+		}
+	}
+	if err := c.Store.Validate(); err != nil {
+		return conf.In(err, "store")
+	}
+	if err := c.AuthConfig.Validate(); err != nil {
+		return err
+	}
+	for i := range c.Rules {
+		if err := c.PolicyConfig.CheckDelay(c.Rules[i].Delay.D()); err != nil {
+			return conf.In(conf.Errorf("delay", "%v", err), "limit", conf.Index(i))
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return conf.In(conf.Errorf("level", "unknown level %q (want debug, info, warn or error)", c.Log.Level), "log")
+	}
+	if err := c.Metrics.Validate(); err != nil {
+		return conf.In(err, "metrics")
+	}
+	if err := c.Admin.Validate(); err != nil {
+		return conf.In(err, "admin")
+	}
+	if c.ShutdownTimeout < 0 {
+		return conf.Errorf("shutdown_timeout", "must not be negative")
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return conf.In(conf.Errorf("format", "unknown format %q (want json or console)", c.Log.Format), "log")
+	}
+	return nil
+}
+
+func (c *Config) String() string {
+	return fmt.Sprintf("listen=%s mode=%s rules=%d", c.Listen, c.Mode, len(c.Rules))
+}

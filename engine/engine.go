@@ -1,0 +1,217 @@
+// Package engine decides what one SMTP session gets, stage by stage;
+// front ends translate to and from it.
+//
+// A front end (the milter, `sluice explain`) opens a Session from what it
+// knows at CONNECT, gives it each fact as the MTA tells it (HELO, sender,
+// recipient, header fields, body size, queue id) and asks for each
+// stage's decision. The engine asks limits, auth and policy, applies the
+// global mode, escalates after repeated refusals, logs what it refused,
+// tagged or held, and at end of message says which header fields to
+// remove, insert and add. It knows nothing of the protocol that carried
+// the session.
+package engine
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+
+	"sluice/auth"
+	"sluice/conf"
+	"sluice/limits"
+	"sluice/lists"
+	"sluice/policy"
+	"sluice/smtp"
+)
+
+// Config is the engine's part of the file: top-level keys.
+type Config struct {
+	TagHeader string `toml:"tag_header"` // header for crossed limits
+}
+
+// Defaults fills what the file left out.
+func (c *Config) Defaults() {
+	if c.TagHeader == "" {
+		c.TagHeader = "X-Sluice-Limit"
+	}
+}
+
+// Validate checks the engine's keys.
+func (c *Config) Validate() error {
+	if !validHeaderName(c.TagHeader) {
+		return conf.Errorf("tag_header", "%q is not a header field name", c.TagHeader)
+	}
+	if !hasPrefixFold(c.TagHeader, "X-Sluice-") {
+		return conf.Errorf("tag_header", "%q must start with X-Sluice- so that sluice can remove forged copies", c.TagHeader)
+	}
+	return nil
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// Observer hears what the engine decides, for metrics. Its methods are
+// called from every session's goroutine at once: they must be cheap, safe
+// for concurrent use, and must not block.
+type Observer interface {
+	// Stage reports a stage's decision and the time the engine took to
+	// reach it (counting, checks, decision; not the pause it asks for).
+	Stage(st smtp.Stage, took time.Duration, d *smtp.Decision)
+	// Check reports one sender check's result ("spf", "fail") and the
+	// time the MAIL FROM checks it came with took.
+	Check(check, result string, took time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Stage(smtp.Stage, time.Duration, *smtp.Decision) {}
+func (nopObserver) Check(string, string, time.Duration)             {}
+
+// Options are what an engine is built from: each part's own config,
+// checked by its package, and what outlives a reload (the stores).
+type Options struct {
+	Config Config
+	Policy policy.Config // the global keys: mode, pauses, escalation
+	Rules  *limits.Config
+	Lists  *lists.Set
+	// Counting holds the stores and where store failures are reported;
+	// the engine sets its mode and log.
+	Counting limits.Options
+	Auth     *auth.Checker // nil when no sender check is configured
+	Log      *zap.Logger
+	Observer Observer
+	// AcceptAtMail lets a MAIL FROM decision be Accept when nothing later
+	// can change the answer, so that the front end skips the rest of the
+	// message. Without it every message runs to its end.
+	AcceptAtMail bool
+	// Now is the clock stage latencies are read from; nil: time.Now.
+	Now func() time.Time
+}
+
+// Engine decides for every session opened on it. It is built once per
+// config load and is safe for concurrent use; a reload builds a new one
+// and the sessions in flight keep theirs.
+type Engine struct {
+	cfg    Config
+	pol    policy.Config
+	lim    *limits.Engine
+	auth   *auth.Checker // nil when no check is enabled
+	log    *zap.Logger
+	obs    Observer
+	now    func() time.Time
+	needs  smtp.Needs
+	accept bool // a MAIL FROM may be answered Accept
+}
+
+// New builds an engine. The global mode is applied here and only here:
+// every part that must know what it makes of a rule or a check (the
+// store's all-or-nothing counting, the headers a check writes, the
+// decision) is given the engine's policy.Config.Effective.
+func New(o Options) (*Engine, error) {
+	e := &Engine{cfg: o.Config, pol: o.Policy, log: o.Log, obs: o.Observer, now: o.Now}
+	if e.log == nil {
+		e.log = zap.NewNop()
+	}
+	if e.obs == nil {
+		e.obs = nopObserver{}
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.cfg.TagHeader == "" {
+		e.cfg.Defaults()
+	}
+	rules := o.Rules
+	if rules == nil {
+		rules = &limits.Config{}
+	}
+	co := o.Counting
+	co.Mode = e.pol.Effective
+	if co.Log == nil {
+		co.Log = e.log
+	}
+	var err error
+	if e.lim, err = limits.New(rules, o.Lists, co); err != nil {
+		return nil, err
+	}
+	if o.Auth != nil && o.Auth.Enabled() {
+		e.auth = o.Auth
+	}
+	e.needs = e.computeNeeds()
+	e.accept = o.AcceptAtMail && e.needs.AcceptAtMail
+	e.needs.AcceptAtMail = e.accept
+	return e, nil
+}
+
+// Limits is the limits engine behind this engine, for those who ask it
+// directly: the admin endpoint, `sluice explain`.
+func (e *Engine) Limits() *limits.Engine { return e.lim }
+
+// Checks reports whether sender checks run (SPF, [checks]).
+func (e *Engine) Checks() bool { return e.auth != nil }
+
+// Needs says which events and facts the policy reads.
+func (e *Engine) Needs() smtp.Needs { return e.needs }
+
+func (e *Engine) computeNeeds() smtp.Needs {
+	checks := e.auth != nil
+	// Checks write Authentication-Results: forged ones must be seen to
+	// be removed.
+	edits := checks || e.mayTag()
+	// A message's size is its header and body as the client sent them
+	// (Postfix has no {msg_size}): bytes rules need the header lines too.
+	size := e.lim.Needs(smtp.Data)
+	n := smtp.Needs{
+		Helo:     checks || e.lim.UsesHelo(),
+		Rcpt:     e.lim.Needs(smtp.Rcpt),
+		Header:   edits || size,
+		Body:     size,
+		Edits:    edits,
+		SASLUser: checks || e.lim.UsesSASLUser(),
+		QueueID:  true, // every refusal's log line names it
+	}
+	// Nothing after MAIL FROM can change the answer or the message: no
+	// rule counts recipients or bytes, and no header is ever written. The
+	// MTA then leaves sluice out of the rest of the message — for Postfix
+	// the end-of-message round trip its cleanup server would make.
+	n.AcceptAtMail = !n.Rcpt && !n.Edits && !size
+	return n
+}
+
+// mayTag reports whether any rule can end in a header under the global
+// mode: an enforced tag or hold (a held message says why in a header), a
+// rule applied in tag mode. A rule in dry-run never shows.
+func (e *Engine) mayTag() bool {
+	for a, m := range e.lim.Actions() {
+		switch e.pol.Effective(m) {
+		case smtp.ModeTag:
+			return true
+		case smtp.ModeEnforce:
+			if a == smtp.ActionTag || a == smtp.ActionHold {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Open starts a session for a client that has just connected.
+func (e *Engine) Open(c smtp.Client) smtp.Session {
+	s := &Session{e: e, lim: e.lim.NewSession()}
+	s.f.ClientIP = c.IP.Unmap()
+	s.f.ClientName = c.Name
+	s.f.Listener = c.Listener
+	s.f.Trusted = e.lim.Trusted(s.f.ClientIP)
+	return s
+}
+
+var _ smtp.Engine = (*Engine)(nil)

@@ -1,0 +1,75 @@
+// Package enginetest builds engines for tests: a policy from rules and the
+// global keys, on a memory store of the test's own.
+package enginetest
+
+import (
+	"testing"
+
+	"go.uber.org/zap"
+
+	"sluice/engine"
+	"sluice/limits"
+	"sluice/limits/memstore"
+	"sluice/lists"
+	"sluice/policy"
+	"sluice/smtp"
+)
+
+// Setup is what a test engine is built from.
+type Setup struct {
+	Mode     smtp.Mode
+	Decide   func(*policy.Config) // changes to the global policy keys
+	Rules    []limits.Rule
+	Lists    lists.Config
+	Trusted  []string // the global trusted list; none when nil
+	Accept   bool     // AcceptAtMail, as the daemon sets it
+	Tag      string   // tag_header
+	Clock    func() int64
+	Log      *zap.Logger
+	Observer engine.Observer
+}
+
+// New builds the engine, on a memory store (with s.Clock, when given)
+// that is closed when the test ends.
+func New(tb testing.TB, s Setup) (*engine.Engine, *memstore.Store) {
+	tb.Helper()
+	var opts []memstore.Option
+	if s.Clock != nil {
+		opts = append(opts, memstore.WithClock(s.Clock))
+	}
+	store, err := memstore.New(memstore.Config{MaxKeys: 10000}, nil, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { store.Close() })
+	set, _, err := s.Lists.Build(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	trusted := s.Trusted
+	if trusted == nil {
+		trusted = []string{}
+	}
+	pc := policy.Config{Mode: s.Mode}
+	if s.Decide != nil {
+		s.Decide(&pc)
+	}
+	pc.Defaults()
+	if err := pc.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	eng, err := engine.New(engine.Options{
+		Config:       engine.Config{TagHeader: s.Tag},
+		Policy:       pc,
+		Rules:        &limits.Config{Rules: s.Rules, Trusted: trusted},
+		Lists:        set,
+		Counting:     limits.Options{Store: store},
+		Log:          s.Log,
+		Observer:     s.Observer,
+		AcceptAtMail: s.Accept,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return eng, store
+}
