@@ -6,13 +6,14 @@ import (
 	"strings"
 	"testing"
 
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // sluice check loads auth's access tables as serve does, so that a table
 // serve could not load stops ExecStartPre, not the start itself.
 func TestCheckAuthAccessTables(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dir := t.TempDir()
 	table := filepath.Join(dir, "sender_access")
 	config := filepath.Join(dir, "sluice.toml")
@@ -41,7 +42,7 @@ sender_access = "`+table+`"
 			if tc.table != "" {
 				write(table, tc.table)
 			}
-			r := mta.RunSluice(t, "check", "-config", config)
+			r := sluicetest.RunSluice(t, "check", "-config", config)
 			t.Logf("exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 			if r.Code != tc.code || !strings.Contains(r.Stdout+r.Stderr, tc.want) {
 				t.Errorf("sluice check: exit %d %q %q; want exit %d saying %q", r.Code, r.Stdout, r.Stderr, tc.code, tc.want)

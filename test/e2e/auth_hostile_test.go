@@ -13,7 +13,8 @@ import (
 	"github.com/emersion/go-milter"
 
 	"sluice/test/dnstest"
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 const (
@@ -37,10 +38,10 @@ const (
 // permerror, the others fail, and a client whose address is the last of
 // 1,800 passes.
 func TestAuthHostileZoneMemory(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	srv := dnstest.Start(t, dnstest.HostileZone())
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
-	sl := mta.StartSluice(t, fmt.Sprintf(`authserv_id = %q
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	sl := sluicetest.StartSluice(t, fmt.Sprintf(`authserv_id = %q
 [log]
 level = "info"
 [metrics]

@@ -16,6 +16,8 @@ import (
 
 	"sluice/test/dnstest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 const (
@@ -69,9 +71,9 @@ enabled = true
 }
 
 // startAuth starts sluice with config and a Postfix that uses it.
-func startAuth(t *testing.T, config string) (*mta.Sluice, *mta.Postfix) {
+func startAuth(t *testing.T, config string) (*sluicetest.Sluice, *mta.Postfix) {
 	t.Helper()
-	sl := mta.StartSluice(t, config)
+	sl := sluicetest.StartSluice(t, config)
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 	return sl, pf
 }
@@ -213,9 +215,9 @@ func wantAtTop(t *testing.T, fs []mta.Field) {
 }
 
 // refusalLine finds sluice's log line for a refusal by check.
-func refusalLine(t *testing.T, sl *mta.Sluice, check, clientIP string) {
+func refusalLine(t *testing.T, sl *sluicetest.Sluice, check, clientIP string) {
 	t.Helper()
-	l := sl.WaitLog(10*time.Second, "refused by "+check, func(l mta.LogLine) bool {
+	l := sl.WaitLog(10*time.Second, "refused by "+check, func(l sluicetest.LogLine) bool {
 		return l.Msg() == "refused" && l.Str("rule") == check && l.Str("client_ip") == clientIP
 	})
 	t.Logf("sluice: %v", l)
@@ -225,7 +227,7 @@ func refusalLine(t *testing.T, sl *mta.Sluice, check, clientIP string) {
 // with 550 5.7.23; a sender whose domain allows the client is accepted
 // from the same client, and carries spf=pass.
 func TestPostfixAuthSPFFailRejected(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
 	sl, pf := startAuth(t, authConfig(dns, "", `fail = "reject"`, ""))
 
@@ -253,7 +255,7 @@ func TestPostfixAuthSPFFailRejected(t *testing.T) {
 // under the global mode = "tag". In the last two the message also says
 // what would have been done, in X-Sluice-Check, as a DNSBL listing does.
 func TestPostfixAuthSPFFailTagged(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
 	dnsbl := `
 [[checks.dnsbl]]
@@ -291,7 +293,7 @@ action = "reject"
 			case tc.check != "" && (len(checks) != 1 || !strings.HasPrefix(checks[0], tc.check)):
 				t.Errorf("X-Sluice-Check %q; want one starting %q", checks, tc.check)
 			}
-			if len(sl.Find(func(l mta.LogLine) bool { return l.Msg() == "refused" })) != 0 {
+			if len(sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "refused" })) != 0 {
 				t.Errorf("sluice logged a refusal in tag mode")
 			}
 			if !global {
@@ -310,7 +312,7 @@ action = "reject"
 // A client on a DNS blocklist is refused at MAIL FROM ([[checks.dnsbl]]
 // action = "reject"); a client that is not listed gets through.
 func TestPostfixAuthDNSBLRefused(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
 	sl, pf := startAuth(t, authConfig(dns, "", "", `
 [[checks.dnsbl]]
@@ -372,7 +374,7 @@ func checkForgedGone(t *testing.T, fs []mta.Field) {
 // A forged Authentication-Results with our authserv-id is removed at the
 // sink, one from another authserv-id stays, and ours is at the top.
 func TestPostfixAuthForgedResultsRemoved(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
 	_, pf := startAuth(t, authConfig(dns, "", "", ""))
 	if tr := sendAs(t, pf.Addr, spfClient, failSender, "forged", forged...); !tr.Accepted() {
@@ -388,9 +390,9 @@ func TestPostfixAuthForgedResultsRemoved(t *testing.T) {
 // ip6: mechanism, and the blocklist is asked with the nibble-reversed
 // name, which lists the second client.
 func TestPostfixAuthIPv6(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
-	sl := mta.StartSluice(t, authConfig(dns, "", `fail = "reject"`, `
+	sl := sluicetest.StartSluice(t, authConfig(dns, "", `fail = "reject"`, `
 [[checks.dnsbl]]
 zone = "zen.example"
 action = "reject"
@@ -418,7 +420,7 @@ action = "reject"
 // [dns] timeout, long before Postfix's milter timeout, and temperror =
 // "tempfail" answers 451 4.7.24, which the sender's MTA retries.
 func TestPostfixAuthDNSTimeout(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
 	sl, pf := startAuth(t, authConfig(dns, "", `temperror = "tempfail"`, ""))
 	tr := sendAs(t, pf.Addr, spfClient, "carol@spf-slow.example", "slow")
@@ -438,9 +440,9 @@ func TestPostfixAuthDNSTimeout(t *testing.T) {
 // for them (skip_authenticated, the default), while the same sender from
 // the same address without AUTH is refused.
 func TestPostfixAuthSkipsAuthenticated(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
-	sl := mta.StartSluice(t, authConfig(dns, "trusted = []", `fail = "reject"`, ""))
+	sl := sluicetest.StartSluice(t, authConfig(dns, "trusted = []", `fail = "reject"`, ""))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen,
 		SASLUsers: map[string]string{"alice@spf-fail.example": "secret"}})
 

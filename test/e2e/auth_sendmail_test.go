@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // An SPF fail is refused at MAIL FROM ([spf] fail = "reject"); a message
@@ -16,9 +18,9 @@ import (
 // Received-SPF at the top of the header, the forged Authentication-Results
 // gone and the other host's kept.
 func TestSendmailAuth(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := authDNS(t)
-	sl := mta.StartSluice(t, authConfig(dns, "trusted = []", `fail = "reject"`, ""))
+	sl := sluicetest.StartSluice(t, authConfig(dns, "trusted = []", `fail = "reject"`, ""))
 	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
 
 	c := sendmailSession(t, sm)

@@ -19,15 +19,17 @@ import (
 	"sluice/auth/spftest"
 	"sluice/test/dnstest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestPostfixRFC7208Suite(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := dnstest.Start(t, nil)
 	// Every result is only tagged (the default), so each case is a
 	// delivered message; the rate cap is far above what the suite sends,
 	// and a short timeout keeps the TIMEOUT cases quick.
-	sl := mta.StartSluice(t, fmt.Sprintf(`authserv_id = %q
+	sl := sluicetest.StartSluice(t, fmt.Sprintf(`authserv_id = %q
 
 [log]
 level = "info"

@@ -18,6 +18,8 @@ import (
 
 	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 var chaosMessages = flag.Int("chaos-messages", 300, "messages per run of the Redis failover tests (-args -chaos-messages 2000 for the long run)")
@@ -60,7 +62,7 @@ const masterName = "sluicemaster"
 type failoverSite struct {
 	master, replica *redistest.Server
 	sentinels       *redistest.Sentinels
-	sluices         []*mta.Sluice
+	sluices         []*sluicetest.Sluice
 	metrics         []string
 	edges           []*mta.Postfix
 	upstreams       []*mta.Postfix
@@ -88,8 +90,8 @@ retry_backoff_max = "1s"
 `, strings.Join(s.sentinels.Addrs(), `", "`), masterName)
 	s.sink = mta.StartSink(t)
 	for range 2 {
-		maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
-		sl := mta.StartSluice(t, fmt.Sprintf(failoverRules, maddr)+store)
+		maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		sl := sluicetest.StartSluice(t, fmt.Sprintf(failoverRules, maddr)+store)
 		// As in TestFaultKillSluiceMidRun: no error sleep at the edge, and
 		// a new SMTP session per delivery upstream.
 		edge := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen, DefaultAction: "tempfail", Sink: s.sink,
@@ -266,7 +268,7 @@ func (s *failoverSite) probeCounting(t *testing.T, sender string, first int, wan
 // tempfail, the other rules let mail through; and counting goes on in the
 // promoted replica, shared by both daemons.
 func TestChaosRedisMasterKilled(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	total := *chaosMessages
 	s := startFailoverSite(t)
 	s.probeCounting(t, "before@probe.test", total, s.master)
@@ -345,7 +347,7 @@ func TestChaosRedisMasterKilled(t *testing.T) {
 // master stays, no store call fails, no message is deferred, and every
 // message is delivered once on the first try.
 func TestChaosRedisReplicaKilled(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	total := *chaosMessages
 	s := startFailoverSite(t)
 
@@ -388,7 +390,7 @@ func TestChaosRedisReplicaKilled(t *testing.T) {
 }
 
 // logTime is the time of a sluice log line.
-func logTime(t *testing.T, l mta.LogLine) time.Time {
+func logTime(t *testing.T, l sluicetest.LogLine) time.Time {
 	t.Helper()
 	ts, err := time.Parse(time.RFC3339Nano, l.Str("ts"))
 	if err != nil {

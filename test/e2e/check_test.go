@@ -10,11 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestCheckConfig(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dir := t.TempDir()
 	good := `listen = "inet:127.0.0.1:8890"
 mode = "enforce"
@@ -46,7 +47,7 @@ action = "tempfail"
 			if tc.want == "" {
 				return
 			}
-			res := mta.RunSluice(t, "serve", "-config", path)
+			res := sluicetest.RunSluice(t, "serve", "-config", path)
 			if res.Code == 0 || !strings.Contains(res.Stderr, prefix) {
 				t.Errorf("serve: exit %d, stderr %q; want a failure naming %q", res.Code, res.Stderr, prefix)
 			}
@@ -55,7 +56,7 @@ action = "tempfail"
 
 	t.Run("missing-file", func(t *testing.T) {
 		path := filepath.Join(dir, "nonexistent.toml")
-		res := mta.RunSluice(t, "check", "-config", path)
+		res := sluicetest.RunSluice(t, "check", "-config", path)
 		t.Logf("sluice check (exit %d): %s", res.Code, res.Stderr)
 		if res.Code != 1 || !strings.Contains(res.Stderr, path) {
 			t.Errorf("check of a missing file: exit %d, stderr %q; want exit 1 naming the file", res.Code, res.Stderr)
@@ -63,7 +64,7 @@ action = "tempfail"
 	})
 
 	t.Run("version", func(t *testing.T) {
-		res := mta.RunSluice(t, "version")
+		res := sluicetest.RunSluice(t, "version")
 		if res.Code != 0 || !strings.HasPrefix(res.Stdout, "sluice") {
 			t.Errorf("version: exit %d, %q", res.Code, res.Stdout)
 		}
@@ -93,7 +94,7 @@ func runCheck(t *testing.T, dir, good string, tc configCase) (path, prefix strin
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res := mta.RunSluice(t, "check", "-config", path)
+	res := sluicetest.RunSluice(t, "check", "-config", path)
 	t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
 	if tc.want == "" {
 		if res.Code != 0 {

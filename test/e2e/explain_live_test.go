@@ -17,7 +17,8 @@ import (
 	"github.com/emersion/go-milter"
 
 	"sluice/test/dnstest"
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // explained is what `sluice explain -json` prints, as far as compared.
@@ -90,7 +91,7 @@ func (f facts) explainArgs(config string) []string {
 // would and says what each stage got, as explained.answers does.
 func liveSession(t *testing.T, listen string, f facts, first bool) []string {
 	t.Helper()
-	network, addr, err := mta.SplitSpec(listen)
+	network, addr, err := testenv.SplitSpec(listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func liveSession(t *testing.T, listen string, f facts, first bool) []string {
 }
 
 func TestExplainMatchesLiveSluice(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dns := dnstest.Start(t, dnstest.NewZone().MustAddText(
 		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
 		`spf-pass.example. 300 IN TXT "v=spf1 ip4:198.51.100.0/24 -all"`,
@@ -245,8 +246,8 @@ action = "tag"
 			facts{"192.0.2.8", "client.example.net", "alice@example.org", []string{"bob@example.net"}, 300}, 1, "none"},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			sl := mta.StartSluice(t, tc.config)
-			res := mta.RunSluice(t, tc.f.explainArgs(sl.Config)...)
+			sl := sluicetest.StartSluice(t, tc.config)
+			res := sluicetest.RunSluice(t, tc.f.explainArgs(sl.Config)...)
 			if res.Code != 0 {
 				t.Fatalf("explain: exit %d: %s", res.Code, res.Stderr)
 			}

@@ -18,6 +18,8 @@ import (
 	"sluice/metrics"
 	"sluice/milter"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // TestFaultFDLimit starts sluice with a descriptor limit of 256 and opens
@@ -30,14 +32,14 @@ import (
 // a real Postfix session once the idle ones have been silent for a tenth
 // of idle_timeout.
 func TestFaultFDLimit(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	const (
 		fdLimit = 256
 		peers   = 300
 		idle    = 60 * time.Second
 	)
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
-	sl := mta.NewSluice(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	sl := sluicetest.NewSluice(t)
 	sl.NoFile = fdLimit
 	snap := filepath.Join(sl.Dir, "counters.snap")
 	sl.Start(fmt.Sprintf("idle_timeout = %q\n%s\n[store]\nsnapshot = %q\nsnapshot_interval = \"1s\"\n\n[metrics]\nlisten = %q\n",
@@ -46,13 +48,13 @@ func TestFaultFDLimit(t *testing.T) {
 		"milter_connect_timeout": "10s", "milter_command_timeout": "10s"}})
 
 	// The start-up line says what sluice derived from its limit.
-	start := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "listening" })[0]
+	start := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "listening" })[0]
 	max := milter.ConnectionsFor(fdLimit, milter.BaseReserve+1+metrics.MaxConnections)
 	if start.Str("fd_limit") != strconv.Itoa(fdLimit) || start.Str("max_connections") != strconv.Itoa(max) {
 		t.Fatalf("start-up line %v; want fd_limit %d, max_connections %d", start, fdLimit, max)
 	}
 
-	_, addr, err := mta.SplitSpec(sl.Listen)
+	_, addr, err := testenv.SplitSpec(sl.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +97,7 @@ func TestFaultFDLimit(t *testing.T) {
 		{refused, "MTA connection refused: max_connections open"},
 		{silent, "MTA connection closed to make room: max_connections open"},
 	} {
-		if c.n > 0 && len(sl.Find(func(l mta.LogLine) bool { return l.Msg() == c.msg })) == 0 {
+		if c.n > 0 && len(sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == c.msg })) == 0 {
 			t.Errorf("%v counted, and no log line %q", c.n, c.msg)
 		}
 	}
@@ -127,10 +129,12 @@ func TestFaultFDLimit(t *testing.T) {
 	if msgs := pf.WaitDelivered(1, 30*time.Second); len(msgs) != 1 {
 		t.Fatalf("%d messages delivered, want 1", len(msgs))
 	}
-	if len(sl.Find(func(l mta.LogLine) bool { return l.Msg() == "MTA connection closed to make room: max_connections open" })) == 0 {
+	if len(sl.Find(func(l sluicetest.LogLine) bool {
+		return l.Msg() == "MTA connection closed to make room: max_connections open"
+	})) == 0 {
 		t.Error("no log line for the connection closed to make room for Postfix's")
 	}
-	if n := len(sl.Find(func(l mta.LogLine) bool {
+	if n := len(sl.Find(func(l sluicetest.LogLine) bool {
 		return l.Msg() == "counter snapshot not written; counters are kept in memory and the write is retried"
 	})); n > 0 {
 		t.Errorf("%d snapshot writes failed", n)

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 
-	"sluice/test/mta"
+	"github.com/emersion/go-milter"
 )
 
 const (
@@ -33,12 +34,12 @@ const (
 // connection must be closed by sluice, its goroutine gone and its
 // concurrency slot released, and the memory given back.
 func TestFaultIdleConnections(t *testing.T) {
-	mta.Require(t)
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	const idle = 10 * time.Second
-	sl := mta.StartSluice(t, fmt.Sprintf("idle_timeout = %q\n%s\n[metrics]\nlisten = %q\n",
+	sl := sluicetest.StartSluice(t, fmt.Sprintf("idle_timeout = %q\n%s\n[metrics]\nlisten = %q\n",
 		idle, builtinPolicy(t), maddr))
-	_, addr, err := mta.SplitSpec(sl.Listen)
+	_, addr, err := testenv.SplitSpec(sl.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}

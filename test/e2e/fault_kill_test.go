@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // TestFaultKillSluiceMidRun: an upstream Postfix relays 2,000 messages to
@@ -20,11 +22,11 @@ import (
 // queue; after sluice is back and the queue is flushed, the sink must hold
 // every message exactly once (counted by Message-ID).
 func TestFaultKillSluiceMidRun(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	const total = 2000
 	const killAt = 300 // messages at the sink when sluice is killed
 
-	sl := mta.StartSluice(t, mta.CountEverything)
+	sl := sluicetest.StartSluice(t, sluicetest.CountEverything)
 	sink := mta.StartSink(t)
 	// smtpd sleeps a second before each error reply by default, which
 	// would make the upstream take many minutes to try every message.
@@ -123,7 +125,7 @@ func TestFaultKillSluiceMidRun(t *testing.T) {
 	}
 
 	// sluice comes back; the queue is flushed; everything arrives once.
-	sl.Start(mta.CountEverything)
+	sl.Start(sluicetest.CountEverything)
 	upstream.Flush()
 	err = pollFor(5*time.Minute, func() bool {
 		return len(upstream.Queue()) == 0 && len(edge.Queue()) == 0 && sink.Count() >= total

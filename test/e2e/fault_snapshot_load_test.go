@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // snapshotLoad sends one message a tick from a fresh sender, each limited
@@ -83,11 +85,11 @@ func (l *snapshotLoad) end() ([]string, []string) {
 // restarted daemon refuses every sender counted before, those counted
 // while the disk was full or read-only too.
 func TestFaultSnapshotDiskUnderLoad(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	const interval = time.Second
 	disk := mountTmpfs(t, "256k")
 	snap := filepath.Join(disk, "counters.snap")
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	config := fmt.Sprintf(`trusted = []
 
 [store]
@@ -107,7 +109,7 @@ per = "sender"
 rate = "1/1h"
 action = "tempfail"
 `, snap, interval.String(), maddr)
-	sl := mta.StartSluice(t, config)
+	sl := sluicetest.StartSluice(t, config)
 	// The check after the restart refuses every sender: no error limit.
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen,
 		Main: map[string]string{"smtpd_error_sleep_time": "0", "smtpd_soft_error_limit": "100000", "smtpd_hard_error_limit": "100000"}})
@@ -158,7 +160,7 @@ action = "tempfail"
 	filler := filepath.Join(disk, "filler")
 	fillDisk(t, filler)
 	waitMetric("full disk", 1)
-	waitLogFrom(t, sl, from, "snapshot write error on a full disk", func(l mta.LogLine) bool {
+	waitLogFrom(t, sl, from, "snapshot write error on a full disk", func(l sluicetest.LogLine) bool {
 		return strings.Contains(l.Msg(), "snapshot not written") && strings.Contains(l.Str("error"), "no space left")
 	})
 	hold("full disk", from, 4*time.Second)
@@ -169,7 +171,7 @@ action = "tempfail"
 		t.Fatal(err)
 	}
 	remount(t, disk, "ro")
-	waitLogFrom(t, sl, from, "snapshot write error on a read-only disk", func(l mta.LogLine) bool {
+	waitLogFrom(t, sl, from, "snapshot write error on a read-only disk", func(l sluicetest.LogLine) bool {
 		return strings.Contains(l.Msg(), "snapshot not written") && strings.Contains(l.Str("error"), "read-only")
 	})
 	if failing() != 1 {
@@ -194,7 +196,7 @@ action = "tempfail"
 	sl.Kill()
 	from = len(sl.Logs())
 	sl.Start(config)
-	loaded := waitLogFrom(t, sl, from, "the snapshot loaded", func(l mta.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
+	loaded := waitLogFrom(t, sl, from, "the snapshot loaded", func(l sluicetest.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
 	t.Logf("restarted after SIGKILL: %s", loaded)
 
 	// A session per ten senders: sluice closes a session after

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // TestFaultSnapshotDisk runs sluice with its snapshot on a small tmpfs of
@@ -24,10 +26,10 @@ import (
 // through Postfix all along: a sender limit of 3 an hour must keep
 // refusing the 4th message whatever the disk does.
 func TestFaultSnapshotDisk(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	disk := mountTmpfs(t, "256k")
 	snap := filepath.Join(disk, "counters.snap")
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	config := fmt.Sprintf(`trusted = []
 
 [store]
@@ -47,7 +49,7 @@ per = "sender"
 rate = "3/1h"
 action = "tempfail"
 `, snap, maddr)
-	sl := mta.StartSluice(t, config)
+	sl := sluicetest.StartSluice(t, config)
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 
 	// sendFour sends four messages from sender and checks that three
@@ -81,7 +83,7 @@ action = "tempfail"
 	filler := filepath.Join(disk, "filler")
 	fillDisk(t, filler)
 	waitMetric("full disk", 1)
-	line := waitLogFrom(t, sl, from, "snapshot write error on a full disk", func(l mta.LogLine) bool {
+	line := waitLogFrom(t, sl, from, "snapshot write error on a full disk", func(l sluicetest.LogLine) bool {
 		return strings.Contains(l.Msg(), "snapshot not written") && strings.Contains(l.Str("error"), "no space left")
 	})
 	t.Logf("full disk: sluice logged: %s", line)
@@ -95,7 +97,7 @@ action = "tempfail"
 	from = len(sl.Logs())
 	remount(t, disk, "ro")
 	waitMetric("read-only disk", 1)
-	line = waitLogFrom(t, sl, from, "snapshot write error on a read-only disk", func(l mta.LogLine) bool {
+	line = waitLogFrom(t, sl, from, "snapshot write error on a read-only disk", func(l sluicetest.LogLine) bool {
 		return strings.Contains(l.Msg(), "snapshot not written") && strings.Contains(l.Str("error"), "read-only")
 	})
 	t.Logf("read-only disk: sluice logged: %s", line)
@@ -110,7 +112,7 @@ action = "tempfail"
 	}
 	from = len(sl.Logs())
 	sl.Start(config)
-	loaded := waitLogFrom(t, sl, from, "the snapshot loaded", func(l mta.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
+	loaded := waitLogFrom(t, sl, from, "the snapshot loaded", func(l sluicetest.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
 	t.Logf("after restart: %s", loaded)
 	for _, sender := range []string{"before@example.test", "full@example.test", "ro@example.test"} {
 		c := session(t, pf.Addr, "192.0.2.80")
@@ -124,9 +126,9 @@ action = "tempfail"
 
 // waitLogFrom waits for a log line that matches among those printed
 // after the first from lines.
-func waitLogFrom(t *testing.T, sl *mta.Sluice, from int, what string, match func(mta.LogLine) bool) mta.LogLine {
+func waitLogFrom(t *testing.T, sl *sluicetest.Sluice, from int, what string, match func(sluicetest.LogLine) bool) sluicetest.LogLine {
 	t.Helper()
-	var found mta.LogLine
+	var found sluicetest.LogLine
 	err := pollFor(15*time.Second, func() bool {
 		logs := sl.Logs()
 		for _, l := range logs[min(from, len(logs)):] {
@@ -147,7 +149,7 @@ func waitLogFrom(t *testing.T, sl *mta.Sluice, from int, what string, match func
 // unmounts it when the test ends. It needs root, as ./test/run has.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	dir := mta.Dir(t, "disk")
+	dir := testenv.Dir(t, "disk")
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount a tmpfs for the snapshot (needs root): %v: %s", err, out)
 	}

@@ -5,6 +5,7 @@ package e2e
 // the way the MTAs were set up.
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/textproto"
@@ -15,7 +16,9 @@ import (
 
 	"github.com/emersion/go-milter"
 
+	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
+	"sluice/test/testenv"
 )
 
 // recorder is a do-nothing milter that remembers what the MTA told it and
@@ -110,7 +113,7 @@ func (l countingListener) Accept() (net.Conn, error) {
 // startRecorder serves the do-nothing milter on spec (Postfix syntax).
 func startRecorder(t *testing.T, spec string) *recorder {
 	t.Helper()
-	network, addr, err := mta.SplitSpec(spec)
+	network, addr, err := testenv.SplitSpec(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +156,8 @@ func mustOK(t *testing.T, what string, r mta.Reply, err error) {
 // XCLIENT changes the client the milter sees, the submission listener has
 // its own {daemon_name}, SMTP AUTH reaches the milter as {auth_authen}.
 func TestHarnessPostfix(t *testing.T) {
-	mta.Require(t)
-	spec := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	spec := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(t))
 	rec := startRecorder(t, spec)
 	pf := mta.StartPostfix(t, mta.PostfixOptions{
 		Milter:     spec,
@@ -256,8 +259,8 @@ func TestHarnessPostfix(t *testing.T) {
 // TestHarnessPostfixMilterDown: with the milter unreachable, Postfix
 // applies milter_default_action as configured.
 func TestHarnessPostfixMilterDown(t *testing.T) {
-	mta.Require(t)
-	down := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	down := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(t))
 	for _, tc := range []struct {
 		action   string
 		wantCode int
@@ -291,7 +294,7 @@ func TestHarnessPostfixMilterDown(t *testing.T) {
 // TestHarnessPostfixQueue: Queue sees a held message, Postsuper releases
 // it and it is delivered.
 func TestHarnessPostfixQueue(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	pf := mta.StartPostfix(t, mta.PostfixOptions{
 		Main: map[string]string{"smtpd_sender_restrictions": "check_sender_access inline:{held@example.test=HOLD}"},
 	})
@@ -325,8 +328,8 @@ func TestHarnessPostfixQueue(t *testing.T) {
 // TestHarnessSendmail: Sendmail with a milter attached relays to the sink
 // and gives the milter its {daemon_name} and the queue id at MAIL.
 func TestHarnessSendmail(t *testing.T) {
-	mta.Require(t)
-	spec := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	spec := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(t))
 	rec := startRecorder(t, spec)
 	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: spec})
 	c, err := mta.Dial(sm.Addr)
@@ -368,8 +371,8 @@ func TestHarnessSendmail(t *testing.T) {
 // TestHarnessSendmailMilterDown: F=T makes Sendmail tempfail when the
 // milter is unreachable.
 func TestHarnessSendmailMilterDown(t *testing.T) {
-	mta.Require(t)
-	down := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	down := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(t))
 	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: down})
 	c, err := mta.Dial(sm.Addr)
 	if err != nil {
@@ -397,19 +400,21 @@ func TestHarnessSendmailMilterDown(t *testing.T) {
 	t.Logf("first refusal: %v", first)
 }
 
-// TestHarnessRedis: a throw-away Redis answers, stops and comes back.
+// TestHarnessRedis: a throw-away Redis answers, stops and comes back
+// empty (it keeps nothing on disk).
 func TestHarnessRedis(t *testing.T) {
-	mta.Require(t)
-	r := mta.StartRedis(t)
-	if got, err := r.Do("SET", "k", "v"); err != nil || got != "+OK" {
-		t.Fatalf("SET: %q %v", got, err)
+	testenv.Require(t)
+	r := redistest.Start(t)
+	ctx := context.Background()
+	if err := r.Client().Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("SET: %v", err)
 	}
 	r.Stop()
-	if _, err := r.Do("PING"); err == nil {
+	if err := r.Client().Ping(ctx).Err(); err == nil {
 		t.Fatal("PING answered after Stop")
 	}
 	r.Start()
-	if got, err := r.Do("EXISTS", "k"); err != nil || got != ":0" {
-		t.Fatalf("EXISTS after restart with --save '': %q %v, want :0", got, err)
+	if n, err := r.Client().Exists(ctx, "k").Result(); err != nil || n != 0 {
+		t.Fatalf("EXISTS after restart: %d %v, want 0", n, err)
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // authSession opens an SMTP session to addr, says EHLO and logs in with
@@ -67,8 +69,8 @@ func delivered(msgs []mta.Message) map[string]int {
 // login. The 6th recipient of alice is refused at RCPT; bob, who logs in
 // from the same address, and mail sent without AUTH are not touched.
 func TestLimitsRecipientsPerSASLUser(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, limitsConfig(`[[limit]]
 name = "rcpts-per-user"
 count = "recipients"
 per = "sasl_user"
@@ -164,7 +166,7 @@ rate = "30KB/1d"
 // refused after DATA; a small one after it still fits (the refused one did
 // not count); another sender is not touched. It returns the transactions
 // by subject.
-func bytesCase(t *testing.T, sl *mta.Sluice, c *mta.Client, wait func(n int) []mta.Message) map[string]mta.Transaction {
+func bytesCase(t *testing.T, sl *sluicetest.Sluice, c *mta.Client, wait func(n int) []mta.Message) map[string]mta.Transaction {
 	t.Helper()
 	const alice, dave = "alice@example.test", "dave@example.test"
 	sent := map[string]int{} // bytes of each message as the client sent it
@@ -228,8 +230,8 @@ func bytesCase(t *testing.T, sl *mta.Sluice, c *mta.Client, wait func(n int) []m
 }
 
 func TestLimitsBytesPerSender(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, bytesConfig)
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, bytesConfig)
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 	c := session(t, pf.Addr, "192.0.2.32")
 	trs := bytesCase(t, sl, c, func(n int) []mta.Message { return pf.WaitDelivered(n, time.Minute) })
@@ -242,8 +244,8 @@ func TestLimitsBytesPerSender(t *testing.T) {
 // Postfix's own 452 4.5.3; the message goes to the first three; the next
 // message may have three again.
 func TestLimitsMaxRcptPerMessage(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, limitsConfig(`[[limit]]
 name = "rcpt-cap"
 max_rcpt_per_message = 3
 `))
@@ -309,7 +311,7 @@ level = "info"
 // the 11th goes through, which shows what the file is for; after a crash
 // the last periodic snapshot is what comes back.
 func TestLimitsRestartKeepsCounters(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	for _, tc := range []struct {
 		name     string
 		snapshot bool
@@ -322,7 +324,7 @@ func TestLimitsRestartKeepsCounters(t *testing.T) {
 		{"sigkill-after-periodic-snapshot", true, "1s", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sl := mta.NewSluice(t)
+			sl := sluicetest.NewSluice(t)
 			snap := ""
 			if tc.snapshot {
 				snap = filepath.Join(sl.Dir, "counters.snap")
@@ -373,7 +375,7 @@ func TestLimitsRestartKeepsCounters(t *testing.T) {
 				t.Errorf("another sender after the restart: %v; want it accepted", other[0])
 			}
 			if tc.snapshot {
-				loaded := sl.Find(func(l mta.LogLine) bool { return strings.Contains(strings.ToLower(l.Msg()), "snapshot") })
+				loaded := sl.Find(func(l sluicetest.LogLine) bool { return strings.Contains(strings.ToLower(l.Msg()), "snapshot") })
 				for _, l := range loaded {
 					t.Logf("sluice: %v", l)
 				}
@@ -387,8 +389,8 @@ func TestLimitsRestartKeepsCounters(t *testing.T) {
 // is refused; an address of the next /64 is not. Postfix takes the IPv6
 // clients from XCLIENT.
 func TestLimitsIPv6Prefix(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, limitsConfig(`[[limit]]
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, limitsConfig(`[[limit]]
 name = "msgs-per-ip"
 count = "messages"
 per = "client_ip"

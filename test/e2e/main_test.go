@@ -9,7 +9,7 @@ import (
 	"os"
 	"testing"
 
-	"sluice/test/mta"
+	"sluice/test/testenv"
 )
 
-func TestMain(m *testing.M) { os.Exit(mta.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }

@@ -17,7 +17,10 @@ import (
 	"time"
 
 	"sluice/admin"
+	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // fleetHost is one MX host of the fleet: Postfix, its sluice, and
@@ -34,9 +37,9 @@ type fleetHost struct {
 // socket and metrics, and a Postfix in front of it.
 func startFleetHost(t *testing.T, name, addr string) *fleetHost {
 	t.Helper()
-	sl := mta.NewSluice(t)
+	sl := sluicetest.NewSluice(t)
 	h := &fleetHost{name: name, sock: filepath.Join(sl.Dir, "admin.sock"),
-		metrics: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))}
+		metrics: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
 	// lease_time 3s: leases are refreshed every second.
 	sl.Start(opsLimit("3/1h", fmt.Sprintf(`
 [[limit]]
@@ -58,7 +61,7 @@ listen = %q
 // cli runs `sluice counters ARGS -socket SOCK` and checks its exit code.
 func (h *fleetHost) cli(t *testing.T, want int, args ...string) string {
 	t.Helper()
-	r := mta.RunSluice(t, append(append([]string{"counters"}, args...), "-socket", h.sock)...)
+	r := sluicetest.RunSluice(t, append(append([]string{"counters"}, args...), "-socket", h.sock)...)
 	t.Logf("%s$ sluice counters %s  (exit %d)\n%s%s", h.name, strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
 	if r.Code != want {
 		t.Fatalf("%s: sluice counters %s: exit %d, want %d\n%s%s", h.name, strings.Join(args, " "), r.Code, want, r.Stdout, r.Stderr)
@@ -162,8 +165,8 @@ func sendUntil(t *testing.T, c *mta.Client, sender, what string, want bool) (sen
 }
 
 func TestOpsCountersRedis(t *testing.T) {
-	mta.Require(t)
-	rd := mta.StartRedis(t)
+	testenv.Require(t)
+	rd := redistest.Start(t)
 	h1, h2 := startFleetHost(t, "host1", rd.Addr), startFleetHost(t, "host2", rd.Addr)
 	const alice, key = "alice@example.test", "sender:alice@example.test"
 
@@ -250,13 +253,13 @@ func TestOpsCountersRedis(t *testing.T) {
 	}
 	sendUntil(t, c2, alice, "lifted via host 2", false)
 	atLimit(t, "host 1's show after host 2 counted alice again", h1.counters(t, "show", key), key)
-	if n := len(h1.sl.Find(func(l mta.LogLine) bool { return l.Msg() == "counters reset by admin" })); n != 1 {
+	if n := len(h1.sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "counters reset by admin" })); n != 1 {
 		t.Errorf("host 1 logged %d resets, want 1", n)
 	}
-	if n := len(h2.sl.Find(func(l mta.LogLine) bool { return l.Msg() == "exemption set by admin" })); n != 1 {
+	if n := len(h2.sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "exemption set by admin" })); n != 1 {
 		t.Errorf("host 2 logged %d exemptions, want 1", n)
 	}
-	if n := len(h1.sl.Find(func(l mta.LogLine) bool { return l.Msg() == "exemption lifted by admin" })); n != 1 {
+	if n := len(h1.sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "exemption lifted by admin" })); n != 1 {
 		t.Errorf("host 1 logged %d lifted exemptions, want 1", n)
 	}
 

@@ -13,11 +13,13 @@ import (
 
 	"sluice/admin"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestOpsCountersCLI(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	sock := filepath.Join(sl.Dir, "admin.sock")
 	sl.Start(opsLimit("3/1h", `
 [[limit]]
@@ -39,7 +41,7 @@ socket = "`+sock+`"
 	}
 	cli := func(want int, args ...string) string {
 		t.Helper()
-		r := mta.RunSluice(t, append([]string{"counters"}, args...)...)
+		r := sluicetest.RunSluice(t, append([]string{"counters"}, args...)...)
 		t.Logf("$ sluice counters %s  (exit %d)\n%s%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
 		if r.Code != want {
 			t.Fatalf("sluice counters %s: exit %d, want %d\n%s%s", strings.Join(args, " "), r.Code, want, r.Stdout, r.Stderr)
@@ -96,7 +98,7 @@ socket = "`+sock+`"
 	}
 	send(2, 0)
 	if err := pollFor(15*time.Second, func() bool {
-		r := mta.RunSluice(t, "counters", "allows", "-socket", sock)
+		r := sluicetest.RunSluice(t, "counters", "allows", "-socket", sock)
 		return r.Code == 0 && !strings.Contains(r.Stdout, "alice")
 	}); err != nil {
 		t.Fatalf("the exemption did not expire: %v", err)
@@ -134,7 +136,7 @@ socket = "`+sock+`"
 	c.Quit()
 	pf.WaitDelivered(3+2+3, time.Minute)
 
-	if l := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "counters reset by admin" }); len(l) != 2 {
+	if l := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "counters reset by admin" }); len(l) != 2 {
 		t.Errorf("want 2 audit lines for the resets, got %v", l)
 	}
 }

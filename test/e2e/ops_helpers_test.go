@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
 )
 
 // opsLimit is a config with one msgs-per-sender rule at rate, no trusted
@@ -36,12 +37,12 @@ action = "tempfail"
 }
 
 // waitLogCount waits until sluice has logged msg n times.
-func waitLogCount(t *testing.T, sl *mta.Sluice, msg string, n int, timeout time.Duration) []mta.LogLine {
+func waitLogCount(t *testing.T, sl *sluicetest.Sluice, msg string, n int, timeout time.Duration) []sluicetest.LogLine {
 	t.Helper()
-	var got []mta.LogLine
+	var got []sluicetest.LogLine
 	deadline := time.Now().Add(timeout)
 	for {
-		got = sl.Find(func(l mta.LogLine) bool { return l.Msg() == msg })
+		got = sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == msg })
 		if len(got) >= n {
 			return got
 		}

@@ -12,13 +12,15 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestOpsMetrics(t *testing.T) {
-	mta.Require(t)
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	// Three rules, each for its own senders, each crossed twice.
-	sl := mta.StartSluice(t, fmt.Sprintf(`trusted = []
+	sl := sluicetest.StartSluice(t, fmt.Sprintf(`trusted = []
 
 [metrics]
 listen = %q

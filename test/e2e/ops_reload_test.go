@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // background sends messages in a loop on its own SMTP connections, each
@@ -98,8 +100,8 @@ func (b *background) finish(t *testing.T) int {
 // reset would admit 20 more (25), a reload that did not apply would admit
 // 5 more (10).
 func TestOpsReloadUnderLoad(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, opsLimit("10/1h", ""))
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, opsLimit("10/1h", ""))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 
 	bg := startBackground(pf.Addr, 3)
@@ -168,7 +170,7 @@ func TestOpsReloadUnderLoad(t *testing.T) {
 	if len(msgs) != accepted+n {
 		t.Errorf("sink holds %d messages, want %d accepted", len(msgs), accepted+n)
 	}
-	if fails := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "reload failed" }); len(fails) > 0 {
+	if fails := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "reload failed" }); len(fails) > 0 {
 		t.Errorf("unexpected reload failure: %v", fails)
 	}
 }
@@ -178,10 +180,10 @@ func TestOpsReloadUnderLoad(t *testing.T) {
 // counters and all; `sluice check` says the same; the next good config
 // loads. The metrics show both reloads.
 func TestOpsReloadBadConfig(t *testing.T) {
-	mta.Require(t)
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
+	testenv.Require(t)
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	metricsConf := fmt.Sprintf("\n[metrics]\nlisten = %q\n", maddr)
-	sl := mta.StartSluice(t, opsLimit("3/1h", metricsConf))
+	sl := sluicetest.StartSluice(t, opsLimit("3/1h", metricsConf))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 
 	c := session(t, pf.Addr, "192.0.2.1")
@@ -191,7 +193,7 @@ func TestOpsReloadBadConfig(t *testing.T) {
 	bad := strings.Replace(opsLimit("3/1h", metricsConf), `rate = "3/1h"`, `rate = "lots/1h"`, 1)
 	path := sl.WriteConfig(bad)
 	sl.Signal(syscall.SIGHUP)
-	fail := sl.WaitLog(20*time.Second, "the failed reload", func(l mta.LogLine) bool {
+	fail := sl.WaitLog(20*time.Second, "the failed reload", func(l sluicetest.LogLine) bool {
 		return strings.HasPrefix(l.Msg(), "reload failed")
 	})
 	reason := fail.Str("error")
@@ -199,7 +201,7 @@ func TestOpsReloadBadConfig(t *testing.T) {
 	if !strings.Contains(reason, path+":") || !strings.Contains(reason, "lots") {
 		t.Errorf("reload failure %q does not name the file, line and the bad value", reason)
 	}
-	check := mta.RunSluice(t, "check", "-config", path)
+	check := sluicetest.RunSluice(t, "check", "-config", path)
 	if check.Code != 1 || !strings.Contains(check.Stderr, reason) {
 		t.Errorf("sluice check: exit %d, %q; want exit 1 and the reload's reason %q", check.Code, check.Stderr, reason)
 	}

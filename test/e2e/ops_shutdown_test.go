@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestOpsShutdownDuringSession(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	snap := filepath.Join(sl.Dir, "counters.snap")
 	// shutdown_timeout is a top-level key: it comes before the tables.
 	config := `shutdown_timeout = "4s"
@@ -48,7 +50,7 @@ snapshot = "`+snap+`"
 	mustOK(t, "RCPT TO", r, err)
 
 	sl.Signal(syscall.SIGTERM)
-	stopping := sl.WaitLog(10*time.Second, "the stopping line", func(l mta.LogLine) bool { return l.Msg() == "stopping" })
+	stopping := sl.WaitLog(10*time.Second, "the stopping line", func(l sluicetest.LogLine) bool { return l.Msg() == "stopping" })
 	if stopping.Str("sessions") != "2" {
 		t.Errorf("stopping with %s sessions in flight, want 2: %v", stopping.Str("sessions"), stopping)
 	}
@@ -95,10 +97,12 @@ snapshot = "`+snap+`"
 		t.Errorf("the session cut off at shutdown got %v, want a 4xx", tr)
 	}
 	slow.Close()
-	if l := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "shutdown timeout reached; cut off sessions in flight" }); len(l) != 1 {
+	if l := sl.Find(func(l sluicetest.LogLine) bool {
+		return l.Msg() == "shutdown timeout reached; cut off sessions in flight"
+	}); len(l) != 1 {
 		t.Errorf("want one line about the session cut off at shutdown_timeout, got %v", l)
 	}
-	if l := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "stopped" }); len(l) != 1 {
+	if l := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "stopped" }); len(l) != 1 {
 		t.Errorf("want sluice to log \"stopped\", got %v", l)
 	}
 	if fi, err := os.Stat(snap); err != nil || fi.Size() == 0 {

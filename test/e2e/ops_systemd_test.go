@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // notifySocket records what a service sends to $NOTIFY_SOCKET.
@@ -76,12 +78,12 @@ func monotonicUsec() int64 {
 }
 
 func TestOpsSystemdActivationAndNotify(t *testing.T) {
-	mta.Require(t)
-	activate := mta.Tool(t, "systemd-socket-activate")
-	dir := mta.Dir(t, "sluice-systemd")
+	testenv.Require(t)
+	activate := testenv.Tool(t, "systemd-socket-activate")
+	dir := testenv.Dir(t, "sluice-systemd")
 	notify := listenNotify(t, dir)
-	port := mta.FreePort(t)
-	unused := mta.FreePort(t)
+	port := testenv.FreePort(t)
+	unused := testenv.FreePort(t)
 	cfg := filepath.Join(dir, "sluice.toml")
 	// listen names another port: with a socket from systemd it is not used.
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("listen = \"inet:127.0.0.1:%d\"\n", unused)+opsLimit("1/1h", "")), 0o644); err != nil {
@@ -89,7 +91,7 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(activate, "-l", addr, "-E", "NOTIFY_SOCKET="+notify.path,
-		mta.Binary(t), "serve", "-config", cfg)
+		sluicetest.Binary(t), "serve", "-config", cfg)
 	outPath := filepath.Join(dir, "sluice.log")
 	outFile, err := os.Create(outPath)
 	if err != nil {
@@ -110,7 +112,7 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 			t.Logf("sluice under systemd-socket-activate:\n%s", output())
 		}
 	})
-	if err := pollFor(10*time.Second, func() bool { return mta.Listening("inet:"+addr) == nil }); err != nil {
+	if err := pollFor(10*time.Second, func() bool { return testenv.Listening("inet:"+addr) == nil }); err != nil {
 		t.Fatalf("systemd-socket-activate does not listen on %s:\n%s", addr, output())
 	}
 
@@ -130,7 +132,7 @@ func TestOpsSystemdActivationAndNotify(t *testing.T) {
 	if !strings.Contains(logs, `"systemd_socket":true`) || !strings.Contains(logs, "using the sockets systemd passed") {
 		t.Errorf("sluice did not say it uses systemd's socket:\n%s", logs)
 	}
-	if mta.Listening(fmt.Sprintf("inet:127.0.0.1:%d", unused)) == nil {
+	if testenv.Listening(fmt.Sprintf("inet:127.0.0.1:%d", unused)) == nil {
 		t.Errorf("sluice listens on the config's port too; with a socket from systemd it must not")
 	}
 

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func acceptPolicy(maddr string) string {
@@ -37,7 +39,7 @@ rate = "4/1h"
 // checkAcceptedAtMail sends 6 messages from one sender on one connection
 // to addr: 4 accepted, the 5th and 6th refused at MAIL FROM; sluice saw 6
 // MAIL FROMs and no end of message.
-func checkAcceptedAtMail(t *testing.T, sl *mta.Sluice, maddr, addr string, xclient bool) {
+func checkAcceptedAtMail(t *testing.T, sl *sluicetest.Sluice, maddr, addr string, xclient bool) {
 	t.Helper()
 	c, err := mta.Dial(addr)
 	if err != nil {
@@ -64,7 +66,7 @@ func checkAcceptedAtMail(t *testing.T, sl *mta.Sluice, maddr, addr string, xclie
 }
 
 func TestPostfixAcceptsAtMail(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	testAcceptsAtMail(t, func(milter string) (string, func(int) []mta.Message) {
 		pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: milter})
 		return pf.Addr, func(n int) []mta.Message { return pf.WaitDelivered(n, time.Minute) }
@@ -72,7 +74,7 @@ func TestPostfixAcceptsAtMail(t *testing.T) {
 }
 
 func TestSendmailAcceptsAtMail(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	testAcceptsAtMail(t, func(milter string) (string, func(int) []mta.Message) {
 		sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: milter})
 		return sm.Addr, func(n int) []mta.Message { return sm.WaitDelivered(n, time.Minute) }
@@ -82,8 +84,8 @@ func TestSendmailAcceptsAtMail(t *testing.T) {
 // testAcceptsAtMail starts sluice and, with start, an MTA using it, then
 // checks the early accept and the delivery of the 4 accepted messages.
 func testAcceptsAtMail(t *testing.T, start func(milter string) (addr string, delivered func(int) []mta.Message), xclient bool) {
-	maddr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t))
-	sl := mta.StartSluice(t, acceptPolicy(maddr))
+	maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	sl := sluicetest.StartSluice(t, acceptPolicy(maddr))
 	addr, delivered := start(sl.Listen)
 	checkAcceptedAtMail(t, sl, maddr, addr, xclient)
 	if msgs := delivered(4); len(msgs) != 4 {

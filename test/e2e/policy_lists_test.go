@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func listConfig(path string) string {
@@ -45,8 +47,8 @@ func acceptedOf(t *testing.T, addr, ip string) int {
 }
 
 func TestPolicyListFileReload(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	list := filepath.Join(sl.Dir, "watch.list")
 	write := func(text string) {
 		t.Helper()
@@ -67,7 +69,7 @@ func TestPolicyListFileReload(t *testing.T) {
 
 	// The file changes; SIGHUP re-reads it.
 	write("192.0.2.61/32\n")
-	reloads := len(sl.Find(func(l mta.LogLine) bool { return l.Msg() == "reloaded" }))
+	reloads := len(sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "reloaded" }))
 	sl.Signal(syscall.SIGHUP)
 	waitLogCount(t, sl, "reloaded", reloads+1, 10*time.Second)
 	// Off the list its messages were not counted by the rule: it starts
@@ -85,7 +87,7 @@ func TestPolicyListFileReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	sl.Signal(syscall.SIGHUP)
-	l := sl.WaitLog(10*time.Second, "list not reloaded", func(l mta.LogLine) bool { return l.Msg() == "list not reloaded" })
+	l := sl.WaitLog(10*time.Second, "list not reloaded", func(l sluicetest.LogLine) bool { return l.Msg() == "list not reloaded" })
 	t.Logf("sluice: %v", l)
 	if !strings.Contains(l.Str("error"), list) || !strings.Contains(l.Str("error"), "keeping the list loaded before") {
 		t.Errorf("the error does not name %s: %v", list, l)
@@ -102,17 +104,17 @@ func TestPolicyListFileReload(t *testing.T) {
 // At start there is no list to keep: check and serve fail, naming the file
 // and the config line.
 func TestPolicyListFileMissingAtStart(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	list := filepath.Join(sl.Dir, "missing.list")
 	config := sl.WriteConfig(listConfig(list))
-	res := mta.RunSluice(t, "check", "-config", config)
+	res := sluicetest.RunSluice(t, "check", "-config", config)
 	t.Logf("sluice check (exit %d): %s", res.Code, strings.TrimSpace(res.Stderr))
 	if res.Code != 1 || !strings.Contains(res.Stderr, list) || !strings.Contains(res.Stderr, config+":") {
 		t.Errorf("sluice check with a missing list file: exit %d, %q; want 1 naming %s and the config file", res.Code, res.Stderr, list)
 	}
 	// serve has its logger by then: the error is its last log line.
-	res = mta.RunSluice(t, "serve", "-config", config)
+	res = sluicetest.RunSluice(t, "serve", "-config", config)
 	t.Logf("sluice serve (exit %d): %s%s", res.Code, strings.TrimSpace(res.Stdout), strings.TrimSpace(res.Stderr))
 	if res.Code != 1 || !strings.Contains(res.Stdout+res.Stderr, list) {
 		t.Errorf("sluice serve with a missing list file: exit %d; want 1 and an error naming %s", res.Code, list)
@@ -121,8 +123,8 @@ func TestPolicyListFileMissingAtStart(t *testing.T) {
 
 // sluice explain, run as the admin would before loading a policy.
 func TestPolicyExplainCommand(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	list := filepath.Join(sl.Dir, "jp.cidr")
 	if err := os.WriteFile(list, []byte("203.0.113.0/24\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -156,7 +158,7 @@ per = "rcpt_domain"
 rate = "6/1m"
 match.rcpt_domain = ["gmail.com"]
 `))
-	res := mta.RunSluice(t, "explain", "-config", config, "-client", "192.0.2.7", "-helo", "h.example.test",
+	res := sluicetest.RunSluice(t, "explain", "-config", config, "-client", "192.0.2.7", "-helo", "h.example.test",
 		"-sender", "a@example.test", "-rcpt", "c@gmail.com", "-listener", "submission", "-auth", "alice")
 	t.Logf("sluice explain (exit %d):\n%s%s", res.Code, res.Stdout, res.Stderr)
 	if res.Code != 0 {

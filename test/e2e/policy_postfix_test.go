@@ -19,6 +19,8 @@ import (
 	"github.com/emersion/go-milter"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // policyConfig is a config with trusted = [] and the given rules.
@@ -29,8 +31,8 @@ func policyConfig(top, rules string) string {
 // hold: over-limit messages are accepted (250), Postfix puts them in its
 // hold queue with sluice's reason, and postsuper -H releases them.
 func TestPolicyHold(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "runaway"
 count = "messages"
@@ -86,7 +88,7 @@ action = "hold"
 		t.Errorf("Postfix logged %q %d times, want 2", want, n)
 	}
 	waitLogCount(t, sl, "held", 2, 10*time.Second)
-	lines := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "held" && l.Str("rule") == "runaway" })
+	lines := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "held" && l.Str("rule") == "runaway" })
 	if len(lines) != 2 {
 		t.Errorf("sluice logged %d 'held' lines, want 2", len(lines))
 	}
@@ -124,8 +126,8 @@ action = "hold"
 // A submission-port profile with a higher limit than port 25: two
 // listeners, two {daemon_name}s, and SMTP AUTH on the submission port.
 func TestPolicySubmissionProfile(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "port25-sender"
 count = "messages"
@@ -190,9 +192,9 @@ match.authenticated = true
 // delay: the reply to MAIL FROM comes after the pause (asserted loosely:
 // at least the delay), and the message is accepted.
 func TestPolicyDelay(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	const pause = 3 * time.Second
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "tarpit"
 count = "messages"
@@ -231,8 +233,8 @@ delay = "3s"
 // dry-run: nothing is refused, held, delayed or tagged; sluice logs
 // "would refuse" for each crossing.
 func TestPolicyDryRun(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "new-limit"
 count = "messages"
@@ -267,8 +269,8 @@ mode = "dry-run"
 	}
 	waitLogCount(t, sl, "would refuse", 3, 10*time.Second)
 	waitLogCount(t, sl, "would hold", 3, 10*time.Second)
-	would := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "would refuse" && l.Str("rule") == "new-limit" })
-	wouldHold := sl.Find(func(l mta.LogLine) bool { return l.Msg() == "would hold" && l.Str("rule") == "new-hold" })
+	would := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "would refuse" && l.Str("rule") == "new-limit" })
+	wouldHold := sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "would hold" && l.Str("rule") == "new-hold" })
 	for _, l := range append(would, wouldHold...) {
 		t.Logf("sluice: %v", l)
 	}
@@ -284,8 +286,8 @@ mode = "dry-run"
 
 // disconnect: 421 4.7.0, and Postfix closes the session.
 func TestPolicyDisconnect(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "abuser"
 count = "messages"
@@ -317,8 +319,8 @@ reply = "421 4.7.0 Too many messages from {client_ip}; closing"
 // Per-destination throttling: RCPTs to gmail.com beyond 6 a minute get
 // 451; other domains pass; the message goes to the recipients accepted.
 func TestPolicyPerDestinationThrottle(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "gmail-throttle"
 count = "recipients"
@@ -364,8 +366,8 @@ match.rcpt_domain = ["gmail.com"]
 // X-Sluice-Limit is removed. What Postfix refuses to relay is then sent
 // to sluice directly with go-milter's client, as Postfix would.
 func TestPolicyHostileSenderHeaders(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "tag"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "tag"`, `
 [[limit]]
 name = "per-sender"
 count = "messages"
@@ -512,7 +514,7 @@ func milterMessage(t *testing.T, listen, ip, from string) []milter.ModifyAction 
 // sluice is stopped (which waits for its sessions), if not before.
 func milterSession(t *testing.T, listen, ip string) *milter.ClientSession {
 	t.Helper()
-	network, addr, err := mta.SplitSpec(listen)
+	network, addr, err := testenv.SplitSpec(listen)
 	if err != nil {
 		t.Fatal(err)
 	}

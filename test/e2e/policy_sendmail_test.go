@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func TestPolicyHoldSendmail(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, policyConfig(`mode = "enforce"`, `
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, policyConfig(`mode = "enforce"`, `
 [[limit]]
 name = "runaway"
 count = "messages"

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 const rcpt = "rcpt@example.org"
@@ -115,8 +117,8 @@ func wantTempfailAtMail(t *testing.T, trs []mta.Transaction, first, last int) {
 }
 
 // ruleLines returns sluice's log lines about rule (one per refusal or tag).
-func ruleLines(sl *mta.Sluice, rule string) []mta.LogLine {
-	return sl.Find(func(l mta.LogLine) bool { return l.Str("rule") == rule })
+func ruleLines(sl *sluicetest.Sluice, rule string) []sluicetest.LogLine {
+	return sl.Find(func(l sluicetest.LogLine) bool { return l.Str("rule") == rule })
 }
 
 // checkRuleLines checks the refusal/tag log lines: n of them, each with
@@ -124,7 +126,7 @@ func ruleLines(sl *mta.Sluice, rule string) []mta.LogLine {
 // and over the 1-based numbers of those over the limit (refused, or
 // tagged): a queue_id in a line must be that of a message over the limit
 // (a tagged one), never that of a message under it.
-func checkRuleLines(t *testing.T, lines []mta.LogLine, n int, clientIP, sender string, needQueueID bool, trs []mta.Transaction, over [2]int) {
+func checkRuleLines(t *testing.T, lines []sluicetest.LogLine, n int, clientIP, sender string, needQueueID bool, trs []mta.Transaction, over [2]int) {
 	t.Helper()
 	under := map[string]int{}
 	for i, tr := range trs {
@@ -199,8 +201,8 @@ func checkTags(t *testing.T, msgs []mta.Message, sender, rule string, first, las
 // delivered and 5 refused with 451 4.7.1 at MAIL FROM; a second sender
 // from the same client is unaffected.
 func TestPostfixSenderLimit(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, senderLimit("enforce", "10/1h"))
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, senderLimit("enforce", "10/1h"))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 
 	alice, carol := "alice@example.test", "carol@example.test"
@@ -222,7 +224,7 @@ func TestPostfixSenderLimit(t *testing.T) {
 
 	// The start-up line names the listener and the version; SIGTERM
 	// stops sluice cleanly.
-	start := sl.WaitLog(time.Second, "the start-up line", func(l mta.LogLine) bool { return l.Msg() == "listening" })
+	start := sl.WaitLog(time.Second, "the start-up line", func(l sluicetest.LogLine) bool { return l.Msg() == "listening" })
 	if !strings.Contains(start.String(), `"`+sl.Listen+`"`) || start.Str("version") == "" {
 		t.Errorf("start-up line %v: want the listener %s and the version", start, sl.Listen)
 	}
@@ -234,8 +236,8 @@ func TestPostfixSenderLimit(t *testing.T) {
 // Case 2: the same policy with mode = "tag": all 15 delivered, exactly
 // the 5 over the limit carry X-Sluice-Limit.
 func TestPostfixSenderLimitTagMode(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, senderLimit("tag", "10/1h"))
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, senderLimit("tag", "10/1h"))
 	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
 
 	alice := "alice@example.test"
@@ -256,8 +258,8 @@ func TestPostfixSenderLimitTagMode(t *testing.T) {
 // from one IP gets 421 4.7.0, another IP is not affected, and after one
 // session closes a new one is accepted.
 func TestPostfixConcurrencyLimit(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, `mode = "enforce"
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, `mode = "enforce"
 
 [log]
 level = "info"
@@ -348,8 +350,8 @@ max = 3
 // A unix-socket listener: created with mode 0660 over a stale socket file
 // left by a crash, and used by Postfix.
 func TestPostfixUnixSocket(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	sock := filepath.Join(sl.Dir, "sluice.sock")
 	sl.Listen = "unix:" + sock
 	sl.Group = "postfix"

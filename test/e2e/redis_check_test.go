@@ -6,11 +6,11 @@ package e2e
 import (
 	"testing"
 
-	"sluice/test/mta"
+	"sluice/test/testenv"
 )
 
 func TestRedisCheckConfig(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	dir := t.TempDir()
 	// Nothing listens on port 1: check must not connect.
 	good := `listen = "inet:127.0.0.1:8891"

@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"sluice/limits/redisstore/redistest"
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // hugeBulk is a bulk string length no Redis sends: go-redis allocated it
@@ -22,10 +23,10 @@ const hugeBulk = "$4611686018427387904\r\n"
 // allow); the log says what happened a few times, not once per message.
 // Once a real redis-server takes the address, counting in Redis resumes.
 func TestRedisHostileReplies(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	fake := redistest.StartFake(t, redistest.HostileButPing(hugeBulk))
 	h := startRedisHost(t, "mode = \"enforce\"\n"+redisStore([]string{fake.Addr}, false, "")+outageRules)
-	h.sl.WaitLog(5*time.Second, "the refusal at start", func(l mta.LogLine) bool {
+	h.sl.WaitLog(5*time.Second, "the refusal at start", func(l sluicetest.LogLine) bool {
 		return strings.HasPrefix(l.Msg(), "REDIS STORE REPLY REFUSED at start") && strings.Contains(l.Str("error"), fake.Addr)
 	})
 	o := &outage{t: t, c: redisSession(t, h.pf.Addr, "192.0.2.40")}
@@ -42,10 +43,10 @@ func TestRedisHostileReplies(t *testing.T) {
 	if fake.Commands() == before {
 		t.Error("sluice stopped trying the server")
 	}
-	said := h.sl.Find(func(l mta.LogLine) bool {
+	said := h.sl.Find(func(l sluicetest.LogLine) bool {
 		return strings.Contains(l.Msg(), "REPLY REFUSED") || strings.Contains(l.Str("error"), "reply refused")
 	})
-	loud := h.sl.Find(func(l mta.LogLine) bool { return l.Str("level") == "error" || l.Str("level") == "warn" })
+	loud := h.sl.Find(func(l sluicetest.LogLine) bool { return l.Str("level") == "error" || l.Str("level") == "warn" })
 	for _, l := range loud {
 		t.Logf("logged: %v", l)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // One rule per failure policy, told apart by the sender's domain. The
@@ -88,7 +90,7 @@ func (o *outage) send(phase, sender, want string) {
 	}
 }
 
-func waitRedisBack(t *testing.T, sl *mta.Sluice, after int) {
+func waitRedisBack(t *testing.T, sl *sluicetest.Sluice, after int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -106,7 +108,7 @@ func waitRedisBack(t *testing.T, sl *mta.Sluice, after int) {
 }
 
 func TestRedisOutage(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	srv := redistest.Start(t)
 	h := startRedisHost(t, "mode = \"enforce\"\n"+redisStore([]string{srv.Addr}, false, "")+outageRules)
 	o := &outage{t: t, c: redisSession(t, h.pf.Addr, "192.0.2.30")}
@@ -130,7 +132,7 @@ func TestRedisOutage(t *testing.T) {
 	o.send("hung", local, "ok")
 	o.send("hung", local, "limit")
 	t.Logf("slowest transaction while Redis hung: %v", o.slowest)
-	h.sl.WaitLog(5*time.Second, "the outage", func(l mta.LogLine) bool { return strings.HasPrefix(l.Msg(), "REDIS STORE UNREACHABLE") })
+	h.sl.WaitLog(5*time.Second, "the outage", func(l sluicetest.LogLine) bool { return strings.HasPrefix(l.Msg(), "REDIS STORE UNREACHABLE") })
 
 	// Back: counting resumes in Redis where it was (1 of 2 each).
 	mark := len(h.sl.Logs())
@@ -158,25 +160,25 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatal("sluice is not running")
 	}
 	// 10 events failed; the log has a few lines about them, not 10.
-	failed := h.sl.Find(func(l mta.LogLine) bool { return l.Msg() == "counter store failed" })
+	failed := h.sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "counter store failed" })
 	for _, l := range failed {
 		t.Logf("logged: %v", l)
 	}
 	if len(failed) == 0 || len(failed) >= 10 {
 		t.Errorf("%d log lines for 10 failed events, want a sample (1 to 9)", len(failed))
 	}
-	if n := len(h.sl.Find(func(l mta.LogLine) bool { return strings.HasPrefix(l.Msg(), "REDIS STORE UNREACHABLE") })); n != 2 {
+	if n := len(h.sl.Find(func(l sluicetest.LogLine) bool { return strings.HasPrefix(l.Msg(), "REDIS STORE UNREACHABLE") })); n != 2 {
 		t.Errorf("%d outage lines, want 2 (one per outage)", n)
 	}
 }
 
 func TestRedisDownAtStart(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	srv := redistest.Start(t)
 	srv.Stop()
 	cfg := "mode = \"enforce\"\n" + redisStore([]string{srv.Addr}, false, `on_store_error = "tempfail"`) + senderRule
 	h := startRedisHost(t, cfg)
-	h.sl.WaitLog(time.Second, "the loud start", func(l mta.LogLine) bool {
+	h.sl.WaitLog(time.Second, "the loud start", func(l sluicetest.LogLine) bool {
 		return strings.HasPrefix(l.Msg(), "REDIS STORE UNREACHABLE at start") && l.Str("level") == "error"
 	})
 	o := &outage{t: t, c: redisSession(t, h.pf.Addr, "192.0.2.31")}

@@ -16,11 +16,13 @@ import (
 
 	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // redisHost is one MX host: a Postfix with its own sluice attached.
 type redisHost struct {
-	sl *mta.Sluice
+	sl *sluicetest.Sluice
 	pf *mta.Postfix
 }
 
@@ -47,7 +49,7 @@ retry_backoff_max = "1s"
 // and a Postfix in front of it.
 func startRedisHost(t *testing.T, config string) redisHost {
 	t.Helper()
-	sl := mta.StartSluice(t, config)
+	sl := sluicetest.StartSluice(t, config)
 	return redisHost{sl: sl, pf: mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})}
 }
 
@@ -132,14 +134,14 @@ func sharedLimit(t *testing.T, store string, rules string) {
 		t.Errorf("accepted per host %v: both hosts should have admitted some", perHost)
 	}
 	for i, h := range hosts {
-		if n := len(h.sl.Find(func(l mta.LogLine) bool { return l.Str("rule") == "msgs-per-sender" })); n == 0 {
+		if n := len(h.sl.Find(func(l sluicetest.LogLine) bool { return l.Str("rule") == "msgs-per-sender" })); n == 0 {
 			t.Errorf("host %d logged no refusal", i+1)
 		}
 	}
 }
 
 func TestRedisSharedSenderLimit(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	srv := redistest.Start(t)
 	sharedLimit(t, redisStore([]string{srv.Addr}, false, ""), senderRule)
 	// The counter is in Redis, under the prefix, and expires by itself.
@@ -153,7 +155,7 @@ func TestRedisSharedSenderLimit(t *testing.T) {
 }
 
 func TestRedisClusterSenderLimit(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	cl := redistest.StartCluster(t, 3)
 	sharedLimit(t, redisStore(cl.Addrs(), true, ""), senderRule+ipRule)
 	// Every node has some of the slots; the sender's key is on the node
@@ -182,7 +184,7 @@ func TestRedisClusterSenderLimit(t *testing.T) {
 // sluice instances; when one is killed (SIGKILL, no clean release), its
 // slots come back within the lease time.
 func TestRedisConcurrentAcrossHosts(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	srv := redistest.Start(t)
 	const lease = 2 * time.Second
 	cfg := "mode = \"enforce\"\n" + redisStore([]string{srv.Addr}, false, fmt.Sprintf("lease_time = %q", lease.String())) + `
@@ -241,7 +243,7 @@ action = "tempfail"
 		t.Fatal("a 5th session from one IP was accepted with max 3")
 	}
 	for _, h := range []redisHost{a, b} {
-		if n := len(h.sl.Find(func(l mta.LogLine) bool { return l.Str("rule") == "conns-per-ip" })); n != 1 {
+		if n := len(h.sl.Find(func(l sluicetest.LogLine) bool { return l.Str("rule") == "conns-per-ip" })); n != 1 {
 			t.Errorf("a host logged %d refusals by conns-per-ip, want 1", n)
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 func sendmailSession(t *testing.T, sm *mta.Sendmail) *mta.Client {
@@ -28,8 +30,8 @@ func sendmailSession(t *testing.T, sm *mta.Sendmail) *mta.Client {
 // Enforce: 10 of 15 delivered, 5 refused with 451 4.7.1 at MAIL
 // FROM; a second sender unaffected.
 func TestSendmailSenderLimit(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, "trusted = []\n"+senderLimit("enforce", "10/1h"))
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, "trusted = []\n"+senderLimit("enforce", "10/1h"))
 	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
 
 	alice, carol := "alice@example.test", "carol@example.test"
@@ -53,8 +55,8 @@ func TestSendmailSenderLimit(t *testing.T) {
 
 // Tag mode: all 15 delivered, exactly 5 carry X-Sluice-Limit.
 func TestSendmailSenderLimitTagMode(t *testing.T) {
-	mta.Require(t)
-	sl := mta.StartSluice(t, "trusted = []\n"+senderLimit("tag", "10/1h"))
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, "trusted = []\n"+senderLimit("tag", "10/1h"))
 	sm := mta.StartSendmail(t, mta.SendmailOptions{Milter: sl.Listen})
 
 	alice := "alice@example.test"

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
 // snapshotConfig is a config body whose [store] snapshot is path, on line
-// snapshotLine of the file mta.Sluice writes (after its listen line).
+// snapshotLine of the file sluicetest.Sluice writes (after its listen line).
 func snapshotConfig(path string) string {
 	return `trusted = []
 
@@ -57,7 +58,7 @@ func pathState(t *testing.T, path string) string {
 // the old one wait forever) with an error naming the path, and the thing
 // at the path is left as it was. Once the path is cleared, both accept it.
 func TestSnapshotPathRefused(t *testing.T) {
-	mta.Require(t)
+	testenv.Require(t)
 	foreign := "# /etc/aliases\npostmaster: root\n"
 	for _, c := range []struct {
 		name string
@@ -90,20 +91,20 @@ func TestSnapshotPathRefused(t *testing.T) {
 		}, "a directory"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			sl := mta.NewSluice(t)
+			sl := sluicetest.NewSluice(t)
 			snap := filepath.Join(sl.Dir, "counters.snap")
 			c.make(t, snap)
 			before := pathState(t, snap)
 			config := sl.WriteConfig(snapshotConfig(snap))
 
-			res := mta.RunSluice(t, "check", "-config", config)
+			res := sluicetest.RunSluice(t, "check", "-config", config)
 			t.Logf("sluice check (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
 			at := config + ":" + strconv.Itoa(snapshotLine) + ": store.snapshot: " + snap + " is " + c.want
 			if res.Code != 1 || !strings.Contains(res.Stderr, at) {
 				t.Errorf("check: exit %d, stderr %q; want exit 1 and %q", res.Code, res.Stderr, at)
 			}
 
-			res = mta.RunSluice(t, "serve", "-config", config)
+			res = sluicetest.RunSluice(t, "serve", "-config", config)
 			t.Logf("sluice serve (exit %d): %s%s", res.Code, res.Stdout, res.Stderr)
 			if res.Code != 1 || !strings.Contains(res.Stdout, "sluice stopped") || !strings.Contains(res.Stdout, snap+" is "+c.want) {
 				t.Errorf("serve: exit %d, output %q; want exit 1 and an error naming %s", res.Code, res.Stdout, snap)
@@ -115,7 +116,7 @@ func TestSnapshotPathRefused(t *testing.T) {
 			if err := os.RemoveAll(snap); err != nil {
 				t.Fatal(err)
 			}
-			if res := mta.RunSluice(t, "check", "-config", config); res.Code != 0 {
+			if res := sluicetest.RunSluice(t, "check", "-config", config); res.Code != 0 {
 				t.Errorf("check with the path cleared: exit %d: %s", res.Code, res.Stderr)
 			}
 		})
@@ -128,8 +129,8 @@ func TestSnapshotPathRefused(t *testing.T) {
 // second and at stop, and the linked file and the link are unchanged.
 // The next start loads the snapshot.
 func TestSnapshotTempLinkNotFollowed(t *testing.T) {
-	mta.Require(t)
-	sl := mta.NewSluice(t)
+	testenv.Require(t)
+	sl := sluicetest.NewSluice(t)
 	snap := filepath.Join(sl.Dir, "counters.snap")
 	victim := filepath.Join(t.TempDir(), "shadow")
 	if err := os.WriteFile(victim, []byte("root:*:19000:0:99999:7:::\n"), 0o600); err != nil {
@@ -159,6 +160,6 @@ func TestSnapshotTempLinkNotFollowed(t *testing.T) {
 
 	from := len(sl.Logs())
 	sl.Start(snapshotConfig(snap))
-	line := waitLogFrom(t, sl, from, "the snapshot loaded", func(l mta.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
+	line := waitLogFrom(t, sl, from, "the snapshot loaded", func(l sluicetest.LogLine) bool { return l.Msg() == "counter snapshot loaded" })
 	t.Logf("after restart: %s", line)
 }

@@ -1,3 +1,5 @@
+// Package mta starts real mail servers for end-to-end tests and benchmarks
+// — Postfix, Sendmail, smtp-sink — and speaks SMTP to them.
 package mta
 
 import (
@@ -12,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/test/testenv"
 )
 
 // PostfixOptions says how to set up a throw-away Postfix.
@@ -53,12 +57,12 @@ type Postfix struct {
 // the milter attached. It is stopped when the test ends.
 func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	t.Helper()
-	bin := Tool(t, "postfix")
-	Tool(t, "postconf")
-	dir := Dir(t, "postfix")
+	bin := testenv.Tool(t, "postfix")
+	testenv.Tool(t, "postconf")
+	dir := testenv.Dir(t, "postfix")
 	p := &Postfix{
 		Dir:   dir,
-		Addr:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		Addr:  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		Sink:  opts.Sink,
 		t:     t,
 		etc:   filepath.Join(dir, "etc"),
@@ -69,7 +73,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 		p.Sink = StartSink(t)
 	}
 	if opts.Submission {
-		p.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		p.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	}
 	for _, d := range []string{p.etc, p.queue, filepath.Join(dir, "data")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -102,27 +106,27 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 		for _, k := range keys {
 			args = append(args, k+"="+opts.Main[k])
 		}
-		run(t, "postconf", args...)
+		testenv.Run(t, "postconf", args...)
 	}
 
 	// master.cf: no chroot (the queue is not a chroot jail here), and the
 	// port-25 smtpd replaced by ours on a free port.
-	run(t, "postconf", "-c", p.etc, "-F", "*/*/chroot = n")
-	run(t, "postconf", "-c", p.etc, "-MX", "smtp/inet")
-	run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd -o milter_macro_daemon_name=smtpd")
+	testenv.Run(t, "postconf", "-c", p.etc, "-F", "*/*/chroot = n")
+	testenv.Run(t, "postconf", "-c", p.etc, "-MX", "smtp/inet")
+	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd -o milter_macro_daemon_name=smtpd")
 	if opts.Submission {
-		run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
+		testenv.Run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
 			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
 	}
 
-	run(t, bin, "-c", p.etc, "start") // runs "postfix check" first
+	testenv.Run(t, bin, "-c", p.etc, "start") // runs "postfix check" first
 	p.active = true
 	t.Cleanup(p.Stop)
 	for _, a := range []string{p.Addr, p.SubmissionAddr} {
 		if a == "" {
 			continue
 		}
-		if err := poll(20*time.Second, func() error { return tcpListening(a) }); err != nil {
+		if err := testenv.Poll(20*time.Second, func() error { return testenv.TCPListening(a) }); err != nil {
 			t.Fatalf("postfix did not listen on %s: %v\nmaillog:\n%s", a, err, p.Log())
 		}
 	}
@@ -175,7 +179,7 @@ func (p *Postfix) mainCF(opts PostfixOptions) string {
 func (p *Postfix) setupSASL(users map[string]string) {
 	t := p.t
 	t.Helper()
-	Tool(t, "saslpasswd2")
+	testenv.Tool(t, "saslpasswd2")
 	sasl := filepath.Join(p.etc, "sasl")
 	db := filepath.Join(p.etc, "sasldb2")
 	if err := os.MkdirAll(sasl, 0o755); err != nil {
@@ -190,7 +194,7 @@ func (p *Postfix) setupSASL(users map[string]string) {
 		if !ok {
 			t.Fatalf("SASL user %q: want user@realm", id)
 		}
-		cmd := execCommand("saslpasswd2", "-p", "-f", db, "-c", "-u", realm, user)
+		cmd := testenv.Command("saslpasswd2", "-p", "-f", db, "-c", "-u", realm, user)
 		cmd.Stdin = strings.NewReader(pass)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("saslpasswd2 %s: %v: %s", id, err, out)
@@ -217,8 +221,8 @@ func (p *Postfix) setupSASL(users map[string]string) {
 // Postconf changes main.cf settings ("name=value") and reloads Postfix.
 func (p *Postfix) Postconf(settings ...string) {
 	p.t.Helper()
-	run(p.t, "postconf", append([]string{"-c", p.etc, "-e"}, settings...)...)
-	run(p.t, p.bin, "-c", p.etc, "reload")
+	testenv.Run(p.t, "postconf", append([]string{"-c", p.etc, "-e"}, settings...)...)
+	testenv.Run(p.t, p.bin, "-c", p.etc, "reload")
 }
 
 // Stop stops Postfix and waits until its master process is gone.
@@ -227,12 +231,12 @@ func (p *Postfix) Stop() {
 		return
 	}
 	p.active = false
-	if out, err := runErr(p.bin, "-c", p.etc, "stop"); err != nil {
+	if out, err := testenv.RunErr(p.bin, "-c", p.etc, "stop"); err != nil {
 		p.t.Errorf("postfix stop: %v\n%s", err, out)
 	}
 	// "postfix stop" returns before the master exits.
-	err := poll(20*time.Second, func() error {
-		if _, err := runErr(p.bin, "-c", p.etc, "status"); err == nil {
+	err := testenv.Poll(20*time.Second, func() error {
+		if _, err := testenv.RunErr(p.bin, "-c", p.etc, "status"); err == nil {
 			return fmt.Errorf("postfix is still running")
 		}
 		return nil
@@ -275,7 +279,7 @@ func (p *Postfix) Queue() []QueueEntry {
 }
 
 func (p *Postfix) queueErr() ([]QueueEntry, error) {
-	out, err := execCommand("postqueue", "-c", p.etc, "-j").CombinedOutput()
+	out, err := testenv.Command("postqueue", "-c", p.etc, "-j").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("postqueue -j: %v: %s", err, out)
 	}
@@ -300,13 +304,13 @@ func (p *Postfix) queueErr() ([]QueueEntry, error) {
 // deletes every message.
 func (p *Postfix) Postsuper(args ...string) string {
 	p.t.Helper()
-	return run(p.t, "postsuper", append([]string{"-c", p.etc}, args...)...)
+	return testenv.Run(p.t, "postsuper", append([]string{"-c", p.etc}, args...)...)
 }
 
 // Flush asks Postfix to retry every deferred message now.
 func (p *Postfix) Flush() {
 	p.t.Helper()
-	run(p.t, "postqueue", "-c", p.etc, "-f")
+	testenv.Run(p.t, "postqueue", "-c", p.etc, "-f")
 }
 
 // WaitDelivered waits until the sink holds at least n messages and
@@ -314,7 +318,7 @@ func (p *Postfix) Flush() {
 // messages stay), then returns every message in the sink.
 func (p *Postfix) WaitDelivered(n int, timeout time.Duration) []Message {
 	p.t.Helper()
-	err := poll(timeout, func() error {
+	err := testenv.Poll(timeout, func() error {
 		q, err := p.queueErr()
 		if err != nil {
 			return err

@@ -3,6 +3,7 @@ package mta
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"sluice/test/testenv"
 )
 
 // DefaultSendmailRoot is where ./test/run unpacks Sendmail's packages
@@ -43,7 +46,7 @@ type Sendmail struct {
 	Sink *Sink
 
 	t     testing.TB
-	proc  *process
+	proc  *testenv.Process
 	out   bytes.Buffer
 	queue string
 }
@@ -105,12 +108,12 @@ func SendmailRoot(t testing.TB) string {
 func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 	t.Helper()
 	root := SendmailRoot(t)
-	m4 := Tool(t, "m4")
-	unshare := Tool(t, "unshare")
-	dir := Dir(t, "sendmail")
+	m4 := testenv.Tool(t, "m4")
+	unshare := testenv.Tool(t, "unshare")
+	dir := testenv.Dir(t, "sendmail")
 	s := &Sendmail{
 		Dir:   dir,
-		Addr:  fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		Addr:  fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		Sink:  opts.Sink,
 		t:     t,
 		queue: filepath.Join(dir, "queue"),
@@ -179,17 +182,17 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 
 	bin := filepath.Join(root, "usr/libexec/sendmail/sendmail")
 	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s -bD",
-		shellQuote([]string{filepath.Join(dir, "hosts")}), shellQuote([]string{bin}), shellQuote([]string{cfPath}))
+		testenv.ShellQuote([]string{filepath.Join(dir, "hosts")}), testenv.ShellQuote([]string{bin}), testenv.ShellQuote([]string{cfPath}))
 	cmd = exec.Command(unshare, "--uts", "--mount", "sh", "-c", script)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &s.out, &s.out
-	s.proc = startProcess(t, "sendmail", cmd)
+	s.proc = testenv.StartProcess(t, "sendmail", cmd)
 	t.Cleanup(s.Stop)
-	waitFor(t, 30*time.Second, "sendmail on "+s.Addr, func() error {
-		if s.proc.exited() {
-			return fmt.Errorf("sendmail exited: %v\n%s", s.proc.err, s.out.String())
+	testenv.WaitFor(t, 30*time.Second, "sendmail on "+s.Addr, func() error {
+		if s.proc.Exited() {
+			return fmt.Errorf("sendmail exited: %v\n%s", s.proc.Err(), s.out.String())
 		}
-		return tcpListening(s.Addr)
+		return testenv.TCPListening(s.Addr)
 	})
 	return s
 }
@@ -203,10 +206,10 @@ func stderrOf(err error) string {
 
 // Stop stops the daemon and the children it forked.
 func (s *Sendmail) Stop() {
-	if s.proc == nil || s.proc.exited() {
+	if s.proc == nil || s.proc.Exited() {
 		return
 	}
-	s.proc.stop(syscall.SIGTERM, 10*time.Second)
+	s.proc.Stop(syscall.SIGTERM, 10*time.Second)
 	if s.t.Failed() && s.out.Len() > 0 {
 		s.t.Logf("sendmail output:\n%s", s.out.String())
 	}
@@ -228,7 +231,7 @@ func (s *Sendmail) Queue() []string {
 // Sendmail's queue is empty, then returns every message in the sink.
 func (s *Sendmail) WaitDelivered(n int, timeout time.Duration) []Message {
 	s.t.Helper()
-	waitFor(s.t, timeout, "delivery through sendmail", func() error {
+	testenv.WaitFor(s.t, timeout, "delivery through sendmail", func() error {
 		q := s.Queue()
 		if got := s.Sink.Count(); got < n || len(q) > 0 {
 			return fmt.Errorf("sink has %d of %d messages, %d in sendmail's queue", got, n, len(q))
@@ -236,4 +239,18 @@ func (s *Sendmail) WaitDelivered(n int, timeout time.Duration) []Message {
 		return nil
 	})
 	return s.Sink.Messages(s.t)
+}
+
+// SendmailSpec turns a socket spec in Postfix's syntax into Sendmail's
+// (inet:PORT@HOST, unix:/path) for INPUT_MAIL_FILTER's S= equate.
+func SendmailSpec(spec string) (string, error) {
+	network, addr, err := testenv.SplitSpec(spec)
+	if err != nil {
+		return "", err
+	}
+	if network == "unix" {
+		return "unix:" + addr, nil
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	return "inet:" + port + "@" + host, nil
 }

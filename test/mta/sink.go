@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"sluice/test/testenv"
 )
 
 // Sink is Postfix's smtp-sink, accepting every message on loopback and
@@ -23,14 +25,14 @@ type Sink struct {
 	Addr string // 127.0.0.1:PORT
 	Dir  string // one file per delivered message
 
-	proc *process
+	proc *testenv.Process
 }
 
 // StartSink starts smtp-sink on a free port.
 func StartSink(t testing.TB) *Sink {
 	t.Helper()
-	bin := Tool(t, "smtp-sink")
-	dir := filepath.Join(Dir(t, "sink"), "msgs")
+	bin := testenv.Tool(t, "smtp-sink")
+	dir := filepath.Join(testenv.Dir(t, "sink"), "msgs")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -38,17 +40,17 @@ func StartSink(t testing.TB) *Sink {
 	if err := chownPostfix(dir); err != nil {
 		t.Fatalf("sink dir: %v", err)
 	}
-	s := &Sink{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Dir: dir}
+	s := &Sink{Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), Dir: dir}
 	cmd := exec.Command(bin, "-u", "postfix", "-4", "-d", dir+"/%Y%m%d%H%M%S.", s.Addr, "1024")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	s.proc = startProcess(t, "smtp-sink", cmd)
-	t.Cleanup(func() { s.proc.stop(syscall.SIGTERM, 5*time.Second) })
-	waitFor(t, 10*time.Second, "smtp-sink on "+s.Addr, func() error {
-		if s.proc.exited() {
-			return fmt.Errorf("smtp-sink exited: %v: %s", s.proc.err, out.String())
+	s.proc = testenv.StartProcess(t, "smtp-sink", cmd)
+	t.Cleanup(func() { s.proc.Stop(syscall.SIGTERM, 5*time.Second) })
+	testenv.WaitFor(t, 10*time.Second, "smtp-sink on "+s.Addr, func() error {
+		if s.proc.Exited() {
+			return fmt.Errorf("smtp-sink exited: %v: %s", s.proc.Err(), out.String())
 		}
-		return tcpListening(s.Addr)
+		return testenv.TCPListening(s.Addr)
 	})
 	return s
 }

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"sluice/test/testenv"
 
-	"sluice/test/mta"
+	"github.com/redis/go-redis/v9"
 )
 
 // Require returns the path of redis-server, or ends the test: a failure
@@ -32,7 +32,7 @@ func Require(t testing.TB) string {
 		path, err = exec.LookPath("/usr/bin/redis-server")
 	}
 	if err != nil {
-		if mta.Enabled() {
+		if testenv.Enabled() {
 			t.Fatalf("redis-server is not installed (./test/run installs it): %v", err)
 		}
 		t.Skip("SKIPPED: redis-server is not installed; ./test/run installs it (apt-get install redis-server)")
@@ -62,7 +62,7 @@ type Server struct {
 // "1mb"...); it is stopped when the test ends.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	return StartAt(t, fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)), args...)
+	return StartAt(t, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), args...)
 }
 
 // StartAt is Start on a given loopback address: in the place of a Fake
@@ -71,7 +71,7 @@ func StartAt(t testing.TB, addr string, args ...string) *Server {
 	t.Helper()
 	s := &Server{
 		Addr: addr,
-		Dir:  mta.Dir(t, "redis"),
+		Dir:  testenv.Dir(t, "redis"),
 		t:    t,
 		bin:  Require(t),
 		args: args,
@@ -95,8 +95,8 @@ func StartAt(t testing.TB, addr string, args ...string) *Server {
 func StartTLS(t testing.TB, certFile, keyFile string, client *tls.Config, user, password string) *Server {
 	t.Helper()
 	s := &Server{
-		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
-		Dir:  mta.Dir(t, "redis-tls"),
+		Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Dir:  testenv.Dir(t, "redis-tls"),
 		t:    t,
 		bin:  Require(t),
 		args: []string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no",
@@ -250,7 +250,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	c := &Cluster{}
 	for range n {
-		dir := mta.Dir(t, "redis-cluster")
+		dir := testenv.Dir(t, "redis-cluster")
 		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "5000"))
 	}
@@ -305,8 +305,8 @@ func startSentinel(t testing.TB, name string, master *Server, quorum int) *Senti
 	t.Helper()
 	bin := Require(t)
 	s := &Server{
-		Addr: fmt.Sprintf("127.0.0.1:%d", mta.FreePort(t)),
-		Dir:  mta.Dir(t, "sentinel"),
+		Addr: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		Dir:  testenv.Dir(t, "sentinel"),
 		t:    t,
 		bin:  bin,
 	}

@@ -28,9 +28,11 @@ import (
 	"time"
 
 	"sluice/test/mta"
+	"sluice/test/sluicetest"
+	"sluice/test/testenv"
 )
 
-func TestMain(m *testing.M) { os.Exit(mta.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
 func rounds() int {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && n > 0 {
@@ -73,21 +75,21 @@ func (v *variant) median() run {
 // with a do-nothing go-milter taking every event, and with sluice on the
 // built-in policy (limits raised so every message is counted).
 func BenchmarkPostfix(b *testing.B) {
-	mta.Require(b)
+	testenv.Require(b)
 	msgs := envInt("BENCH_POSTFIX_MESSAGES", 2000)
 	sessions := envInt("BENCH_POSTFIX_SESSIONS", 20)
 	sink := startSink(b)
 
-	sl := mta.StartSluice(b, mta.CountEverything)
+	sl := sluicetest.StartSluice(b, sluicetest.CountEverything)
 	noop := startNoop(b)
 	least := startNoop(b, "-floor")
 
 	// sluice on a unix socket too, as a Debian Postfix in its chroot
 	// would use it.
-	slUnix := mta.NewSluice(b)
+	slUnix := sluicetest.NewSluice(b)
 	slUnix.Listen = "unix:" + filepath.Join(slUnix.Dir, "sluice.sock")
 	slUnix.Group = "postfix"
-	slUnix.Start(mta.CountEverything)
+	slUnix.Start(sluicetest.CountEverything)
 
 	none := mta.StartPostfix(b, mta.PostfixOptions{Sink: sink.Sink})
 	withNoop := mta.StartPostfix(b, mta.PostfixOptions{Sink: sink.Sink, Milter: noop.listen})
@@ -107,17 +109,17 @@ func BenchmarkPostfix(b *testing.B) {
 	// config (without listen) for it or for this tree's sluice.
 	alt, altConfig := os.Getenv("BENCH_ALT_BIN"), os.Getenv("BENCH_ALT_CONFIG")
 	if alt == "" && altConfig != "" {
-		alt = mta.Binary(b)
+		alt = sluicetest.Binary(b)
 	}
 	if altConfig == "" {
-		altConfig = mta.CountEverything
+		altConfig = sluicetest.CountEverything
 	}
 	if alt != "" {
 		d := startSluiceBinary(b, alt, altConfig)
 		p := mta.StartPostfix(b, mta.PostfixOptions{Sink: sink.Sink, Milter: d.listen})
 		vs = append(vs, &variant{name: "sluice (alt)", addr: p.Addr, drain: drainer(b, p), milter: d.pid, postfix: p})
 	}
-	source := mta.Tool(b, "smtp-source")
+	source := testenv.Tool(b, "smtp-source")
 	// One warm-up message through each, so that Postfix's processes are
 	// started before the clock runs.
 	for _, v := range vs {
@@ -186,12 +188,12 @@ func BenchmarkPostfix(b *testing.B) {
 // without TCP_QUICKACK (-X sluice/milter.quickACK=off; the binary is
 // $SLUICE_BIN_NOQUICKACK, else built here).
 func BenchmarkSendmailSession(b *testing.B) {
-	mta.Require(b)
+	testenv.Require(b)
 	msgs := envInt("BENCH_SENDMAIL_MESSAGES", 50)
 	sink := startSink(b)
 
-	sl := mta.StartSluice(b, mta.CountEverything)
-	slow := startSluiceBinary(b, noQuickAckBinary(b), mta.CountEverything)
+	sl := sluicetest.StartSluice(b, sluicetest.CountEverything)
+	slow := startSluiceBinary(b, noQuickAckBinary(b), sluicetest.CountEverything)
 
 	none := mta.StartSendmail(b, mta.SendmailOptions{Sink: sink.Sink})
 	withSluice := mta.StartSendmail(b, mta.SendmailOptions{Sink: sink.Sink, Milter: sl.Listen})
@@ -202,7 +204,7 @@ func BenchmarkSendmailSession(b *testing.B) {
 		{name: "sluice", addr: withSluice.Addr},
 		{name: "sluice, no QUICKACK", addr: withSlow.Addr},
 	}
-	source := mta.Tool(b, "smtp-source")
+	source := testenv.Tool(b, "smtp-source")
 	for _, v := range vs {
 		smtpSourceSession(b, source, v.addr, 1)
 	}
@@ -358,8 +360,8 @@ func startSink(b *testing.B) quietSink {
 		s := mta.StartSink(b)
 		return quietSink{s, listenerPid(b, "inet:"+s.Addr)}
 	}
-	bin := mta.Tool(b, "smtp-sink")
-	addr := fmt.Sprintf("127.0.0.1:%d", mta.FreePort(b))
+	bin := testenv.Tool(b, "smtp-sink")
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(b))
 	cmd := exec.Command(bin, "-u", "postfix", "-4", addr, "1024")
 	pid := startDaemon(b, cmd, "smtp-sink")
 	waitListening(b, "inet:"+addr)
@@ -381,7 +383,7 @@ type daemon struct {
 // flags (-floor: the least a milter can cost).
 func startNoop(b *testing.B, flags ...string) daemon {
 	b.Helper()
-	listen := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(b))
+	listen := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(b))
 	bin := os.Getenv("NOOPMILTER_BIN")
 	if bin == "" {
 		bin = buildTool(b, "noopmilter", "./test/noopmilter")
@@ -395,8 +397,8 @@ func startNoop(b *testing.B, flags ...string) daemon {
 // startSluiceBinary runs a given sluice binary on config (listen added).
 func startSluiceBinary(b *testing.B, bin, config string) daemon {
 	b.Helper()
-	listen := fmt.Sprintf("inet:127.0.0.1:%d", mta.FreePort(b))
-	path := filepath.Join(mta.Dir(b, "sluice-bench"), "sluice.toml")
+	listen := fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(b))
+	path := filepath.Join(testenv.Dir(b, "sluice-bench"), "sluice.toml")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf("listen = %q\n%s", listen, config)), 0o644); err != nil {
 		b.Fatal(err)
 	}
@@ -456,7 +458,7 @@ func startDaemon(b *testing.B, cmd *exec.Cmd, name string) int {
 func waitListening(b *testing.B, spec string) {
 	b.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for mta.Listening(spec) != nil {
+	for testenv.Listening(spec) != nil {
 		if time.Now().After(deadline) {
 			b.Fatalf("nothing listens on %s", spec)
 		}
@@ -469,7 +471,7 @@ var pidRE = regexp.MustCompile(`pid=(\d+)`)
 // listenerPid finds the process listening on a socket spec.
 func listenerPid(b *testing.B, spec string) int {
 	b.Helper()
-	network, addr, err := mta.SplitSpec(spec)
+	network, addr, err := testenv.SplitSpec(spec)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,6 @@
-package mta
+// Package sluicetest runs the sluice binary for end-to-end tests and
+// benchmarks: built once, started on a config, its JSON log lines read back.
+package sluicetest
 
 import (
 	"bytes"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"sluice/test/testenv"
 )
 
 // build is the sluice binary, built once per test binary.
@@ -44,6 +48,8 @@ func Binary(t testing.TB) string {
 			build.err = err
 			return
 		}
+		dir := build.dir
+		testenv.AtExit(func() { os.RemoveAll(dir) })
 		out := filepath.Join(build.dir, "sluice")
 		args := append([]string{"build", "-o", out}, strings.Fields(os.Getenv("SLUICE_BUILD_FLAGS"))...)
 		cmd := exec.Command("go", append(args, "./cmd/sluice")...)
@@ -99,7 +105,7 @@ func RunSluice(t testing.TB, args ...string) Result {
 		<-done
 		t.Fatalf("sluice %s did not end within a minute", strings.Join(args, " "))
 	}
-	code := exitCode(err)
+	code := testenv.ExitCode(err)
 	if code < 0 {
 		t.Fatalf("sluice %s: %v", strings.Join(args, " "), err)
 	}
@@ -148,7 +154,7 @@ type Sluice struct {
 	NoFile int
 
 	t          testing.TB
-	proc       *process
+	proc       *testenv.Process
 	cleanupSet bool
 
 	mu     sync.Mutex
@@ -163,8 +169,8 @@ type Sluice struct {
 func NewSluice(t testing.TB) *Sluice {
 	t.Helper()
 	return &Sluice{
-		Listen: fmt.Sprintf("inet:127.0.0.1:%d", FreePort(t)),
-		Dir:    Dir(t, "sluice"),
+		Listen: fmt.Sprintf("inet:127.0.0.1:%d", testenv.FreePort(t)),
+		Dir:    testenv.Dir(t, "sluice"),
 		t:      t,
 		grew:   make(chan struct{}),
 	}
@@ -197,7 +203,7 @@ func (s *Sluice) WriteConfig(body string) string {
 // socket accepts connections. The daemon is stopped when the test ends.
 func (s *Sluice) Start(body string) {
 	s.t.Helper()
-	if s.proc != nil && !s.proc.exited() {
+	if s.proc != nil && !s.proc.Exited() {
 		s.t.Fatal("sluice is already running")
 	}
 	s.WriteConfig(body)
@@ -205,7 +211,7 @@ func (s *Sluice) Start(body string) {
 	cmd := exec.Command(Binary(s.t), "serve", "-config", s.Config)
 	if s.NoFile > 0 {
 		limit := fmt.Sprintf("--nofile=%d:%d", s.NoFile, s.NoFile)
-		cmd = exec.Command(Tool(s.t, "prlimit"), limit, "--", Binary(s.t), "serve", "-config", s.Config)
+		cmd = exec.Command(testenv.Tool(s.t, "prlimit"), limit, "--", Binary(s.t), "serve", "-config", s.Config)
 	}
 	cmd.Dir = s.Dir
 	// A Writer, not StdoutPipe: Wait then returns only after the last
@@ -222,7 +228,7 @@ func (s *Sluice) Start(body string) {
 			Credential: &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(gid), NoSetGroups: true},
 		}
 	}
-	s.proc = startProcess(s.t, "sluice", cmd)
+	s.proc = testenv.StartProcess(s.t, "sluice", cmd)
 	if !s.cleanupSet {
 		s.cleanupSet = true
 		s.t.Cleanup(s.cleanup)
@@ -232,12 +238,12 @@ func (s *Sluice) Start(body string) {
 	if err != nil {
 		s.t.Fatalf("sluice did not start: %v\n%s", err, s.dump())
 	}
-	waitFor(s.t, 10*time.Second, "sluice's socket "+s.Listen, func() error { return Listening(s.Listen) })
+	testenv.WaitFor(s.t, 10*time.Second, "sluice's socket "+s.Listen, func() error { return testenv.Listening(s.Listen) })
 }
 
 func (s *Sluice) cleanup() {
-	if s.proc != nil && !s.proc.exited() {
-		clean, _ := s.proc.stop(syscall.SIGTERM, 10*time.Second)
+	if s.proc != nil && !s.proc.Exited() {
+		clean, _ := s.proc.Stop(syscall.SIGTERM, 10*time.Second)
 		if !clean {
 			s.t.Errorf("sluice did not exit within 10s of SIGTERM")
 		}
@@ -328,7 +334,7 @@ func (s *Sluice) waitLog(from int, timeout time.Duration, match func(LogLine) bo
 		s.mu.Unlock()
 		select {
 		case <-grew:
-		case <-s.proc.done:
+		case <-s.proc.Done():
 			// Let the reader drain what the process printed last.
 			time.Sleep(50 * time.Millisecond)
 			s.mu.Lock()
@@ -339,7 +345,7 @@ func (s *Sluice) waitLog(from int, timeout time.Duration, match func(LogLine) bo
 				}
 			}
 			s.mu.Unlock()
-			return nil, fmt.Errorf("sluice exited: %v", s.proc.err)
+			return nil, fmt.Errorf("sluice exited: %v", s.proc.Err())
 		case <-deadline:
 			return nil, fmt.Errorf("timed out after %v", timeout)
 		}
@@ -349,7 +355,7 @@ func (s *Sluice) waitLog(from int, timeout time.Duration, match func(LogLine) bo
 // Signal sends sig to the running daemon (SIGHUP for a reload).
 func (s *Sluice) Signal(sig syscall.Signal) {
 	s.t.Helper()
-	if err := s.proc.cmd.Process.Signal(sig); err != nil {
+	if err := s.proc.Signal(sig); err != nil {
 		s.t.Fatalf("signal sluice: %v", err)
 	}
 }
@@ -359,20 +365,20 @@ func (s *Sluice) Signal(sig syscall.Signal) {
 // code.
 func (s *Sluice) Stop(timeout time.Duration) int {
 	s.t.Helper()
-	clean, err := s.proc.stop(syscall.SIGTERM, timeout)
+	clean, err := s.proc.Stop(syscall.SIGTERM, timeout)
 	if !clean {
 		s.t.Errorf("sluice did not exit within %v of SIGTERM; killed", timeout)
 	}
-	return exitCode(err)
+	return testenv.ExitCode(err)
 }
 
 // Kill ends sluice with SIGKILL, as a crash would.
 func (s *Sluice) Kill() {
-	s.proc.stop(syscall.SIGKILL, 5*time.Second)
+	s.proc.Stop(syscall.SIGKILL, 5*time.Second)
 }
 
 // Running reports whether the daemon is still running.
-func (s *Sluice) Running() bool { return s.proc != nil && !s.proc.exited() }
+func (s *Sluice) Running() bool { return s.proc != nil && !s.proc.Exited() }
 
 // lineWriter hands each complete line written to it to line.
 type lineWriter struct {

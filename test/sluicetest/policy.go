@@ -1,4 +1,4 @@
-package mta
+package sluicetest
 
 // CountEverything is a sluice config body (without listen) for load and
 // fault tests: the built-in policy's three rules with their limits raised

@@ -1,6 +1,6 @@
-// Package mta starts real mail servers and sluice itself for end-to-end tests
-// and benchmarks: Postfix, Sendmail, smtp-sink and Redis, each under a temp dir.
-package mta
+// Package testenv is what the end-to-end tests and benchmarks share: whether
+// they run at all, temp dirs, free ports, tools, processes and socket probes.
+package testenv
 
 import (
 	"bytes"
@@ -10,8 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,19 +36,34 @@ func Require(t testing.TB) {
 	}
 }
 
-// Main runs the tests of an end-to-end package and cleans up what the
-// package's tests shared (the sluice binary). Use it from TestMain:
+// Main runs the tests of an end-to-end package and then what was given
+// to AtExit. Use it from TestMain:
 //
-//	func TestMain(m *testing.M) { os.Exit(mta.Main(m)) }
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 func Main(m *testing.M) int {
 	if !Enabled() {
 		fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", strings.ToUpper("end-to-end tests skipped")+": "+howToRun)
 	}
 	code := m.Run()
-	if build.dir != "" {
-		os.RemoveAll(build.dir)
+	atExit.Lock()
+	for _, f := range atExit.fns {
+		f()
 	}
+	atExit.Unlock()
 	return code
+}
+
+var atExit struct {
+	sync.Mutex
+	fns []func()
+}
+
+// AtExit has Main run f once the package's tests are done: for what tests
+// share beyond one test's cleanup (a binary built once).
+func AtExit(f func()) {
+	atExit.Lock()
+	atExit.fns = append(atExit.fns, f)
+	atExit.Unlock()
 }
 
 // Dir makes a fresh directory for one server, removed when the test ends
@@ -95,28 +110,29 @@ func Tool(t testing.TB, name string) string {
 		}
 		return name
 	}
-	if path := sbin(name); filepath.IsAbs(path) {
+	if path := Sbin(name); filepath.IsAbs(path) {
 		return path
 	}
 	t.Fatalf("%s is not installed (./test/run installs it)", name)
 	return ""
 }
 
-// run runs a command and fails t with its output when it fails.
+// Run runs a command and fails t with its output when it fails.
 // Postfix writes its errors to syslog unless stderr is a terminal, and
 // this machine has no syslog: script(1) gives the command a terminal so
 // that its errors reach the test log.
-func run(t testing.TB, name string, args ...string) string {
+func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	out, err := runErr(name, args...)
+	out, err := RunErr(name, args...)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
 	return out
 }
 
-func runErr(name string, args ...string) (string, error) {
-	cmd := exec.Command("script", "-qec", shellQuote(append([]string{sbin(name)}, args...)), "/dev/null")
+// RunErr is Run returning the failure instead of failing a test.
+func RunErr(name string, args ...string) (string, error) {
+	cmd := exec.Command("script", "-qec", ShellQuote(append([]string{Sbin(name)}, args...)), "/dev/null")
 	cmd.Stdin = nil
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -129,9 +145,9 @@ func runErr(name string, args ...string) (string, error) {
 	return text, nil
 }
 
-// sbin finds a program also in /usr/sbin and /sbin, which a test's PATH
+// Sbin finds a program also in /usr/sbin and /sbin, which a test's PATH
 // may lack.
-func sbin(name string) string {
+func Sbin(name string) string {
 	if filepath.IsAbs(name) {
 		return name
 	}
@@ -143,11 +159,13 @@ func sbin(name string) string {
 	return name
 }
 
-func execCommand(name string, args ...string) *exec.Cmd {
-	return exec.Command(sbin(name), args...)
+// Command is exec.Command for a program that may live in /usr/sbin.
+func Command(name string, args ...string) *exec.Cmd {
+	return exec.Command(Sbin(name), args...)
 }
 
-func shellQuote(args []string) string {
+// ShellQuote quotes args for sh.
+func ShellQuote(args []string) string {
 	q := make([]string, len(args))
 	for i, a := range args {
 		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
@@ -155,16 +173,18 @@ func shellQuote(args []string) string {
 	return strings.Join(q, " ")
 }
 
-// waitFor polls cond until it holds or timeout passes, then fails t with
+// WaitFor polls cond until it holds or timeout passes, then fails t with
 // what was awaited and the last error cond gave.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	if err := poll(timeout, cond); err != nil {
+	if err := Poll(timeout, cond); err != nil {
 		t.Fatalf("waiting %v for %s: %v", timeout, what, err)
 	}
 }
 
-func poll(timeout time.Duration, cond func() error) error {
+// Poll calls cond until it holds or timeout passes, and returns its
+// last error.
+func Poll(timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	delay := 10 * time.Millisecond
 	for {
@@ -182,11 +202,11 @@ func poll(timeout time.Duration, cond func() error) error {
 	}
 }
 
-// tcpListening reports whether something listens on the TCP address
+// TCPListening reports whether something listens on the TCP address
 // host:port, asking the kernel (ss) rather than connecting: a connection
 // to an SMTP port would open a milter session, and one to a milter port a
 // milter session with no MTA behind it.
-func tcpListening(addr string) error {
+func TCPListening(addr string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return err
@@ -203,8 +223,8 @@ func tcpListening(addr string) error {
 	return fmt.Errorf("nothing listens on %s", addr)
 }
 
-// unixListening reports whether path is a socket something listens on.
-func unixListening(path string) error {
+// UnixListening reports whether path is a socket something listens on.
+func UnixListening(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err
@@ -230,9 +250,9 @@ func Listening(spec string) error {
 		return err
 	}
 	if network == "unix" {
-		return unixListening(addr)
+		return UnixListening(addr)
 	}
-	return tcpListening(addr)
+	return TCPListening(addr)
 }
 
 // SplitSpec splits a socket spec in Postfix's syntax into a Go network
@@ -251,30 +271,17 @@ func SplitSpec(spec string) (network, addr string, err error) {
 	return "", "", fmt.Errorf("socket spec %q: want inet:host:port or unix:/path", spec)
 }
 
-// SendmailSpec turns a socket spec in Postfix's syntax into Sendmail's
-// (inet:PORT@HOST, unix:/path) for INPUT_MAIL_FILTER's S= equate.
-func SendmailSpec(spec string) (string, error) {
-	network, addr, err := SplitSpec(spec)
-	if err != nil {
-		return "", err
-	}
-	if network == "unix" {
-		return "unix:" + addr, nil
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	return "inet:" + port + "@" + host, nil
-}
-
-// process is a server the harness started, in its own process group so
+// Process is a server the harness started, in its own process group so
 // that stopping it also ends the children it forked.
-type process struct {
+type Process struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error // set when done is closed
 }
 
-func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
+// StartProcess starts cmd in a process group of its own.
+func StartProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
@@ -283,7 +290,7 @@ func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -291,7 +298,8 @@ func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
 	return p
 }
 
-func (p *process) exited() bool {
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -300,11 +308,11 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends sig to the process and waits up to timeout for it to exit,
+// Stop sends sig to the process and waits up to timeout for it to exit,
 // then kills its whole group. It reports whether the process exited on sig
 // alone, and its exit error.
-func (p *process) stop(sig syscall.Signal, timeout time.Duration) (clean bool, err error) {
-	if !p.exited() {
+func (p *Process) Stop(sig syscall.Signal, timeout time.Duration) (clean bool, err error) {
+	if !p.Exited() {
 		p.cmd.Process.Signal(sig)
 		select {
 		case <-p.done:
@@ -319,9 +327,9 @@ func (p *process) stop(sig syscall.Signal, timeout time.Duration) (clean bool, e
 	return clean, p.err
 }
 
-// exitCode returns the exit code of a finished command, or -1 when it
+// ExitCode returns the exit code of a finished command, or -1 when it
 // was killed by a signal or never ran.
-func exitCode(err error) int {
+func ExitCode(err error) int {
 	if err == nil {
 		return 0
 	}
@@ -332,4 +340,12 @@ func exitCode(err error) int {
 	return -1
 }
 
-func itoa(n int) string { return strconv.Itoa(n) }
+// Done is closed when the process has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Err is how the process ended (cmd.Wait's error); valid once Done is
+// closed.
+func (p *Process) Err() error { return p.err }
+
+// Signal sends sig to the process itself (not its group).
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
