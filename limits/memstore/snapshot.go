@@ -21,18 +21,22 @@ import (
 
 // The snapshot file, all integers little-endian:
 //
-//	header  "sluiceCS" version:u16 written:i64
+//	header  "sluiceCS" version:u16 (2) written:i64 seed:u64 u64
 //	records tag:u8 then
 //	  'E' n:u32 (1..65536) n × (hash:u64 tat:i64)   rate keys
 //	  'H' kind:u8 denied:u8 interval:i64 burst:i64 len:u16 key  hot key names
 //	  'A' until:i64 len:u16 key                       exemptions
 //	  'Z' xxhash64 of every byte before it:u64, then end of file
 //
+// The seed is the store's hash seed, which the hashes are keyed by: the
+// file is as secret as the seed, and written readable by its owner only.
+// Version 1 had no seed.
+//
 // Concurrency slots are not written: the sessions that held them end with
 // the process, so restoring them would leak slots no one will release.
 const (
 	snapMagic   = "sluiceCS"
-	snapVersion = 1
+	snapVersion = 2
 	maxBlock    = 1 << 16
 )
 
@@ -199,6 +203,8 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 	e.bytes([]byte(snapMagic))
 	e.u16(snapVersion)
 	e.u64(uint64(s.now()))
+	e.u64(s.seed.k0)
+	e.u64(s.seed.k1)
 	total := 0
 	for i := range s.shards {
 		sh := &s.shards[i]
@@ -273,10 +279,11 @@ func (t *tally) entry(entry) error        { t.entries++; return nil }
 func (t *tally) hot(hotKey, []byte) error { return nil }
 func (t *tally) allow([]byte, int64)      {}
 
-// header is what a snapshot says of itself: when it was written, and the
-// checksum that ends it.
+// header is what a snapshot says of itself: when it was written, the
+// seed of its hashes, and the checksum that ends it.
 type header struct {
 	written int64
+	seed    hashSeed
 	sum     uint64
 }
 
@@ -385,7 +392,7 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 	if v := d.u16(); d.err == nil && v != snapVersion {
 		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
 	}
-	hd := header{written: d.i64()}
+	hd := header{written: d.i64(), seed: hashSeed{d.u64(), d.u64()}}
 	hots, allows := 0, 0
 	for d.err == nil {
 		switch tag := d.u8(); {
@@ -517,7 +524,7 @@ func (in *installer) entry(e entry) error {
 // was written with other shards or crafted, and taking the first ones
 // allocates no more names than the places hold.
 func (in *installer) hot(r hotKey, name []byte) error {
-	h := hashKey(name, r.kind)
+	h := in.s.seed.hash(name, r.kind)
 	sh := in.s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -593,7 +600,8 @@ type loaded struct {
 // loadFrom reads r twice: once to check it whole, keeping nothing, then
 // to install it. Memory use is the store's, whatever the file holds. If
 // the second reading differs from the first (the file changed in
-// between), what it installed is taken back.
+// between), what it installed is taken back. The store takes the file's
+// seed, and keeps its own if the file is refused.
 func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var t tally
@@ -605,6 +613,8 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 		return header{}, loaded{}, err
 	}
 	br.Reset(r)
+	own := s.seed
+	s.seed = checked.seed
 	in := newInstaller(s)
 	hd, err := readSnapshot(br, in)
 	if err == nil && hd != checked {
@@ -615,6 +625,7 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 	}
 	if err != nil {
 		s.forgetAll()
+		s.seed = own
 		return header{}, loaded{}, err
 	}
 	return hd, loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}, nil
@@ -636,9 +647,7 @@ func (s *Store) forgetAll() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		clear(sh.tab)
-		sh.n, sh.hand = 0, 0
-		clear(sh.hot)
+		sh.clear()
 		sh.mu.Unlock()
 	}
 	s.allow.mu.Lock()

@@ -55,7 +55,7 @@ func FuzzSnapshot(f *testing.F) {
 	seed.SetAllow(context.Background(), "sender:vip@example.org", time.Unix(0, clock.Now()).Add(time.Hour))
 	valid := encoded(seed)
 	seed.Close()
-	header := append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	header := append(append([]byte(snapMagic), 2, 0), make([]byte, 8+16)...)
 	f.Add(valid, false)
 	f.Add(valid[:len(valid)-9], true) // the records alone
 	f.Add([]byte{}, false)

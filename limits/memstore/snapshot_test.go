@@ -81,7 +81,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		t.Errorf("hot after load: %+v", hot)
 	}
 	for key, denied := range map[string]bool{"sender:full@example.org": true, "sender:some@example.org": false} {
-		h := hashKey([]byte(key), counter.KindRate)
+		h := b.seed.hash([]byte(key), counter.KindRate)
 		sh := b.shard(h)
 		if i := sh.findHot(h); i < 0 || sh.hot[i].denied != denied {
 			t.Errorf("%s: hot entry %d, denied should be %v", key, i, denied)
@@ -163,21 +163,23 @@ func TestSnapshotBadFiles(t *testing.T) {
 		b[off] ^= 0x40
 		return b
 	}
+	const head = len(snapMagic) + 2 + 8 + 16 // magic, version, written, seed
 	cases := []bad{
-		{"future version", append([]byte(snapMagic), 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), "version 2"},
-		{"flipped byte in a hash", flip(len(snapMagic) + 2 + 8 + 5), "checksum mismatch"},
+		{"future version", append([]byte(snapMagic), 3, 0, 0, 0, 0, 0, 0, 0, 0, 0), "version 3"},
+		{"flipped byte in the seed", flip(head - 3), "checksum mismatch"},
+		{"flipped byte in a hash", flip(head + 5 + 5), "checksum mismatch"},
 		{"flipped byte in the middle", flip(len(valid) / 2), ""}, // checksum, or a tat out of range
 		{"flipped byte in the checksum", flip(len(valid) - 1), "checksum mismatch"},
-		{"flipped record tag", flip(len(snapMagic) + 2 + 8), "unknown record"},
+		{"flipped record tag", flip(head), "unknown record"},
 		{"data after the end", append(bytes.Clone(valid), 0), "after the end"},
-		{"huge block", append(append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0), 'E', 0xff, 0xff, 0xff, 0x7f), "entry block"},
+		{"huge block", append(bytes.Clone(valid[:head]), 'E', 0xff, 0xff, 0xff, 0x7f), "entry block"},
 	}
 	// Every truncation: at each byte of the header and the first records,
 	// then at spaced offsets through the file, and just before the end.
-	for _, n := range []int{1, 7, 8, 9, 10, 17, 18, 19, 22, 23, 30, 38, 39} {
+	for _, n := range []int{1, 7, 8, 9, 10, 17, 18, 19, 25, 26, 27, 33, head, head + 1, head + 4, head + 5, head + 12, head + 20, head + 21} {
 		cases = append(cases, bad{fmt.Sprint("truncated at ", n), valid[:n], ""})
 	}
-	for n := 40; n < len(valid); n += len(valid)/50 + 1 {
+	for n := head + 22; n < len(valid); n += len(valid)/50 + 1 {
 		cases = append(cases, bad{fmt.Sprint("truncated at ", n), valid[:n], "truncated"})
 	}
 	cases = append(cases, bad{"truncated checksum", valid[:len(valid)-3], "truncated checksum"})
