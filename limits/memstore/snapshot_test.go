@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -173,6 +174,7 @@ func TestSnapshotBadFiles(t *testing.T) {
 		{"flipped record tag", flip(head), "unknown record"},
 		{"data after the end", append(bytes.Clone(valid), 0), "after the end"},
 		{"huge block", append(bytes.Clone(valid[:head]), 'E', 0xff, 0xff, 0xff, 0x7f), "entry block"},
+		{"huge block, version 1", append(append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0), 'E', 0xff, 0xff, 0xff, 0x7f), "entry block"},
 	}
 	// Every truncation: at each byte of the header and the first records,
 	// then at spaced offsets through the file, and just before the end.
@@ -469,4 +471,76 @@ func panicsAt(where string) uint64 {
 		}
 	}
 	return 0
+}
+
+// A snapshot of version 1, from before the table's hash had a seed, is
+// still read. testdata/version1.snap was written by the store of that
+// time at countertest.Start: sender:full at its limit of 10/1h and
+// sender:some at 6, both named as hot keys; sender:cold at 2, not named;
+// an exemption for sender:vip for two hours. The named keys keep their
+// counts under the store's new seed, which the next write saves with
+// them; the unnamed one starts empty, and the log says how many went.
+func TestSnapshotVersion1(t *testing.T) {
+	data, err := os.ReadFile("testdata/version1.snap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint16(data[len(snapMagic):]); v != legacyVersion {
+		t.Fatalf("testdata/version1.snap is of version %d", v)
+	}
+	path := filepath.Join(t.TempDir(), "counters.snap")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock := countertest.NewClock()
+	clock.Advance(time.Minute)
+	rule := func(who string) counter.Request {
+		return countertest.Rate("sender:"+who+"@example.org", 10, time.Hour, 10)
+	}
+	check := func(s *Store) {
+		t.Helper()
+		for who, want := range map[string]int64{"full": 10, "some": 6, "cold": 0} {
+			if l := peek(t, s, rule(who)); l != want {
+				t.Errorf("sender:%s: level %d, want %d", who, l, want)
+			}
+		}
+		if n := s.Len(); n != 2 {
+			t.Errorf("%d keys, want 2", n)
+		}
+		hot, _ := s.Hot(context.Background(), 10)
+		if len(hot) != 2 || hot[0].Key != "sender:full@example.org" || hot[1].Key != "sender:some@example.org" {
+			t.Errorf("hot keys %+v", hot)
+		}
+		if allows, _ := s.Allows(context.Background()); len(allows) != 1 || allows["sender:vip@example.org"].IsZero() {
+			t.Errorf("exemptions %v", allows)
+		}
+	}
+
+	core, logs := observer.New(zapcore.InfoLevel)
+	s, err := New(Config{Snapshot: path}, zap.New(core), WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(s)
+	warn := logs.FilterMessageSnippet("version 1").All()
+	if len(warn) != 1 || warn[0].ContextMap()["kept"] != int64(2) || warn[0].ContextMap()["unnamed_dropped"] != int64(1) {
+		t.Errorf("logs: %v", logs.All())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	data, err = os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint16(data[len(snapMagic):]); v != snapVersion {
+		t.Errorf("rewritten as version %d, want %d", v, snapVersion)
+	}
+	b := newTestStore(t, Config{Snapshot: path}, clock.Now)
+	defer b.Close()
+	if b.seed != s.seed {
+		t.Errorf("seed %x after a restart, want %x", b.seed, s.seed)
+	}
+	check(b)
 }
