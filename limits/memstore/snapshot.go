@@ -589,6 +589,12 @@ func (s *Store) loadSnapshot() error {
 		return nil
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("counter snapshot is open to other users: it holds the store's secret hash seed, "+
+			"with which keys that crowd the table can be chosen; the next write makes it private (0600), "+
+			"and removing it before a start draws a new seed",
+			zap.Stringer("mode", fi.Mode().Perm()))
+	}
 	hd, in, err := s.loadFrom(f)
 	switch {
 	case errors.Is(err, errEmpty):

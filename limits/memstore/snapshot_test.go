@@ -544,3 +544,48 @@ func TestSnapshotVersion1(t *testing.T) {
 	}
 	check(b)
 }
+
+// The snapshot holds the hash seed, so it is written readable by its
+// owner only; one that others may read is loaded with a warning, and the
+// next write makes it private again.
+func TestSnapshotPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "counters.snap")
+	clock := countertest.NewClock()
+	a := newTestStore(t, Config{Snapshot: path}, clock.Now)
+	take(t, a, rate("k"))
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mode := func() os.FileMode {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	if m := mode(); m != 0o600 {
+		t.Errorf("snapshot written with mode %v, want 0600", m)
+	}
+
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	b, err := New(Config{Snapshot: path}, zap.New(core), WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := logs.FilterMessageSnippet("other users").All(); len(w) != 1 || w[0].ContextMap()["mode"] != "-rw-r--r--" {
+		t.Errorf("logs: %v", logs.All())
+	}
+	if b.Len() != 1 {
+		t.Errorf("%d keys loaded, want 1", b.Len())
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if m := mode(); m != 0o600 {
+		t.Errorf("snapshot rewritten with mode %v, want 0600", m)
+	}
+}
