@@ -1,6 +1,7 @@
 package memstore
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -155,5 +156,45 @@ func TestSeedKeptInSnapshot(t *testing.T) {
 	defer c.Close()
 	if c.Len() != 0 || c.seed == a.seed {
 		t.Errorf("ignored snapshot: %d keys, seed %x (the file's is %x)", c.Len(), c.seed, a.seed)
+	}
+}
+
+// xxhash64Pair returns two 64-byte inputs whose xxhash64 is the same
+// whatever the seed. Each 8-byte lane of a 32-byte stripe goes into its
+// own accumulator as acc = rotl(acc + lane·P2, 31)·P1: the second input
+// adds d to the first accumulator in the first stripe, which (without a
+// carry across the rotation, nearly always) leaves it (d<<31)·P1 higher,
+// and its lane in the second stripe takes exactly that away again.
+func xxhash64Pair(d uint64) (x, y []byte) {
+	const p1, p2 = 11400714785074694791, 14029467366897019727
+	inv := uint64(p2) // p2's inverse mod 2^64, by Newton's iteration
+	for range 6 {
+		inv *= 2 - p2*inv
+	}
+	x, y = make([]byte, 64), make([]byte, 64)
+	binary.LittleEndian.PutUint64(y[0:], d*inv)
+	binary.LittleEndian.PutUint64(y[32:], -(d<<31)*p1*inv)
+	return x, y
+}
+
+// A fast hash given a seed would not keep chosen keys apart: xxhash64
+// has pairs of inputs that collide under any seed, so a client could
+// make keys that share a counter, or a slot, in every store. The store's
+// hash, keyed by its seed, tells them apart.
+func TestSeedIndependentPairsApart(t *testing.T) {
+	seed := newHashSeed()
+	for d := uint64(1); d <= 200; d++ {
+		x, y := xxhash64Pair(d)
+		var dx, dy xxhash.Digest
+		dx.ResetWithSeed(seed.k0)
+		dx.Write(x)
+		dy.ResetWithSeed(seed.k0)
+		dy.Write(y)
+		if dx.Sum64() != dy.Sum64() {
+			t.Fatalf("d=%d: the pair does not collide under seeded xxhash64: it shows nothing", d)
+		}
+		if seed.hash(x, counter.KindRate) == seed.hash(y, counter.KindRate) {
+			t.Errorf("d=%d: the pair collides under the store's hash", d)
+		}
 	}
 }

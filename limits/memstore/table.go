@@ -41,10 +41,11 @@ func newHashSeed() hashSeed {
 
 // hash is the key's identity in the table, never 0. SipHash-2-4 is a
 // pseudorandom function of the seed: without it, no hash tells anything
-// of another. Seeding a fast hash does not do that: xxhash64 and XXH3
-// have pairs of inputs that collide whatever the seed, which chosen keys
-// can use as well as an unseeded hash; and hash/maphash's seed cannot be
-// written to a snapshot. SipHash costs about 10 ns more a key than
+// of another. Seeding a fast hash does not do that: xxhash64 has pairs
+// of inputs that collide whatever the seed (xxhash64Pair in the tests),
+// XXH3 published pairs that collide under many seeds, and chosen keys
+// can use those as well as an unseeded hash; hash/maphash's seed cannot
+// be written to a snapshot. SipHash costs about 10 ns more a key than
 // xxhash64 on keys of 40 to 60 bytes (docs/limits.md has the figures).
 func (s hashSeed) hash(key []byte, k counter.Kind) uint64 {
 	return withKind(siphash.Hash(s.k0, s.k1, key), k)
