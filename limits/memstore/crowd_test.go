@@ -38,8 +38,8 @@ func chooseKeys(n int, crowds func(key []byte) bool) [][]byte {
 
 // inFirstEighthOfShard0 reports whether h picks shard 0 of 256 (its top
 // 8 bits) and a home slot in the first eighth of that shard (its low 32
-// bits): about one hash in 2,048. Keys whose homes all lie in 650 slots
-// fill one run from there, as long as their number.
+// bits): about one hash in 2,048. Keys whose homes all lie within those
+// 650 slots fill one run from there, nearly as long as their number.
 func inFirstEighthOfShard0(h uint64) bool { return h>>56 == 0 && uint32(h) < 1<<29 }
 
 // A client that chooses its sender addresses cannot make their counters
@@ -105,8 +105,10 @@ func TestSeedIsPerStore(t *testing.T) {
 		take(t, a, r)
 		take(t, b, r)
 	}
-	if run := a.longestRun(); run < len(keys) {
-		t.Errorf("keys chosen with a's seed: longest run %d in a, want at least %d", run, len(keys))
+	// A few slots at the start of the stretch may stay empty, so the run
+	// need not hold every key; it is longer than any load accepts.
+	if run := a.longestRun(); run <= maxRun {
+		t.Errorf("keys chosen with a's seed: longest run %d in a, want more than %d", run, maxRun)
 	}
 	if run := b.longestRun(); run > 32 {
 		t.Errorf("keys chosen with a's seed: longest run %d in b, want it short", run)
