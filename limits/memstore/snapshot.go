@@ -21,20 +21,30 @@ import (
 
 // The snapshot file, all integers little-endian:
 //
-//	header  "sluiceCS" version:u16 written:i64
+//	header  "sluiceCS" version:u16 (2) written:i64 seed:u64 u64
 //	records tag:u8 then
 //	  'E' n:u32 (1..65536) n × (hash:u64 tat:i64)   rate keys
 //	  'H' kind:u8 denied:u8 interval:i64 burst:i64 len:u16 key  hot key names
 //	  'A' until:i64 len:u16 key                       exemptions
 //	  'Z' xxhash64 of every byte before it:u64, then end of file
 //
+// The seed is the store's hash seed, which the hashes are keyed by: the
+// file is as secret as the seed, and written readable by its owner only.
+// Version 1 had no seed: its hashes are the unseeded xxhash64 of the keys
+// (legacyHash).
+//
 // Concurrency slots are not written: the sessions that held them end with
 // the process, so restoring them would leak slots no one will release.
 const (
-	snapMagic   = "sluiceCS"
-	snapVersion = 1
-	maxBlock    = 1 << 16
+	snapMagic     = "sluiceCS"
+	snapVersion   = 2
+	legacyVersion = 1
+	maxBlock      = 1 << 16
 )
+
+// legacyHash is what a version 1 snapshot's hashes are: anyone can
+// compute it, which is why the store no longer keys its table by it.
+func legacyHash(key []byte, k counter.Kind) uint64 { return withKind(xxhash.Sum64(key), k) }
 
 const (
 	tagEntries = 'E'
@@ -199,6 +209,8 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 	e.bytes([]byte(snapMagic))
 	e.u16(snapVersion)
 	e.u64(uint64(s.now()))
+	e.u64(s.seed.k0)
+	e.u64(s.seed.k1)
 	total := 0
 	for i := range s.shards {
 		sh := &s.shards[i]
@@ -273,10 +285,13 @@ func (t *tally) entry(entry) error        { t.entries++; return nil }
 func (t *tally) hot(hotKey, []byte) error { return nil }
 func (t *tally) allow([]byte, int64)      {}
 
-// header is what a snapshot says of itself: when it was written, and the
-// checksum that ends it.
+// header is what a snapshot says of itself: its version, when it was
+// written, the seed of its hashes (none in version 1), and the checksum
+// that ends it.
 type header struct {
+	version uint16
 	written int64
+	seed    hashSeed
 	sum     uint64
 }
 
@@ -382,10 +397,14 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 	case d.err != nil:
 		return header{}, d.err
 	}
-	if v := d.u16(); d.err == nil && v != snapVersion {
-		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d)", v, snapVersion)
+	hd := header{version: d.u16()}
+	if d.err == nil && hd.version != snapVersion && hd.version != legacyVersion {
+		return header{}, fmt.Errorf("snapshot version %d is not supported (want %d or %d)", hd.version, legacyVersion, snapVersion)
 	}
-	hd := header{written: d.i64()}
+	hd.written = d.i64()
+	if hd.version != legacyVersion {
+		hd.seed = hashSeed{d.u64(), d.u64()}
+	}
 	hots, allows := 0, 0
 	for d.err == nil {
 		switch tag := d.u8(); {
@@ -463,6 +482,7 @@ func clip(b []byte) string {
 // every later look-up in it would walk.
 type installer struct {
 	s       *Store
+	legacy  bool // the file's hashes are legacyHash, not the store's seed
 	now     int64
 	kept    int
 	dropped int // left out, their shard full
@@ -479,8 +499,8 @@ const (
 	maxRun      = 1024
 )
 
-func newInstaller(s *Store) *installer {
-	return &installer{s: s, now: s.now(), budget: probeBudget * s.cfg.MaxKeys}
+func newInstaller(s *Store, legacy bool) *installer {
+	return &installer{s: s, legacy: legacy, now: s.now(), budget: probeBudget * s.cfg.MaxKeys}
 }
 
 // errCrowded is a snapshot whose keys would take too long to install.
@@ -517,7 +537,12 @@ func (in *installer) entry(e entry) error {
 // was written with other shards or crafted, and taking the first ones
 // allocates no more names than the places hold.
 func (in *installer) hot(r hotKey, name []byte) error {
-	h := hashKey(name, r.kind)
+	var h uint64
+	if in.legacy {
+		h = legacyHash(name, r.kind)
+	} else {
+		h = in.s.seed.hash(name, r.kind)
+	}
 	sh := in.s.shard(h)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -564,6 +589,12 @@ func (s *Store) loadSnapshot() error {
 		return nil
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("counter snapshot is open to other users: it holds the store's secret hash seed, "+
+			"with which keys that crowd the table can be chosen; the next write makes it private (0600), "+
+			"and removing it before a start draws a new seed",
+			zap.Stringer("mode", fi.Mode().Perm()))
+	}
 	hd, in, err := s.loadFrom(f)
 	switch {
 	case errors.Is(err, errEmpty):
@@ -577,9 +608,14 @@ func (s *Store) loadSnapshot() error {
 	s.snap.last = time.Unix(0, hd.written)
 	s.snap.statusMu.Unlock()
 	log.Info("counter snapshot loaded", zap.Int("keys", in.kept),
-		zap.Int("idle_dropped", in.tally.entries-in.kept-in.dropped),
+		zap.Int("idle_dropped", in.tally.entries-in.kept-in.unnamed-in.dropped),
 		zap.Int("over_max_keys", in.dropped),
 		zap.Duration("age", time.Duration(in.now-hd.written)))
+	if hd.version == legacyVersion {
+		log.Warn("counter snapshot of version 1: its counters were keyed by a hash clients can compute; "+
+			"the keys it names (denied or more than half full) are kept under the store's new secret seed, the others start empty",
+			zap.Int("kept", in.carried), zap.Int("unnamed_dropped", in.unnamed))
+	}
 	return nil
 }
 
@@ -588,12 +624,17 @@ type loaded struct {
 	tally
 	kept, dropped, probes int
 	now                   int64
+	// A version 1 file: the named keys kept under the store's seed, and
+	// the others, dropped.
+	carried, unnamed int
 }
 
 // loadFrom reads r twice: once to check it whole, keeping nothing, then
 // to install it. Memory use is the store's, whatever the file holds. If
 // the second reading differs from the first (the file changed in
-// between), what it installed is taken back.
+// between), what it installed is taken back. The store takes the file's
+// seed, or keeps its own for a version 1 file, whose keys it hashes
+// again where it can (see carryNamed).
 func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var t tally
@@ -605,7 +646,11 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 		return header{}, loaded{}, err
 	}
 	br.Reset(r)
-	in := newInstaller(s)
+	own, legacy := s.seed, checked.version == legacyVersion
+	if !legacy {
+		s.seed = checked.seed
+	}
+	in := newInstaller(s, legacy)
 	hd, err := readSnapshot(br, in)
 	if err == nil && hd != checked {
 		err = errors.New("the file changed while it was read")
@@ -615,9 +660,55 @@ func (s *Store) loadFrom(r io.ReadSeeker) (header, loaded, error) {
 	}
 	if err != nil {
 		s.forgetAll()
+		s.seed = own
 		return header{}, loaded{}, err
 	}
-	return hd, loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}, nil
+	ld := loaded{tally: t, kept: in.kept, dropped: in.dropped, probes: in.probes, now: in.now}
+	if legacy {
+		ld.carried = s.carryNamed(in.now)
+		ld.unnamed = ld.kept - ld.carried
+		ld.kept = ld.carried
+	}
+	return hd, ld, nil
+}
+
+// carryNamed moves a version 1 snapshot's counters, just installed under
+// their unseeded hashes, to the store's seed. A hash cannot be keyed
+// again without its key, and the file names only its hot keys — those
+// denied or more than half full, the ones a restart must not set free:
+// they are kept, the others dropped. It returns the number kept.
+func (s *Store) carryNamed(now int64) int {
+	type named struct {
+		hk hotKey
+		v  int64
+	}
+	var keep []named // at most the hot places: hotKeys and a few
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, hk := range sh.hot {
+			if hk.name == "" {
+				continue
+			}
+			if v := sh.get(hk.h, now); v != 0 {
+				keep = append(keep, named{hk, v})
+			}
+		}
+		sh.clear()
+		sh.mu.Unlock()
+	}
+	for _, k := range keep {
+		h := s.seed.hash([]byte(k.hk.name), k.hk.kind)
+		sh := s.shard(h)
+		sh.mu.Lock()
+		sh.set(h, k.v, now)
+		if sh.findHot(h) < 0 {
+			k.hk.h = h
+			sh.addHot(k.hk)
+		}
+		sh.mu.Unlock()
+	}
+	return len(keep)
 }
 
 func (s *Store) longestRun() int {
@@ -636,9 +727,7 @@ func (s *Store) forgetAll() {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		clear(sh.tab)
-		sh.n, sh.hand = 0, 0
-		clear(sh.hot)
+		sh.clear()
 		sh.mu.Unlock()
 	}
 	s.allow.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"maps"
+	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -55,7 +56,8 @@ func FuzzSnapshot(f *testing.F) {
 	seed.SetAllow(context.Background(), "sender:vip@example.org", time.Unix(0, clock.Now()).Add(time.Hour))
 	valid := encoded(seed)
 	seed.Close()
-	header := append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	legacy := append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	header := append(append([]byte(snapMagic), 2, 0), make([]byte, 8+16)...)
 	f.Add(valid, false)
 	f.Add(valid[:len(valid)-9], true) // the records alone
 	f.Add([]byte{}, false)
@@ -65,6 +67,11 @@ func FuzzSnapshot(f *testing.F) {
 	f.Add(append(header, 'E', 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), true)
 	f.Add(append(header, 'A', 1, 2, 3, 4, 5, 6, 7, 8, 0xff, 0xff), true)
 	f.Add(append(header, 'H', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 'k'), true)
+	if v1, err := os.ReadFile("testdata/version1.snap"); err == nil {
+		f.Add(v1, false)
+		f.Add(v1[:len(v1)-9], true)
+	}
+	f.Add(append(legacy, 'E', 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), true)
 	f.Add([]byte("# sluice configuration\n"), false)
 
 	f.Fuzz(func(t *testing.T, data []byte, sealed bool) {

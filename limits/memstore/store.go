@@ -24,7 +24,8 @@ var ErrClosed = errors.New("memstore: store closed")
 // Store is the in-memory counter.Store.
 type Store struct {
 	shards []shard
-	shift  uint // a key's shard is its hash >> shift
+	shift  uint     // a key's shard is its hash >> shift
+	seed   hashSeed // set before the store serves, never changed after
 	now    func() int64
 	clock  *wallClock // behind now unless a test set its own
 	log    *zap.Logger
@@ -67,9 +68,10 @@ const (
 	sweepShards   = 4 // per tick: a whole pass every 6.4s with 256 shards
 )
 
-// New makes a store and loads its snapshot, if there is one. A damaged
-// snapshot is logged and ignored; a snapshot path that holds something
-// else (see CheckSnapshotPath) is an error.
+// New makes a store and loads its snapshot, if there is one, with the
+// hash seed the snapshot holds; without one, the store draws a new seed.
+// A damaged snapshot is logged and ignored; a snapshot path that holds
+// something else (see CheckSnapshotPath) is an error.
 func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -84,6 +86,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 		cfg:   cfg,
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+		seed:  newHashSeed(), // the snapshot's, if one is loaded
 	}
 	s.now = s.clock.now
 	s.snap.fs = osFS{}
@@ -199,7 +202,7 @@ func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
 		if err := validRequest(r); err != nil {
 			return fmt.Errorf("counter %q: %w", r.Key, err)
 		}
-		h := hashKey(r.Key, r.Kind)
+		h := s.seed.hash(r.Key, r.Kind)
 		steps = append(steps, step{h: h})
 		locked.add(h >> s.shift)
 	}
@@ -305,7 +308,7 @@ func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
 	}
 	for _, key := range keys {
 		for _, k := range []counter.Kind{counter.KindRate, counter.KindConcurrent} {
-			h := hashKey(key, k)
+			h := s.seed.hash(key, k)
 			sh := s.shard(h)
 			sh.mu.Lock()
 			if i, ok := sh.find(h); ok {
