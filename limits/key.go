@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -9,7 +10,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/cespare/xxhash/v2"
 	"golang.org/x/net/idna"
 
 	"sluice/policy"
@@ -346,13 +346,18 @@ func appendByte(buf []byte, c byte, esc bool) []byte {
 // than maxValueLen: it keeps a prefix, cut at a character or escape
 // boundary, and ends it with "%~" and the hash of the whole value, so long
 // values stay distinct. "%~" never appears in an escaped value, so a cut
-// value cannot equal an uncut one.
+// value cannot equal an uncut one. The hash is SHA-256's first 64 bits,
+// not a fast one: the client chooses these values, and a hash an
+// attacker can collide would let a long value of its own share the
+// counter of someone else's. Values this long are rare, so its cost is not
+// on the usual path.
 func boundValue(buf []byte, start int) []byte {
 	v := buf[start:]
 	if len(v) <= maxValueLen {
 		return buf
 	}
-	h := xxhash.Sum64(v)
+	sum := sha256.Sum256(v)
+	h := binary.BigEndian.Uint64(sum[:8])
 	keep := maxValueLen - 18
 	for keep > 0 && !utf8.RuneStart(v[keep]) {
 		keep--
