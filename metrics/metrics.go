@@ -16,6 +16,7 @@ import (
 	"sluice/conf"
 	"sluice/guard"
 	"sluice/limits/counter"
+	"sluice/socket"
 	"sluice/smtp"
 )
 
@@ -39,7 +40,7 @@ func (c *Config) Validate() error {
 	}
 	host, port, err := net.SplitHostPort(c.Listen)
 	if err != nil {
-		return conf.Errorf("listen", "%q: %v (write host:port, e.g. %q)", c.Listen, err, DefaultListen)
+		return conf.Errorf("listen", "%q: %s (write host:port, e.g. %q)", c.Listen, socket.AddrWhy(err), DefaultListen)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return conf.Errorf("listen", "%q: port %q is not a number from 1 to 65535", c.Listen, port)
