@@ -63,40 +63,44 @@ func clipArgs(args []any) []any {
 	return out
 }
 
-// ClipMessage bounds an error message made elsewhere: every quoted value
-// in it longer than MaxQuoted is clipped, and the whole is cut at 1 KiB.
-// It is the last guard before a message reaches a log or a terminal; the
-// messages sluice makes itself clip their values as they are made.
+// ClipMessage bounds an error message made elsewhere: every value it
+// quotes ("…" or `…`) and every word longer than MaxQuoted is clipped, and
+// the whole is cut at 1 KiB. It is the last guard before a message
+// reaches a log or a terminal; the messages sluice makes clip their
+// values as they are made.
 func ClipMessage(msg string) string {
 	if len(msg) <= MaxQuoted {
 		return msg
 	}
 	var b strings.Builder
-	for len(msg) > 0 {
-		i := strings.IndexByte(msg, '"')
-		if i < 0 {
-			b.WriteString(msg)
-			break
-		}
-		b.WriteString(msg[:i])
-		msg = msg[i:]
-		q, err := strconv.QuotedPrefix(msg)
-		if err != nil {
-			b.WriteByte('"')
-			msg = msg[1:]
-			continue
-		}
-		if len(q) > MaxQuoted+2 {
-			if s, err := strconv.Unquote(q); err == nil {
-				b.WriteString(Quote(s))
-				msg = msg[len(q):]
+	for len(msg) > 0 && b.Len() <= maxMessage {
+		switch i := strings.IndexAny(msg, "\"` \t\n"); {
+		case i < 0:
+			b.WriteString(Clip(msg))
+			msg = ""
+		case msg[i] == '"' || msg[i] == '`':
+			b.WriteString(Clip(msg[:i]))
+			msg = msg[i:]
+			q, err := strconv.QuotedPrefix(msg)
+			if err != nil {
+				b.WriteByte(msg[0])
+				msg = msg[1:]
 				continue
 			}
-		}
-		b.WriteString(q)
-		msg = msg[len(q):]
-		if b.Len() > maxMessage {
-			break
+			if s, err := strconv.Unquote(q); err == nil && len(q) > MaxQuoted+2 {
+				if q[0] == '`' {
+					b.WriteString("`" + Clip(s) + "`")
+				} else {
+					b.WriteString(Quote(s))
+				}
+			} else {
+				b.WriteString(q)
+			}
+			msg = msg[len(q):]
+		default:
+			b.WriteString(Clip(msg[:i]))
+			b.WriteByte(msg[i])
+			msg = msg[i+1:]
 		}
 	}
 	return cut(b.String(), maxMessage)
