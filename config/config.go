@@ -169,6 +169,18 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Warnings are what the file may say but an admin should hear about,
+// each with its place like an error: a metrics listener reachable from
+// other hosts. (The admin endpoint is a unix socket: it never listens on
+// the network.)
+func (c *Config) Warnings() []error {
+	var ws []error
+	if err := c.Metrics.Exposure(); err != nil {
+		ws = append(ws, c.Locate(conf.In(err, "metrics")))
+	}
+	return ws
+}
+
 func (c *Config) String() string {
 	return fmt.Sprintf("listen=%s mode=%s rules=%d", c.Listen, c.Mode, len(c.Rules))
 }

@@ -260,3 +260,25 @@ func TestErrorsQuoteLittleOfAHugeValue(t *testing.T) {
 		}
 	}
 }
+
+// A metrics listener that other hosts can reach is allowed but said, with
+// its line; one on loopback is not.
+func TestWarnsOfListenersBeyondLoopback(t *testing.T) {
+	for listen, warn := range map[string]bool{
+		":9465": true, "0.0.0.0:9465": true, "[::]:9465": true, "192.0.2.1:9465": true,
+		"127.0.0.1:9465": false, "[::1]:9465": false, "localhost:9465": false, "127.0.0.2:9465": false,
+	} {
+		c, err := Parse("f.toml", []byte("mode = \"tag\"\n[metrics]\nlisten = \""+listen+"\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws := c.Warnings()
+		if got := len(ws) > 0; got != warn {
+			t.Errorf("listen %s: warnings %v", listen, ws)
+			continue
+		}
+		if warn && !strings.HasPrefix(ws[0].Error(), "f.toml:3: metrics.listen: ") {
+			t.Errorf("listen %s: %v", listen, ws[0])
+		}
+	}
+}

@@ -114,6 +114,9 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, c.Locate(conf.In(err, "store", "snapshot")))
 		return 1
 	}
+	for _, w := range c.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
 	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", configName(*path), len(c.Rules), c.Listen, c.Mode)
 	return 0
 }

@@ -50,6 +50,9 @@ func serveCmd(args []string, stderr io.Writer) int {
 	defer log.Sync()
 	undo := zap.RedirectStdLog(log.Named("go-milter"))
 	defer undo()
+	for _, w := range c.Warnings() {
+		log.Warn("config warning", zap.String("warning", w.Error()))
+	}
 	d := &daemon{path: *path, log: log}
 	if err := d.run(c); err != nil {
 		log.Error("sluice stopped", zap.Error(err))
