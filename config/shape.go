@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
@@ -227,8 +228,8 @@ func (c *shapeChecker) value(v *unstable.Node, t reflect.Type, words []string, p
 	case unstable.Integer:
 		switch {
 		case isInt(t):
-			if !fitsInt(string(v.Data), t) {
-				c.fail(off, path, "%s is out of range", conf.Clip(string(v.Data)))
+			if why := fitsInt(string(v.Data), t); why != "" {
+				c.fail(off, path, "%s %s", conf.Clip(string(v.Data)), why)
 			}
 		case isFloat(t):
 		default:
@@ -422,18 +423,27 @@ func isFloat(t reflect.Type) bool {
 	return (t.Kind() == reflect.Float32 || t.Kind() == reflect.Float64) && !isText(t)
 }
 
-// fitsInt reports whether a TOML integer fits in t.
-func fitsInt(s string, t reflect.Type) bool {
+// fitsInt says why a TOML integer does not fit in t; "" when it does.
+func fitsInt(s string, t reflect.Type) string {
 	n, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), 0, 64)
-	if err != nil {
-		return false
+	switch {
+	case errors.Is(err, strconv.ErrRange):
+		return "is out of range"
+	case err != nil:
+		return "is not a whole number"
 	}
 	v := reflect.New(t).Elem()
 	switch t.Kind() {
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		return n >= 0 && !v.OverflowUint(uint64(n))
+		if n < 0 || v.OverflowUint(uint64(n)) {
+			return "is out of range"
+		}
+	default:
+		if v.OverflowInt(n) {
+			return "is out of range"
+		}
 	}
-	return !v.OverflowInt(n)
+	return ""
 }
 
 // wordsOf are the words a type is written with, when it says (an action,

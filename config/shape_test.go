@@ -91,9 +91,10 @@ func lastIndex(path []string) int {
 	return -1
 }
 
-// goWords are what a message in Go's words would hold: a Go type, a
-// qualified identifier, the decoder's phrasing.
-var goWords = regexp.MustCompile(`struct field|\bGo\b|\b(u?int(8|16|32|64)?|float(32|64)|interface \{\}|\[\]string|map\[)\b|cannot decode|\b(limits|policy|config|conf|smtp|auth|resolver|milter|metrics|admin|memstore|redisstore|engine|lists|netip|net|strconv|time|regexp)\.[A-Z]`)
+// goWords are what a message in Go's words would hold: a Go type, the
+// decoder's phrasing, a Go function quoted with its call. (Qualified
+// names alone are not looked for: limits.A is a key a file may write.)
+var goWords = regexp.MustCompile(`struct field|\bGo\b|\b(u?int(8|16|32|64)|float(32|64))\b|interface \{\}|\[\]string|map\[string\]|\bof type\b|cannot decode|TOML (string|integer|float|boolean|array|table)|\b[a-z]+\.[A-Z][A-Za-z]*\(`)
 
 // kinds are one value of every TOML kind.
 var kinds = map[string]string{
