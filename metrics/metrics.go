@@ -17,8 +17,8 @@ import (
 	"sluice/conf"
 	"sluice/guard"
 	"sluice/limits/counter"
-	"sluice/socket"
 	"sluice/smtp"
+	"sluice/socket"
 )
 
 // Config is the [metrics] table. Metrics are off when listen is empty (the
