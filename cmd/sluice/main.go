@@ -106,7 +106,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer store.Close()
 	if _, err := c.Build(config.Runtime{Store: store}); err != nil {
-		fmt.Fprintln(stderr, err)
+		fmt.Fprintln(stderr, conf.ClipMessage(err.Error()))
 		return 1
 	}
 	// And what is at the snapshot path, which serve would refuse.

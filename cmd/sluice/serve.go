@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"sluice/admin"
+	"sluice/conf"
 	"sluice/config"
 	"sluice/engine"
 	"sluice/guard"
@@ -479,8 +480,9 @@ func closeQuietly(close func(context.Context) error) {
 	_ = close(ctx)
 }
 
-// oneLine keeps a multi-line error on one STATUS= line.
-func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+// oneLine keeps a multi-line error on one STATUS= line, bounded: systemd
+// shows it in `systemctl status`, and a runaway value must not fill it.
+func oneLine(s string) string { return strings.ReplaceAll(conf.ClipMessage(s), "\n", "; ") }
 
 // postfixLines are the main.cf settings that plug sluice into Postfix.
 func postfixLines(listen string) string {
