@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -32,6 +33,13 @@ func walkDoc(data []byte, f func(docItem) bool) error {
 	arrays := make(map[string]int)
 	for p.NextExpression() {
 		e := p.Expression()
+		if e.Kind == unstable.KeyValue || e.Kind == unstable.Table || e.Kind == unstable.ArrayTable {
+			for it := e.Key(); it.Next(); {
+				if k := it.Node(); len(k.Data) > maxValueBytes {
+					return &offsetError{off: int(k.Raw.Offset), msg: fmt.Sprintf("a key of %d bytes; sluice takes at most %d KiB in one key", len(k.Data), maxValueBytes>>10)}
+				}
+			}
+		}
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			keys := keyParts(e)
@@ -61,6 +69,15 @@ func walkDoc(data []byte, f func(docItem) bool) error {
 	}
 	return p.Error()
 }
+
+// offsetError is a mistake at a place in the document that the parser
+// does not see: a key too long to take.
+type offsetError struct {
+	off int
+	msg string
+}
+
+func (e *offsetError) Error() string { return e.msg }
 
 // keyParts are the parts of a header's or a key = value's dotted key.
 func keyParts(n *unstable.Node) []string {
@@ -102,6 +119,9 @@ func lineAt(data []byte, off int) int {
 // syntaxOffset is where a syntax error of the document is, from the
 // parser's highlight (a part of the document).
 func syntaxOffset(data []byte, err error) int {
+	if oe, ok := err.(*offsetError); ok {
+		return oe.off
+	}
 	var pe *unstable.ParserError
 	if !errors.As(err, &pe) || pe.Highlight == nil {
 		return len(data)

@@ -17,7 +17,7 @@ import (
 	"sluice/conf"
 )
 
-// maxValueBytes bounds one string of the file: a reply, a pattern, a
+// maxValueBytes bounds one value or key of the file: a reply, a pattern, a
 // path or a list entry is a line long, and nothing sluice reads from the
 // file needs more. A value past it is refused before it is decoded, so
 // that a runaway value costs no more than the file itself.
@@ -194,7 +194,7 @@ func (c *shapeChecker) value(v *unstable.Node, t reflect.Type, words []string, p
 	if o := nodeOffset(v); o >= 0 {
 		off = o
 	}
-	if v.Kind == unstable.String && len(v.Data) > maxValueBytes {
+	if len(v.Data) > maxValueBytes {
 		c.fail(off, path, "a value of %d bytes; sluice takes at most %d KiB in one value", len(v.Data), maxValueBytes>>10)
 		return
 	}
@@ -293,11 +293,11 @@ func (c *shapeChecker) value(v *unstable.Node, t reflect.Type, words []string, p
 // [lists]): only that its strings are within bounds; the section that
 // reads it says what it must be.
 func (c *shapeChecker) anything(v *unstable.Node, path []string, off int) {
+	if len(v.Data) > maxValueBytes {
+		c.fail(off, path, "a value of %d bytes; sluice takes at most %d KiB in one value", len(v.Data), maxValueBytes>>10)
+		return
+	}
 	switch v.Kind {
-	case unstable.String:
-		if len(v.Data) > maxValueBytes {
-			c.fail(off, path, "a value of %d bytes; sluice takes at most %d KiB in one value", len(v.Data), maxValueBytes>>10)
-		}
 	case unstable.Array:
 		i := 0
 		for it := v.Children(); it.Next() && c.fatal == nil; i++ {
