@@ -39,15 +39,7 @@ socket = "`+sock+`"
 	defer c.Close()
 	wantTempfailAtMail(t, sendN(t, c, "alice@example.test", 2), 2, 2)
 
-	cli := func(want int, args ...string) string {
-		t.Helper()
-		r := sluicetest.RunSluice(t, append([]string{"counters"}, args...)...)
-		t.Logf("$ sluice counters %s  (exit %d)\n%s%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
-		if r.Code != want {
-			t.Fatalf("sluice counters %s: exit %d, want %d", strings.Join(args, " "), r.Code, want)
-		}
-		return r.Stdout + r.Stderr
-	}
+	cli := func(want int, args ...string) string { t.Helper(); return countersCLI(t, want, args...) }
 	for _, d := range []string{"2500000h", "3651d", "99999999999999999999d"} {
 		if out := cli(2, "allow", "sender:alice@example.test", "-for", d, "-socket", sock); !strings.Contains(out, "longer than 3650d (10 years)") {
 			t.Errorf("-for %s: %q does not say the bound", d, out)
@@ -121,4 +113,16 @@ socket = "`+sock+`"
 	wantTempfailAtMail(t, sendN(t, c, "alice@example.test", 2), 0, 0)
 	c.Quit()
 	pf.WaitDelivered(3, time.Minute)
+}
+
+// countersCLI runs `sluice counters args...`, logs what it printed, and
+// fails t unless it exits with want.
+func countersCLI(t *testing.T, want int, args ...string) string {
+	t.Helper()
+	r := sluicetest.RunSluice(t, append([]string{"counters"}, args...)...)
+	t.Logf("$ sluice counters %s  (exit %d)\n%s%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
+	if r.Code != want {
+		t.Fatalf("sluice counters %s: exit %d, want %d\n%s%s", strings.Join(args, " "), r.Code, want, r.Stdout, r.Stderr)
+	}
+	return r.Stdout + r.Stderr
 }
