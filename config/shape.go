@@ -115,8 +115,6 @@ func (c *shapeChecker) item(it docItem) {
 		switch {
 		case it.array && !isTableList(t):
 			c.fail(it.off, names, "want %s, not an array of tables ([[%s]])", want(t, nil, names), strings.Join(names, "."))
-		case !it.array && isTableList(t):
-			c.fail(it.off, names, "want %s, not a table ([%s])", want(t, nil, names), strings.Join(names, "."))
 		case !it.array && !isTable(t):
 			c.fail(it.off, names, "want %s, not a table ([%s])", want(t, nil, names), strings.Join(names, "."))
 		}
