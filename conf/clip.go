@@ -64,44 +64,39 @@ func clipArgs(args []any) []any {
 }
 
 // ClipMessage bounds an error message made elsewhere: every value it
-// quotes ("…" or `…`) and every word longer than MaxQuoted is clipped, and
-// the whole is cut at 1 KiB. It is the last guard before a message
-// reaches a log or a terminal; the messages sluice makes clip their
-// values as they are made.
+// quotes ("…" or `…`) longer than MaxQuoted is clipped, and the whole is
+// cut at 1 KiB. (Unquoted words are left whole: a file's path is one.) It
+// is the last guard before a message reaches a log or a terminal; the
+// messages sluice makes clip their values as they are made.
 func ClipMessage(msg string) string {
 	if len(msg) <= MaxQuoted {
 		return msg
 	}
 	var b strings.Builder
 	for len(msg) > 0 && b.Len() <= maxMessage {
-		switch i := strings.IndexAny(msg, "\"` \t\n"); {
-		case i < 0:
-			b.WriteString(Clip(msg))
-			msg = ""
-		case msg[i] == '"' || msg[i] == '`':
-			b.WriteString(Clip(msg[:i]))
-			msg = msg[i:]
-			q, err := strconv.QuotedPrefix(msg)
-			if err != nil {
-				b.WriteByte(msg[0])
-				msg = msg[1:]
-				continue
-			}
-			if s, err := strconv.Unquote(q); err == nil && len(q) > MaxQuoted+2 {
-				if q[0] == '`' {
-					b.WriteString("`" + Clip(s) + "`")
-				} else {
-					b.WriteString(Quote(s))
-				}
-			} else {
-				b.WriteString(q)
-			}
-			msg = msg[len(q):]
-		default:
-			b.WriteString(Clip(msg[:i]))
-			b.WriteByte(msg[i])
-			msg = msg[i+1:]
+		i := strings.IndexAny(msg, "\"`")
+		if i < 0 {
+			b.WriteString(msg[:min(len(msg), maxMessage+1)])
+			break
 		}
+		b.WriteString(msg[:min(i, maxMessage+1)])
+		msg = msg[i:]
+		q, err := strconv.QuotedPrefix(msg)
+		if err != nil {
+			b.WriteByte(msg[0])
+			msg = msg[1:]
+			continue
+		}
+		if s, err := strconv.Unquote(q); err == nil && len(q) > MaxQuoted+2 {
+			if q[0] == '`' {
+				b.WriteString("`" + Clip(s) + "`")
+			} else {
+				b.WriteString(Quote(s))
+			}
+		} else {
+			b.WriteString(q)
+		}
+		msg = msg[len(q):]
 	}
 	return cut(b.String(), maxMessage)
 }

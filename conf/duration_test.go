@@ -58,6 +58,10 @@ func TestMessagesQuoteLittle(t *testing.T) {
 			t.Errorf("Clip(%.20q…) = %q", s, c)
 		}
 	}
+	path := "/var/lib/sluice/" + strings.Repeat("d", 200) + "/sender_access:2: unknown action \"FOO\""
+	if ClipMessage(path) != path {
+		t.Errorf("ClipMessage cut a long path: %q", ClipMessage(path))
+	}
 	if s := `"a" and "b"`; ClipMessage(s) != s {
 		t.Errorf("ClipMessage changed a short message: %q", ClipMessage(s))
 	}
