@@ -2,8 +2,11 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,4 +109,72 @@ func TestServerCapsAndClosesKeepAlives(t *testing.T) {
 		sock, _ := serveFake(t)
 		return func() (net.Conn, error) { return net.Dial("unix", sock) }
 	}, MaxConnections, "/v1/counters/allows")
+}
+
+// post sends a form to the admin API at sock as `sluice counters` would,
+// or as anyone who can reach the socket might, and returns the status
+// and the answer's error.
+func post(t *testing.T, sock, op string, form url.Values) (int, string) {
+	t.Helper()
+	// One connection a request: the server serves MaxConnections at once.
+	c := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := c.PostForm("http://sluice/v1/counters/"+op, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r response
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	return resp.StatusCode, r.Error
+}
+
+// An exemption is bounded: a -for past 3650d (which would put its end
+// past what Unix nanoseconds hold, so that nothing is stored while the
+// answer names a time in the 2300s) is refused with the bound, and the
+// engine is never asked; 3650d itself is taken. A runaway key or request
+// is refused, and what is refused is not echoed whole.
+func TestAllowRefusesWhatItCannotHold(t *testing.T) {
+	sock, f := serveFake(t)
+	for _, d := range []string{"2500000h", "3651d", "99999999999999999999d", "-1h", "soon"} {
+		code, msg := post(t, sock, "allow", url.Values{"key": {"sender:a@b"}, "for": {d}})
+		if code != http.StatusBadRequest || !strings.Contains(msg, "-for") {
+			t.Errorf("for=%s: %d %q, want 400 naming -for", d, code, msg)
+		}
+		if strings.HasSuffix(d, "h") && d != "-1h" || strings.HasSuffix(d, "d") {
+			if !strings.Contains(msg, "longer than 3650d (10 years)") {
+				t.Errorf("for=%s: %q does not say the bound", d, msg)
+			}
+		}
+	}
+	if len(f.allowed) != 0 {
+		t.Fatalf("a refused -for reached the engine: %v", f.allowed)
+	}
+	if code, msg := post(t, sock, "allow", url.Values{"key": {"sender:a@b"}, "for": {"3650d"}}); code != http.StatusOK {
+		t.Fatalf("for=3650d: %d %s", code, msg)
+	}
+	until := f.allowed["sender:a@b"]
+	if until.Before(time.Now().Add(3649*24*time.Hour)) || until.UnixNano() < time.Now().UnixNano() {
+		t.Errorf("for=3650d stored until %v", until)
+	}
+
+	long := strings.Repeat("x", maxKeyBytes+1)
+	if code, msg := post(t, sock, "allow", url.Values{"key": {"sender:" + long}, "for": {"1h"}}); code != http.StatusBadRequest || len(msg) > 200 {
+		t.Errorf("a key of %d bytes: %d, %d bytes of answer", len(long), code, len(msg))
+	}
+	if code, msg := post(t, sock, "reset", url.Values{"key": {"sender:a@b"}, "rule": {long}}); code != http.StatusBadRequest || len(msg) > 200 {
+		t.Errorf("a -rule of %d bytes: %d, %d bytes of answer", len(long), code, len(msg))
+	}
+	huge := strings.Repeat("y", 2*maxRequestBytes)
+	if code, msg := post(t, sock, "reset", url.Values{"key": {huge}}); code != http.StatusRequestEntityTooLarge || len(msg) > 200 {
+		t.Errorf("a request of %d bytes: %d, %d bytes of answer", len(huge), code, len(msg))
+	}
+	if len(f.resets) != 0 {
+		t.Errorf("a refused request reached the engine: %v", f.resets)
+	}
 }

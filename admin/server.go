@@ -29,6 +29,14 @@ const MaxConnections = 8
 // idleTimeout closes a keep-alive connection idle this long.
 var idleTimeout = 30 * time.Second
 
+// What one request may send: a key, a rule name and a duration fit in a
+// few hundred bytes (a key sluice makes is at most about 2 KiB); the
+// bounds keep a runaway request from being held, echoed or logged whole.
+const (
+	maxRequestBytes = 64 << 10 // the header, and the body of a POST
+	maxKeyBytes     = 8 << 10  // one KEY or -rule
+)
+
 // Server answers admin requests on a unix socket.
 type Server struct {
 	srv *http.Server
@@ -50,7 +58,16 @@ func Serve(ln net.Listener, engine func() Counters, log *zap.Logger) *Server {
 	mux.HandleFunc("POST /v1/counters/allow", h.allow)
 	mux.HandleFunc("GET /v1/counters/allows", h.allows)
 	s.srv = &http.Server{
-		Handler:           mux,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ContentLength > maxRequestBytes {
+				w.Header().Set("Connection", "close")
+				h.fail(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request of %d bytes; the admin API takes at most %d", r.ContentLength, maxRequestBytes))
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, maxRequestBytes)
+			mux.ServeHTTP(w, r)
+		}),
+		MaxHeaderBytes:    maxRequestBytes,
 		ReadHeaderTimeout: 5 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       idleTimeout,
@@ -160,8 +177,10 @@ func (h *handler) allow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d, err := conf.ParseDuration(r.FormValue("for"))
-	if err != nil || d < 0 {
-		h.fail(w, http.StatusBadRequest, fmt.Errorf("-for %q: want a duration such as 2h or 1d (0 lifts the exemption)", r.FormValue("for")))
+	if err != nil {
+		// conf.ParseDuration bounds it: now plus the longest exemption is
+		// still a time the stores can hold in Unix nanoseconds.
+		h.fail(w, http.StatusBadRequest, fmt.Errorf("-for: %v; want a duration such as 2h or 1d (0 lifts the exemption)", err))
 		return
 	}
 	var until time.Time
@@ -200,9 +219,17 @@ func (h *handler) allows(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) key(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if err := r.ParseForm(); err != nil {
+		h.fail(w, http.StatusBadRequest, fmt.Errorf("unreadable request: %v", err))
+		return "", false
+	}
 	key := r.FormValue("key")
-	if key == "" {
+	switch {
+	case key == "":
 		h.fail(w, http.StatusBadRequest, errors.New("missing KEY (e.g. sender:alice@example.org)"))
+		return "", false
+	case len(key) > maxKeyBytes || len(r.FormValue("rule")) > maxKeyBytes:
+		h.fail(w, http.StatusBadRequest, fmt.Errorf("KEY or -rule longer than %d bytes: no counter has such a key", maxKeyBytes))
 		return "", false
 	}
 	return key, true
@@ -229,7 +256,7 @@ func status(err error) int {
 }
 
 func (h *handler) fail(w http.ResponseWriter, code int, err error) {
-	h.write(w, code, response{Error: err.Error()})
+	h.write(w, code, response{Error: conf.ClipMessage(err.Error())})
 }
 
 func (h *handler) write(w http.ResponseWriter, code int, resp response) {

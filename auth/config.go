@@ -124,7 +124,7 @@ type ClientRDNS struct {
 	// reject_unknown_reverse_client_hostname, the default) or "fcrdns"
 	// (a PTR name that resolves back to the address,
 	// reject_unknown_client_hostname).
-	Require string `toml:"require"`
+	Require string `toml:"require" words:"exists fcrdns"`
 }
 
 // UnmarshalText reads the short form: client_rdns = "fcrdns".

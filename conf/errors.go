@@ -19,9 +19,10 @@ type Error struct {
 func (e *Error) Error() string { return strings.Join(e.Path, ".") + ": " + e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
 
-// Errorf makes an error about key.
+// Errorf makes an error about key. String arguments longer than
+// MaxQuoted are clipped: a message quotes a value, it does not repeat it.
 func Errorf(key, format string, args ...any) error {
-	return &Error{Path: []string{key}, Err: fmt.Errorf(format, args...)}
+	return &Error{Path: []string{key}, Err: fmt.Errorf(format, clipArgs(args)...)}
 }
 
 // In places err under the given path prefix. A nil err stays nil.

@@ -1,6 +1,11 @@
 // Package config loads sluice's config file: strict decoding with
 // FILE:LINE errors, defaults, checks across sections, and the engine.
 //
+// Before anything is decoded, the file's shape is checked against the
+// types it is decoded into (shape.go): each value must be of the kind its
+// key takes — a word where a mode belongs, a list where a list does —
+// and a string key with a `words:"a b c"` tag takes only those words.
+//
 // Each section belongs to the package that uses it, which fills its
 // defaults and validates it (milter, engine, policy, limits, auth, lists,
 // metrics, admin); this package puts them together, checks what only the
@@ -54,8 +59,8 @@ type (
 
 // LogConfig is the [log] table.
 type LogConfig struct {
-	Level  string `toml:"level"`  // debug | info | warn | error
-	Format string `toml:"format"` // json | console
+	Level  string `toml:"level" words:"debug info warn error"`
+	Format string `toml:"format" words:"json console"`
 }
 
 // Load reads, decodes, defaults and validates a config file; every error
@@ -162,6 +167,18 @@ func (c *Config) validate() error {
 		return conf.In(conf.Errorf("format", "unknown format %q (want json or console)", c.Log.Format), "log")
 	}
 	return nil
+}
+
+// Warnings are what the file may say but an admin should hear about,
+// each with its place like an error: a metrics listener reachable from
+// other hosts. (The admin endpoint is a unix socket: it never listens on
+// the network.)
+func (c *Config) Warnings() []error {
+	var ws []error
+	if err := c.Metrics.Exposure(); err != nil {
+		ws = append(ws, c.Locate(conf.In(err, "metrics")))
+	}
+	return ws
 }
 
 func (c *Config) String() string {

@@ -5,18 +5,27 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
-	"github.com/pelletier/go-toml/v2/unstable"
 
 	"sluice/conf"
 )
 
 // decodeFile decodes a TOML file strictly into v: a key that nothing reads
-// is an error, and every error names the file and line.
+// is an error, and every error names the file and line. The shape of the
+// file is checked first (checkShape), so that what reaches the decoder
+// decodes as the docs say; the decoder's own errors are a last resort.
 func decodeFile(path string, data []byte, v any) error {
+	if errs := checkShape(data, reflect.TypeOf(v).Elem()); len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = fmt.Sprintf("%s:%d: %s", path, lineAt(data, e.off), e.msg)
+		}
+		return errors.New(strings.Join(msgs, "\n"))
+	}
 	d := toml.NewDecoder(bytes.NewReader(data))
 	d.DisallowUnknownFields()
 	err := d.Decode(v)
@@ -30,18 +39,18 @@ func decodeFile(path string, data []byte, v any) error {
 		var msgs []string
 		for _, e := range se.Errors {
 			row, _ := e.Position()
-			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %s", path, row, strings.Join(e.Key(), ".")))
+			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %s", path, row, conf.Clip(strings.Join(e.Key(), "."))))
 		}
 		return errors.New(strings.Join(msgs, "\n"))
 	case errors.As(err, &de):
 		row, _ := de.Position()
-		msg := de.Error()
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
 		if k := de.Key(); len(k) > 0 {
-			msg = keyAt(data, k, row) + ": " + strings.TrimPrefix(msg, "toml: ")
+			msg = keyAt(data, k, row) + ": " + msg
 		}
-		return fmt.Errorf("%s:%d: %s", path, row, msg)
+		return fmt.Errorf("%s:%d: %s", path, row, conf.ClipMessage(msg))
 	}
-	return fmt.Errorf("%s: %w", path, err)
+	return fmt.Errorf("%s: %s", path, conf.ClipMessage(err.Error()))
 }
 
 // keyAt names the key written on line row as people count: the decoder
@@ -49,44 +58,51 @@ func decodeFile(path string, data []byte, v any) error {
 // which, limit[2].action.
 func keyAt(data []byte, key []string, row int) string {
 	want := strings.Join(key, ".")
-	for path, line := range keyLines(data) {
-		if line != row {
-			continue
+	found := want
+	_ = walkDoc(data, func(it docItem) bool {
+		if lineAt(data, it.off) != row {
+			return true
 		}
-		parts := strings.Split(path, ".")
 		var named []string
-		for _, p := range parts {
+		for _, p := range it.path {
 			if _, err := strconv.Atoi(p); err != nil {
 				named = append(named, p)
 			}
 		}
 		if strings.Join(named, ".") == want {
-			return strings.Join(displayPath(parts), ".")
+			found = display(it.path)
+			return false
 		}
-	}
-	return want
+		return true
+	})
+	return conf.Clip(found)
 }
 
 // locate turns a validation error about a key path into "file:line: ...".
 func locate(path string, data []byte, err error) error {
 	var ke *conf.Error
 	if !errors.As(err, &ke) {
-		return fmt.Errorf("%s: %w", path, err)
+		return &located{msg: path + ": " + conf.ClipMessage(err.Error()), err: err}
 	}
-	name := strings.Join(displayPath(ke.Path), ".")
-	if line := keyLines(data)[strings.Join(ke.Path, ".")]; line > 0 {
-		return fmt.Errorf("%s:%d: %s: %v", path, line, name, ke.Err)
+	name := conf.Clip(display(ke.Path))
+	msg := conf.ClipMessage(ke.Err.Error())
+	// The key itself, or when it is not in the file (a required key is
+	// missing) the nearest enclosing table that is.
+	if line := lineOf(data, ke.Path); line > 0 {
+		return &located{msg: fmt.Sprintf("%s:%d: %s: %s", path, line, name, msg), err: err}
 	}
-	// The key is not in the file (a required key is missing): point at the
-	// nearest enclosing table that is.
-	lines := keyLines(data)
-	for n := len(ke.Path) - 1; n > 0; n-- {
-		if line := lines[strings.Join(ke.Path[:n], ".")]; line > 0 {
-			return fmt.Errorf("%s:%d: %s: %v", path, line, name, ke.Err)
-		}
-	}
-	return fmt.Errorf("%s: %s: %v", path, name, ke.Err)
+	return &located{msg: fmt.Sprintf("%s: %s: %s", path, name, msg), err: err}
 }
+
+// located is an error with its place in the file, its message bounded;
+// the error it says stays underneath for errors.Is and errors.As.
+type located struct {
+	msg string
+	err error
+}
+
+func (e *located) Error() string { return e.msg }
+func (e *located) Unwrap() error { return e.err }
 
 // displayPath writes array indexes the way people count: limit[1] is the
 // first [[limit]].
@@ -100,49 +116,6 @@ func displayPath(p []string) []string {
 		out = append(out, e)
 	}
 	return out
-}
-
-// keyLines maps every key path in the document ("limit.1.rate",
-// "store.backend", "limit.1") to the line it is written on.
-func keyLines(data []byte) map[string]int {
-	lines := make(map[string]int)
-	var p unstable.Parser
-	p.Reset(data)
-	var table []string
-	arrays := make(map[string]int)
-	for p.NextExpression() {
-		e := p.Expression()
-		switch e.Kind {
-		case unstable.Table, unstable.ArrayTable:
-			table = table[:0]
-			for it := e.Key(); it.Next(); {
-				table = append(table, string(it.Node().Data))
-			}
-			if e.Kind == unstable.ArrayTable {
-				k := strings.Join(table, ".")
-				table = append(table, strconv.Itoa(arrays[k]))
-				arrays[k]++
-			}
-			lines[strings.Join(table, ".")] = lineOf(&p, e)
-		case unstable.KeyValue:
-			key := append([]string(nil), table...)
-			for it := e.Key(); it.Next(); {
-				key = append(key, string(it.Node().Data))
-			}
-			lines[strings.Join(key, ".")] = lineOf(&p, e)
-		}
-	}
-	return lines
-}
-
-// lineOf is the line of the node's first key: tables have no range of
-// their own, their keys do.
-func lineOf(p *unstable.Parser, n *unstable.Node) int {
-	it := n.Key()
-	if !it.Next() {
-		return 0
-	}
-	return p.Shape(it.Node().Raw).Start.Line
 }
 
 func readFile(path string) ([]byte, error) {

@@ -97,6 +97,25 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("mode = \"enforce\"\n[store]\nbackend = \"redis\"\n"))
 	f.Add([]byte("[lists]\nx = \"file:relative\"\n"))
 	f.Add([]byte("[[limit]]\nname = \"r\"\ncount = \"messages\"\nper = \"sender\"\nrate = [\"1/0s\"]\nreply = \"451 5.7.1 %\"\n"))
+	// Values of the wrong kind, lines of nested keys, bounds.
+	for _, s := range []string{
+		"mode = 7\n",
+		"[spf]\nenabled = true\nmode = 9\nfail = 3\n",
+		"[lists]\na.b = 1\n",
+		"\n\n\ntrusted = [[\"a\"]]\n",
+		"[[limit]]\nname = \"r\"\ncount = 3\nper = [1]\nrate = \"1/1h\"\nmatch.listener = \"submission\"\n",
+		"limit = [{name = \"r\", count = \"messages\", per = \"sender\", rate = \"1/1h\", mode = 7, match = {client = [\"10.0.0.0/8\", 5]}}]\n",
+		"[[limit]]\nname = \"r\"\ncount = \"messages\"\nper = \"sender\"\nrate = \"1/3650d\"\naction = \"delay\"\ndelay = \"87601h\"\n",
+		"idle_timeout = 7\nshutdown_timeout = 2500000h\n[store]\nsnapshot_interval = \"99999999999999999999d\"\n",
+		"[checks]\nrequire_fqdn_sender = 5\nclient_rdns = { require = true }\ndnsbl = [\"zen.example\", { zone = 1 }]\n",
+		"[[store]]\n[limit]\nMODE = \"tag\"\n[log.level]\n",
+		"[dns]\nrate = nan\nburst = 1.5\nservers = \"192.0.2.1\"\n",
+		"max_connections = 99999999999999999999\nmax_header_bytes = 0x7fffffffffffffff\n",
+		"[metrics]\nlisten = \":9465\"\n[admin]\nsocket = \"/run/sluice/admin.sock\"\n",
+		"tag_header = \"" + strings.Repeat("x", 70<<10) + "\"\n",
+	} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.toml", data)
 		if err != nil {
@@ -104,7 +123,13 @@ func FuzzParseConfig(f *testing.F) {
 			if !strings.HasPrefix(msg, "fuzz.toml") {
 				t.Fatalf("error does not name the file: %q", msg)
 			}
+			if m := goWords.FindString(msg); m != "" {
+				t.Fatalf("error speaks Go (%q): %q", m, msg)
+			}
 			for _, line := range strings.Split(msg, "\n") {
+				if len(line) > 1100 {
+					t.Fatalf("an error line of %d bytes: %.200q", len(line), line)
+				}
 				if m := lineRE.FindStringSubmatch(line); m != nil {
 					n, _ := strconv.Atoi(m[1])
 					if lines := bytes.Count(data, []byte{'\n'}) + 1; n < 1 || n > lines {

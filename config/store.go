@@ -17,8 +17,8 @@ import (
 // when that place cannot answer. The memory and Redis stores' keys sit in
 // it directly; their names never clash.
 type StoreConfig struct {
-	Backend      string `toml:"backend"`        // memory (default) | redis
-	OnStoreError string `toml:"on_store_error"` // default for rules: allow | tempfail | local
+	Backend      string `toml:"backend" words:"memory redis"`                // default memory
+	OnStoreError string `toml:"on_store_error" words:"allow tempfail local"` // the rules' default
 	memstore.Config
 	RedisConfig
 }

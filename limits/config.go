@@ -41,9 +41,12 @@ type Config struct {
 // back when the transaction is aborted or refused later, so pending
 // reservations count against the limit while the message is in flight.
 // An event sluice refuses adds nothing (leaky) unless strict = true.
+//
+// A words tag names the only values a string key takes; the config loader
+// holds the file to it, with the line, before the rule is compiled.
 type Rule struct {
 	Name              string         `toml:"name"`
-	Count             string         `toml:"count"` // connections | concurrent | messages | recipients | bytes
+	Count             string         `toml:"count" words:"connections concurrent messages recipients bytes"`
 	Per               any            `toml:"per"`   // a key name or a list of them
 	Max               int64          `toml:"max"`   // concurrent: open connections
 	Rate              any            `toml:"rate"`  // "N/period" or a list of them
@@ -57,13 +60,13 @@ type Rule struct {
 	IPv4Prefix        int            `toml:"ipv4_prefix"`
 	IPv6Prefix        int            `toml:"ipv6_prefix"`
 	StripExtension    bool           `toml:"strip_extension"`
-	NullSender        string         `toml:"null_sender"` // skip | count
-	CountOn           string         `toml:"count_on"`    // attempt | accepted
+	NullSender        string         `toml:"null_sender" words:"skip count"`
+	CountOn           string         `toml:"count_on" words:"attempt accepted"`
 	Strict            bool           `toml:"strict"`
 	Final             bool           `toml:"final"`
 	ApplyToTrusted    bool           `toml:"apply_to_trusted"`
 	Match             Match          `toml:"match"`
-	OnStoreError      string         `toml:"on_store_error"` // allow | tempfail | local; default from [store]
+	OnStoreError      string         `toml:"on_store_error" words:"allow tempfail local"` // default from [store]
 }
 
 // Match narrows the sessions a rule applies to; every condition given must hold.
@@ -338,6 +341,9 @@ func (c *rule) compileLimit(r *Rule) error {
 	return nil
 }
 
+// dimList names the keys a rule may count per, for errors.
+var dimWords = strings.Join(dimNames[:len(dimNames)-1], ", ") + " or " + dimNames[len(dimNames)-1]
+
 func (c *rule) compileKey(r *Rule) error {
 	var names []string
 	switch v := r.Per.(type) {
@@ -352,12 +358,12 @@ func (c *rule) compileKey(r *Rule) error {
 		for _, e := range v {
 			s, ok := e.(string)
 			if !ok {
-				return conf.Errorf("per", "each key is a string like \"sender\"")
+				return conf.Errorf("per", "each key is a word in quotes (%s)", dimWords)
 			}
 			names = append(names, s)
 		}
 	default:
-		return conf.Errorf("per", "a key name or a list of them")
+		return conf.Errorf("per", "want a key name in quotes or a list of them (%s)", dimWords)
 	}
 	if len(names) == 0 {
 		return conf.Errorf("per", "empty list")
@@ -526,7 +532,7 @@ func compilePattern(key, pattern string) (*regexp.Regexp, error) {
 	}
 	re, err := regexp.Compile("(?i)" + pattern)
 	if err != nil {
-		return nil, conf.Errorf(key, "%v", err)
+		return nil, conf.Errorf(key, "bad regexp %q: %s", pattern, lists.RegexpWhy(err))
 	}
 	return re, nil
 }

@@ -10,8 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"regexp/syntax"
 	"sort"
 	"strings"
+
+	"sluice/conf"
 )
 
 // List is a compiled set of entries. The zero value and nil match nothing.
@@ -136,7 +139,7 @@ func (l *List) add(e string) error {
 		// RE2: matching time is linear in the input, whatever the client sends.
 		re, err := regexp.Compile("(?i)" + e[1:len(e)-1])
 		if err != nil {
-			return fmt.Errorf("bad regexp %s: %w", e, err)
+			return fmt.Errorf("bad regexp %s: %s", conf.Clip(e), RegexpWhy(err))
 		}
 		l.res = append(l.res, re)
 	case strings.Contains(e, "@"):
@@ -154,7 +157,7 @@ func (l *List) add(e string) error {
 	case strings.Contains(e, "/"):
 		p, err := netip.ParsePrefix(e)
 		if err != nil {
-			return fmt.Errorf("bad network %q: %w", e, err)
+			return fmt.Errorf("bad network %q: %s", e, parseWhy(err))
 		}
 		if p.Addr().Zone() != "" {
 			return fmt.Errorf("network %q: zones have no meaning here", e)
@@ -368,4 +371,25 @@ func mergeSet(dst, src map[string]struct{}) map[string]struct{} {
 		dst[k] = struct{}{}
 	}
 	return dst
+}
+
+// RegexpWhy is what a regexp compile error says without the pattern,
+// which the caller quotes (clipped) itself: "missing closing )".
+func RegexpWhy(err error) string {
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return string(se.Code)
+	}
+	return err.Error()
+}
+
+// parseWhy is what a net/netip parse error says, without the call it
+// quotes ("netip.ParsePrefix(...): "): a config error speaks of the
+// entry, not of Go.
+func parseWhy(err error) string {
+	s := err.Error()
+	if _, why, ok := strings.Cut(s, "): "); ok {
+		return why
+	}
+	return s
 }

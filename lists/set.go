@@ -53,7 +53,7 @@ func source(v any) (entries []string, path string, err error) {
 		for i, e := range v {
 			s, ok := e.(string)
 			if !ok {
-				return nil, "", fmt.Errorf("entry %d is not a string", i+1)
+				return nil, "", conf.Errorf(conf.Index(i), "want a string in quotes (a network, an address, a domain or a /regexp/)")
 			}
 			entries = append(entries, s)
 		}

@@ -87,7 +87,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{"jp": "jp.cidr"}, "file:/path"},
 		{Config{"jp": "file:"}, "file:/path"},
 		{Config{"jp": "file:jp.cidr"}, "must be absolute"},
-		{Config{"jp": []any{"x.org", 3}}, "entry 2 is not a string"},
+		{Config{"jp": []any{"x.org", 3}}, "jp.1: want a string in quotes"},
 		{Config{"jp": 3}, "array of entries"},
 		{Config{"jp": []any{"192.0.2.0/33"}}, "jp: entry 1: bad network"},
 	} {

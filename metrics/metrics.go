@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"sluice/guard"
 	"sluice/limits/counter"
 	"sluice/smtp"
+	"sluice/socket"
 )
 
 // Config is the [metrics] table. Metrics are off when listen is empty (the
@@ -39,7 +41,7 @@ func (c *Config) Validate() error {
 	}
 	host, port, err := net.SplitHostPort(c.Listen)
 	if err != nil {
-		return conf.Errorf("listen", "%q: %v (write host:port, e.g. %q)", c.Listen, err, DefaultListen)
+		return conf.Errorf("listen", "%q: %s (write host:port, e.g. %q)", c.Listen, socket.AddrWhy(err), DefaultListen)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return conf.Errorf("listen", "%q: port %q is not a number from 1 to 65535", c.Listen, port)
@@ -48,6 +50,24 @@ func (c *Config) Validate() error {
 		return conf.Errorf("listen", "%q: host %q is not an IP address", c.Listen, host)
 	}
 	return nil
+}
+
+// Exposure says when the listener is reachable from other hosts (any
+// address but loopback): not an error, since a scraper may sit elsewhere
+// behind a firewall, but worth a warning, since /metrics and /readyz
+// answer whoever connects.
+func (c *Config) Exposure() error {
+	if c.Listen == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil || host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	return conf.Errorf("listen", "%q is reachable beyond loopback: any host that can connect reads sluice's metrics and health; listen on %q unless a firewall guards the port", c.Listen, DefaultListen)
 }
 
 // Enabled reports whether metrics are served.

@@ -82,6 +82,13 @@ func (a *Action) UnmarshalText(b []byte) error {
 
 func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
+// Words are the names an action is written with in the config file, in
+// the order errors list them: a config loader that finds a number or a
+// list where an action belongs says which words it wants.
+func (Action) Words() []string {
+	return []string{"tempfail", "reject", "tag", "hold", "delay", "disconnect", "none"}
+}
+
 // Mode says whether a verdict is enforced, only shown in headers, or only
 // logged. The zero value is enforce.
 type Mode uint8
@@ -121,6 +128,9 @@ func (m *Mode) UnmarshalText(b []byte) error {
 }
 
 func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// Words are the names a mode is written with in the config file.
+func (Mode) Words() []string { return []string{"enforce", "tag", "dry-run"} }
 
 // Soften returns the softer of two modes: a tag-mode server never refuses,
 // and a dry-run rule never shows, whatever the other says.

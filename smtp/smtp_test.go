@@ -31,6 +31,29 @@ func TestParseActionAndMode(t *testing.T) {
 	}
 }
 
+// Words names exactly the words the parsers take, so that an error built
+// from it lists every word and no other.
+func TestWordsAreWhatParses(t *testing.T) {
+	words := ActionNone.Words()
+	if len(words) != len(actionNames) {
+		t.Errorf("Action.Words() = %v; the parser takes %v", words, actionNames)
+	}
+	for _, w := range words {
+		if _, err := ParseAction(w); err != nil {
+			t.Errorf("Action.Words() has %q: %v", w, err)
+		}
+	}
+	words = ModeEnforce.Words()
+	if len(words) != len(modeNames) {
+		t.Errorf("Mode.Words() = %v; the parser takes %v", words, modeNames)
+	}
+	for _, w := range words {
+		if _, err := ParseMode(w); err != nil {
+			t.Errorf("Mode.Words() has %q: %v", w, err)
+		}
+	}
+}
+
 // The softer of two modes wins, whichever side it is on.
 func TestSoften(t *testing.T) {
 	for _, tc := range []struct{ a, b, want Mode }{

@@ -28,7 +28,7 @@ func ParseSpec(spec string) (network, addr string, err error) {
 	case "inet", "inet6":
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil {
-			return "", "", fmt.Errorf("socket %q: %v (write inet:127.0.0.1:8890 or inet:[::1]:8890)", spec, err)
+			return "", "", fmt.Errorf("socket %q: %s (write inet:127.0.0.1:8890 or inet:[::1]:8890)", spec, AddrWhy(err))
 		}
 		if port == "" {
 			return "", "", fmt.Errorf("socket %q: missing port", spec)
@@ -36,6 +36,16 @@ func ParseSpec(spec string) (network, addr string, err error) {
 		return "tcp", net.JoinHostPort(host, port), nil
 	}
 	return "", "", fmt.Errorf("socket %q: unknown kind %q (want unix or inet)", spec, kind)
+}
+
+// AddrWhy is what an address error of package net says without the
+// address, which the caller has quoted already.
+func AddrWhy(err error) string {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return ae.Err
+	}
+	return err.Error()
 }
 
 // Listen opens the listener for a socket spec. A unix socket gets mode 0660

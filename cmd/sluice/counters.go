@@ -147,8 +147,8 @@ func countersCmd(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		d, perr := conf.ParseDuration(*forD)
-		if perr != nil || d < 0 {
-			fmt.Fprintf(stderr, "sluice counters allow: -for %q: want a duration such as 2h or 1d\n", *forD)
+		if perr != nil {
+			fmt.Fprintf(stderr, "sluice counters allow: -for: %v; want a duration such as 2h or 1d\n", perr)
 			return 2
 		}
 		var ex []admin.Exemption

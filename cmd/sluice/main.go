@@ -106,13 +106,16 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer store.Close()
 	if _, err := c.Build(config.Runtime{Store: store}); err != nil {
-		fmt.Fprintln(stderr, err)
+		fmt.Fprintln(stderr, conf.ClipMessage(err.Error()))
 		return 1
 	}
 	// And what is at the snapshot path, which serve would refuse.
 	if err := memstore.CheckSnapshotPath(c.Store.Snapshot); err != nil {
 		fmt.Fprintln(stderr, c.Locate(conf.In(err, "store", "snapshot")))
 		return 1
+	}
+	for _, w := range c.Warnings() {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	fmt.Fprintf(stdout, "%s: OK (%d limits, listen %s, mode %s)\n", configName(*path), len(c.Rules), c.Listen, c.Mode)
 	return 0

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"sluice/admin"
+	"sluice/conf"
 	"sluice/config"
 	"sluice/engine"
 	"sluice/guard"
@@ -50,6 +51,9 @@ func serveCmd(args []string, stderr io.Writer) int {
 	defer log.Sync()
 	undo := zap.RedirectStdLog(log.Named("go-milter"))
 	defer undo()
+	for _, w := range c.Warnings() {
+		log.Warn("config warning", zap.String("warning", w.Error()))
+	}
 	d := &daemon{path: *path, log: log}
 	if err := d.run(c); err != nil {
 		log.Error("sluice stopped", zap.Error(err))
@@ -476,8 +480,9 @@ func closeQuietly(close func(context.Context) error) {
 	_ = close(ctx)
 }
 
-// oneLine keeps a multi-line error on one STATUS= line.
-func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+// oneLine keeps a multi-line error on one STATUS= line, bounded: systemd
+// shows it in `systemctl status`, and a runaway value must not fill it.
+func oneLine(s string) string { return strings.ReplaceAll(conf.ClipMessage(s), "\n", "; ") }
 
 // postfixLines are the main.cf settings that plug sluice into Postfix.
 func postfixLines(listen string) string {

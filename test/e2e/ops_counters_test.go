@@ -39,15 +39,7 @@ socket = "`+sock+`"
 	if fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
 		t.Errorf("admin socket mode %v, want a socket with 0600", fi.Mode())
 	}
-	cli := func(want int, args ...string) string {
-		t.Helper()
-		r := sluicetest.RunSluice(t, append([]string{"counters"}, args...)...)
-		t.Logf("$ sluice counters %s  (exit %d)\n%s%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
-		if r.Code != want {
-			t.Fatalf("sluice counters %s: exit %d, want %d\n%s%s", strings.Join(args, " "), r.Code, want, r.Stdout, r.Stderr)
-		}
-		return r.Stdout + r.Stderr
-	}
+	cli := func(want int, args ...string) string { t.Helper(); return countersCLI(t, want, args...) }
 	c := session(t, pf.Addr, "192.0.2.7")
 	defer c.Close()
 	send := func(n, firstRefused int) {
