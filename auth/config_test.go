@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -60,7 +61,7 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 		}
 	}
-	c, err := newChecker(cfg, nil, newFake())
+	c, err := newChecker(cfg, nil, newFake(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +113,7 @@ func TestConfigDefaults(t *testing.T) {
 			t.Errorf("SPF results must default to tag, got %s", *a)
 		}
 	}
-	c, err := newChecker(cfg, nil, newFake())
+	c, err := newChecker(cfg, nil, newFake(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,12 @@ func TestConfigErrors(t *testing.T) {
 		{"[[checks.dnsbl]]\nzone = \"zen.example\"\n[[checks.dnsbl]]\nzone = \"ZEN.example.\"", "checks.dnsbl.1.zone", "already listed as dnsbl 0"},
 		{"[[checks.dnsbl]]\nzone = \"\"", "checks.dnsbl.0.zone", "not a DNS zone"},
 		{"[[checks.dnsbl]]\nzone = \"zen.example\"\ncodes = [\"127.0.0.2\", \"10.0.0.1\"]", "checks.dnsbl.0.codes.1", "outside 127.0.0.0/8"},
-		{"[checks]\nsender_access = { mode = \"tag\" }", "checks.sender_access", "no file"},
+		{"[checks]\nsender_access = { mode = \"tag\" }", "checks.sender_access.file", "no file"},
+		{"[checks]\nhelo_access = \"lmdb:/etc/postfix/helo\"", "checks.helo_access.file", "unknown table type \"lmdb:\""},
+		{"[checks]\nsender_access = \"cidr:/etc/postfix/senders\"", "checks.sender_access.file", "use it in client_access"},
+		{"[checks]\nclient_access = \"hash:/etc/postfix/clients\"", "checks.client_access.0.file", "a client table is cidr:"},
+		{"[[checks.client_access]]\nfile = \"cidr:/a\"\n[[checks.client_access]]\nmode = \"tag\"", "checks.client_access.1.file", "no file"},
+		{"[checks]\nclient_access = [\"cidr:/a\", \"regexp:/b\"]", "", ""},
 	} {
 		cfg := decode(t, tc.text)
 		if cfg.AuthservID == "" {
@@ -174,6 +180,25 @@ func TestUnknownActionsAreRefused(t *testing.T) {
 		err := toml.NewDecoder(strings.NewReader(text)).Decode(&cfg)
 		if err == nil || !strings.Contains(err.Error(), "unknown action") {
 			t.Errorf("%q: %v, want an unknown action", text, err)
+		}
+	}
+}
+
+// client_access takes one table's file, a list of files, or tables of
+// their own with a mode each.
+func TestClientAccessForms(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want AccessTables
+	}{
+		{"[checks]\nclient_access = \"cidr:/etc/sluice/cn.cidr\"", AccessTables{{File: "cidr:/etc/sluice/cn.cidr"}}},
+		{"[checks]\nclient_access = [\"/a\", \"regexp:/b\"]", AccessTables{{File: "/a"}, {File: "regexp:/b"}}},
+		{"[[checks.client_access]]\nfile = \"/a\"\n[[checks.client_access]]\nfile = \"/b\"\nmode = \"dry-run\"",
+			AccessTables{{File: "/a"}, {File: "/b", Mode: policy.ModeDryRun}}},
+	} {
+		cfg := decode(t, tc.text)
+		if fmt.Sprint(cfg.Checks.ClientAccess) != fmt.Sprint(tc.want) {
+			t.Errorf("%q: %+v, want %+v", tc.text, cfg.Checks.ClientAccess, tc.want)
 		}
 	}
 }

@@ -36,6 +36,7 @@ type Session struct {
 	// Verdicts at connect and HELO apply to every message of the session.
 	connTags []policy.Verdict
 	connHold *policy.Verdict
+	client   auth.Client // what the client tables said at connect
 
 	// The transaction.
 	msg   auth.Message // the sender checks' results, for the headers
@@ -148,12 +149,16 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	if err != nil {
 		e.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
 	}
-	checked := false
-	if st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs) {
+	var checks []auth.Result
+	switch {
+	case st == smtp.Connect && e.auth != nil:
 		// The verdicts live in the limits session's scratch space: append
 		// to a copy.
+		vs = append(vs[:len(vs):len(vs)], e.auth.Client(&s.f, &s.client)...)
+		checks = s.client.Results()
+	case st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs):
 		vs = append(vs[:len(vs):len(vs)], s.checkSender(ctx)...)
-		checked = true
+		checks = s.msg.Results()
 	}
 	var d policy.Decision
 	if vs != nil {
@@ -175,14 +180,14 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		e.log.Info("escalated", zap.String("action", d.Escalation.String()), zap.Int("refusals", s.refusals),
 			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
 	}
-	out := s.decision(&d, checked)
+	out := s.decision(&d, checks)
 	switch st {
 	case smtp.Connect, smtp.Helo:
 		s.keepForSession(&d)
 		if st == smtp.Connect && !refused && e.auth != nil {
 			// Start the client's DNS lookups now, so that they are
 			// answered by MAIL FROM.
-			e.auth.Connect(ctx, &s.f)
+			e.auth.Connect(ctx, &s.f, &s.client)
 		}
 	case smtp.Mail:
 		s.keep(&d)
@@ -208,9 +213,10 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	return out
 }
 
-// decision copies what the front end needs of d: nothing in it points
-// into the session or the limits session's scratch space.
-func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
+// decision copies what the front end needs of d, with the results of the
+// checks that ran at the stage: nothing in it points into the session or
+// the limits session's scratch space.
+func (s *Session) decision(d *policy.Decision, checks []auth.Result) smtp.Decision {
 	out := smtp.Decision{Pause: d.Delay, Escalation: d.Escalation}
 	if d.Refused() {
 		out.Action, out.Reply, out.Kind = d.Action, d.Reply, smtp.Reply
@@ -225,9 +231,9 @@ func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
 				RetryAfter: o.RetryAfter, Asked: o.Verdict.Action, Mode: o.Mode, Action: o.Action}
 		}
 	}
-	if rs := s.msg.Results(); checked && len(rs) > 0 {
-		out.Checks = make([]smtp.Check, len(rs))
-		for i, r := range rs {
+	if len(checks) > 0 {
+		out.Checks = make([]smtp.Check, len(checks))
+		for i, r := range checks {
 			out.Checks[i] = smtp.Check{Name: r.Check, Result: r.Value, Asked: r.Action, Mode: s.e.pol.Effective(r.Mode), Detail: r.Detail}
 		}
 	}
@@ -237,7 +243,7 @@ func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
 // checkSender runs the sender checks of the transaction.
 func (s *Session) checkSender(ctx context.Context) []policy.Verdict {
 	start := s.e.now()
-	vs := s.e.auth.Mail(ctx, &s.f, &s.msg)
+	vs := s.e.auth.Mail(ctx, &s.f, &s.client, &s.msg)
 	took := s.e.now().Sub(start)
 	for _, r := range s.msg.Results() {
 		s.e.obs.Check(r.Check, r.Value, took)
