@@ -206,7 +206,7 @@ func (e *Engine) mayTag() bool {
 
 // Open starts a session for a client that has just connected.
 func (e *Engine) Open(c smtp.Client) smtp.Session {
-	s := &Session{e: e, lim: e.lim.NewSession()}
+	s := &Session{e: e, lim: e.lim.NewSession(), local: c.Local}
 	s.f.ClientIP = c.IP.Unmap()
 	s.f.ClientName = c.Name
 	s.f.Listener = c.Listener
