@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"iter"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -556,4 +557,24 @@ func (e *Engine) UsesSASLUser() bool {
 		}
 	}
 	return false
+}
+
+// Listeners says which listener names the rules match (match.listener),
+// each with the rules that name it, and which rules count per listener:
+// what the engine watches for, so that a name no MTA sends is noticed.
+func (e *Engine) Listeners() (named map[string][]string, keyed []string) {
+	for _, r := range e.rules {
+		for _, l := range r.match.listeners {
+			if named == nil {
+				named = make(map[string][]string)
+			}
+			if !slices.Contains(named[l], r.name) {
+				named[l] = append(named[l], r.name)
+			}
+		}
+		if r.keyer.has(dimListener) {
+			keyed = append(keyed, r.name)
+		}
+	}
+	return named, keyed
 }
