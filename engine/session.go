@@ -326,7 +326,9 @@ func (s *Session) keep(d *policy.Decision) {
 // apply to every message of the session.
 func (s *Session) keepForSession(d *policy.Decision) {
 	for _, v := range d.Tags {
-		s.connTags = append(s.connTags, *v)
+		if !v.OwnHeader {
+			s.connTags = append(s.connTags, *v)
+		}
 	}
 	if d.Hold != nil && s.connHold == nil {
 		h := *d.Hold
