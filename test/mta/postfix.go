@@ -4,6 +4,7 @@ package mta
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -352,3 +353,15 @@ func postfixIDs() (uid, gid int, err error) {
 
 func hostOf(addr string) string { h, _, _ := strings.Cut(addr, ":"); return h }
 func portOf(addr string) string { _, p, _ := strings.Cut(addr, ":"); return p }
+
+// Submit hands a message to Postfix as a local program does, through its
+// sendmail(1) and postdrop: pickup and cleanup then run it through
+// non_smtpd_milters (PostfixOptions.Main), not smtpd.
+func (p *Postfix) Submit(from string, to []string, msg []byte) {
+	p.t.Helper()
+	cmd := testenv.Command("sendmail", append([]string{"-C", p.etc, "-f", from, "--"}, to...)...)
+	cmd.Stdin = bytes.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		p.t.Fatalf("sendmail -f %s: %v\n%s", from, err, out)
+	}
+}
