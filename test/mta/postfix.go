@@ -30,6 +30,10 @@ type PostfixOptions struct {
 	// Submission adds a second smtpd listener whose milter {daemon_name} is
 	// "submission" (the first one's is "smtpd").
 	Submission bool
+	// UnnamedListener leaves the port-25 listener as master.cf.dist has
+	// it, without -o milter_macro_daemon_name: Postfix then sends its
+	// default, $myhostname ("mx.example.test").
+	UnnamedListener bool
 	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
 	// "user@realm" -> password.
 	SASLUsers map[string]string
@@ -43,7 +47,7 @@ type PostfixOptions struct {
 // message to a Sink.
 type Postfix struct {
 	Dir            string
-	Addr           string // the smtpd listener, 127.0.0.1:PORT; {daemon_name} "smtpd"
+	Addr           string // the smtpd listener, 127.0.0.1:PORT; {daemon_name} "smtpd" (or "mx.example.test", unnamed)
 	SubmissionAddr string // with PostfixOptions.Submission; {daemon_name} "submission"
 	Sink           *Sink
 
@@ -114,7 +118,11 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	// port-25 smtpd replaced by ours on a free port.
 	testenv.Run(t, "postconf", "-c", p.etc, "-F", "*/*/chroot = n")
 	testenv.Run(t, "postconf", "-c", p.etc, "-MX", "smtp/inet")
-	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd -o milter_macro_daemon_name=smtpd")
+	named := " -o milter_macro_daemon_name=smtpd"
+	if opts.UnnamedListener {
+		named = ""
+	}
+	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd"+named)
 	if opts.Submission {
 		testenv.Run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
 			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
