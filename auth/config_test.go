@@ -27,6 +27,35 @@ func decode(t *testing.T, text string) *Config {
 	return &cfg
 }
 
+// The example tables of docs/auth.md are the ones the example config
+// loads, and they load.
+func TestDocsExampleTables(t *testing.T) {
+	doc, err := os.ReadFile("../docs/auth.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sender_access", "client_access.cidr", "helo_checks"} {
+		want, err := os.ReadFile("testdata/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), "```text file=/etc/sluice/"+name+"\n"+string(want)+"```") {
+			t.Errorf("docs/auth.md does not show testdata/%s as it is", name)
+		}
+	}
+	cfg := decode(t, string(must(os.ReadFile("testdata/auth.toml"))))
+	if _, err := New(cfg, nil, WithResolver(newFake())); err != nil {
+		t.Errorf("the example config's tables: %v", err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
 func TestExampleConfig(t *testing.T) {
 	text, err := os.ReadFile("testdata/auth.toml")
 	if err != nil {
@@ -56,6 +85,7 @@ func TestExampleConfig(t *testing.T) {
 		{"dnsbl codes", len(k.DNSBL[1].Codes), 2},
 		{"sender_access", k.SenderAccess.File, "testdata/sender_access"},
 		{"helo_access", k.HeloAccess.File, "testdata/helo_access"},
+		{"client_access", len(k.ClientAccess), 2},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)

@@ -25,6 +25,7 @@ type Trace struct {
 	Action  policy.Action
 	Mode    policy.Mode // the rule's own mode, before the global one
 	Final   bool        // when it applies, later rules of the stage are not evaluated
+	Tarpit  bool        // it delays every event it applies to, and counts nothing
 	// Burst is what a fresh counter admits at once: events (bytes for a
 	// bytes rule, open connections for a concurrent one, recipients of
 	// one message for a per-message cap); the next one crosses the limit.
@@ -37,7 +38,7 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 	var out []Trace
 	stoppedBy := ""
 	for _, r := range e.byStage[st] {
-		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst()}
+		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst()}
 		switch {
 		case stoppedBy != "":
 			t.Why = fmt.Sprintf("not evaluated: %s, before it, is final", stoppedBy)

@@ -226,12 +226,18 @@ func (x *explainer) checksLine() string {
 	switch {
 	case x.noDNS && x.main.eng.Checks():
 		return "checks: the access tables and the checks of what the client said; those that ask DNS left out (-no-dns)"
-	case x.noDNS:
+	case x.noDNS && x.dnsChecks():
 		return "checks: those that ask DNS left out (-no-dns), and no other is configured"
 	case x.checksOn():
 		return "checks: client_access at connect; the others at MAIL FROM, asking DNS through [dns]"
 	}
 	return "checks: none configured"
+}
+
+// dnsChecks reports whether the config has checks that ask DNS.
+func (x *explainer) dnsChecks() bool {
+	k := &x.cfg.Checks
+	return x.cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0
 }
 
 // checksOn reports whether the explained engine runs checks.
@@ -296,7 +302,11 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 			what += ", final"
 		}
 		key := t.Key
-		if key == "" {
+		switch {
+		case key != "":
+		case t.Tarpit:
+			key = "(a tarpit: no key)"
+		default:
 			key = "(per message)"
 		}
 		fmt.Fprintf(tw, "  %s\tapplies\t%s\t%s\n", t.Rule, key, what)
