@@ -272,3 +272,38 @@ func TestSendmailClientAccessAndReload(t *testing.T) {
 	}
 	refused("after the failed reload")
 }
+
+// A class's tarpit as a rule (Postfix's sleep in a restriction class):
+// action = "delay" with no limit delays every MAIL FROM of the class by
+// at least its delay, message after message, and refuses none.
+func TestPostfixClassTarpit(t *testing.T) {
+	testenv.Require(t)
+	sl := sluicetest.StartSluice(t, `trusted = []
+
+[lists]
+slow = ["192.0.2.0/24"]
+
+[[limit]]
+name = "slow-class"
+count = "messages"
+action = "delay"
+delay = "2s"
+match.client = ["slow"]
+`)
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
+	c := session(t, pf.Addr, "192.0.2.7")
+	for i := range 3 {
+		start := time.Now()
+		r, err := c.Mail("alice@example.test")
+		took := time.Since(start)
+		t.Logf("MAIL FROM %d: %v after %v", i+1, r, took)
+		if err != nil || !r.OK() || took < 2*time.Second {
+			t.Errorf("MAIL FROM %d: %v %v after %v; want it accepted after at least 2s", i+1, r, err, took)
+		}
+		c.Rset()
+	}
+	c.Quit()
+	if n := len(sl.Find(func(l sluicetest.LogLine) bool { return l.Msg() == "delayed" && l.Str("rule") == "slow-class" })); n != 3 {
+		t.Errorf("%d delayed lines, want 3", n)
+	}
+}
