@@ -1,6 +1,8 @@
 package access
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -364,5 +366,54 @@ func TestLoad(t *testing.T) {
 	os.WriteFile(path, []byte("/a/ OK\n/(/ REJECT\n"), 0o644)
 	if _, err := Load("regexp:"+path, HELONames); err == nil || !strings.HasPrefix(err.Error(), path+":2:") {
 		t.Errorf("bad regexp: %v, want it to start with %s:2:", err, path)
+	}
+}
+
+// A cidr table's runs of plain entries are looked up through an index;
+// whatever the table — overlapping networks of every length, '!', if
+// blocks — the answer is the first match a line-by-line reading gives.
+func TestCIDRIndexMatchesLinear(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	addr := func() netip.Addr {
+		if rng.IntN(4) == 0 {
+			return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(rng.IntN(4)), byte(rng.IntN(256))})
+		}
+		return netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+	}
+	for round := range 200 {
+		var text strings.Builder
+		open := 0
+		for range 20 + rng.IntN(200) {
+			a := addr()
+			bits := 8 + rng.IntN(a.BitLen()-7)
+			p, _ := a.Prefix(bits)
+			switch k := rng.IntN(40); {
+			case k == 0 && open < 3:
+				fmt.Fprintf(&text, "if %s\n", p)
+				open++
+			case k == 1 && open > 0:
+				text.WriteString("endif\n")
+				open--
+			case k == 2:
+				fmt.Fprintf(&text, "!%s TAG x\n", p)
+			default:
+				fmt.Fprintf(&text, "%s %s\n", p, []string{"REJECT x", "TEMPFAIL x", "TAG x", "OK", "DUNNO"}[rng.IntN(5)])
+			}
+		}
+		for ; open > 0; open-- {
+			text.WriteString("endif\n")
+		}
+		indexed := parse(t, text.String(), Clients, CIDR)
+		linear := parse(t, text.String(), Clients, CIDR)
+		for i := range linear.rules {
+			linear.rules[i].run = nil
+		}
+		for range 200 {
+			ip := addr()
+			got, want := indexed.match("", ip), linear.match("", ip)
+			if got != nil && want != nil && got.Line != want.Line || (got == nil) != (want == nil) {
+				t.Fatalf("round %d, %s: indexed %+v, line by line %+v\n%s", round, ip, got, want, text.String())
+			}
+		}
 	}
 }

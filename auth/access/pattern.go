@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -17,6 +18,79 @@ type rule struct {
 	net   netip.Prefix   // cidr tables
 	entry *Entry
 	skip  int // an if: the index of the rule after its endif
+
+	run *netRun // a cidr table's run of plain entries that starts here
+}
+
+// netRun indexes a run of plain cidr entries (no '!', no if between them)
+// so that a country-sized table costs a map probe per prefix length, not
+// a comparison per network: the first entry of the run that contains an
+// address is the one of least index among the networks of its prefixes.
+type netRun struct {
+	end   int                  // the index after the run
+	first map[netip.Prefix]int // network -> its first index
+	bits  []int                // the prefix lengths the run holds, longest first
+}
+
+// minRun is the length from which a run is indexed.
+const minRun = 16
+
+func (r *netRun) lookup(ip netip.Addr) (int, bool) {
+	best := -1
+	for _, b := range r.bits {
+		if b > ip.BitLen() {
+			continue
+		}
+		p, err := ip.Prefix(b)
+		if err != nil {
+			continue
+		}
+		if i, ok := r.first[p]; ok && (best < 0 || i < best) {
+			best = i
+		}
+	}
+	return best, best >= 0
+}
+
+// indexRuns finds the runs of plain cidr entries worth an index. A run
+// ends where a block opened by an if ends, so that skipping a block never
+// lands inside one.
+func (t *Table) indexRuns() {
+	ends := make(map[int]bool)
+	for i := range t.rules {
+		if t.rules[i].entry == nil {
+			ends[t.rules[i].skip] = true
+		}
+	}
+	plain := func(i int) bool { r := &t.rules[i]; return r.entry != nil && !r.neg }
+	for i := 0; i < len(t.rules); {
+		if !plain(i) {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(t.rules) && plain(j) && !ends[j] {
+			j++
+		}
+		if j-i >= minRun {
+			run := &netRun{end: j, first: make(map[netip.Prefix]int, j-i)}
+			lengths := make(map[int]bool)
+			for k := i; k < j; k++ {
+				n := t.rules[k].net
+				if _, ok := run.first[n]; !ok {
+					run.first[n] = k
+				}
+				lengths[n.Bits()] = true
+			}
+			for b := range lengths {
+				run.bits = append(run.bits, b)
+			}
+			slices.Sort(run.bits)
+			slices.Reverse(run.bits)
+			t.rules[i].run = run
+		}
+		i = j
+	}
 }
 
 func (r *rule) holds(s string, ip netip.Addr) bool {
@@ -34,6 +108,13 @@ func (r *rule) holds(s string, ip netip.Addr) bool {
 func (t *Table) match(s string, ip netip.Addr) *Entry {
 	for i := 0; i < len(t.rules); {
 		r := &t.rules[i]
+		if r.run != nil {
+			if k, ok := r.run.lookup(ip); ok {
+				return t.rules[k].entry
+			}
+			i = r.run.end
+			continue
+		}
 		switch {
 		case r.entry == nil && r.holds(s, ip):
 			i++
@@ -133,6 +214,9 @@ func (p *patternParser) line(n int, line string) error {
 func (p *patternParser) end() error {
 	if len(p.open) > 0 {
 		return fmt.Errorf("%s:%d: if without endif", p.t.path, p.ifAt[len(p.ifAt)-1])
+	}
+	if p.t.format == CIDR {
+		p.t.indexRuns()
 	}
 	return nil
 }
