@@ -28,12 +28,29 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
 		`9.100.51.198.zen.example. 300 IN A 127.0.0.2`,
 	))
+	rules := &limits.Config{Trusted: []string{}}
+	if withLimit {
+		rules.Rules = []limits.Rule{senderRule("1/1h", "")}
+	}
+	obs := &recordingObserver{}
+	eng := authEngine(t, srv, mode, rules, obs, func(ac *auth.Config) {
+		ac.SPF.Enabled = true
+		ac.SPF.Fail = policy.MustAction("reject")
+		ac.Checks.DNSBL[0].Mode = dnsbl
+	})
+	return eng, obs
+}
+
+// authEngine builds an engine over rules, on a memory store of its own,
+// with checks asking srv: a DNSBL zen.example that rejects, and what edit
+// adds.
+func authEngine(t *testing.T, srv *dnstest.Server, mode smtp.Mode, rules *limits.Config, obs engine.Observer, edit func(*auth.Config)) *engine.Engine {
+	t.Helper()
 	ac := auth.Config{AuthservID: "mx.sluice.test"}
 	ac.Defaults()
 	ac.DNS.Servers = []string{srv.Addr()}
-	ac.SPF.Enabled = true
-	ac.SPF.Fail = policy.MustAction("reject")
-	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject"), Mode: dnsbl}}}}
+	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject")}}}}
+	edit(&ac)
 	ac.Defaults()
 	if err := ac.Validate(); err != nil {
 		t.Fatal(err)
@@ -47,16 +64,11 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	rules := &limits.Config{Trusted: []string{}}
-	if withLimit {
-		rules.Rules = []limits.Rule{senderRule("1/1h", "")}
-	}
-	obs := &recordingObserver{}
 	eng, err := engine.New(engine.Options{Policy: policyOf(mode), Rules: rules, Counting: limits.Options{Store: store}, Auth: checker, Observer: obs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return eng, obs
+	return eng
 }
 
 // The sender checks answer at MAIL FROM: their results come with the
@@ -173,29 +185,10 @@ func TestClientTablesAtConnect(t *testing.T) {
 	if err := os.WriteFile(table, []byte("198.51.100.9  OK\n203.0.113.0/24  REJECT Known spam network\n192.0.2.0/24  DELAY 2s\n198.51.100.8  TAG watched\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ac := auth.Config{AuthservID: "mx.sluice.test"}
-	ac.Defaults()
-	ac.DNS.Servers = []string{srv.Addr()}
-	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject")}}}}
-	ac.Checks.ClientAccess = auth.AccessTables{{File: "cidr:" + table}}
-	ac.Defaults()
-	if err := ac.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	checker, err := auth.New(&ac, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := memstore.New(memstore.Config{MaxKeys: 100}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
 	rules := &limits.Config{Trusted: []string{}, Rules: []limits.Rule{{Name: "per-ip", Count: "messages", Per: "client_ip", Rate: "1/1h"}}}
-	eng, err := engine.New(engine.Options{Policy: policyOf(smtp.ModeEnforce), Rules: rules, Counting: limits.Options{Store: store}, Auth: checker})
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := authEngine(t, srv, smtp.ModeEnforce, rules, nil, func(ac *auth.Config) {
+		ac.Checks.ClientAccess = auth.AccessTables{{File: "cidr:" + table}}
+	})
 	ctx := context.Background()
 	open := func(ip string) (smtp.Session, smtp.Decision) {
 		s := eng.Open(smtp.Client{IP: netip.MustParseAddr(ip), Name: "unknown", Listener: "mx.example.test"})

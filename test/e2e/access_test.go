@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"sluice/test/dnstest"
 	"sluice/test/mta"
 	"sluice/test/sluicetest"
 	"sluice/test/testenv"
@@ -106,17 +107,10 @@ func accessTables(t *testing.T) (clients, names, helos string) {
 	return clients, names, helos
 }
 
-func accessConfig(dns interface{ Addr() string }, top, clients, names, helos string) string {
-	return fmt.Sprintf(`%s
-authserv_id = %q
-
-[log]
-level = "info"
-
-[dns]
-servers = [%q]
-timeout = "2s"
-
+// accessConfig is authConfig with the client and HELO tables and a
+// blocklist.
+func accessConfig(dns *dnstest.Server, top, clients, names, helos string) string {
+	return authConfig(dns, top, "", fmt.Sprintf(`
 [checks]
 client_access = ["cidr:%s", "regexp:%s"]
 helo_access = "regexp:%s"
@@ -124,7 +118,7 @@ helo_access = "regexp:%s"
 [[checks.dnsbl]]
 zone = "zen.example"
 action = "reject"
-`, top, authID, dns.Addr(), clients, names, helos)
+`, clients, names, helos))
 }
 
 // client_access through Postfix, answered at connect: a network in the

@@ -73,12 +73,7 @@ func TestPostfixLocalSubmission(t *testing.T) {
 	}
 	var held []mta.QueueEntry
 	err := pollFor(30*time.Second, func() bool {
-		held = held[:0]
-		for _, e := range pf.Queue() {
-			if e.QueueName == "hold" {
-				held = append(held, e)
-			}
-		}
+		held = pf.Held()
 		return len(held) == 1
 	})
 	if err != nil || held[0].Sender != "report@example.org" {

@@ -53,12 +53,7 @@ action = "hold"
 	msgs := pf.WaitDelivered(3, time.Minute)
 	var held []mta.QueueEntry
 	err := pollFor(30*time.Second, func() bool {
-		held = held[:0]
-		for _, e := range pf.Queue() {
-			if e.QueueName == "hold" {
-				held = append(held, e)
-			}
-		}
+		held = pf.Held()
 		return len(held) == 2
 	})
 	out, _ := exec.Command("/usr/sbin/postqueue", "-c", filepath.Join(pf.Dir, "etc"), "-j").CombinedOutput()

@@ -308,6 +308,18 @@ func (p *Postfix) queueErr() ([]QueueEntry, error) {
 	return q, nil
 }
 
+// Held lists the messages in Postfix's hold queue.
+func (p *Postfix) Held() []QueueEntry {
+	p.t.Helper()
+	var held []QueueEntry
+	for _, e := range p.Queue() {
+		if e.QueueName == "hold" {
+			held = append(held, e)
+		}
+	}
+	return held
+}
+
 // Postsuper runs postsuper on this Postfix's queue: "-H", "ALL" releases
 // held messages (into the deferred queue: Flush sends them), "-d", "ALL"
 // deletes every message.
