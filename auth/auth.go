@@ -2,28 +2,34 @@
 // sender and HELO checks, reverse DNS, blocklists, access tables — and
 // answers with policy verdicts and RFC 8601 / RFC 7208 headers.
 //
-// The milter session drives it:
+// The engine's session drives it:
 //
 //	c, err := auth.New(&cfg, log)         // loads access tables
-//	c.Connect(ctx, facts)                 // starts the client's DNS lookups early
-//	vs := c.Mail(ctx, facts, &msg)        // every check; verdicts for policy.Decide
+//	vs := c.Client(facts, &client)        // at connect: the client tables
+//	c.Connect(ctx, facts, &client)        // starts the client's DNS lookups early
+//	vs = c.Mail(ctx, facts, &client, &msg) // every other check; verdicts for policy.Decide
 //	hs := c.Headers(&msg, mode)           // at end of message: headers to add
 //	c.Forged(name, value)                 // incoming Authentication-Results to remove
 //
-// Every check answers at MAIL FROM, in this order: helo_access and
-// sender_access (an OK entry skips everything after it for the message),
+// The client tables (client_access) answer at connect. Every other check
+// answers at MAIL FROM, in this order: helo_access, sender_access,
 // client_rdns and dnsbl, require_fqdn_helo, helo_syntax, helo_not_ours,
 // require_fqdn_sender, sender_domain_exists, then SPF (whose record is
 // first checked against the RFC 7208 grammar, since the library stops at
-// the first match and misses later syntax errors). HELO and client
-// checks wait for MAIL FROM, as Postfix's smtpd_delay_reject does, so that
-// an access table entry can still waive them. The DNS work of one message
-// runs concurrently and is bounded by the context. A refusal does not stop
-// the later checks, so that in tag mode the headers show everything that
-// would have been refused.
+// the first match and misses later syntax errors). An OK entry in a table
+// skips the checks of its own kind and no others, as in Postfix, where a
+// sender whitelist never lifts a client restriction: client_access OK
+// skips client_rdns and dnsbl; helo_access OK the HELO checks;
+// sender_access OK require_fqdn_sender, sender_domain_exists and SPF.
+// HELO and client checks wait for MAIL FROM, as Postfix's
+// smtpd_delay_reject does. The DNS work of one message runs concurrently
+// and is bounded by the context. A refusal does not stop the later checks,
+// so that in tag mode the headers show everything that would have been
+// refused.
 //
 // Trusted clients (policy.Facts.Trusted) skip everything; authenticated
-// ones skip the checks and SPF unless skip_authenticated = false.
+// ones skip the MAIL FROM checks and SPF unless skip_authenticated =
+// false (the client tables answer before any login).
 package auth
 
 import (
@@ -33,6 +39,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -72,6 +79,8 @@ type Checker struct {
 	heloNotOurs    *notOursCheck
 	fqdnSender     *rule
 	domainExists   *dnsRules
+	clientAccess   []*accessCheck
+	maxDelay       time.Duration // the longest DELAY a client table may ask; 0: unbounded
 
 	checkBytes int           // DNS answer bytes one check may read for one message
 	prefetch   chan struct{} // bounds lookups started at Connect
@@ -84,11 +93,24 @@ const maxPrefetch = 256
 // Option changes how New builds a Checker.
 type Option func(*options)
 
-type options struct{ res Resolver }
+type options struct {
+	res      Resolver
+	noDNS    bool
+	maxDelay time.Duration
+}
 
 // WithResolver makes the checks ask r instead of a resolver built from
 // [dns]: a log replayed with the answers it recorded, a test.
 func WithResolver(r Resolver) Option { return func(o *options) { o.res = r } }
+
+// WithoutDNS leaves out every check that asks DNS — SPF, client_rdns,
+// dnsbl, sender_domain_exists — and keeps the tables and the checks that
+// read only what the client said (sluice explain -no-dns).
+func WithoutDNS() Option { return func(o *options) { o.noDNS = true } }
+
+// WithMaxDelay bounds the pause a client table's DELAY may ask: a longer
+// one is an error naming its file and line (the global max_delay).
+func WithMaxDelay(d time.Duration) Option { return func(o *options) { o.maxDelay = d } }
 
 // New builds a Checker from a config that passed Validate. It loads the
 // access tables; their errors name the file and line.
@@ -100,6 +122,9 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) (*Checker, error) {
 	for _, f := range opts {
 		f(&o)
 	}
+	if o.noDNS {
+		cfg = withoutDNS(cfg)
+	}
 	res := o.res
 	if k := &cfg.Checks; res == nil && (cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0) {
 		r, err := resolver.New(&cfg.DNS, log)
@@ -108,11 +133,20 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) (*Checker, error) {
 		}
 		res = r
 	}
-	return newChecker(cfg, log, res)
+	return newChecker(cfg, log, res, o.maxDelay)
 }
 
-func newChecker(cfg *Config, log *zap.Logger, res Resolver) (*Checker, error) {
-	c := &Checker{id: cfg.AuthservID, res: res, log: log, checkBytes: cfg.DNS.CheckBytes, prefetch: make(chan struct{}, maxPrefetch)}
+// withoutDNS is a copy of cfg without the checks that ask DNS.
+func withoutDNS(cfg *Config) *Config {
+	c := *cfg
+	c.SPF.Enabled = false
+	c.Checks.SenderDomainExists, c.Checks.ClientRDNS, c.Checks.DNSBL = nil, nil, nil
+	return &c
+}
+
+func newChecker(cfg *Config, log *zap.Logger, res Resolver, maxDelay time.Duration) (*Checker, error) {
+	c := &Checker{id: cfg.AuthservID, res: res, log: log, checkBytes: cfg.DNS.CheckBytes, prefetch: make(chan struct{}, maxPrefetch),
+		maxDelay: maxDelay}
 	var err error
 	if cfg.SPF.Enabled {
 		if c.spf, err = newSPFChecker(&cfg.SPF); err != nil {
@@ -130,7 +164,7 @@ func newChecker(cfg *Config, log *zap.Logger, res Resolver) (*Checker, error) {
 func (c *Checker) Enabled() bool {
 	return c.spf != nil || c.heloAccess != nil || c.senderAccess != nil || c.clientRDNS != nil ||
 		len(c.dnsbl) > 0 || c.fqdnHelo != nil || c.heloSyntax != nil || c.heloNotOurs != nil ||
-		c.fqdnSender != nil || c.domainExists != nil
+		c.fqdnSender != nil || c.domainExists != nil || len(c.clientAccess) > 0
 }
 
 // AuthservID is our name in Authentication-Results.
@@ -173,11 +207,52 @@ type outcome struct {
 	v   *policy.Verdict
 }
 
+// Client is auth's state for one session: what the client tables said at
+// connect, which holds for every message of the session. The zero value
+// is a client no table was asked about.
+type Client struct {
+	results []Result
+	ok      bool // an OK entry: the client checks are skipped
+}
+
+// Results are the client tables' results, for a front end that shows
+// them at connect.
+func (cl *Client) Results() []Result { return cl.results }
+
+// Client asks the client tables about the client that has just
+// connected, in order: the first table with an entry for it decides
+// (DUNNO, or no entry, goes on to the next). It returns the verdicts of
+// an entry that asks for an action, and keeps what it found in cl for the
+// checks at MAIL FROM and the headers of every message.
+func (c *Checker) Client(f *policy.Facts, cl *Client) []policy.Verdict {
+	*cl = Client{}
+	if f.Trusted || len(c.clientAccess) == 0 {
+		return nil
+	}
+	for _, a := range c.clientAccess {
+		os := a.checkClient(f.ClientIP, f.ClientName)
+		if len(os) == 0 {
+			continue
+		}
+		var vs []policy.Verdict
+		for _, o := range os {
+			cl.results = append(cl.results, o.res)
+			if o.v != nil {
+				vs = append(vs, *o.v)
+			}
+		}
+		cl.ok = allowed(os)
+		return vs
+	}
+	return nil
+}
+
 // Connect starts the lookups the client checks will need (PTR, forward
 // confirmation, blocklists), so that their answers are cached or in
-// flight by MAIL FROM. It returns at once; nothing is decided here.
-func (c *Checker) Connect(ctx context.Context, f *policy.Facts) {
-	if f.Trusted || !f.ClientIP.IsValid() || c.clientRDNS == nil && len(c.dnsbl) == 0 {
+// flight by MAIL FROM. It returns at once; nothing is decided here. A
+// client a table allowed needs none.
+func (c *Checker) Connect(ctx context.Context, f *policy.Facts, cl *Client) {
+	if f.Trusted || cl != nil && cl.ok || !f.ClientIP.IsValid() || c.clientRDNS == nil && len(c.dnsbl) == 0 {
 		return
 	}
 	select {
@@ -198,7 +273,8 @@ func (c *Checker) Connect(ctx context.Context, f *policy.Facts) {
 
 // Check order: the index of each check's slot in Mail.
 const (
-	slotHeloAccess = iota
+	slotClientAccess = iota
+	slotHeloAccess
 	slotSenderAccess
 	slotClientRDNS
 	slotDNSBL
@@ -213,22 +289,27 @@ const (
 
 // Mail runs every check for the transaction that f.Sender starts and
 // returns the verdicts that ask for an action. The results are kept in m
-// for Headers.
-func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []policy.Verdict {
+// for Headers, the client tables' (which answered at connect, so give no
+// verdict here) first. cl is what Client found; nil for a session whose
+// client no table was asked about.
+func (c *Checker) Mail(ctx context.Context, f *policy.Facts, cl *Client, m *Message) []policy.Verdict {
 	*m = Message{ip: f.ClientIP.Unmap()}
 	if f.Trusted {
 		return nil
 	}
+	if cl == nil {
+		cl = &Client{}
+	}
 	var slots [nSlots][]outcome
+	for _, r := range cl.results {
+		slots[slotClientAccess] = append(slots[slotClientAccess], outcome{res: r})
+	}
 	runChecks := !(f.Authenticated() && c.checksSkipAuth)
+	heloOK, senderOK := false, false
 	if runChecks {
 		slots[slotHeloAccess] = c.heloAccess.check(f.Helo)
-		if !allowed(slots[slotHeloAccess]) {
-			slots[slotSenderAccess] = c.senderAccess.check(f.Sender)
-		}
-		if allowed(slots[slotHeloAccess]) || allowed(slots[slotSenderAccess]) {
-			return m.collect(slots[:])
-		}
+		slots[slotSenderAccess] = c.senderAccess.check(f.Sender)
+		heloOK, senderOK = allowed(slots[slotHeloAccess]), allowed(slots[slotSenderAccess])
 	}
 	var wg sync.WaitGroup
 	run := func(slot int, fn func() []outcome) {
@@ -239,20 +320,24 @@ func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []polic
 			slots[slot] = fn()
 		})
 	}
-	if runChecks {
+	if runChecks && !cl.ok {
 		if ip := f.ClientIP.Unmap(); ip.IsValid() {
 			run(slotClientRDNS, func() []outcome { return c.rdnsOutcome(ctx, ip) })
 			run(slotDNSBL, func() []outcome { return c.dnsblOutcomes(ctx, ip) })
 		}
-		if c.domainExists != nil {
-			run(slotDomainExists, func() []outcome { return c.checkDomainExists(ctx, f.Sender) })
-		}
+	}
+	if runChecks && !heloOK {
 		slots[slotFQDNHelo] = c.checkFQDNHelo(f.Helo)
 		slots[slotHeloSyntax] = c.checkHeloSyntax(f.Helo)
 		slots[slotHeloNotOurs] = c.checkHeloNotOurs(f.Helo, f.ClientIP)
+	}
+	if runChecks && !senderOK {
+		if c.domainExists != nil {
+			run(slotDomainExists, func() []outcome { return c.checkDomainExists(ctx, f.Sender) })
+		}
 		slots[slotFQDNSender] = c.checkFQDNSender(f.Sender)
 	}
-	if c.spf != nil && f.ClientIP.IsValid() && !(f.Authenticated() && c.spf.skipAuth) {
+	if c.spf != nil && !senderOK && f.ClientIP.IsValid() && !(f.Authenticated() && c.spf.skipAuth) {
 		run(slotSPF, func() []outcome {
 			o := c.checkSPF(ctx, f)
 			m.spf = &o
@@ -268,7 +353,7 @@ func (c *Checker) Mail(ctx context.Context, f *policy.Facts, m *Message) []polic
 	return vs
 }
 
-var checkNames = [nSlots]string{"helo_access", "sender_access", "client_rdns", "dnsbl", "require_fqdn_helo",
+var checkNames = [nSlots]string{"client_access", "helo_access", "sender_access", "client_rdns", "dnsbl", "require_fqdn_helo",
 	"helo_syntax", "helo_not_ours", "require_fqdn_sender", "sender_domain_exists", "spf"}
 
 func allowed(os []outcome) bool {

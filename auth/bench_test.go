@@ -29,14 +29,14 @@ func BenchmarkMail(b *testing.B) {
 	})
 	f := session{ip: "192.0.2.1", helo: "mail.example.com", sender: "alice@example.com"}.facts()
 	var m Message
-	c.Mail(context.Background(), f, &m) // fill the cache
+	c.Mail(context.Background(), f, nil, &m) // fill the cache
 	if got, _ := m.SPF(); got != "pass" {
 		b.Fatalf("spf %s", got)
 	}
 	before := srv.Queries()
 	b.ReportAllocs()
 	for b.Loop() {
-		c.Mail(context.Background(), f, &m)
+		c.Mail(context.Background(), f, nil, &m)
 		_ = c.Headers(&m, nil)
 	}
 	if n := srv.Queries() - before; n != 0 {

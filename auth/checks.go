@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -24,6 +25,7 @@ type rule struct {
 	mode   policy.Mode
 	reply  *policy.Reply // nil unless the action refuses
 	text   string        // default reply text, a template
+	delay  time.Duration // for ActionDelay
 }
 
 // newRule compiles an action with its reply: the configured one, or ours
@@ -51,7 +53,7 @@ func (r *rule) outcome(check, value, key, detail string) []outcome {
 	o := outcome{res: Result{Check: check, Value: value, Action: r.action, Mode: r.mode, Detail: detail}}
 	if r.action != policy.ActionNone {
 		o.v = &policy.Verdict{Source: check, Action: r.action, Mode: r.mode, Reply: r.reply, Text: r.text,
-			Key: key, Detail: detail, OwnHeader: true}
+			Delay: r.delay, Key: key, Detail: detail, OwnHeader: true}
 	}
 	return []outcome{o}
 }
@@ -83,6 +85,13 @@ type accessCheck struct {
 	table *access.Table
 	rules map[*access.Entry]*rule
 }
+
+// Access table names, which are also their checks' names.
+const (
+	senderAccess = "sender_access"
+	heloAccess   = "helo_access"
+	clientAccess = "client_access"
+)
 
 type rdnsCheck struct {
 	*dnsRules
@@ -172,16 +181,27 @@ func (c *Checker) compileChecks(k *ChecksConfig) error {
 		}
 		c.dnsbl = append(c.dnsbl, &dnsblCheck{dnsRules: rules, zone: zone, source: "dnsbl:" + zone, codes: codes})
 	}
-	if c.senderAccess, err = loadAccess(k.SenderAccess, "sender_access", access.Senders, "<{sender}>: Sender address rejected: "); err != nil {
+	if c.senderAccess, err = loadAccess(k.SenderAccess, senderAccess, access.Senders, "<{sender}>: Sender address rejected: ", c.maxDelay); err != nil {
 		return err
 	}
-	if c.heloAccess, err = loadAccess(k.HeloAccess, "helo_access", access.HELONames, "<{key}>: Helo command rejected: "); err != nil {
+	if c.heloAccess, err = loadAccess(k.HeloAccess, heloAccess, access.HELONames, "<{key}>: Helo command rejected: ", c.maxDelay); err != nil {
 		return err
+	}
+	for i := range k.ClientAccess {
+		a, err := loadAccess(&k.ClientAccess[i], clientAccess, access.Clients, "Client host rejected: ", c.maxDelay)
+		if err != nil {
+			return err
+		}
+		c.clientAccess = append(c.clientAccess, a)
 	}
 	return nil
 }
 
-func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*accessCheck, error) {
+// loadAccess reads an access table and compiles each entry's rule. The
+// reply of a refusal is Postfix's: the entry's code (or 550 5.7.1, 451
+// 4.7.1), the prefix that says what was rejected, then the entry's text.
+// A DELAY longer than maxDelay (when known) is an error.
+func loadAccess(l *AccessList, name string, kind access.Kind, prefix string, maxDelay time.Duration) (*accessCheck, error) {
 	if l == nil {
 		return nil, nil
 	}
@@ -191,6 +211,7 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 	}
 	a := &accessCheck{name: name, table: t, rules: make(map[*access.Entry]*rule)}
 	for _, e := range t.Entries() {
+		at := func(err error) error { return fmt.Errorf("%s: %s:%d: %w", name, t.Path(), e.Line, err) }
 		var action policy.Action
 		switch e.Action {
 		case access.Reject:
@@ -199,6 +220,12 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 			action = policy.ActionTempfail
 		case access.Tag:
 			action = policy.ActionTag
+		case access.Delay:
+			if maxDelay > 0 && e.Delay > maxDelay {
+				return nil, at(fmt.Errorf("DELAY %s is above max_delay (%s)", e.Delay, maxDelay))
+			}
+			a.rules[e] = &rule{action: policy.ActionDelay, mode: l.Mode, delay: e.Delay}
+			continue
 		default:
 			continue
 		}
@@ -206,9 +233,19 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 		if text == "" {
 			text = "Access denied"
 		}
-		r, err := newRule(&action, l.Mode, nil, "7.1", prefix+text)
+		var custom *policy.Reply
+		if e.Code != "" {
+			enh := e.Enhanced
+			if enh == "" {
+				enh = string(e.Code[0]) + ".7.1"
+			}
+			if custom, err = policy.ParseReply(e.Code + " " + enh + " " + prefix + text); err != nil {
+				return nil, at(fmt.Errorf("text: %w", err))
+			}
+		}
+		r, err := newRule(&action, l.Mode, custom, "7.1", prefix+text)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %s:%d: text: %w", name, t.Path(), e.Line, err)
+			return nil, at(fmt.Errorf("text: %w", err))
 		}
 		a.rules[e] = &r
 	}
@@ -216,7 +253,7 @@ func loadAccess(l *AccessList, name string, kind access.Kind, prefix string) (*a
 }
 
 func (a *accessCheck) check(s string) []outcome {
-	if a == nil || a.name == "helo_access" && s == "" {
+	if a == nil || a.name == heloAccess && s == "" {
 		return nil
 	}
 	e, ok := a.table.Lookup(s)
@@ -227,14 +264,28 @@ func (a *accessCheck) check(s string) []outcome {
 	if s == "" {
 		shown = "<>"
 	}
-	detail := fmt.Sprintf("%s matched %s at %s:%d", safe(shown), e.Pattern, a.table.Path(), e.Line)
+	return a.outcome(e, safe(shown))
+}
+
+// checkClient looks a client up: its address, and its verified name in a
+// regexp table.
+func (a *accessCheck) checkClient(ip netip.Addr, name string) []outcome {
+	e, ok := a.table.LookupClient(ip, name)
+	if !ok {
+		return nil
+	}
+	return a.outcome(e, ip.String())
+}
+
+func (a *accessCheck) outcome(e *access.Entry, key string) []outcome {
+	detail := fmt.Sprintf("%s matched %s at %s:%d", key, safe(e.Pattern), a.table.Path(), e.Line)
 	if e.Action == access.OK {
 		return []outcome{{res: Result{Check: a.name, Value: "ok", Detail: detail}}}
 	}
 	if e.Text != "" && e.Action == access.Tag {
 		detail += ": " + e.Text
 	}
-	return a.rules[e].outcome(a.name, strings.ToLower(e.Action.String()), safe(shown), detail)
+	return a.rules[e].outcome(a.name, strings.ToLower(e.Action.String()), key, detail)
 }
 
 // budget bounds the DNS answers one check reads for one message (see

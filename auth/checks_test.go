@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -310,7 +311,7 @@ func TestChecksBoundedByContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	var m Message
-	vs := c.Mail(ctx, session{ip: "192.0.2.1", helo: "h.example", sender: "a@b.example"}.facts(), &m)
+	vs := c.Mail(ctx, session{ip: "192.0.2.1", helo: "h.example", sender: "a@b.example"}.facts(), nil, &m)
 	expect(t, &m, vs, "dnsbl:zen.example", "temperror", tempfail)
 	expect(t, &m, vs, "sender_domain_exists", "temperror", tempfail)
 	expect(t, &m, vs, "spf", "temperror", tag)
@@ -342,6 +343,10 @@ func writeFile(t *testing.T, name, text string) string {
 	return p
 }
 
+// An OK entry skips the checks of its own table's kind and no other:
+// sender_access OK skips the sender checks and SPF, never the client
+// checks (a forged whitelisted sender does not get a listed client in);
+// helo_access OK skips the HELO checks.
 func TestAccessLists(t *testing.T) {
 	senders := writeFile(t, "senders", `
 partner.example        OK
@@ -350,42 +355,43 @@ corp.example           REJECT Spoofed sender {sender}
 noreply@               TEMPFAIL
 bulk.example           TAG newsletter
 <>                     TAG bounce
+old.example            554 5.7.1 Gone
 `)
 	helos := writeFile(t, "helos", `
 relay.partner.example  OK
 .dyn.example           REJECT
 `)
 	f := newFake()
-	f.addIP("1.2.0.192.zen.example", "127.0.0.2") // listed: only an OK lets it through
+	f.addIP("1.2.0.192.zen.example", "127.0.0.2") // 192.0.2.1 is listed
 	f.txt["corp.example"] = []string{"v=spf1 -all"}
+	f.txt["partner.example"] = []string{"v=spf1 -all"}
 	c := checker(t, f, func(c *Config) {
 		c.Checks.SenderAccess = &AccessList{File: senders}
 		c.Checks.HeloAccess = &AccessList{File: helos, Mode: policy.ModeTag}
-		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}}
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{Check: Check{Action: policy.MustAction("reject")}}}}
+		c.Checks.RequireFQDNHelo = &Check{}
+		c.Checks.RequireFQDNSender = &Check{}
 		c.SPF.Enabled = true
 	})
-	base := session{ip: "192.0.2.1", helo: "h.example"}
 	for _, tc := range []struct {
 		helo, sender string
 		check, value string
 		action       policy.Action
 		reply        string
-		allowed      bool
+		skipped      []string // checks the OK skips
+		ran          []string // checks that run whatever the table says
 	}{
-		{"", "a@partner.example", "sender_access", "ok", none, "", true},
-		{"", "boss@corp.example", "sender_access", "ok", none, "", true},
-		{"", "x@corp.example", "sender_access", "reject", reject, "550 5.7.1 <x@corp.example>: Sender address rejected: Spoofed sender x@corp.example", false},
-		{"", "noreply@any.example", "sender_access", "tempfail", tempfail, "451 4.7.1 <noreply@any.example>: Sender address rejected: Access denied", false},
-		{"", "a@bulk.example", "sender_access", "tag", tag, "", false},
-		{"", "", "sender_access", "tag", tag, "", false},
-		{"relay.partner.example", "x@corp.example", "helo_access", "ok", none, "", true},
-		{"host9.dyn.example", "a@b.example", "helo_access", "reject", reject, "550 5.7.1 <host9.dyn.example>: Helo command rejected: Access denied", false},
+		{"h.example", "a@partner.example", "sender_access", "ok", none, "", []string{"spf", "require_fqdn_sender"}, []string{"dnsbl:zen.example", "require_fqdn_helo"}},
+		{"h.example", "boss@corp.example", "sender_access", "ok", none, "", []string{"spf"}, []string{"dnsbl:zen.example"}},
+		{"h.example", "x@corp.example", "sender_access", "reject", reject, "550 5.7.1 <x@corp.example>: Sender address rejected: Spoofed sender x@corp.example", nil, []string{"spf", "dnsbl:zen.example"}},
+		{"h.example", "noreply@any.example", "sender_access", "tempfail", tempfail, "451 4.7.1 <noreply@any.example>: Sender address rejected: Access denied", nil, nil},
+		{"h.example", "x@old.example", "sender_access", "reject", reject, "554 5.7.1 <x@old.example>: Sender address rejected: Gone", nil, nil},
+		{"h.example", "a@bulk.example", "sender_access", "tag", tag, "", nil, nil},
+		{"h.example", "", "sender_access", "tag", tag, "", nil, nil},
+		{"relay.partner.example", "x@corp.example", "helo_access", "ok", none, "", []string{"require_fqdn_helo"}, []string{"dnsbl:zen.example", "spf", "sender_access"}},
+		{"host9.dyn.example", "a@b.example", "helo_access", "reject", reject, "550 5.7.1 <host9.dyn.example>: Helo command rejected: Access denied", nil, []string{"require_fqdn_helo"}},
 	} {
-		s := base
-		if tc.helo != "" {
-			s.helo = tc.helo
-		}
-		s.sender = tc.sender
+		s := session{ip: "192.0.2.1", helo: tc.helo, sender: tc.sender}
 		vs, m := mail(c, s)
 		r := expect(t, m, vs, tc.check, tc.value, tc.action)
 		if tc.reply != "" {
@@ -394,14 +400,24 @@ relay.partner.example  OK
 				t.Errorf("%s: reply %q, want %q", tc.sender, got, tc.reply)
 			}
 		}
-		_, listed := result(m, "dnsbl:zen.example")
-		_, spf := m.SPF()
-		if tc.allowed == (listed || spf) {
-			t.Errorf("%s/%s: allowed %v but dnsbl ran %v, spf ran %v", s.helo, s.sender, tc.allowed, listed, spf)
+		for _, name := range tc.skipped {
+			if _, ok := result(m, name); ok {
+				t.Errorf("%s/%s: %s ran after an OK that skips it", s.helo, s.sender, name)
+			}
+		}
+		for _, name := range tc.ran {
+			if _, ok := result(m, name); !ok {
+				t.Errorf("%s/%s: %s did not run; an OK of another kind must not skip it", s.helo, s.sender, name)
+			}
 		}
 		if tc.check == "helo_access" && tc.value != "ok" && r.Mode != policy.ModeTag {
 			t.Errorf("helo_access mode %v, want tag", r.Mode)
 		}
+	}
+	// The listed client with a whitelisted, forged sender is refused.
+	vs, _ := mail(c, session{ip: "192.0.2.1", helo: "h.example", sender: "forged@partner.example"})
+	if v, ok := verdict(vs, "dnsbl:zen.example"); !ok || v.Action != reject {
+		t.Errorf("listed client, whitelisted sender: verdicts %+v; want the dnsbl to refuse", vs)
 	}
 	if f.called("TXT") == nil {
 		t.Error("SPF never asked DNS")
@@ -411,12 +427,130 @@ relay.partner.example  OK
 	bad := writeFile(t, "bad", "ok.example OK\nbad.example REJECT {nope}\n")
 	cfg := &Config{AuthservID: "mx.sluice.test", Checks: ChecksConfig{SenderAccess: &AccessList{File: bad}}}
 	cfg.Defaults()
-	if _, err := newChecker(cfg, nil, f); err == nil || !strings.Contains(err.Error(), bad+":2:") {
+	if _, err := newChecker(cfg, nil, f, 0); err == nil || !strings.Contains(err.Error(), bad+":2:") {
 		t.Errorf("bad placeholder: %v, want it to name %s:2", err, bad)
 	}
 	cfg.Checks.SenderAccess.File = bad + ".missing"
-	if _, err := newChecker(cfg, nil, f); err == nil || !strings.Contains(err.Error(), bad+".missing") {
+	if _, err := newChecker(cfg, nil, f, 0); err == nil || !strings.Contains(err.Error(), bad+".missing") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A /regexp/ entry matches in a table named regexp: (as Postfix's
+// check_helo_access regexp:), and is an error naming its line in a table
+// that would read it as plain text, never a silent miss.
+func TestRegexpAccessTables(t *testing.T) {
+	helos := writeFile(t, "helos", "# HELO names of a bad neighbourhood\n/jp-good\\.example$/ REJECT\n")
+	c := checker(t, newFake(), func(c *Config) { c.Checks.HeloAccess = &AccessList{File: "regexp:" + helos} })
+	s := session{ip: "192.0.2.1", helo: "mail1.jp-good.example", sender: "a@b.example"}
+	vs, m := mail(c, s)
+	expect(t, m, vs, "helo_access", "reject", reject)
+	cfg := &Config{AuthservID: "mx.sluice.test", Checks: ChecksConfig{HeloAccess: &AccessList{File: helos}}}
+	cfg.Defaults()
+	if _, err := newChecker(cfg, nil, newFake(), 0); err == nil || !strings.Contains(err.Error(), helos+":2:") || !strings.Contains(err.Error(), "regexp:") {
+		t.Errorf("a regexp in a plain table: %v, want an error at %s:2 that says regexp:", err, helos)
+	}
+}
+
+// client_access answers at connect, tables in order: REJECT refuses,
+// DELAY pauses, TAG marks every message; OK skips the client checks at
+// MAIL FROM for every message of the session, and nothing else.
+func TestClientAccess(t *testing.T) {
+	cidr := writeFile(t, "clients.cidr", `
+192.0.2.0/24      OK
+198.51.100.7      DELAY 3s
+198.51.100.0/24   REJECT Known spam network
+203.0.113.0/24    TAG from a country we watch
+`)
+	names := writeFile(t, "clients.re", "/\\.dyn\\.example$/ 450 4.7.25 no dynamic hosts\n")
+	f := newFake()
+	f.addIP("1.2.0.192.zen.example", "127.0.0.2")
+	f.txt["spf.example"] = []string{"v=spf1 -all"}
+	c, err := New(cfgWith(func(c *Config) {
+		c.Checks.ClientAccess = AccessTables{{File: cidr}, {File: "regexp:" + names, Mode: policy.ModeTag}}
+		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example", DNSCheck: DNSCheck{Check: Check{Action: policy.MustAction("reject")}}}}
+		c.Checks.RequireFQDNSender = &Check{}
+		c.SPF.Enabled = true
+	}), nil, WithResolver(f), WithMaxDelay(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ip, name string
+		value    string
+		action   policy.Action
+		mode     policy.Mode
+		reply    string
+		delay    time.Duration
+	}{
+		{"192.0.2.1", "unknown", "ok", none, 0, "", 0},
+		{"198.51.100.7", "unknown", "delay", policy.ActionDelay, 0, "", 3 * time.Second},
+		{"198.51.100.8", "unknown", "reject", reject, 0, "550 5.7.1 Client host rejected: Known spam network", 0},
+		{"203.0.113.9", "unknown", "tag", tag, 0, "", 0},
+		{"10.0.0.1", "host.dyn.example", "tempfail", tempfail, policy.ModeTag, "450 4.7.25 Client host rejected: no dynamic hosts", 0},
+		{"10.0.0.1", "mx.example", "", none, 0, "", 0},
+	} {
+		fs := &policy.Facts{ClientIP: netip.MustParseAddr(tc.ip), ClientName: tc.name}
+		var cl Client
+		vs := c.Client(fs, &cl)
+		rs := cl.Results()
+		if tc.value == "" {
+			if len(vs) != 0 || len(rs) != 0 {
+				t.Errorf("%s: %v %v, want nothing", tc.ip, vs, rs)
+			}
+			continue
+		}
+		if len(rs) != 1 || rs[0].Check != "client_access" || rs[0].Value != tc.value {
+			t.Errorf("%s: results %+v, want client_access=%s", tc.ip, rs, tc.value)
+			continue
+		}
+		if tc.action == none {
+			if len(vs) != 0 {
+				t.Errorf("%s: verdicts %+v for an OK", tc.ip, vs)
+			}
+		} else if len(vs) != 1 || vs[0].Action != tc.action || vs[0].Mode != tc.mode || vs[0].Delay != tc.delay || vs[0].Key != tc.ip {
+			t.Errorf("%s: verdicts %+v, want %s mode %s delay %v", tc.ip, vs, tc.action, tc.mode, tc.delay)
+		} else if tc.reply != "" {
+			if got := vs[0].Reply.Render(&vs[0], &policy.Env{ClientIP: tc.ip}); got != tc.reply {
+				t.Errorf("%s: reply %q, want %q", tc.ip, got, tc.reply)
+			}
+		}
+		// At MAIL FROM the client checks run unless the table said OK;
+		// the sender checks run either way.
+		var m Message
+		fs.Sender = "a@spf.example"
+		c.Mail(context.Background(), fs, &cl, &m)
+		if _, ok := result(&m, "client_access"); !ok {
+			t.Errorf("%s: the message's results lack client_access", tc.ip)
+		}
+		_, dnsbl := result(&m, "dnsbl:zen.example")
+		if dnsbl == (tc.value == "ok") {
+			t.Errorf("%s (%s): dnsbl ran %v", tc.ip, tc.value, dnsbl)
+		}
+		if _, spf := m.SPF(); !spf {
+			t.Errorf("%s: a client table skipped SPF", tc.ip)
+		}
+		if tc.value == "tag" {
+			var shown []string
+			for _, h := range c.Headers(&m, nil) {
+				if h.Name == CheckHeader {
+					shown = append(shown, h.Value)
+				}
+			}
+			if len(shown) == 0 || !strings.HasPrefix(shown[0], "client_access=tag action=tag (203.0.113.9 matched 203.0.113.0/24 at "+cidr+":5: from a country we watch)") {
+				t.Errorf("tagged client: X-Sluice-Check %q", shown)
+			}
+		}
+	}
+	// A trusted client is asked nothing.
+	var cl Client
+	if vs := c.Client(&policy.Facts{ClientIP: netip.MustParseAddr("198.51.100.8"), Trusted: true}, &cl); len(vs) != 0 || len(cl.Results()) != 0 {
+		t.Errorf("trusted client: %v %v", vs, cl.Results())
+	}
+	// A DELAY above max_delay is an error with its line.
+	if _, err := New(cfgWith(func(c *Config) { c.Checks.ClientAccess = AccessTables{{File: cidr}} }), nil,
+		WithResolver(f), WithMaxDelay(2*time.Second)); err == nil || !strings.Contains(err.Error(), cidr+":3: DELAY 3s is above max_delay (2s)") {
+		t.Errorf("DELAY above max_delay: %v", err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"sluice/auth/access"
 	"sluice/auth/resolver"
 	"sluice/conf"
 	"sluice/policy"
@@ -68,10 +69,14 @@ type ChecksConfig struct {
 	RequireFQDNHelo    *Check       `toml:"require_fqdn_helo"`    // reject_non_fqdn_helo_hostname
 	HeloSyntax         *Check       `toml:"helo_syntax"`          // reject_invalid_helo_hostname
 	HeloNotOurs        *HeloNotOurs `toml:"helo_not_ours"`
-	ClientRDNS         *ClientRDNS  `toml:"client_rdns"` // reject_unknown_(reverse_)client_hostname
-	DNSBL              []DNSBL      `toml:"dnsbl"`       // reject_rbl_client
-	SenderAccess       *AccessList  `toml:"sender_access"`
-	HeloAccess         *AccessList  `toml:"helo_access"`
+	ClientRDNS         *ClientRDNS  `toml:"client_rdns"`   // reject_unknown_(reverse_)client_hostname
+	DNSBL              []DNSBL      `toml:"dnsbl"`         // reject_rbl_client
+	SenderAccess       *AccessList  `toml:"sender_access"` // check_sender_access
+	HeloAccess         *AccessList  `toml:"helo_access"`   // check_helo_access
+	// ClientAccess are check_client_access tables, asked in order at
+	// connect; one table is client_access = "cidr:/path", several are
+	// [[checks.client_access]].
+	ClientAccess AccessTables `toml:"client_access"`
 }
 
 // Check is the common part of a check's table. In the file a check is
@@ -145,6 +150,8 @@ type DNSBL struct {
 func (c *DNSBL) UnmarshalText(b []byte) error { c.Zone = string(b); return nil }
 
 // AccessList is an access table file; its entries carry their actions.
+// File is a path, or "type:path" as Postfix names a table in main.cf
+// (hash:, cidr:, regexp:, pcre:).
 type AccessList struct {
 	File string      `toml:"file"`
 	Mode policy.Mode `toml:"mode"`
@@ -152,6 +159,15 @@ type AccessList struct {
 
 // UnmarshalText reads the short form: the file name alone.
 func (c *AccessList) UnmarshalText(b []byte) error { c.File = string(b); return nil }
+
+// AccessTables are access tables asked in order.
+type AccessTables []AccessList
+
+// UnmarshalText reads the short form: one table's file name alone.
+func (c *AccessTables) UnmarshalText(b []byte) error {
+	*c = AccessTables{{File: string(b)}}
+	return nil
+}
 
 // hostname is os.Hostname, replaceable in tests.
 var hostname = os.Hostname
@@ -350,10 +366,28 @@ func (k *ChecksConfig) validate() error {
 	for _, a := range []struct {
 		name string
 		l    *AccessList
-	}{{"sender_access", k.SenderAccess}, {"helo_access", k.HeloAccess}} {
-		if a.l != nil && a.l.File == "" {
-			return conf.Errorf(a.name, "no file given")
+		kind access.Kind
+	}{{"sender_access", k.SenderAccess, access.Senders}, {"helo_access", k.HeloAccess, access.HELONames}} {
+		if a.l != nil {
+			if err := a.l.validate(a.kind); err != nil {
+				return conf.In(err, a.name)
+			}
 		}
+	}
+	for i := range k.ClientAccess {
+		if err := k.ClientAccess[i].validate(access.Clients); err != nil {
+			return conf.In(err, "client_access", conf.Index(i))
+		}
+	}
+	return nil
+}
+
+func (l *AccessList) validate(kind access.Kind) error {
+	if l.File == "" {
+		return conf.Errorf("file", "no file given")
+	}
+	if _, _, err := access.ParseSpec(l.File, kind); err != nil {
+		return conf.Errorf("file", "%v", err)
 	}
 	return nil
 }

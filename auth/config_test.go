@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -24,6 +25,35 @@ func decode(t *testing.T, text string) *Config {
 	}
 	cfg.Defaults()
 	return &cfg
+}
+
+// The example tables of docs/auth.md are the ones the example config
+// loads, and they load.
+func TestDocsExampleTables(t *testing.T) {
+	doc, err := os.ReadFile("../docs/auth.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sender_access", "client_access.cidr", "helo_checks"} {
+		want, err := os.ReadFile("testdata/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(doc), "```text file=/etc/sluice/"+name+"\n"+string(want)+"```") {
+			t.Errorf("docs/auth.md does not show testdata/%s as it is", name)
+		}
+	}
+	cfg := decode(t, string(must(os.ReadFile("testdata/auth.toml"))))
+	if _, err := New(cfg, nil, WithResolver(newFake())); err != nil {
+		t.Errorf("the example config's tables: %v", err)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 func TestExampleConfig(t *testing.T) {
@@ -55,12 +85,13 @@ func TestExampleConfig(t *testing.T) {
 		{"dnsbl codes", len(k.DNSBL[1].Codes), 2},
 		{"sender_access", k.SenderAccess.File, "testdata/sender_access"},
 		{"helo_access", k.HeloAccess.File, "testdata/helo_access"},
+		{"client_access", len(k.ClientAccess), 2},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.what, c.got, c.want)
 		}
 	}
-	c, err := newChecker(cfg, nil, newFake())
+	c, err := newChecker(cfg, nil, newFake(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +143,7 @@ func TestConfigDefaults(t *testing.T) {
 			t.Errorf("SPF results must default to tag, got %s", *a)
 		}
 	}
-	c, err := newChecker(cfg, nil, newFake())
+	c, err := newChecker(cfg, nil, newFake(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +172,12 @@ func TestConfigErrors(t *testing.T) {
 		{"[[checks.dnsbl]]\nzone = \"zen.example\"\n[[checks.dnsbl]]\nzone = \"ZEN.example.\"", "checks.dnsbl.1.zone", "already listed as dnsbl 0"},
 		{"[[checks.dnsbl]]\nzone = \"\"", "checks.dnsbl.0.zone", "not a DNS zone"},
 		{"[[checks.dnsbl]]\nzone = \"zen.example\"\ncodes = [\"127.0.0.2\", \"10.0.0.1\"]", "checks.dnsbl.0.codes.1", "outside 127.0.0.0/8"},
-		{"[checks]\nsender_access = { mode = \"tag\" }", "checks.sender_access", "no file"},
+		{"[checks]\nsender_access = { mode = \"tag\" }", "checks.sender_access.file", "no file"},
+		{"[checks]\nhelo_access = \"lmdb:/etc/postfix/helo\"", "checks.helo_access.file", "unknown table type \"lmdb:\""},
+		{"[checks]\nsender_access = \"cidr:/etc/postfix/senders\"", "checks.sender_access.file", "use it in client_access"},
+		{"[checks]\nclient_access = \"hash:/etc/postfix/clients\"", "checks.client_access.0.file", "a client table is cidr:"},
+		{"[[checks.client_access]]\nfile = \"cidr:/a\"\n[[checks.client_access]]\nmode = \"tag\"", "checks.client_access.1.file", "no file"},
+		{"[checks]\nclient_access = [\"cidr:/a\", \"regexp:/b\"]", "", ""},
 	} {
 		cfg := decode(t, tc.text)
 		if cfg.AuthservID == "" {
@@ -174,6 +210,25 @@ func TestUnknownActionsAreRefused(t *testing.T) {
 		err := toml.NewDecoder(strings.NewReader(text)).Decode(&cfg)
 		if err == nil || !strings.Contains(err.Error(), "unknown action") {
 			t.Errorf("%q: %v, want an unknown action", text, err)
+		}
+	}
+}
+
+// client_access takes one table's file, a list of files, or tables of
+// their own with a mode each.
+func TestClientAccessForms(t *testing.T) {
+	for _, tc := range []struct {
+		text string
+		want AccessTables
+	}{
+		{"[checks]\nclient_access = \"cidr:/etc/sluice/cn.cidr\"", AccessTables{{File: "cidr:/etc/sluice/cn.cidr"}}},
+		{"[checks]\nclient_access = [\"/a\", \"regexp:/b\"]", AccessTables{{File: "/a"}, {File: "regexp:/b"}}},
+		{"[[checks.client_access]]\nfile = \"/a\"\n[[checks.client_access]]\nfile = \"/b\"\nmode = \"dry-run\"",
+			AccessTables{{File: "/a"}, {File: "/b", Mode: policy.ModeDryRun}}},
+	} {
+		cfg := decode(t, tc.text)
+		if fmt.Sprint(cfg.Checks.ClientAccess) != fmt.Sprint(tc.want) {
+			t.Errorf("%q: %+v, want %+v", tc.text, cfg.Checks.ClientAccess, tc.want)
 		}
 	}
 }

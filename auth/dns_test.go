@@ -84,7 +84,7 @@ func TestConnectStartsClientLookups(t *testing.T) {
 		c.Checks.DNSBL = []DNSBL{{Zone: "zen.example"}, {Zone: "bl.example"}}
 	})
 	f := session{ip: "192.0.2.1", helo: "h.example", sender: "a@good.example"}.facts()
-	c.Connect(context.Background(), f)
+	c.Connect(context.Background(), f, nil)
 	want := map[string]uint16{
 		"1.2.0.192.in-addr.arpa": dns.TypePTR,
 		"mail.good.example":      dns.TypeA,
@@ -102,7 +102,7 @@ func TestConnectStartsClientLookups(t *testing.T) {
 	}
 	before := srv.Queries()
 	var m Message
-	c.Mail(context.Background(), f, &m)
+	c.Mail(context.Background(), f, nil, &m)
 	if r, _ := result(&m, "client_rdns"); r.Value != "pass" {
 		t.Errorf("client_rdns %+v", r)
 	}
@@ -112,8 +112,8 @@ func TestConnectStartsClientLookups(t *testing.T) {
 
 	// trusted clients and clients without an address cost nothing
 	srv.ResetCounts()
-	c.Connect(context.Background(), session{ip: "192.0.2.9", trusted: true}.facts())
-	c.Connect(context.Background(), &policy.Facts{})
+	c.Connect(context.Background(), session{ip: "192.0.2.9", trusted: true}.facts(), nil)
+	c.Connect(context.Background(), &policy.Facts{}, nil)
 	time.Sleep(50 * time.Millisecond)
 	if srv.Queries() != 0 {
 		t.Errorf("%d queries for a trusted or unknown client", srv.Queries())

@@ -152,16 +152,22 @@ func (f *fakeDNS) called(prefix string) []string {
 	return out
 }
 
-// checker builds a Checker over the fake from a config edited by the test.
-func checker(t *testing.T, f *fakeDNS, edit func(*Config)) *Checker {
-	t.Helper()
+// cfgWith is a valid config edited by the test.
+func cfgWith(edit func(*Config)) *Config {
 	cfg := &Config{AuthservID: "mx.sluice.test"}
 	edit(cfg)
 	cfg.Defaults()
+	return cfg
+}
+
+// checker builds a Checker over the fake from a config edited by the test.
+func checker(t *testing.T, f *fakeDNS, edit func(*Config)) *Checker {
+	t.Helper()
+	cfg := cfgWith(edit)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := newChecker(cfg, zaptest.NewLogger(t), f)
+	c, err := newChecker(cfg, zaptest.NewLogger(t), f, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +190,7 @@ func (s session) facts() *policy.Facts {
 
 func mail(c *Checker, s session) ([]policy.Verdict, *Message) {
 	var m Message
-	vs := c.Mail(context.Background(), s.facts(), &m)
+	vs := c.Mail(context.Background(), s.facts(), nil, &m)
 	return vs, &m
 }
 

@@ -62,7 +62,7 @@ func BenchmarkHostileZone(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		var m Message
-		c.Mail(context.Background(), session{ip: "192.0.2.1", helo: "client.example", sender: dnstest.HostileSender(i)}.facts(), &m)
+		c.Mail(context.Background(), session{ip: "192.0.2.1", helo: "client.example", sender: dnstest.HostileSender(i)}.facts(), nil, &m)
 		i++
 	}
 	b.StopTimer()

@@ -47,7 +47,7 @@ func TestRFC7208Suite(t *testing.T) {
 		}
 		f := &policy.Facts{ClientIP: ip, ClientName: "unknown", Helo: c.Helo, Sender: c.MailFrom}
 		var m Message
-		chk.Mail(context.Background(), f, &m)
+		chk.Mail(context.Background(), f, nil, &m)
 		var out []spftest.Field
 		for _, h := range chk.Headers(&m, nil) {
 			out = append(out, spftest.Field{Name: h.Name, Value: h.Value})

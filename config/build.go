@@ -27,9 +27,11 @@ type Runtime struct {
 	// again at a reload; nil at start, where a file that cannot be read
 	// is an error.
 	Lists *lists.Set
-	// NoChecks leaves the sender checks and SPF out (sluice explain
-	// -no-dns).
-	NoChecks bool
+	// NoDNS leaves out the checks that ask DNS — SPF, client_rdns, dnsbl,
+	// sender_domain_exists — and keeps the access tables and the checks
+	// of what the client said (sluice explain -no-dns, and its
+	// repetitions).
+	NoDNS bool
 	// Now is the clock the engine reads; nil: time.Now.
 	Now func() time.Time
 }
@@ -49,11 +51,14 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 	if err != nil {
 		return nil, err
 	}
-	var checker *auth.Checker
-	if !rt.NoChecks {
-		if checker, err = auth.New(&c.AuthConfig, rt.Log); err != nil {
-			return nil, err
-		}
+	// A table's DELAY is bounded by max_delay, as every pause is.
+	opts := []auth.Option{auth.WithMaxDelay(c.PolicyConfig.MaxDelay.D())}
+	if rt.NoDNS {
+		opts = append(opts, auth.WithoutDNS())
+	}
+	checker, err := auth.New(&c.AuthConfig, rt.Log, opts...)
+	if err != nil {
+		return nil, err
 	}
 	eng, err := engine.New(engine.Options{
 		Config: c.EngineConfig,

@@ -3,8 +3,11 @@ package engine_test
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -25,12 +28,29 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 		`spf-fail.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
 		`9.100.51.198.zen.example. 300 IN A 127.0.0.2`,
 	))
+	rules := &limits.Config{Trusted: []string{}}
+	if withLimit {
+		rules.Rules = []limits.Rule{senderRule("1/1h", "")}
+	}
+	obs := &recordingObserver{}
+	eng := authEngine(t, srv, mode, rules, obs, func(ac *auth.Config) {
+		ac.SPF.Enabled = true
+		ac.SPF.Fail = policy.MustAction("reject")
+		ac.Checks.DNSBL[0].Mode = dnsbl
+	})
+	return eng, obs
+}
+
+// authEngine builds an engine over rules, on a memory store of its own,
+// with checks asking srv: a DNSBL zen.example that rejects, and what edit
+// adds.
+func authEngine(t *testing.T, srv *dnstest.Server, mode smtp.Mode, rules *limits.Config, obs engine.Observer, edit func(*auth.Config)) *engine.Engine {
+	t.Helper()
 	ac := auth.Config{AuthservID: "mx.sluice.test"}
 	ac.Defaults()
 	ac.DNS.Servers = []string{srv.Addr()}
-	ac.SPF.Enabled = true
-	ac.SPF.Fail = policy.MustAction("reject")
-	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject"), Mode: dnsbl}}}}
+	ac.Checks.DNSBL = []auth.DNSBL{{Zone: "zen.example", DNSCheck: auth.DNSCheck{Check: auth.Check{Action: policy.MustAction("reject")}}}}
+	edit(&ac)
 	ac.Defaults()
 	if err := ac.Validate(); err != nil {
 		t.Fatal(err)
@@ -44,16 +64,11 @@ func checksEnv(t *testing.T, mode smtp.Mode, dnsbl smtp.Mode, withLimit bool) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	rules := &limits.Config{Trusted: []string{}}
-	if withLimit {
-		rules.Rules = []limits.Rule{senderRule("1/1h", "")}
-	}
-	obs := &recordingObserver{}
 	eng, err := engine.New(engine.Options{Policy: policyOf(mode), Rules: rules, Counting: limits.Options{Store: store}, Auth: checker, Observer: obs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return eng, obs
+	return eng
 }
 
 // The sender checks answer at MAIL FROM: their results come with the
@@ -157,5 +172,61 @@ func TestNoChecksAfterALimitRefuses(t *testing.T) {
 	}
 	if n := len(obs.checks); n != 2 {
 		t.Errorf("%d checks ran, want the first message's 2", n)
+	}
+}
+
+// The client tables answer at connect: a REJECT refuses the session there
+// with the table's text, a DELAY pauses the connect reply, a TAG shows
+// on every message, and an OK lifts the blocklist for the session's
+// messages — while the limits still count the client.
+func TestClientTablesAtConnect(t *testing.T) {
+	srv := dnstest.Start(t, dnstest.NewZone().MustAddText(`9.100.51.198.zen.example. 300 IN A 127.0.0.2`, `8.100.51.198.zen.example. 300 IN A 127.0.0.2`))
+	table := filepath.Join(t.TempDir(), "clients.cidr")
+	if err := os.WriteFile(table, []byte("198.51.100.9  OK\n203.0.113.0/24  REJECT Known spam network\n192.0.2.0/24  DELAY 2s\n198.51.100.8  TAG watched\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rules := &limits.Config{Trusted: []string{}, Rules: []limits.Rule{{Name: "per-ip", Count: "messages", Per: "client_ip", Rate: "1/1h"}}}
+	eng := authEngine(t, srv, smtp.ModeEnforce, rules, nil, func(ac *auth.Config) {
+		ac.Checks.ClientAccess = auth.AccessTables{{File: "cidr:" + table}}
+	})
+	ctx := context.Background()
+	open := func(ip string) (smtp.Session, smtp.Decision) {
+		s := eng.Open(smtp.Client{IP: netip.MustParseAddr(ip), Name: "unknown", Listener: "mx.example.test"})
+		t.Cleanup(func() { s.Close(ctx) })
+		return s, s.Stage(ctx, smtp.Connect)
+	}
+	mail := func(s smtp.Session) smtp.Decision {
+		s.Helo("client.example.net")
+		s.Stage(ctx, smtp.Helo)
+		s.Mail("someone@partner.example", "")
+		return s.Stage(ctx, smtp.Mail)
+	}
+
+	_, d := open("203.0.113.5")
+	if d.Kind != smtp.Reply || d.Reply != "550 5.7.1 Client host rejected: Known spam network" {
+		t.Errorf("listed network at connect: %+v", d)
+	}
+	if len(d.Checks) != 1 || d.Checks[0].Name != "client_access" || d.Checks[0].Result != "reject" {
+		t.Errorf("connect checks %+v", d.Checks)
+	}
+	if _, d = open("192.0.2.10"); d.Refused() || d.Pause != 2*time.Second {
+		t.Errorf("tarpit at connect: %+v; want a pause of 2s", d)
+	}
+	// The whitelisted client skips the blocklist, not the limit.
+	s, d := open("198.51.100.9")
+	if d.Refused() {
+		t.Fatalf("whitelisted client: %+v", d)
+	}
+	if d = mail(s); d.Refused() {
+		t.Errorf("whitelisted, listed client at MAIL FROM: %+v", d)
+	}
+	s.EndMessage(ctx, true)
+	if d = mail(s); !d.Refused() || !strings.Contains(d.Reply, "per-ip") {
+		t.Errorf("whitelisted client's second message: %+v; want the limit to refuse it", d)
+	}
+	// A tagged, listed client: the blocklist refuses at MAIL FROM.
+	s, _ = open("198.51.100.8")
+	if d = mail(s); !d.Refused() || !strings.Contains(d.Reply, "zen.example") {
+		t.Errorf("tagged, listed client: %+v; want the blocklist's refusal", d)
 	}
 }

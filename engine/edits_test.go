@@ -102,7 +102,7 @@ func TestTagHeaderWellFormed(t *testing.T) {
 			t.Errorf("sender %q: tag %q is not well-formed: %v", sender, val, err)
 			continue
 		}
-		if rule != "per-sender" || params["count"] != "2" || params["limit"] != "1/1h" || params["would"] != "tempfail" || params["retry_after"] == "" {
+		if rule != "per-sender" || params["count"] != "1+1" || params["limit"] != "1/1h" || params["would"] != "tempfail" || params["retry_after"] == "" {
 			t.Errorf("sender %q: fields %q %v", sender, rule, params)
 		}
 		if !strings.HasPrefix(params["key"], "sender:") || len(val) > 900 {

@@ -110,6 +110,8 @@ type Engine struct {
 	now    func() time.Time
 	needs  smtp.Needs
 	accept bool // a MAIL FROM may be answered Accept
+
+	listeners *listenerWatch // nil when no rule names or counts per a listener
 }
 
 // New builds an engine. The global mode is applied here and only here:
@@ -146,6 +148,7 @@ func New(o Options) (*Engine, error) {
 	if o.Auth != nil && o.Auth.Enabled() {
 		e.auth = o.Auth
 	}
+	e.listeners = newListenerWatch(e.lim, e.log)
 	e.needs = e.computeNeeds()
 	e.accept = o.AcceptAtMail && e.needs.AcceptAtMail
 	e.needs.AcceptAtMail = e.accept
@@ -206,11 +209,12 @@ func (e *Engine) mayTag() bool {
 
 // Open starts a session for a client that has just connected.
 func (e *Engine) Open(c smtp.Client) smtp.Session {
-	s := &Session{e: e, lim: e.lim.NewSession()}
+	s := &Session{e: e, lim: e.lim.NewSession(), local: c.Local}
 	s.f.ClientIP = c.IP.Unmap()
 	s.f.ClientName = c.Name
 	s.f.Listener = c.Listener
 	s.f.Trusted = e.lim.Trusted(s.f.ClientIP)
+	e.listeners.see(c.Listener)
 	return s
 }
 

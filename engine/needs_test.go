@@ -45,7 +45,7 @@ func TestNeeds(t *testing.T) {
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
 		{"authenticated match", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Match: limits.Match{Authenticated: new(bool)}}},
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
-		{"except list", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Except: []string{"relayuser"}}},
+		{"except list", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Except: []string{"sasl_user:relayuser"}}},
 			smtp.Needs{SASLUser: true, QueueID: true}, true},
 		{"reply quoting the login", smtp.ModeEnforce, []limits.Rule{{Name: "s", Count: "messages", Per: "sender", Rate: "1/1h", Reply: policy.MustReply("451 4.7.1 Slow down, {sasl_user}")}},
 			smtp.Needs{SASLUser: true, QueueID: true}, true},

@@ -36,6 +36,14 @@ type Session struct {
 	// Verdicts at connect and HELO apply to every message of the session.
 	connTags []policy.Verdict
 	connHold *policy.Verdict
+	client   auth.Client // what the client tables said at connect
+
+	// A local submission (smtp.Client.Local) is refused only at the end
+	// of its message: the refusals of earlier stages wait here, the
+	// session's (connect, HELO) and the transaction's (MAIL, RCPT).
+	local        bool
+	connDeferred []policy.Verdict
+	deferred     []policy.Verdict
 
 	// The transaction.
 	msg   auth.Message // the sender checks' results, for the headers
@@ -144,16 +152,34 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		s.f.Size = messageSize(s.size)
 	}
 	e := s.e
+	if s.local && s.waitsForData(st) {
+		// A refusal of an earlier stage ends what this one belongs to; it
+		// is answered at the end of the message, and nothing is counted
+		// or checked until then, as for a client that was refused.
+		out := smtp.Decision{}
+		e.obs.Stage(st, e.now().Sub(start), &out)
+		return out
+	}
 	vs, err := e.lim.Check(ctx, st, &s.f, s.lim)
 	if err != nil {
 		e.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
 	}
-	checked := false
-	if st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs) {
+	var checks []auth.Result
+	switch {
+	case st == smtp.Connect && e.auth != nil:
 		// The verdicts live in the limits session's scratch space: append
 		// to a copy.
+		vs = append(vs[:len(vs):len(vs)], e.auth.Client(&s.f, &s.client)...)
+		checks = s.client.Results()
+	case st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs):
 		vs = append(vs[:len(vs):len(vs)], s.checkSender(ctx)...)
-		checked = true
+		checks = s.msg.Results()
+	case st == smtp.Data && len(s.connDeferred)+len(s.deferred) > 0:
+		vs = append(append(vs[:len(vs):len(vs)], s.connDeferred...), s.deferred...)
+	}
+	deferred := false
+	if s.local && st != smtp.Data {
+		vs, deferred = s.deferRefusals(st, vs)
 	}
 	var d policy.Decision
 	if vs != nil {
@@ -167,7 +193,7 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	if refused {
 		s.refusals++
 	}
-	e.lim.Settle(ctx, s.lim, refused)
+	e.lim.Settle(ctx, s.lim, refused || deferred)
 	for _, o := range d.Outcomes {
 		s.logOutcome(st, o)
 	}
@@ -175,18 +201,18 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		e.log.Info("escalated", zap.String("action", d.Escalation.String()), zap.Int("refusals", s.refusals),
 			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
 	}
-	out := s.decision(&d, checked)
+	out := s.decision(&d, checks)
 	switch st {
 	case smtp.Connect, smtp.Helo:
 		s.keepForSession(&d)
-		if st == smtp.Connect && !refused && e.auth != nil {
+		if st == smtp.Connect && !refused && !deferred && e.auth != nil {
 			// Start the client's DNS lookups now, so that they are
 			// answered by MAIL FROM.
-			e.auth.Connect(ctx, &s.f)
+			e.auth.Connect(ctx, &s.f, &s.client)
 		}
 	case smtp.Mail:
 		s.keep(&d)
-		if !refused && e.accept && s.hold == nil && s.connHold == nil && !s.lim.Reserved() {
+		if !refused && !deferred && e.accept && s.hold == nil && s.connHold == nil && !s.lim.Reserved() {
 			// Nothing later can change the answer: the front end may
 			// skip the rest of the message, which then counts as
 			// delivered.
@@ -194,7 +220,7 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 			s.refusals = 0
 		}
 	case smtp.Rcpt:
-		if !refused {
+		if !refused && !deferred {
 			s.f.RcptCount++
 			s.keep(&d)
 		}
@@ -208,9 +234,46 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	return out
 }
 
-// decision copies what the front end needs of d: nothing in it points
-// into the session or the limits session's scratch space.
-func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
+// waitsForData reports whether a local submission's stage st belongs to
+// what an earlier stage refused: the session (a refusal at connect or
+// HELO) or the message (at MAIL or a recipient).
+func (s *Session) waitsForData(st smtp.Stage) bool {
+	switch st {
+	case smtp.Data, smtp.Connect:
+		return false
+	case smtp.Rcpt:
+		return len(s.connDeferred)+len(s.deferred) > 0
+	}
+	return len(s.connDeferred) > 0
+}
+
+// deferRefusals takes the verdicts that would refuse a local
+// submission's stage st out of vs, to be answered at the end of the
+// message, and reports whether there were any. What only shows or holds
+// stays with the stage.
+func (s *Session) deferRefusals(st smtp.Stage, vs []policy.Verdict) ([]policy.Verdict, bool) {
+	if !s.e.pol.Refuses(vs) {
+		return vs, false
+	}
+	kept := make([]policy.Verdict, 0, len(vs))
+	for _, v := range vs {
+		if v.Action.Refuses() && s.e.pol.Effective(v.Mode) == smtp.ModeEnforce {
+			if st <= smtp.Helo {
+				s.connDeferred = append(s.connDeferred, v)
+			} else {
+				s.deferred = append(s.deferred, v)
+			}
+			continue
+		}
+		kept = append(kept, v)
+	}
+	return kept, true
+}
+
+// decision copies what the front end needs of d, with the results of the
+// checks that ran at the stage: nothing in it points into the session or
+// the limits session's scratch space.
+func (s *Session) decision(d *policy.Decision, checks []auth.Result) smtp.Decision {
 	out := smtp.Decision{Pause: d.Delay, Escalation: d.Escalation}
 	if d.Refused() {
 		out.Action, out.Reply, out.Kind = d.Action, d.Reply, smtp.Reply
@@ -225,9 +288,9 @@ func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
 				RetryAfter: o.RetryAfter, Asked: o.Verdict.Action, Mode: o.Mode, Action: o.Action}
 		}
 	}
-	if rs := s.msg.Results(); checked && len(rs) > 0 {
-		out.Checks = make([]smtp.Check, len(rs))
-		for i, r := range rs {
+	if len(checks) > 0 {
+		out.Checks = make([]smtp.Check, len(checks))
+		for i, r := range checks {
 			out.Checks[i] = smtp.Check{Name: r.Check, Result: r.Value, Asked: r.Action, Mode: s.e.pol.Effective(r.Mode), Detail: r.Detail}
 		}
 	}
@@ -237,7 +300,7 @@ func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
 // checkSender runs the sender checks of the transaction.
 func (s *Session) checkSender(ctx context.Context) []policy.Verdict {
 	start := s.e.now()
-	vs := s.e.auth.Mail(ctx, &s.f, &s.msg)
+	vs := s.e.auth.Mail(ctx, &s.f, &s.client, &s.msg)
 	took := s.e.now().Sub(start)
 	for _, r := range s.msg.Results() {
 		s.e.obs.Check(r.Check, r.Value, took)
@@ -263,7 +326,9 @@ func (s *Session) keep(d *policy.Decision) {
 // apply to every message of the session.
 func (s *Session) keepForSession(d *policy.Decision) {
 	for _, v := range d.Tags {
-		s.connTags = append(s.connTags, *v)
+		if !v.OwnHeader {
+			s.connTags = append(s.connTags, *v)
+		}
 	}
 	if d.Hold != nil && s.connHold == nil {
 		h := *d.Hold
@@ -294,7 +359,7 @@ func (s *Session) EndMessage(ctx context.Context, accepted bool) {
 
 func (s *Session) endMessage(ctx context.Context, accepted bool) {
 	s.e.lim.EndMessage(ctx, s.lim, accepted)
-	s.tags, s.hold, s.strip, s.size, s.edits = s.tags[:0], nil, s.strip[:0], 0, nil
+	s.tags, s.hold, s.strip, s.size, s.edits, s.deferred = s.tags[:0], nil, s.strip[:0], 0, nil, s.deferred[:0]
 	s.msg = auth.Message{}
 	clear(s.seen)
 }

@@ -56,7 +56,7 @@ type Rule struct {
 	Mode              policy.Mode    `toml:"mode"`   // enforce (default) | tag | dry-run
 	Reply             *policy.Reply  `toml:"reply"`
 	Delay             conf.Duration  `toml:"delay"`
-	Except            []string       `toml:"except"` // client networks, sender addresses or domains, SASL users the rule skips
+	Except            []string       `toml:"except"` // client networks, sender addresses or domains, list names, sasl_user:NAME: what the rule skips
 	IPv4Prefix        int            `toml:"ipv4_prefix"`
 	IPv6Prefix        int            `toml:"ipv6_prefix"`
 	StripExtension    bool           `toml:"strip_extension"`
@@ -105,6 +105,9 @@ func (c count) stage() policy.Stage {
 	}
 	return policy.StageData
 }
+
+// tarpitLimits say what a tarpit delays, by what it counts.
+var tarpitLimits = [...]string{countConnections: "every connection", countMessages: "every message", countRecipients: "every recipient", countBytes: "every message's end"}
 
 // maxWindows bounds the rates of one rule: each window's index is one
 // digit of its store key.
@@ -182,6 +185,12 @@ type rule struct {
 	reply    *policy.Reply
 	delay    time.Duration
 	except   *lists.List
+	// exceptUsers are the SASL logins of except (sasl_user:NAME), lower
+	// case.
+	exceptUsers map[string]bool
+	// tarpit: action delay and no limit, so every event the rule applies
+	// to is delayed (a class's pause, Postfix's sleep).
+	tarpit   bool
 	accepted bool // count_on = accepted
 	strict   bool
 	final    bool
@@ -230,12 +239,9 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 		return nil, err
 	}
 	if len(r.Except) > 0 {
-		// A bare word that names no list is a SASL user, as ever.
-		l, err := namedOrInline(r.Name+".except", r.Except, set, names, false)
-		if err != nil {
+		if err := c.compileExcept(r.Except, set, names); err != nil {
 			return nil, conf.In(err, "except")
 		}
-		c.except = l
 	}
 	switch r.CountOn {
 	case "", "attempt":
@@ -259,7 +265,54 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 	return c, nil
 }
 
+// compileExcept reads a rule's except: names of [lists], inline networks,
+// addresses and domains, and SASL logins written sasl_user:NAME. A bare
+// word must name a list, as in trusted and match.client: a list that
+// was never defined must not pass for a login that never comes.
+func (c *rule) compileExcept(entries []string, set *lists.Set, names map[string]bool) error {
+	var rest []string
+	for i, e := range entries {
+		user, ok := strings.CutPrefix(e, "sasl_user:")
+		if !ok {
+			rest = append(rest, e)
+			continue
+		}
+		if user == "" {
+			return conf.Errorf(conf.Index(i), "sasl_user: names no login")
+		}
+		if c.exceptUsers == nil {
+			c.exceptUsers = make(map[string]bool)
+		}
+		c.exceptUsers[strings.ToLower(user)] = true
+	}
+	for i, e := range entries {
+		if !names[e] && e != "" && !strings.ContainsAny(e, ".:/@") {
+			return conf.Errorf(conf.Index(i), "no list named %q in [lists] (an inline entry is a network, an address, a domain with a dot, or sasl_user:NAME for a SASL login)", e)
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	l, err := namedOrInline(c.name+".except", rest, set, names, true)
+	if err != nil {
+		return err
+	}
+	c.except = l
+	return nil
+}
+
+// hasExcept reports whether the rule has an except of any kind.
+func (c *rule) hasExcept() bool { return c.except != nil || len(c.exceptUsers) > 0 }
+
 func (c *rule) compileLimit(r *Rule) error {
+	if r.Action != nil && *r.Action == policy.ActionDelay && r.Rate == nil && r.Max == 0 && r.MaxRcptPerMessage == 0 && c.count != countConcurrent {
+		// No limit: a tarpit, which delays every event it applies to.
+		if r.Burst != 0 {
+			return conf.Errorf("burst", "a rule with no rate has no burst (action delay with no rate delays every event)")
+		}
+		c.tarpit, c.limit = true, tarpitLimits[c.count]
+		return nil
+	}
 	if c.count == countConcurrent {
 		if r.Rate != nil {
 			return conf.Errorf("rate", "a concurrent limit takes max, not rate")
@@ -348,8 +401,8 @@ func (c *rule) compileKey(r *Rule) error {
 	var names []string
 	switch v := r.Per.(type) {
 	case nil:
-		if c.maxRcpt > 0 && len(c.windows) == 0 {
-			return nil // a per-message cap needs no key
+		if c.maxRcpt > 0 && len(c.windows) == 0 || c.tarpit {
+			return nil // a per-message cap or a tarpit needs no key
 		}
 		return conf.Errorf("per", "missing: what is counted per (client_ip, sender, sasl_user, ...)?")
 	case string:

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"iter"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -159,6 +161,9 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 		if !e.applies(r, f) {
 			continue
 		}
+		if r.tarpit {
+			s.verdicts = append(s.verdicts, r.tarpitVerdict(f))
+		}
 		if r.maxRcpt > 0 && f.RcptCount >= r.maxRcpt {
 			s.verdicts = append(s.verdicts, r.rcptVerdict(f.RcptCount+1))
 		}
@@ -188,7 +193,7 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 		}
 		if denied >= 0 {
 			q := &s.reqs[denied]
-			s.verdicts = append(s.verdicts, r.verdict(string(dimKey(q.Key)), q.RetryAfter, q.Level+q.Cost))
+			s.verdicts = append(s.verdicts, r.verdict(string(dimKey(q.Key)), q.RetryAfter, q, s.via[denied] != nil))
 		}
 		i = j
 	}
@@ -282,7 +287,7 @@ func (e *Engine) applies(r *rule, f *policy.Facts) bool {
 	if f.Trusted && !r.trusted {
 		return false
 	}
-	if r.except != nil && r.excepted(f) {
+	if r.hasExcept() && r.excepted(f) {
 		return false
 	}
 	return r.match.matches(f)
@@ -291,27 +296,54 @@ func (e *Engine) applies(r *rule, f *policy.Facts) bool {
 // excepted reports whether the rule's except list names the client's
 // address or network, the sender (address or domain) or the SASL user.
 func (r *rule) excepted(f *policy.Facts) bool {
+	if f.SASLUser != "" && r.exceptUsers[strings.ToLower(f.SASLUser)] {
+		return true
+	}
 	l := r.except
+	if l == nil {
+		return false
+	}
 	if l.ContainsIP(f.ClientIP) {
 		return true
 	}
 	if s := trimPath(f.Sender); s != "" && l.MatchAddress(s) {
 		return true
 	}
-	// A SASL user is often a bare name ("relayuser"), which the list
-	// holds as it holds a domain.
+	// A list of [lists] may hold SASL users as bare names ("relayuser"),
+	// which it holds as it holds a domain.
 	return f.SASLUser != "" && (l.MatchAddress(f.SASLUser) || l.MatchDomain(f.SASLUser))
 }
 
-func (r *rule) verdict(key string, retry time.Duration, seen int64) policy.Verdict {
+// verdict is the verdict of a crossing of r that q says, applied or not.
+// Its detail says what the store held: open=N for the sessions a
+// concurrent limit would have open with this one; for a rate, count=N+C
+// when the event was not counted (the window holds N and this event, of
+// cost C, would be more than it takes: while the window stays full every
+// crossing says the same), count=N when it was (strict), N with it.
+func (r *rule) verdict(key string, retry time.Duration, q *counter.Request, applied bool) policy.Verdict {
 	v := policy.Verdict{
 		Source: r.name, Action: r.action, Mode: r.mode, Reply: r.reply, Delay: r.delay,
 		Key: key, Limit: r.limit, RetryAfter: retry,
 	}
-	if r.count == countConcurrent {
-		v.Detail = fmt.Sprintf("open=%d", seen)
-	} else {
-		v.Detail = fmt.Sprintf("count=%d", seen)
+	switch {
+	case r.count == countConcurrent:
+		v.Detail = fmt.Sprintf("open=%d", q.Level+q.Cost)
+	case applied:
+		v.Detail = fmt.Sprintf("count=%d", q.Level)
+	default:
+		v.Detail = fmt.Sprintf("count=%d+%d", q.Level, q.Cost)
+	}
+	return v
+}
+
+// tarpitVerdict is the pause of a rule that delays every event it
+// applies to (action delay with no limit): a class's tarpit.
+func (r *rule) tarpitVerdict(f *policy.Facts) policy.Verdict {
+	v := policy.Verdict{Source: r.name, Action: r.action, Mode: r.mode, Delay: r.delay, Limit: r.limit, Detail: "tarpit"}
+	if len(r.keyer.dims) > 0 {
+		if key, ok := r.keyer.appendKey(nil, f); ok {
+			v.Key = string(key)
+		}
 	}
 	return v
 }
@@ -551,9 +583,29 @@ func (e *Engine) Actions() iter.Seq2[policy.Action, policy.Mode] {
 // key, in a match or an except list, or in its reply.
 func (e *Engine) UsesSASLUser() bool {
 	for _, r := range e.rules {
-		if r.match.authenticated != nil || r.except != nil || r.keyer.has(dimSASLUser) || r.reply != nil && r.reply.Quotes("sasl_user") {
+		if r.match.authenticated != nil || r.hasExcept() || r.keyer.has(dimSASLUser) || r.reply != nil && r.reply.Quotes("sasl_user") {
 			return true
 		}
 	}
 	return false
+}
+
+// Listeners says which listener names the rules match (match.listener),
+// each with the rules that name it, and which rules count per listener:
+// what the engine watches for, so that a name no MTA sends is noticed.
+func (e *Engine) Listeners() (named map[string][]string, keyed []string) {
+	for _, r := range e.rules {
+		for _, l := range r.match.listeners {
+			if named == nil {
+				named = make(map[string][]string)
+			}
+			if !slices.Contains(named[l], r.name) {
+				named[l] = append(named[l], r.name)
+			}
+		}
+		if r.keyer.has(dimListener) {
+			keyed = append(keyed, r.name)
+		}
+	}
+	return named, keyed
 }

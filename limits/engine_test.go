@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"sluice/conf"
 	"sluice/limits/counter"
 	"sluice/limits/memstore"
 	"sluice/policy"
@@ -602,7 +603,7 @@ func TestTrustedExceptMatchFinal(t *testing.T) {
 		Rules: []Rule{
 			{Name: "all", Count: "messages", Per: "client_ip", Rate: "1/1h"},
 			{Name: "trusted-too", Count: "messages", Per: "client_ip", Rate: "1/1h", ApplyToTrusted: true},
-			{Name: "except", Count: "messages", Per: "client_ip", Rate: "1/1h", Except: []string{"192.0.2.9", "lists.example.org", "bulk@example.net", "relayuser"}},
+			{Name: "except", Count: "messages", Per: "client_ip", Rate: "1/1h", Except: []string{"192.0.2.9", "lists.example.org", "bulk@example.net", "sasl_user:RelayUser"}},
 			{Name: "submission", Count: "messages", Per: "client_ip", Rate: "1/1h", Match: Match{Listener: []string{"submission"}}},
 			{Name: "authed", Count: "messages", Per: "client_ip", Rate: "1/1h", Match: Match{Authenticated: &yes}},
 			{Name: "from-net", Count: "messages", Per: "client_ip", Rate: "1/1h", Match: Match{Client: []string{"198.51.100.0/24"}}},
@@ -887,5 +888,78 @@ func TestBurst(t *testing.T) {
 	v.clock.advance(time.Hour)
 	if got := refusals(t, 4, func(int) bool { return v.mail(s, &f, "a@b") }); got != "...x" {
 		t.Errorf("after an hour idle: %s, want ...x (never more than the burst at once)", got)
+	}
+}
+
+// A crossing that was not counted says what the window holds and what
+// the event would add — the same for every crossing while the window is
+// full, as held messages are not counted — and a strict rule's crossing,
+// which is counted, says the count with it.
+func TestCrossingDetail(t *testing.T) {
+	v := newTestEnv(t, rules(
+		Rule{Name: "held", Count: "messages", Per: "sender", Rate: "2/1h", Action: policy.MustAction("hold")},
+		Rule{Name: "strict", Count: "messages", Per: "client_ip", Rate: "2/1h", Action: policy.MustAction("tag"), Strict: true},
+	), policy.ModeEnforce)
+	s := v.e.NewSession()
+	f := policy.Facts{ClientIP: ip1}
+	var held, strict []string
+	for range 5 {
+		f.Sender = "script@example.org"
+		vs, _ := v.step(s, policy.StageMail, &f)
+		for _, x := range vs {
+			switch x.Source {
+			case "held":
+				held = append(held, x.Detail)
+			case "strict":
+				strict = append(strict, x.Detail)
+			}
+		}
+	}
+	if got := strings.Join(held, " "); got != "count=2+1 count=2+1 count=2+1" {
+		t.Errorf("held crossings: %q, want count=2+1 each time", got)
+	}
+	if got := strings.Join(strict, " "); got != "count=3 count=4 count=5" {
+		t.Errorf("strict crossings: %q, want a count that rises", got)
+	}
+}
+
+// action = "delay" with no limit is a tarpit: every event the rule
+// applies to is delayed, and nothing is counted.
+func TestTarpit(t *testing.T) {
+	v := newTestEnv(t, rules(
+		Rule{Name: "slow-class", Count: "connections", Action: policy.MustAction("delay"), Delay: conf.Duration(15 * time.Second),
+			Match: Match{Client: []string{"203.0.113.0/24"}}},
+		Rule{Name: "slow-senders", Count: "messages", Per: "sender", Action: policy.MustAction("delay"), Delay: conf.Duration(time.Second)},
+	), policy.ModeEnforce)
+	s := v.e.NewSession()
+	for i, tc := range []struct {
+		ip    string
+		delay time.Duration
+	}{{"203.0.113.7", 15 * time.Second}, {"203.0.113.7", 15 * time.Second}, {"198.51.100.7", 0}} {
+		f := policy.Facts{ClientIP: netip.MustParseAddr(tc.ip)}
+		vs, err := v.e.Check(context.Background(), policy.StageConnect, &f, s)
+		d := v.decide.Decide(policy.StageConnect, vs, &policy.Env{})
+		v.e.Settle(context.Background(), s, false)
+		if err != nil || d.Refused() || d.Delay != tc.delay {
+			t.Errorf("connection %d from %s: %+v %v; want a pause of %v", i+1, tc.ip, d, err, tc.delay)
+		}
+	}
+	f := policy.Facts{ClientIP: ip1, Sender: "a@example.org"}
+	vs, _ := v.e.Check(context.Background(), policy.StageMail, &f, s)
+	if len(vs) != 1 || vs[0].Key != "sender:a@example.org" || vs[0].Limit != "every message" || vs[0].Detail != "tarpit" {
+		t.Errorf("tarpit per sender: %+v", vs)
+	}
+	v.e.Settle(context.Background(), s, false)
+	if v.st.Len() != 0 {
+		t.Errorf("a tarpit put %d keys in the store", v.st.Len())
+	}
+	for _, r := range []Rule{
+		{Name: "x", Count: "messages", Action: policy.MustAction("delay")},
+		{Name: "x", Count: "messages", Action: policy.MustAction("delay"), Delay: conf.Duration(time.Second), Burst: 3},
+		{Name: "x", Count: "messages", Action: policy.MustAction("tempfail")},
+	} {
+		if _, err := compileRule(&r, nil, nil); err == nil {
+			t.Errorf("%+v compiled", r)
+		}
 	}
 }

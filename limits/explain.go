@@ -12,8 +12,12 @@ import (
 // Trace is what one rule makes of one event, for `sluice explain`: whether
 // it applies and, when it does not, why.
 type Trace struct {
-	Rule    string
-	Count   string // what the rule counts: "messages"
+	Rule  string
+	Count string // what the rule counts: "messages"
+	// What is the limit as people read it, with what is counted and the
+	// burst: "messages 30/1m (burst 30)", "1000 recipients a message",
+	// "concurrent 20 at once", "every connection".
+	What    string
 	Applies bool   // trusted, except and match let the rule see the event
 	Why     string // why it does not apply, or why it counts nothing when it does
 	Key     string // the key it counts the event under, when it has one
@@ -21,6 +25,7 @@ type Trace struct {
 	Action  policy.Action
 	Mode    policy.Mode // the rule's own mode, before the global one
 	Final   bool        // when it applies, later rules of the stage are not evaluated
+	Tarpit  bool        // it delays every event it applies to, and counts nothing
 	// Burst is what a fresh counter admits at once: events (bytes for a
 	// bytes rule, open connections for a concurrent one, recipients of
 	// one message for a per-message cap); the next one crosses the limit.
@@ -33,7 +38,7 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 	var out []Trace
 	stoppedBy := ""
 	for _, r := range e.byStage[st] {
-		t := Trace{Rule: r.name, Count: countNames[r.count], Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst()}
+		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst()}
 		switch {
 		case stoppedBy != "":
 			t.Why = fmt.Sprintf("not evaluated: %s, before it, is final", stoppedBy)
@@ -56,6 +61,28 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 		out = append(out, t)
 	}
 	return out
+}
+
+// what says r's limit for people: what it counts, the limit, and a rate's
+// burst, which a fresh counter admits at once.
+func (r *rule) what() string {
+	switch {
+	case r.tarpit:
+		return r.limit
+	case r.count == countConcurrent:
+		return "concurrent " + r.limit
+	case len(r.windows) == 0:
+		return r.rcptLimit
+	}
+	bursts := make([]string, len(r.windows))
+	for i, w := range r.windows {
+		bursts[i] = fmt.Sprint(w.burst)
+	}
+	s := fmt.Sprintf("%s %s (burst %s)", countNames[r.count], r.limit, strings.Join(bursts, ","))
+	if r.maxRcpt > 0 {
+		s += ", " + r.rcptLimit
+	}
+	return s
 }
 
 // burst is what a fresh counter of r admits before r is crossed.
@@ -81,7 +108,7 @@ func (e *Engine) whyNot(r *rule, f *policy.Facts) string {
 	if f.Trusted && !r.trusted {
 		return fmt.Sprintf("the client %s is trusted (the trusted list; apply_to_trusted = false)", ipText(f))
 	}
-	if r.except != nil && r.excepted(f) {
+	if r.hasExcept() && r.excepted(f) {
 		return "on the rule's except list (client, sender or SASL user)"
 	}
 	return r.match.describe(r.match.failed(f), f)

@@ -2,12 +2,16 @@ package limits
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"sluice/conf"
 	"sluice/limits/memstore"
 	"sluice/lists"
 	"sluice/policy"
@@ -257,15 +261,16 @@ func TestTrustedAndExcept(t *testing.T) {
 	}
 }
 
-// trusted and except may name lists of [lists] beside inline entries; in
-// trusted a bare word must be a list, in except it may be a SASL user.
+// trusted and except may name lists of [lists] beside inline entries; a
+// bare word must name a list in both — a SASL login is sasl_user:NAME —
+// so that a list never defined is an error, not a login that never comes.
 func TestTrustedAndExceptNameLists(t *testing.T) {
 	lc := lists.Config{
 		"mynetworks": []any{"10.0.0.0/8"},
 		"partners":   []any{"198.51.100.0/24", "partner.example"},
 	}
 	rules := []Rule{
-		{Name: "excepting", Count: "recipients", MaxRcptPerMessage: 1, Except: []string{"partners", "192.0.2.0/24", "relayuser"}},
+		{Name: "excepting", Count: "recipients", MaxRcptPerMessage: 1, Except: []string{"partners", "192.0.2.0/24", "sasl_user:relayuser"}},
 	}
 	e := matchEngine(t, []string{"mynetworks", "::1"}, lc, policy.ModeEnforce, rules...)
 	for ip, want := range map[string]bool{"10.1.2.3": true, "::1": true, "127.0.0.1": false, "192.0.2.1": false} {
@@ -281,7 +286,9 @@ func TestTrustedAndExceptNameLists(t *testing.T) {
 		{"198.51.100.9", "a@x.org", "", false},          // named list, network
 		{"203.0.113.1", "a@partner.example", "", false}, // named list, domain
 		{"192.0.2.9", "a@x.org", "", false},             // inline network
-		{"203.0.113.1", "a@x.org", "relayuser", false},  // a bare word: a SASL user
+		{"203.0.113.1", "a@x.org", "relayuser", false},  // sasl_user:relayuser
+		{"203.0.113.1", "a@x.org", "RelayUser", false},  // logins compared without case
+		{"203.0.113.1", "a@x.org", "otheruser", true},
 	} {
 		f := facts(e, tc.ip)
 		f.Sender, f.SASLUser, f.RcptCount = tc.sender, tc.user, 1
@@ -294,6 +301,16 @@ func TestTrustedAndExceptNameLists(t *testing.T) {
 	err := cfg.Validate(map[string]bool{"mynetworks": true})
 	if err == nil || !strings.Contains(err.Error(), `no list named "mynetwork"`) {
 		t.Errorf("a misspelt list in trusted: %v", err)
+	}
+	for _, except := range [][]string{{"mynetworks"}, {"192.0.2.0/24", "mynetwork"}} {
+		cfg = &Config{Rules: []Rule{{Name: "r", Count: "messages", Per: "sender", Rate: "1/1h", Except: except}}}
+		cfg.Defaults()
+		err = cfg.Validate(map[string]bool{"partners": true})
+		var ce *conf.Error
+		if !errors.As(err, &ce) || strings.Join(ce.Path, ".") != fmt.Sprintf("limit.0.except.%d", len(except)-1) ||
+			!strings.Contains(err.Error(), "no list named") || !strings.Contains(err.Error(), "sasl_user:NAME") {
+			t.Errorf("except = %q with no such list: %v; want an error at its entry", except, err)
+		}
 	}
 }
 
@@ -415,5 +432,33 @@ func TestExplainReasons(t *testing.T) {
 	tr = e.Explain(policy.StageMail, &f)
 	if !strings.Contains(tr[6].Why, "127.0.0.1 is trusted") || !tr[7].Applies {
 		t.Errorf("trusted client: %+v", tr)
+	}
+}
+
+// What a trace says of a rule's limit reads once, with its burst.
+func TestExplainWhat(t *testing.T) {
+	e := matchEngine(t, nil, nil, policy.ModeEnforce,
+		Rule{Name: "rate", Count: "messages", Per: "sender", Rate: "30/1m", Burst: 5},
+		Rule{Name: "windows", Count: "messages", Per: "sender", Rate: []any{"30/1m", "500/1d"}},
+		Rule{Name: "cap", Count: "recipients", MaxRcptPerMessage: 1000},
+		Rule{Name: "both", Count: "recipients", Per: "sender", Rate: "100/1h", MaxRcptPerMessage: 50},
+		Rule{Name: "conc", Count: "concurrent", Per: "client_ip", Max: 20},
+		Rule{Name: "tarpit", Count: "connections", Action: policy.MustAction("delay"), Delay: conf.Duration(time.Second)},
+	)
+	want := map[string]string{
+		"rate":    "messages 30/1m (burst 5)",
+		"windows": "messages 30/1m,500/1d (burst 30,500)",
+		"cap":     "1000 recipients a message",
+		"both":    "recipients 100/1h (burst 100), 50 recipients a message",
+		"conc":    "concurrent 20 at once",
+		"tarpit":  "every connection",
+	}
+	f := facts(e, "192.0.2.7")
+	for _, st := range []policy.Stage{policy.StageConnect, policy.StageMail, policy.StageRcpt} {
+		for _, tr := range e.Explain(st, &f) {
+			if tr.What != want[tr.Rule] {
+				t.Errorf("%s: %q, want %q", tr.Rule, tr.What, want[tr.Rule])
+			}
+		}
 	}
 }

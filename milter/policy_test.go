@@ -320,3 +320,66 @@ func TestQueueIDPerTransaction(t *testing.T) {
 		t.Errorf("refusal log %v: want one line without the last message's queue id", lines)
 	}
 }
+
+// A message a local program handed Postfix (cleanup's connect: port 0)
+// or Sendmail -bs (family unknown) is refused at its end, never at a
+// recipient, which Postfix cannot refuse for it; an SMTP client on port
+// 4321 is refused at the recipient.
+func TestLocalSubmissionRefusedAtEndOfMessage(t *testing.T) {
+	h := newPolicyHarness(t, setup{Rules: []limits.Rule{{Name: "one-rcpt", Count: "recipients", Per: "sender", Rate: "1/1h"}}})
+	for _, tc := range []struct {
+		name   string
+		family milter.ProtoFamily
+		port   uint16
+		addr   string
+		local  bool
+	}{
+		{"postfix sendmail(1)", milter.FamilyInet, 0, "127.0.0.1", true},
+		{"sendmail -bs", milter.FamilyUnknown, 0, "", true},
+		{"smtp", milter.FamilyInet, 4321, "127.0.0.1", false},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
+				Dialer: &net.Dialer{Timeout: time.Second}, ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Second,
+				ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
+			})
+			s, err := c.Session()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.Conn("localhost", tc.family, tc.port, tc.addr); err != nil {
+				t.Fatal(err)
+			}
+			from := "cron-" + strings.ReplaceAll(tc.name, " ", "") + "@example.org"
+			if act := mail(t, s, from, ""); act.Code != milter.ActContinue {
+				t.Fatalf("MAIL FROM: %+v", act)
+			}
+			var rcpt *milter.Action
+			for _, r := range []string{"a@example.net", "b@example.net"} {
+				if rcpt, err = s.Rcpt(r, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := rcpt.Code == milter.ActContinue; got != tc.local {
+				t.Fatalf("second RCPT: %+v; local %v", rcpt, tc.local)
+			}
+			if !tc.local {
+				return
+			}
+			if _, err := s.HeaderField("Subject", "cron"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.HeaderEnd(); err != nil {
+				t.Fatal(err)
+			}
+			_, act, err := s.BodyReadFrom(strings.NewReader("output\r\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if act.SMTPCode != 451 || !strings.Contains(act.SMTPText, "one-rcpt") {
+				t.Errorf("end of message: %+v; want the rule's 451", act)
+			}
+		})
+	}
+}

@@ -56,8 +56,18 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *milt
 		IP:       clientIP(addr, m.Macros["{client_addr}"]),
 		Name:     host,
 		Listener: m.Macros["{daemon_name}"],
+		Local:    localSubmission(family, port),
 	})
 	return s.answer(s.es.Stage(s.srv.ctx, smtp.Connect)), nil
+}
+
+// localSubmission tells a message a program handed the MTA from a
+// connection: Postfix's cleanup presents mail from sendmail(1) (through
+// non_smtpd_milters) as localhost, 127.0.0.1, port 0 — a port no TCP
+// client has — and Sendmail's -bs mode as family unknown (seen with
+// Postfix 3.7 and Sendmail 8.17, test/e2e/local_test.go).
+func localSubmission(family string, port uint16) bool {
+	return family == "unknown" || port == 0 && (family == "tcp4" || family == "tcp6")
 }
 
 // clientIP takes the address from the connect packet, or from the

@@ -145,7 +145,13 @@ func (m Mode) Soften(other Mode) Mode {
 type Client struct {
 	IP       netip.Addr // invalid for a unix-socket or unknown client
 	Name     string     // the MTA's verified PTR name, or "unknown"
-	Listener string     // which SMTP service took the session ("smtpd", "submission")
+	Listener string     // which SMTP service took the session (Postfix's {daemon_name}: $myhostname unless master.cf names it)
+	// Local says the MTA took the message from a program on its own
+	// host, not over SMTP: Postfix's sendmail(1) through
+	// non_smtpd_milters, Sendmail's -bs. Such a submission cannot be
+	// refused a recipient, so every refusal waits for the end of the
+	// message.
+	Local bool
 }
 
 // Macros are facts the MTA sends beside its events (the milter's macros).

@@ -1,45 +1,54 @@
-// Package access reads tables that allow and deny senders or HELO names in
-// one file, with the patterns of Postfix's check_sender_access tables.
+// Package access reads Postfix access tables — hash-style lookup tables,
+// cidr: and regexp:/pcre: pattern tables — that allow and deny clients,
+// HELO names and senders.
 package access
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Action is what an entry asks for.
 type Action uint8
 
 const (
-	// OK allows: the checks after the table are skipped for the message.
+	// OK allows: the checks of the table's kind after it are skipped.
 	OK Action = iota + 1
 	// Reject refuses with a 5xx.
 	Reject
-	// Tempfail refuses with a 4xx.
+	// Tempfail refuses with a 4xx (Postfix's DEFER).
 	Tempfail
 	// Tag accepts and marks the message in a header.
 	Tag
 	// Dunno ends the search without an action, so an entry can exempt an
 	// address from the entry for its domain.
 	Dunno
+	// Delay pauses before the answer: a tarpit (client tables only).
+	Delay
 )
 
-var actionNames = map[string]Action{"OK": OK, "REJECT": Reject, "TEMPFAIL": Tempfail, "TAG": Tag, "DUNNO": Dunno}
+var actionNames = [...]string{OK: "OK", Reject: "REJECT", Tempfail: "TEMPFAIL", Tag: "TAG", Dunno: "DUNNO", Delay: "DELAY"}
+
+// aliases are Postfix's names for the same actions.
+var aliases = map[string]Action{"DEFER": Tempfail}
 
 func (a Action) String() string {
-	for n, v := range actionNames {
-		if v == a {
-			return n
-		}
+	if int(a) < len(actionNames) && actionNames[a] != "" {
+		return actionNames[a]
 	}
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
 
-// Kind is what a table's patterns are about.
+const actionList = "OK, REJECT, TEMPFAIL (or DEFER), TAG, DUNNO, DELAY, or a 4xx/5xx code with text"
+
+// Kind is what a table's lookups are about.
 type Kind uint8
 
 const (
@@ -48,143 +57,306 @@ const (
 	Senders Kind = iota
 	// HELONames: name, .domain (subdomains), and address literals.
 	HELONames
+	// Clients: the client's address, and its verified host name in
+	// regexp tables.
+	Clients
 )
 
-// Entry is one line of a table.
+// Format is how a table's file is written, named as Postfix names it in
+// a restriction ("cidr:/etc/postfix/client_access").
+type Format uint8
+
+const (
+	// Hash is the text of a Postfix hash: table (what postmap reads):
+	// keys looked up whole and by their parents.
+	Hash Format = iota
+	// CIDR is a cidr: table: networks, first match wins.
+	CIDR
+	// Regexp is a regexp: table: /pattern/flags, first match wins.
+	Regexp
+	// PCRE is a pcre: table, read as regexp: with pcre's flags.
+	PCRE
+)
+
+var formatNames = [...]string{"hash", "cidr", "regexp", "pcre"}
+
+func (f Format) String() string { return formatNames[f] }
+
+// Entry is one entry of a table.
 type Entry struct {
-	Pattern string
+	Pattern string // as looked up: lower case for hash tables, as written for pattern tables
 	Action  Action
-	Text    string // what follows the action: the reply text or the tag's note
-	Line    int
+	// Code is the reply code an entry written as "550 text" gives
+	// ("550"), and Enhanced the enhanced status code that starts its text
+	// ("5.7.1"), if any; "" for the defaults of the action.
+	Code     string
+	Enhanced string
+	Text     string        // what follows the action: the reply text or the tag's note
+	Delay    time.Duration // for Delay
+	Line     int
 }
 
 // Table is a loaded access table.
 type Table struct {
-	path    string
-	kind    Kind
-	entries map[string]*Entry
+	path   string
+	kind   Kind
+	format Format
+	hash   map[string]*Entry // Hash
+	rules  []rule            // CIDR, Regexp, PCRE, in file order
+	n      int               // entries
 }
 
-// Load reads a table file. Errors name the file and line.
-func Load(path string, kind Kind) (*Table, error) {
+// ParseSpec splits a table as the config names it — a path, or
+// "type:path" as in Postfix's main.cf — into its format and path. A path
+// alone is a hash table for senders and HELO names, and a cidr table for
+// clients.
+func ParseSpec(spec string, kind Kind) (Format, string, error) {
+	format := Hash
+	if kind == Clients {
+		format = CIDR
+	}
+	path := spec
+	if typ, rest, ok := strings.Cut(spec, ":"); ok && !strings.Contains(typ, "/") {
+		switch typ {
+		case "hash", "texthash":
+			format = Hash
+		case "cidr":
+			format = CIDR
+		case "regexp":
+			format = Regexp
+		case "pcre":
+			format = PCRE
+		default:
+			return 0, "", fmt.Errorf("unknown table type %q (want hash:, cidr:, regexp: or pcre:; for a Postfix map of another type give its source text as hash:)", typ+":")
+		}
+		path = rest
+	}
+	if path == "" {
+		return 0, "", fmt.Errorf("%q names no file", spec)
+	}
+	switch {
+	case kind == Clients && format == Hash:
+		return 0, "", fmt.Errorf("%q: a client table is cidr:, regexp: or pcre: (Postfix's hash: client lookups by address octets are not read; write the networks as a cidr: table)", spec)
+	case kind != Clients && format == CIDR:
+		return 0, "", fmt.Errorf("%q: a cidr: table matches client addresses; use it in client_access", spec)
+	}
+	return format, path, nil
+}
+
+// Load reads the table a spec names (see ParseSpec). Errors name the
+// file and line.
+func Load(spec string, kind Kind) (*Table, error) {
+	format, path, err := ParseSpec(spec, kind)
+	if err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("access table: %w", err)
 	}
 	defer f.Close()
-	return Parse(f, path, kind)
+	return Parse(f, path, kind, format)
 }
 
-// Parse reads a table: one "pattern ACTION [text]" a line, blank lines and
-// lines starting with # ignored. name is used in errors.
-func Parse(r io.Reader, name string, kind Kind) (*Table, error) {
-	t := &Table{path: name, kind: kind, entries: make(map[string]*Entry)}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 64*1024)
-	n := 0
-	for sc.Scan() {
-		n++
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		e, err := parseLine(line, kind)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
-		}
-		e.Line = n
-		if old, ok := t.entries[e.Pattern]; ok {
-			return nil, fmt.Errorf("%s:%d: %s is already listed on line %d", name, n, e.Pattern, old.Line)
-		}
-		t.entries[e.Pattern] = e
+// Parse reads a table in the given format; name stands for it in errors.
+//
+// Lines are read as Postfix reads its tables: blank lines and lines whose
+// first non-blank character is '#' are skipped, and a line that starts
+// with a blank continues the one before. A '#' anywhere else is text: on a
+// REJECT line it is part of the reply, as Postfix sends it.
+func Parse(r io.Reader, name string, kind Kind, format Format) (*Table, error) {
+	t := &Table{path: name, kind: kind, format: format}
+	var p lineParser
+	if format == Hash {
+		t.hash = make(map[string]*Entry)
+		p = hashParser{t}
+	} else {
+		p = &patternParser{t: t}
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s:%d: %w", name, n+1, err)
+	err := logicalLines(r, name, func(n int, line string) error {
+		if err := p.line(n, line); err != nil {
+			return fmt.Errorf("%s:%d: %w", name, n, err)
+		}
+		return nil
+	})
+	if err == nil {
+		err = p.end()
+	}
+	if err != nil {
+		return nil, err
 	}
 	return t, nil
 }
 
-func parseLine(line string, kind Kind) (*Entry, error) {
-	fields := strings.Fields(line)
-	pattern, word := fields[0], ""
-	rest := strings.TrimSpace(line[len(pattern):])
-	if len(fields) > 1 {
-		word = fields[1]
+// lineParser reads a table's logical lines, each with the number of the
+// line it starts on, then hears that the file ended.
+type lineParser interface {
+	line(n int, s string) error
+	end() error
+}
+
+// maxLine bounds one logical line; a longer one is an error, not a cut.
+const maxLine = 64 << 10
+
+// logicalLines calls f with each logical line of r and the number of the
+// line it starts on (Postfix's readlline).
+func logicalLines(r io.Reader, name string, f func(n int, line string) error) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxLine)
+	var cur strings.Builder
+	start, n := 0, 0
+	flush := func() error {
+		if cur.Len() == 0 {
+			return nil
+		}
+		s := cur.String()
+		cur.Reset()
+		return f(start, s)
 	}
-	text := strings.TrimSpace(rest[len(word):])
+	for sc.Scan() {
+		n++
+		line := strings.TrimRight(sc.Text(), " \t\r")
+		trimmed := strings.TrimLeft(line, " \t")
+		if trimmed == "" || trimmed[0] == '#' {
+			continue
+		}
+		if len(trimmed) < len(line) {
+			if cur.Len() == 0 {
+				return fmt.Errorf("%s:%d: a line that starts with a blank continues the line before, and there is none (remove the blanks)", name, n)
+			}
+			if cur.Len()+len(line) > maxLine {
+				return fmt.Errorf("%s:%d: logical line longer than %d bytes", name, n, maxLine)
+			}
+			// Postfix keeps the blanks; one space keeps the reply text
+			// free of tabs.
+			cur.WriteByte(' ')
+			cur.WriteString(trimmed)
+			continue
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		start = n
+		cur.WriteString(line)
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("%s:%d: line longer than %d bytes", name, n+1, maxLine)
+		}
+		return fmt.Errorf("%s:%d: %w", name, n+1, err)
+	}
+	return flush()
+}
+
+// parseResult reads the result column of an entry: the action, then its
+// text.
+func parseResult(result string, kind Kind) (*Entry, error) {
+	word, text := result, ""
+	if i := strings.IndexAny(result, " \t"); i >= 0 {
+		word, text = result[:i], result[i+1:]
+	}
+	text = strings.TrimSpace(text)
 	if word == "" {
-		return nil, fmt.Errorf("%q has no action (want OK, REJECT, TEMPFAIL, TAG or DUNNO)", pattern)
-	}
-	a, ok := actionNames[strings.ToUpper(word)]
-	if !ok {
-		return nil, fmt.Errorf("unknown action %q (want OK, REJECT, TEMPFAIL, TAG or DUNNO)", word)
-	}
-	if text != "" && (a == OK || a == Dunno) {
-		return nil, fmt.Errorf("%s takes no text (found %q)", word, text)
+		return nil, fmt.Errorf("no action (want %s)", actionList)
 	}
 	for i := 0; i < len(text); i++ {
 		if c := text[i]; c < 0x20 || c == 0x7f {
 			return nil, fmt.Errorf("control character in the text")
 		}
 	}
-	p, err := normPattern(pattern, kind)
-	if err != nil {
-		return nil, err
-	}
-	return &Entry{Pattern: p, Action: a, Text: text}, nil
-}
-
-// normPattern checks a pattern and returns it in the form lookups use:
-// lower case, no trailing dot.
-func normPattern(p string, kind Kind) (string, error) {
-	p = strings.ToLower(p)
-	if kind == HELONames {
-		if strings.Contains(p, "@") {
-			return "", fmt.Errorf("%q: a HELO table holds names, not addresses", p)
+	e := &Entry{Text: text}
+	if code, ok := replyCode(word); ok {
+		e.Code = code
+		e.Action = Reject
+		if code[0] == '4' {
+			e.Action = Tempfail
 		}
-		if strings.HasPrefix(p, "[") {
-			if _, ok := AddressLiteral(p); !ok {
-				return "", fmt.Errorf("%q: bad address literal", p)
+		if enh, rest := cutEnhanced(text); enh != "" {
+			if enh[0] != code[0] {
+				return nil, fmt.Errorf("%s %s: the enhanced status code does not match the reply code (%cxx needs %c.x.x)", code, enh, code[0], code[0])
 			}
-			return p, nil
+			e.Enhanced, e.Text = enh, rest
 		}
-		return domainPattern(p)
+		return e, nil
 	}
-	if p == "<>" {
-		return p, nil
+	up := strings.ToUpper(word)
+	a, ok := aliases[up]
+	if !ok {
+		for i, n := range actionNames {
+			if n != "" && n == up {
+				a, ok = Action(i), true
+			}
+		}
 	}
-	local, domain, hasAt := cutLast(p, '@')
-	if !hasAt {
-		return domainPattern(p)
+	if !ok {
+		return nil, fmt.Errorf("unknown action %q (want %s)", word, actionList)
 	}
-	if local == "" {
-		return "", fmt.Errorf("%q: write a domain without the @ (or user@ for a local part at any domain)", p)
+	e.Action = a
+	switch a {
+	case OK, Dunno:
+		if text != "" {
+			return nil, fmt.Errorf("%s takes no text (found %q); '#' starts a comment only at the start of a line, as in Postfix", word, text)
+		}
+	case Delay:
+		if kind != Clients {
+			return nil, fmt.Errorf("DELAY is for client tables (client_access): a tarpit pauses the client at connect")
+		}
+		d, err := parseDelay(text)
+		if err != nil {
+			return nil, err
+		}
+		e.Delay, e.Text = d, ""
 	}
-	if domain == "" {
-		return p, nil // user@
-	}
-	d, err := domainPattern(domain)
-	if err != nil {
-		return "", err
-	}
-	if strings.HasPrefix(d, ".") {
-		return "", fmt.Errorf("%q: .domain patterns stand alone, not after user@", p)
-	}
-	return local + "@" + d, nil
+	return e, nil
 }
 
-func domainPattern(p string) (string, error) {
-	p = strings.TrimSuffix(p, ".")
-	name := strings.TrimPrefix(p, ".")
-	if name == "" {
-		return "", fmt.Errorf("%q is not a domain", p)
+// parseDelay reads DELAY's pause: a Go duration ("15s", "500ms") or whole
+// seconds, as Postfix's sleep takes them.
+func parseDelay(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, fmt.Errorf("DELAY needs a pause, e.g. DELAY 15s")
 	}
-	for l := range strings.SplitSeq(name, ".") {
-		if l == "" || len(l) > 63 {
-			return "", fmt.Errorf("%q is not a domain", p)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		n, nerr := strconv.Atoi(s)
+		if nerr != nil {
+			return 0, fmt.Errorf("DELAY %q: want a pause such as 15s or 500ms", s)
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("DELAY %q: the pause must be positive", s)
+	}
+	return d, nil
+}
+
+// cutEnhanced splits an enhanced status code ("5.7.1") off the start of
+// a reply text.
+func cutEnhanced(text string) (string, string) {
+	word, rest, _ := strings.Cut(text, " ")
+	f := strings.Split(word, ".")
+	if len(f) != 3 || len(f[0]) != 1 || f[0][0] < '2' || f[0][0] > '5' {
+		return "", text
+	}
+	for _, n := range f[1:] {
+		if n == "" || len(n) > 3 || strings.Trim(n, "0123456789") != "" {
+			return "", text
 		}
 	}
-	return p, nil
+	return word, strings.TrimSpace(rest)
+}
+
+// replyCode reports whether word is a 4xx or 5xx SMTP reply code.
+func replyCode(word string) (string, bool) {
+	if len(word) != 3 || word[0] != '4' && word[0] != '5' {
+		return "", false
+	}
+	for i := 1; i < 3; i++ {
+		if word[i] < '0' || word[i] > '9' {
+			return "", false
+		}
+	}
+	return word, true
 }
 
 // AddressLiteral reads an SMTP address literal (RFC 5321 §4.1.3):
@@ -202,95 +374,85 @@ func AddressLiteral(s string) (netip.Addr, bool) {
 	return ip, err == nil && ip.Is4()
 }
 
-// cutLast splits an address at its last @, which the domain cannot hold.
-func cutLast(s string, c byte) (string, string, bool) {
-	i := strings.LastIndexByte(s, c)
-	if i < 0 {
-		return s, "", false
-	}
-	return s[:i], s[i+1:], true
-}
-
 // Path is the file the table was read from.
 func (t *Table) Path() string { return t.path }
 
-// Entries returns the entries in no particular order.
+// Format is how the table's file is written.
+func (t *Table) Format() Format { return t.format }
+
+// Entries returns the entries: in file order for pattern tables, in no
+// particular order for hash tables.
 func (t *Table) Entries() []*Entry {
-	out := make([]*Entry, 0, len(t.entries))
-	for _, e := range t.entries {
+	out := make([]*Entry, 0, t.n)
+	for _, e := range t.hash {
 		out = append(out, e)
+	}
+	for i := range t.rules {
+		if e := t.rules[i].entry; e != nil {
+			out = append(out, e)
+		}
 	}
 	return out
 }
 
 // Len is the number of entries.
-func (t *Table) Len() int { return len(t.entries) }
+func (t *Table) Len() int { return t.n }
 
 // Lookup finds the entry for a sender address ("" is the null sender) or a
-// HELO name, depending on the table's kind. The search order is Postfix's:
-// for a sender, the address, its domain, each parent domain as .domain,
-// then user@; for a HELO name, the name then its parents. The first entry
-// found decides; a DUNNO entry is reported as not found.
+// HELO name, depending on the table's kind. A hash table is searched in
+// Postfix's order: for a sender, the address, its domain, each parent
+// domain as .domain, then user@; for a HELO name, the name then its
+// parents. A pattern table is matched against the whole address ("<>"
+// for the null sender) or name, first match first. The first entry found
+// decides; a DUNNO entry is reported as not found.
 func (t *Table) Lookup(s string) (*Entry, bool) {
 	if t == nil {
 		return nil, false
 	}
 	var e *Entry
-	if t.kind == HELONames {
+	switch {
+	case t.format != Hash:
+		if t.kind == Senders && s == "" {
+			s = "<>"
+		}
+		e = t.match(s, netip.Addr{})
+	case t.kind == HELONames:
 		e = t.lookupHelo(s)
-	} else {
+	default:
 		e = t.lookupSender(s)
 	}
+	return found(e)
+}
+
+// LookupClient finds the entry for a client: a cidr table by its address;
+// a regexp table by its verified host name (none for Postfix's "unknown"
+// or Sendmail's "[192.0.2.7]"), then by its address's text, as Postfix's
+// check_client_access asks a pattern table.
+func (t *Table) LookupClient(ip netip.Addr, name string) (*Entry, bool) {
+	if t == nil {
+		return nil, false
+	}
+	ip = ip.Unmap().WithZone("")
+	if t.format == CIDR {
+		if !ip.IsValid() {
+			return nil, false
+		}
+		return found(t.match("", ip))
+	}
+	if name != "" && name != "unknown" && name[0] != '[' {
+		if e := t.match(name, netip.Addr{}); e != nil {
+			return found(e)
+		}
+	}
+	if !ip.IsValid() {
+		return nil, false
+	}
+	return found(t.match(ip.String(), netip.Addr{}))
+}
+
+func found(e *Entry) (*Entry, bool) {
 	if e == nil || e.Action == Dunno {
 		return nil, false
 	}
 	return e, true
-}
-
-func (t *Table) lookupSender(addr string) *Entry {
-	if addr == "" {
-		return t.entries["<>"]
-	}
-	addr = strings.ToLower(addr)
-	local, domain, hasAt := cutLast(addr, '@')
-	if !hasAt {
-		// An address without a domain only matches itself as a name.
-		return t.entries[addr]
-	}
-	domain = strings.TrimSuffix(domain, ".")
-	if e := t.entries[local+"@"+domain]; e != nil {
-		return e
-	}
-	if e := t.lookupDomain(domain); e != nil {
-		return e
-	}
-	return t.entries[local+"@"]
-}
-
-func (t *Table) lookupHelo(name string) *Entry {
-	name = strings.ToLower(name)
-	if strings.HasPrefix(name, "[") {
-		return t.entries[name]
-	}
-	return t.lookupDomain(strings.TrimSuffix(name, "."))
-}
-
-func (t *Table) lookupDomain(d string) *Entry {
-	if d == "" {
-		return nil
-	}
-	if e := t.entries[d]; e != nil {
-		return e
-	}
-	for i := strings.IndexByte(d, '.'); i >= 0; {
-		if e := t.entries[d[i:]]; e != nil {
-			return e
-		}
-		j := strings.IndexByte(d[i+1:], '.')
-		if j < 0 {
-			break
-		}
-		i += 1 + j
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -37,11 +38,11 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	sender := fs.String("sender", "", "envelope sender (empty or <> for the null sender)")
 	var rcpts []string
 	fs.Func("rcpt", "envelope recipient (repeat for several)", func(s string) error { rcpts = append(rcpts, s); return nil })
-	listener := fs.String("listener", "smtpd", "listener, as Postfix's {daemon_name} (milter_macro_daemon_name)")
+	listener := fs.String("listener", defaultListener(), "listener as the MTA names it: Postfix's {daemon_name} is $myhostname unless master.cf says -o milter_macro_daemon_name=NAME; Sendmail's is DAEMON_OPTIONS Name=")
 	auth := fs.String("auth", "", "SASL user name, when the client authenticated")
 	size := fs.Int64("size", 10240, "message size in bytes (header and body as the client sent them), for bytes rules")
 	most := fs.Int("n", 100000, "repeat the session at most this many times")
-	noDNS := fs.Bool("no-dns", false, "leave SPF and the sender checks out (they ask DNS)")
+	noDNS := fs.Bool("no-dns", false, "leave out the checks that ask DNS (SPF, dnsbl, client_rdns, sender_domain_exists); the access tables and the other checks still answer")
 	asJSON := fs.Bool("json", false, "print the session's stages and decisions as JSON")
 	if code := flags(fs, args, stderr); code >= 0 {
 		return code
@@ -68,7 +69,7 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	x.cfg, x.config, x.noDNS = c, configName(*path), *noDNS
-	// The session as explained, sender checks and all.
+	// The session as explained, every check that is configured.
 	main, err := x.open(!*noDNS)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -76,15 +77,23 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer main.close()
 	// The repetitions count on their own fresh counters and leave the
-	// sender checks out: their answers do not depend on counters, and a
-	// hundred thousand sessions must not ask DNS.
+	// checks that ask DNS out: their answers do not depend on counters,
+	// and a hundred thousand sessions must not ask DNS.
 	counting, err := x.open(false)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	defer counting.close()
-	x.main, x.counting = main, counting
+	// Sessions held open at once count on fresh counters of their own,
+	// not on what the repetitions used.
+	concurrent, err := x.open(false)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer concurrent.close()
+	x.main, x.counting, x.concurrency = main, counting, concurrent
 	if *asJSON {
 		return x.json(stdout, *most)
 	}
@@ -99,8 +108,9 @@ type explainer struct {
 	config string // the file's name for people
 	noDNS  bool
 
-	main     *private // the explained session, sender checks included
-	counting *private // repetitions: counting only
+	main        *private // the explained session, every check included
+	counting    *private // repetitions: no check that asks DNS
+	concurrency *private // sessions held open at once
 
 	client smtp.Client
 	helo   string
@@ -122,12 +132,14 @@ func (p *private) close() { p.store.Close() }
 // repetition happens at the same instant, the worst case for a burst.
 var explainEpoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 
-func (x *explainer) open(checks bool) (*private, error) {
+// open builds the policy's engine on a fresh private store; dns says
+// whether the checks that ask DNS are in.
+func (x *explainer) open(dns bool) (*private, error) {
 	store, err := memstore.New(memstore.Config{MaxKeys: 1 << 20}, nil, memstore.WithClock(func() int64 { return explainEpoch }))
 	if err != nil {
 		return nil, err
 	}
-	b, err := x.cfg.Build(config.Runtime{Store: store, NoChecks: !checks})
+	b, err := x.cfg.Build(config.Runtime{Store: store, NoDNS: !dns})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -212,16 +224,24 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 
 func (x *explainer) checksLine() string {
 	switch {
-	case x.noDNS:
-		return "sender checks: left out (-no-dns): SPF and [checks] were not asked"
+	case x.noDNS && x.main.eng.Checks():
+		return "checks: the access tables and the checks of what the client said; those that ask DNS left out (-no-dns)"
+	case x.noDNS && x.dnsChecks():
+		return "checks: those that ask DNS left out (-no-dns), and no other is configured"
 	case x.checksOn():
-		return "sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]"
+		return "checks: client_access at connect; the others at MAIL FROM, asking DNS through [dns]"
 	}
-	return "sender checks: none configured"
+	return "checks: none configured"
 }
 
-// checksOn reports whether the explained engine runs sender checks.
-func (x *explainer) checksOn() bool { return !x.noDNS && x.main.eng.Checks() }
+// dnsChecks reports whether the config has checks that ask DNS.
+func (x *explainer) dnsChecks() bool {
+	k := &x.cfg.Checks
+	return x.cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0
+}
+
+// checksOn reports whether the explained engine runs checks.
+func (x *explainer) checksOn() bool { return x.main.eng.Checks() }
 
 func (x *explainer) run(w io.Writer, most int) {
 	fmt.Fprintf(w, "sluice explain: %s, mode %s\n", x.config, x.cfg.Mode)
@@ -274,7 +294,7 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 			fmt.Fprintf(tw, "  %s\tno\t%s\n", t.Rule, t.Why)
 			continue
 		}
-		what := fmt.Sprintf("%s %s, %s", t.Count, t.Limit, t.Action)
+		what := fmt.Sprintf("%s, %s", t.What, t.Action)
 		if t.Mode != smtp.ModeEnforce {
 			what += " (mode " + t.Mode.String() + ")"
 		}
@@ -282,7 +302,11 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 			what += ", final"
 		}
 		key := t.Key
-		if key == "" {
+		switch {
+		case key != "":
+		case t.Tarpit:
+			key = "(a tarpit: no key)"
+		default:
 			key = "(per message)"
 		}
 		fmt.Fprintf(tw, "  %s\tapplies\t%s\t%s\n", t.Rule, key, what)
@@ -326,8 +350,8 @@ func (x *explainer) repeat(w io.Writer, most int) {
 	first := x.session(x.counting, false)
 	n := x.repetitions(first.steps, most)
 	fmt.Fprintf(w, "\nOn a fresh counter, the same session again and again, each closed before the next (up to %d):\n", n)
-	if x.checksOn() {
-		fmt.Fprintln(w, "  (limits only: the sender checks answer each session alike)")
+	if x.checksOn() && !x.noDNS {
+		fmt.Fprintln(w, "  (the checks that ask DNS left out: they answer each session alike)")
 	}
 	changes, never := x.repetition(first, n)
 	for _, c := range changes {
@@ -412,8 +436,8 @@ func (x *explainer) repetitions(first []step, most int) int {
 func (x *explainer) concurrentRun(most int) (int, smtp.Decision, int) {
 	var slots int64
 	f := policy.Facts{ClientIP: x.client.IP, ClientName: x.client.Name, Listener: x.client.Listener,
-		Trusted: x.counting.eng.Limits().Trusted(x.client.IP)}
-	for _, t := range x.counting.eng.Limits().Explain(smtp.Connect, &f) {
+		Trusted: x.concurrency.eng.Limits().Trusted(x.client.IP)}
+	for _, t := range x.concurrency.eng.Limits().Explain(smtp.Connect, &f) {
 		if t.Applies && t.Why == "" && t.Count == "concurrent" {
 			slots = max(slots, t.Burst)
 		}
@@ -423,7 +447,7 @@ func (x *explainer) concurrentRun(most int) (int, smtp.Decision, int) {
 	}
 	n := int(min(slots+1, int64(most)))
 	for i := 1; i <= n; i++ {
-		steps := x.session(x.counting, true).steps
+		steps := x.session(x.concurrency, true).steps
 		if d := steps[0].d; d.Refused() || i == n {
 			return i, d, n
 		}
@@ -485,6 +509,16 @@ func describe(d smtp.Decision, full bool) string {
 	return strings.Join(parts, ", ")
 }
 
+// defaultListener is the listener name Postfix sends when master.cf does
+// not name the service: $myhostname, this host's name.
+func defaultListener() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
 func ipText(a netip.Addr) string {
 	if !a.IsValid() {
 		return ""
@@ -505,7 +539,7 @@ type (
 	explainJSON struct {
 		Config     string       `json:"config"`
 		Mode       string       `json:"mode"`
-		Checks     string       `json:"checks"` // "on", "off" (-no-dns) or "none"
+		Checks     string       `json:"checks"` // "on", "off" (-no-dns: those that ask DNS left out) or "none"
 		Trusted    bool         `json:"trusted"`
 		Stages     []stageJSON  `json:"stages"`
 		Edits      []editJSON   `json:"edits,omitempty"`
@@ -542,6 +576,8 @@ type (
 		Key     string `json:"key,omitempty"`
 		Count   string `json:"count"`
 		Limit   string `json:"limit"`
+		What    string `json:"what"`
+		Burst   int64  `json:"burst"`
 		Action  string `json:"action"`
 		Mode    string `json:"mode"`
 		Final   bool   `json:"final,omitempty"`
@@ -647,5 +683,5 @@ func decisionOf(d smtp.Decision) decisionJSON {
 
 func traceOf(t limits.Trace) traceJSON {
 	return traceJSON{Rule: t.Rule, Applies: t.Applies && t.Why == "", Why: t.Why, Key: t.Key, Count: t.Count,
-		Limit: t.Limit, Action: t.Action.String(), Mode: t.Mode.String(), Final: t.Final}
+		Limit: t.Limit, What: t.What, Burst: t.Burst, Action: t.Action.String(), Mode: t.Mode.String(), Final: t.Final}
 }

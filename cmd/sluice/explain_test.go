@@ -100,14 +100,16 @@ func TestExplain(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
+	host, _ := os.Hostname()
 	for _, want := range []string{
-		`client 192.0.2.7 [unknown] on listener "smtpd", HELO "mail.example.org", not authenticated`,
+		// The listener is Postfix's default {daemon_name}: this host's name.
+		`client 192.0.2.7 [unknown] on listener "` + host + `", HELO "mail.example.org", not authenticated`,
 		"\nconnect\n  conn-per-ip  applies  client_ip:192.0.2.7  concurrent 3 at once, tempfail\n  => continue\n",
 		"jp          no       match.client: client 192.0.2.7 (unknown) is in none of jp",
-		`submission  no       match.listener: listener "smtpd" is not one of ["submission"]`,
+		`submission  no       match.listener: listener "` + host + `" is not one of ["submission"]`,
 		"per-sender  applies  sender:alice@example.org",
-		"trial       applies  client_ip:192.0.2.7       messages 1/1h, tempfail (mode dry-run)",
-		"\nrcpt bob@gmail.com\n  gmail  applies  rcpt_domain:gmail.com  recipients 2/1m, tempfail\n",
+		"trial       applies  client_ip:192.0.2.7       messages 1/1h (burst 1), tempfail (mode dry-run)",
+		"\nrcpt bob@gmail.com\n  gmail  applies  rcpt_domain:gmail.com  recipients 2/1m (burst 2), tempfail\n",
 		"\nrcpt carol@example.net\n  gmail  no  match.rcpt_domain: recipient domain \"example.net\" is in none of rcpt_domain (inline)\n",
 		"from session 2, mail: continue, would tempfail (trial, dry-run)",
 		`from session 3, rcpt bob@gmail.com: tempfail "451 4.7.1 Rate limit gmail exceeded for rcpt_domain:gmail.com; try again in 30s", by gmail`,
@@ -128,7 +130,7 @@ func TestExplainProfiles(t *testing.T) {
 	// The Japanese class is final: the later rules are not evaluated.
 	_, out, _ := runCmd("explain", "-config", config, "-client", "203.0.113.9", "-sender", "a@example.jp")
 	for _, want := range []string{
-		"jp          applies  client_ip:203.0.113.9  messages 20/1h, tempfail, final",
+		"jp          applies  client_ip:203.0.113.9  messages 20/1h (burst 20), tempfail, final",
 		"per-sender  no       not evaluated: jp, before it, is final",
 		"(no -rcpt given",
 		"from session 21, mail: tempfail",
@@ -245,21 +247,120 @@ func TestExplainSenderChecks(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
 	for _, want := range []string{
-		"sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]",
+		"checks: client_access at connect; the others at MAIL FROM, asking DNS through [dns]",
 		"check dnsbl:zen.example  listed  asks reject (mode dry-run)",
 		"check spf                fail    asks reject (mode tag)",
 		"=> continue, tagged by spf, would reject (dnsbl:zen.example, dry-run)",
 		"at end of message\n  insert at 0  Authentication-Results: mx.sluice.test; spf=fail smtp.mailfrom=alice@spf-fail.example\n  insert at 1  Received-SPF: fail",
 		"add  X-Sluice-Check: spf=fail action=reject mode=tag (",
-		"(limits only: the sender checks answer each session alike)",
+		"(the checks that ask DNS left out: they answer each session alike)",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
 	code, out, _ = runCmd(append(args, "-no-dns")...)
-	if code != 0 || !strings.Contains(out, "sender checks: left out (-no-dns)") || strings.Contains(out, "check spf") || strings.Contains(out, "Authentication-Results") {
+	if code != 0 || !strings.Contains(out, "checks: those that ask DNS left out (-no-dns)") || strings.Contains(out, "check spf") || strings.Contains(out, "Authentication-Results") {
 		t.Errorf("-no-dns: exit %d\n%s", code, out)
+	}
+}
+
+// With -no-dns, explain still asks the access tables — the client table
+// at connect, the HELO and sender tables at MAIL FROM — and the checks
+// that read only what the client said.
+func TestExplainStaticChecks(t *testing.T) {
+	dir := t.TempDir()
+	clients := filepath.Join(dir, "clients.cidr")
+	helos := filepath.Join(dir, "helo_checks")
+	senders := filepath.Join(dir, "senders")
+	for name, text := range map[string]string{
+		clients: "203.0.113.0/24  REJECT Known spam network\n198.51.100.0/24  DELAY 3s\n",
+		helos:   "/jp-good\\.example$/  REJECT\n",
+		senders: "partner.example  OK\nspoof.example  REJECT Spoofed sender\n",
+	} {
+		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := writeConfig(t, `authserv_id = "mx.sluice.test"
+trusted = []
+
+[checks]
+client_access = "cidr:`+clients+`"
+helo_access = "regexp:`+helos+`"
+sender_access = "`+senders+`"
+require_fqdn_sender = "reject"
+
+[[checks.dnsbl]]
+zone = "zen.example"
+action = "reject"
+`)
+	for _, tc := range []struct {
+		client, helo, sender string
+		want                 []string
+	}{
+		{"203.0.113.9", "mx.example.org", "a@example.org", []string{
+			"checks: the access tables and the checks of what the client said; those that ask DNS left out (-no-dns)",
+			"\nconnect\n  (no rule counts at this stage)\n  check client_access  reject  asks reject  203.0.113.9 matched 203.0.113.0/24 at " + clients + ":1\n" +
+				`  => reject "550 5.7.1 Client host rejected: Known spam network", by client_access`,
+		}},
+		{"198.51.100.7", "mx.example.org", "a@partner.example", []string{
+			"check client_access  delay  asks delay",
+			"=> continue, after a pause of 3s",
+			"check sender_access  ok     no action",
+		}},
+		{"192.0.2.7", "mail1.jp-good.example", "a@example.org", []string{
+			"check helo_access          reject  asks reject",
+			`=> reject "550 5.7.1 <mail1.jp-good.example>: Helo command rejected: Access denied", by helo_access`,
+		}},
+		{"192.0.2.7", "mx.example.org", "alice", []string{
+			"check require_fqdn_sender  fail  asks reject",
+		}},
+	} {
+		code, out, errs := runCmd("explain", "-no-dns", "-config", config, "-client", tc.client, "-helo", tc.helo, "-sender", tc.sender)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s %s %s: output lacks %q\n%s", tc.client, tc.helo, tc.sender, want, out)
+			}
+		}
+		if strings.Contains(out, "dnsbl") {
+			t.Errorf("-no-dns asked the blocklist:\n%s", out)
+		}
+	}
+}
+
+// Sessions held open at once are explained on counters of their own: a
+// connection rate that the repetitions used up does not answer for the
+// concurrency limit.
+func TestExplainConcurrencyWithConnectionRate(t *testing.T) {
+	config := writeConfig(t, `trusted = []
+
+[[limit]]
+name = "connrate"
+count = "connections"
+per = "client_ip"
+rate = "5/1h"
+
+[[limit]]
+name = "conc"
+count = "concurrent"
+per = "client_ip"
+max = 3
+`)
+	code, out, errs := runCmd("explain", "-config", config, "-client", "192.0.2.7", "-sender", "a@example.org")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		`from session 6, connect: tempfail "421 4.7.0 Rate limit connrate exceeded for client_ip:192.0.2.7`,
+		`session 4, connect: tempfail "421 4.7.0 Rate limit conc exceeded for client_ip:192.0.2.7", by conc`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q\n%s", want, out)
+		}
 	}
 }
 

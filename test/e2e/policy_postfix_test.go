@@ -53,12 +53,7 @@ action = "hold"
 	msgs := pf.WaitDelivered(3, time.Minute)
 	var held []mta.QueueEntry
 	err := pollFor(30*time.Second, func() bool {
-		held = held[:0]
-		for _, e := range pf.Queue() {
-			if e.QueueName == "hold" {
-				held = append(held, e)
-			}
-		}
+		held = pf.Held()
 		return len(held) == 2
 	})
 	out, _ := exec.Command("/usr/sbin/postqueue", "-c", filepath.Join(pf.Dir, "etc"), "-j").CombinedOutput()
@@ -114,7 +109,9 @@ action = "hold"
 	for _, m := range tagged {
 		v := m.Header.Get("X-Sluice-Limit")
 		t.Logf("%s: X-Sluice-Limit: %s", m.Header.Get("Subject"), v)
-		if !strings.HasPrefix(v, "runaway; key=sender:"+script+"; count=") || !strings.HasSuffix(v, "; action=hold") {
+		// Held messages are not counted: each says the window holds the
+		// limit's 3 and the message would be one more.
+		if !strings.HasPrefix(v, "runaway; key=sender:"+script+"; count=3+1; limit=3/1h;") || !strings.HasSuffix(v, "; action=hold") {
 			t.Errorf("released message's header %q", v)
 		}
 	}
@@ -474,7 +471,7 @@ func checkTagValue(t *testing.T, what, v string) {
 	if quoted || fields != 6 {
 		t.Errorf("%s: %q has %d fields (unclosed quote: %v), want 6", what, v, fields, quoted)
 	}
-	for _, f := range []string{"per-sender; key=", "; count=2; limit=1/1h; retry_after=", "; would=tempfail"} {
+	for _, f := range []string{"per-sender; key=", "; count=1+1; limit=1/1h; retry_after=", "; would=tempfail"} {
 		if !strings.Contains(v, f) {
 			t.Errorf("%s: %q lacks %q", what, v, f)
 		}

@@ -4,6 +4,7 @@ package mta
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -29,6 +30,10 @@ type PostfixOptions struct {
 	// Submission adds a second smtpd listener whose milter {daemon_name} is
 	// "submission" (the first one's is "smtpd").
 	Submission bool
+	// UnnamedListener leaves the port-25 listener as master.cf.dist has
+	// it, without -o milter_macro_daemon_name: Postfix then sends its
+	// default, $myhostname ("mx.example.test").
+	UnnamedListener bool
 	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
 	// "user@realm" -> password.
 	SASLUsers map[string]string
@@ -42,7 +47,7 @@ type PostfixOptions struct {
 // message to a Sink.
 type Postfix struct {
 	Dir            string
-	Addr           string // the smtpd listener, 127.0.0.1:PORT; {daemon_name} "smtpd"
+	Addr           string // the smtpd listener, 127.0.0.1:PORT; {daemon_name} "smtpd" (or "mx.example.test", unnamed)
 	SubmissionAddr string // with PostfixOptions.Submission; {daemon_name} "submission"
 	Sink           *Sink
 
@@ -113,7 +118,11 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	// port-25 smtpd replaced by ours on a free port.
 	testenv.Run(t, "postconf", "-c", p.etc, "-F", "*/*/chroot = n")
 	testenv.Run(t, "postconf", "-c", p.etc, "-MX", "smtp/inet")
-	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd -o milter_macro_daemon_name=smtpd")
+	named := " -o milter_macro_daemon_name=smtpd"
+	if opts.UnnamedListener {
+		named = ""
+	}
+	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd"+named)
 	if opts.Submission {
 		testenv.Run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
 			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
@@ -299,6 +308,18 @@ func (p *Postfix) queueErr() ([]QueueEntry, error) {
 	return q, nil
 }
 
+// Held lists the messages in Postfix's hold queue.
+func (p *Postfix) Held() []QueueEntry {
+	p.t.Helper()
+	var held []QueueEntry
+	for _, e := range p.Queue() {
+		if e.QueueName == "hold" {
+			held = append(held, e)
+		}
+	}
+	return held
+}
+
 // Postsuper runs postsuper on this Postfix's queue: "-H", "ALL" releases
 // held messages (into the deferred queue: Flush sends them), "-d", "ALL"
 // deletes every message.
@@ -352,3 +373,15 @@ func postfixIDs() (uid, gid int, err error) {
 
 func hostOf(addr string) string { h, _, _ := strings.Cut(addr, ":"); return h }
 func portOf(addr string) string { _, p, _ := strings.Cut(addr, ":"); return p }
+
+// Submit hands a message to Postfix as a local program does, through its
+// sendmail(1) and postdrop: pickup and cleanup then run it through
+// non_smtpd_milters (PostfixOptions.Main), not smtpd.
+func (p *Postfix) Submit(from string, to []string, msg []byte) {
+	p.t.Helper()
+	cmd := testenv.Command("sendmail", append([]string{"-C", p.etc, "-f", from, "--"}, to...)...)
+	cmd.Stdin = bytes.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		p.t.Fatalf("sendmail -f %s: %v\n%s", from, err, out)
+	}
+}

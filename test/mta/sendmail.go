@@ -45,10 +45,37 @@ type Sendmail struct {
 	Addr string // 127.0.0.1:PORT; {daemon_name} "MTA"
 	Sink *Sink
 
-	t     testing.TB
-	proc  *testenv.Process
-	out   bytes.Buffer
-	queue string
+	t       testing.TB
+	proc    *testenv.Process
+	out     bytes.Buffer
+	queue   string
+	bin, cf string // the binary and its config
+	unshare string
+}
+
+// command runs Sendmail with args in a namespace of its own, where its
+// hosts file names the host and the host name is qualified.
+func (s *Sendmail) command(args ...string) *exec.Cmd {
+	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s %s",
+		testenv.ShellQuote([]string{filepath.Join(s.Dir, "hosts")}), testenv.ShellQuote([]string{s.bin}),
+		testenv.ShellQuote([]string{s.cf}), testenv.ShellQuote(args))
+	cmd := exec.Command(s.unshare, "--uts", "--mount", "sh", "-c", script)
+	cmd.Dir = s.Dir
+	return cmd
+}
+
+// SubmitSMTP speaks SMTP to "sendmail -bs" (SMTP on standard input, as a
+// local program submits with it) through swaks, and returns swaks's
+// transcript. The milter sees a session without a client address.
+func (s *Sendmail) SubmitSMTP(from string, to []string, body string) string {
+	s.t.Helper()
+	swaks := testenv.Tool(s.t, "swaks")
+	args := []string{"--pipe", testenv.ShellQuote(s.command("-bs").Args), "--from", from, "--to", strings.Join(to, ","),
+		"--helo", "localhost", "--body", body, "--timeout", "60"}
+	cmd := exec.Command(swaks, args...)
+	cmd.Dir = s.Dir
+	out, _ := cmd.CombinedOutput()
+	return string(out)
 }
 
 var sendmailMC = template.Must(template.New("mc").Parse(`divert(-1)
@@ -180,10 +207,8 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 		t.Fatal(err)
 	}
 
-	bin := filepath.Join(root, "usr/libexec/sendmail/sendmail")
-	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s -bD",
-		testenv.ShellQuote([]string{filepath.Join(dir, "hosts")}), testenv.ShellQuote([]string{bin}), testenv.ShellQuote([]string{cfPath}))
-	cmd = exec.Command(unshare, "--uts", "--mount", "sh", "-c", script)
+	s.bin, s.cf, s.unshare = filepath.Join(root, "usr/libexec/sendmail/sendmail"), cfPath, unshare
+	cmd = s.command("-bD")
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &s.out, &s.out
 	s.proc = testenv.StartProcess(t, "sendmail", cmd)
