@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
 
 	"sluice/conf"
@@ -22,9 +23,10 @@ import (
 	"sluice/limits/memstore"
 )
 
-// version is set at build time with -ldflags "-X main.version=..."; without
-// it, the module version or VCS revision stands in.
-var version = ""
+// version and commit are set by packaging/build-deb with -ldflags "-X
+// main.version=... -X main.commit=...", from packaging/changelog and git.
+// A plain go build leaves them empty and the build info stands in.
+var version, commit string
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -45,7 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "explain":
 		return explainCmd(args, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "sluice", versionString())
+		v, c := build()
+		fmt.Fprintf(stdout, "sluice %s (commit %s, %s %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "help":
 		usage(stdout)
@@ -121,34 +124,52 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// versionString is the version the binary was built as.
 func versionString() string {
-	if version != "" {
-		return version
-	}
+	v, _ := build()
+	return v
+}
+
+// build returns the version and commit set at build time; without them,
+// the module version ("devel" for a build in a checkout) and the VCS
+// revision the go command recorded, "+dirty" when the tree had changes.
+func build() (ver, rev string) {
+	ver, rev = version, commit
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "unknown"
+		return or(ver, "devel"), or(rev, "unknown")
 	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return v
-	}
-	rev, dirty := "", false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
+	if ver == "" {
+		ver = "devel"
+		if v := bi.Main.Version; v != "" && v != "(devel)" {
+			ver = v
 		}
 	}
 	if rev == "" {
-		return "devel"
+		dirty := false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if rev == "" {
+			rev = "unknown"
+		} else if dirty {
+			rev += "+dirty"
+		}
 	}
-	if len(rev) > 12 {
-		rev = rev[:12]
+	return ver, rev
+}
+
+func or(s, alt string) string {
+	if s == "" {
+		return alt
 	}
-	if dirty {
-		rev += "+dirty"
-	}
-	return "devel-" + rev
+	return s
 }
