@@ -1,0 +1,182 @@
+package maillog
+
+import (
+	"net/netip"
+
+	"sluice/smtp"
+)
+
+// Session is one client's session as milters saw it: from its connection
+// to its end, or to an XCLIENT that handed the connection to another
+// client (Postfix then closes the milter session and opens a new one).
+type Session struct {
+	MTA        MTA
+	Start, End int64 // Unix nanoseconds
+	ClientIP   netip.Addr
+	ClientName string
+	Listener   string
+	// Helos is how many HELO/EHLO commands milters saw; Helo the name,
+	// when a line logged it.
+	Helos    int
+	Helo     string
+	SASLUser string
+	Messages []*Message
+	// Partial: the log does not hold the whole session (its connection
+	// or its end is missing: a rotated log, a session cut by the
+	// session timeout).
+	Partial bool
+}
+
+// Message is one mail transaction.
+type Message struct {
+	QueueID string
+	// Time is when MAIL FROM was given, as near as the log tells (the
+	// first line of the transaction); DataTime the end of DATA.
+	Time, DataTime int64
+	Sender         string
+	SenderKnown    bool
+	Rcpts          []Rcpt
+	Size           int64 // as the MTA logged it: with the Received: field it adds
+	Nrcpt          int   // recipients the MTA accepted, when it logged it; -1 if not
+	// MailSeen: milters saw MAIL FROM (the MTA did not refuse it first).
+	MailSeen bool
+	// Data: the message reached the end of DATA and milters saw it.
+	Data bool
+	// Accepted: the MTA took the message (queued, held or discarded).
+	Accepted bool
+	// Partial: lines of the transaction are missing (its sender, its
+	// recipients, its end).
+	Partial bool
+
+	queued   bool // the MTA logged its sender, size and recipient count
+	final    bool // nothing more is to come
+	hasRcpts map[string]uint8
+}
+
+// Rcpt is one recipient given in RCPT TO.
+type Rcpt struct {
+	Addr string
+	Time int64
+	// Seen: milters saw the RCPT (the MTA did not refuse it first).
+	Seen bool
+}
+
+// addRcpt records a recipient once as seen by milters and once as
+// refused by the MTA: a delivery retried, or a line logged twice, is the
+// same RCPT.
+func (m *Message) addRcpt(addr string, t int64, seen bool) {
+	flag := rcptRefused
+	if seen {
+		flag = rcptSeen
+	}
+	if m.hasRcpts == nil {
+		m.hasRcpts = make(map[string]uint8, 2)
+	}
+	if m.hasRcpts[addr]&flag != 0 {
+		return
+	}
+	m.hasRcpts[addr] |= flag
+	m.Rcpts = append(m.Rcpts, Rcpt{Addr: addr, Time: t, Seen: seen})
+}
+
+const (
+	rcptSeen    uint8 = 1
+	rcptRefused uint8 = 2
+)
+
+// accepted is how many recipients milters saw.
+func (m *Message) accepted() int {
+	n := 0
+	for _, r := range m.Rcpts {
+		if r.Seen {
+			n++
+		}
+	}
+	return n
+}
+
+// StepKind is one call a front end makes on the engine's session.
+type StepKind uint8
+
+const (
+	StepOpen  StepKind = iota // open the session and ask CONNECT
+	StepHelo                  // HELO/EHLO
+	StepMail                  // MAIL FROM: Message
+	StepRcpt                  // RCPT TO: Message.Rcpts[Rcpt]
+	StepData                  // end of DATA: Message
+	StepEnd                   // the transaction is over: Message, accepted or not
+	StepClose                 // the session is over
+)
+
+var stepNames = [...]string{"open", "helo", "mail", "rcpt", "data", "end", "close"}
+
+func (k StepKind) String() string {
+	if int(k) < len(stepNames) {
+		return stepNames[k]
+	}
+	return "step?"
+}
+
+// Step is one thing that happened in a session, at its time.
+type Step struct {
+	Time    int64
+	Kind    StepKind
+	Session *Session
+	Message *Message
+	Rcpt    int
+}
+
+// Stage is the engine stage a step asks, if any.
+func (s *Step) Stage() (smtp.Stage, bool) {
+	switch s.Kind {
+	case StepOpen:
+		return smtp.Connect, true
+	case StepHelo:
+		return smtp.Helo, true
+	case StepMail:
+		return smtp.Mail, true
+	case StepRcpt:
+		return smtp.Rcpt, true
+	case StepData:
+		return smtp.Data, true
+	}
+	return 0, false
+}
+
+// steps lists the session's steps in the order milters saw them. Times
+// never go back within a session.
+func (s *Session) steps() []Step {
+	n := 2 + s.Helos
+	for _, m := range s.Messages {
+		n += 3 + len(m.Rcpts)
+	}
+	out := make([]Step, 0, n)
+	t := s.Start
+	add := func(at int64, k StepKind, m *Message, rcpt int) {
+		t = max(t, at)
+		out = append(out, Step{Time: t, Kind: k, Session: s, Message: m, Rcpt: rcpt})
+	}
+	add(s.Start, StepOpen, nil, 0)
+	for range s.Helos {
+		add(s.Start, StepHelo, nil, 0)
+	}
+	for _, m := range s.Messages {
+		if !m.MailSeen {
+			continue
+		}
+		add(m.Time, StepMail, m, 0)
+		for i, r := range m.Rcpts {
+			if r.Seen {
+				add(r.Time, StepRcpt, m, i)
+			}
+		}
+		end := m.Time
+		if m.Data {
+			add(m.DataTime, StepData, m, 0)
+			end = m.DataTime
+		}
+		add(end, StepEnd, m, 0)
+	}
+	add(s.End, StepClose, nil, 0)
+	return out
+}
