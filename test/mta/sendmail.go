@@ -34,6 +34,9 @@ type SendmailOptions struct {
 	Sink *Sink
 	// MC holds more .mc lines, added before the mailers.
 	MC string
+	// Syslog gives Sendmail a syslog of its own: its log lines go to
+	// DIR/maillog (see Log), as a syslog daemon writes them.
+	Syslog bool
 }
 
 // Sendmail is a throw-away Sendmail daemon under one directory, relaying
@@ -183,6 +186,11 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 	bin := filepath.Join(root, "usr/libexec/sendmail/sendmail")
 	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s -bD",
 		testenv.ShellQuote([]string{filepath.Join(dir, "hosts")}), testenv.ShellQuote([]string{bin}), testenv.ShellQuote([]string{cfPath}))
+	if opts.Syslog {
+		sock := filepath.Join(dir, "log.sock")
+		startSyslog(t, sock, filepath.Join(dir, "maillog"), "smta")
+		script = privateDevLog(sock) + " && " + script
+	}
 	cmd = exec.Command(unshare, "--uts", "--mount", "sh", "-c", script)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &s.out, &s.out
@@ -213,6 +221,12 @@ func (s *Sendmail) Stop() {
 	if s.t.Failed() && s.out.Len() > 0 {
 		s.t.Logf("sendmail output:\n%s", s.out.String())
 	}
+}
+
+// Log returns what Sendmail logged so far, with SendmailOptions.Syslog.
+func (s *Sendmail) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "maillog"))
+	return string(b)
 }
 
 // Queue lists the files of the messages in Sendmail's queue (qf*).

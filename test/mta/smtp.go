@@ -250,3 +250,21 @@ func NewMessage(from, to, subject string, extra ...string) []byte {
 	fmt.Fprintf(&b, "\r\nTest message %d.\r\n", n)
 	return b.Bytes()
 }
+
+// DialFrom is Dial from the local address from (an IP on loopback such
+// as 127.0.0.7), so that one machine can pose as several clients to an
+// MTA without XCLIENT (Sendmail).
+func DialFrom(addr, from string) (*Client, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{conn: conn, text: textproto.NewConn(conn), Timeout: 30 * time.Second}
+	c.Greeting, err = c.read()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("greeting from %s: %v", addr, err)
+	}
+	return c, nil
+}
