@@ -64,10 +64,16 @@ type conn struct {
 	mta      MTA
 	sessions []*Session
 	start    int64
-	last     int64  // the last line that touched it
-	closed   bool   // its end was logged
-	ready    bool   // handed to the schedule
-	seq      uint64 // the order conns began in, which breaks ties of time
+	startSeq uint64
+	last     int64 // the time of the last line that touched it
+	lastSeq  uint64
+	// own is the time of the last line of its server process (not of
+	// its messages' delivery): where its session ends.
+	own    int64
+	ownSeq uint64
+	closed bool   // its end was logged
+	ready  bool   // handed to the schedule
+	seq    uint64 // the order conns began in, which breaks ties of time
 	// The command counts of Postfix's disconnect line; -1: not logged.
 	helos, xclients, mails, datas int
 	// cur is the transaction in progress: the NOQUEUE refusals and queue
@@ -107,6 +113,7 @@ type Rebuilder struct {
 	now     int64
 	swept   int64
 	seq     uint64
+	line    uint64 // lines added: the order of events within a second
 	open    int
 }
 
@@ -130,6 +137,7 @@ func (r *Rebuilder) listener(name string) string {
 
 // Add takes one event, in log order.
 func (r *Rebuilder) Add(e *Event) {
+	r.line++
 	if e.Time > r.now {
 		r.now = e.Time
 	}
@@ -179,6 +187,7 @@ func (r *Rebuilder) count(e *Event) {
 func (r *Rebuilder) Flush() {
 	r.expire(r.now + 1)
 	r.release()
+	r.sched.run(r.now+1, 0, r.Emit)
 }
 
 // Open is how many connections are still open or waiting for lines.
@@ -190,7 +199,7 @@ func (r *Rebuilder) newConn(k connKey, mta MTA, t int64, closed *conn) *conn {
 		r.end(closed, true)
 	}
 	r.seq++
-	c := &conn{key: k, mta: mta, start: t, last: t, seq: r.seq, helos: -1, xclients: -1, mails: -1, datas: -1}
+	c := &conn{key: k, mta: mta, start: t, startSeq: r.line, last: t, own: t, ownSeq: r.line, seq: r.seq, helos: -1, xclients: -1, mails: -1, datas: -1}
 	r.conns[k] = c
 	r.open++
 	r.byStart = append(r.byStart, c)
@@ -198,8 +207,8 @@ func (r *Rebuilder) newConn(k connKey, mta MTA, t int64, closed *conn) *conn {
 	return c
 }
 
-func (r *Rebuilder) newSession(c *conn, e *Event, t int64) *Session {
-	s := &Session{MTA: c.mta, Start: t, End: t, Listener: r.listener(e.Listener)}
+func (r *Rebuilder) newSession(c *conn, e *Event, t int64, seq uint64) *Session {
+	s := &Session{MTA: c.mta, Start: t, End: t, startSeq: seq, endSeq: seq, Listener: r.listener(e.Listener)}
 	if e.HasClient {
 		s.ClientIP, s.ClientName = e.ClientIP, e.ClientName
 	}
@@ -208,9 +217,17 @@ func (r *Rebuilder) newSession(c *conn, e *Event, t int64) *Session {
 	return s
 }
 
+// seen marks a line of c's own server process at t: the session lasts
+// at least until then.
+func (r *Rebuilder) seen(c *conn, t int64) {
+	c.own, c.ownSeq = max(c.own, t), r.line
+	r.touch(c, t)
+}
+
 // touch marks c as seen at t: it moves to the end of the idle list.
 func (r *Rebuilder) touch(c *conn, t int64) {
 	c.last = max(c.last, t)
+	c.lastSeq = r.line
 	if r.idle.tail == c {
 		return
 	}
@@ -244,16 +261,16 @@ func (r *Rebuilder) postfix(e *Event) {
 	switch e.Kind {
 	case Connect:
 		c := r.newConn(k, Postfix, e.Time, r.conns[k])
-		r.newSession(c, e, e.Time)
+		r.newSession(c, e, e.Time, r.line)
 		return
 	case Disconnect:
 		c := r.conns[k]
 		if c == nil {
 			// The log began inside this session.
 			c = r.newConn(k, Postfix, e.Time, nil)
-			r.newSession(c, e, e.Time).Partial = true
+			r.newSession(c, e, e.Time, r.line).Partial = true
 		}
-		r.touch(c, e.Time)
+		r.seen(c, e.Time)
 		r.switchClient(c, e)
 		c.helos, c.xclients, c.mails, c.datas = e.Helos, e.XClients, e.Mails, e.Datas
 		r.close(c)
@@ -278,9 +295,9 @@ func (r *Rebuilder) smtpdTransaction(k connKey, e *Event) {
 	c := r.conns[k]
 	if c == nil {
 		c = r.newConn(k, Postfix, e.Time, nil)
-		r.newSession(c, e, e.Time).Partial = true
+		r.newSession(c, e, e.Time, r.line).Partial = true
 	}
-	r.touch(c, e.Time)
+	r.seen(c, e.Time)
 	s := r.switchClient(c, e)
 	if e.Kind == Refused && (e.Stage == smtp.Connect || e.Stage == smtp.Helo) {
 		if e.Helo != "" {
@@ -300,7 +317,7 @@ func (r *Rebuilder) smtpdTransaction(k connKey, e *Event) {
 		// with NOQUEUE refusals is joined to it at the end, when
 		// Postfix's count of MAIL commands says so.
 		if m == nil || m.QueueID != "" || e.QueueID != "" || !sameTransaction(m, e) {
-			m = &Message{Time: e.Time, Nrcpt: -1}
+			m = &Message{Time: e.Time, seq: r.line, Nrcpt: -1}
 			s.Messages = append(s.Messages, m)
 			c.cur = m
 		}
@@ -353,18 +370,18 @@ func (r *Rebuilder) refuse(m *Message, e *Event) {
 		// was given and passed.
 		m.MailSeen = true
 		for _, a := range e.Rcpts {
-			m.addRcpt(a, e.Time, seen || e.Action == smtp.ActionHold || e.Action == actionDiscard)
+			m.addRcpt(a, e.Time, r.line, seen || e.Action == smtp.ActionHold || e.Action == actionDiscard)
 		}
 	case smtp.Data:
 		m.MailSeen = true
 		if e.By == ByMilter || e.Action == smtp.ActionHold || e.Action == actionDiscard {
 			m.Data = true
-			m.DataTime = e.Time
+			m.DataTime, m.dataSeq = e.Time, r.line
 		}
 		if e.Action == smtp.ActionHold || e.Action == actionDiscard {
 			m.Accepted = true
 			for _, a := range e.Rcpts {
-				m.addRcpt(a, e.Time, true)
+				m.addRcpt(a, e.Time, r.line, true)
 			}
 		}
 		m.final = true
@@ -372,7 +389,10 @@ func (r *Rebuilder) refuse(m *Message, e *Event) {
 }
 
 // switchClient follows an XCLIENT: a line naming another client than the
-// session's starts a new milter session for it.
+// session's starts a new milter session for it. Postfix does not log the
+// XCLIENT command itself; a proxy or a test sends it right after the
+// greeting, so a session that had no transaction yet is taken to have
+// ended as it began, and the new client's to begin then.
 func (r *Rebuilder) switchClient(c *conn, e *Event) *Session {
 	s := c.session()
 	if !e.HasClient || c.mta != Postfix || e.ClientIP == s.ClientIP && e.ClientName == s.ClientName {
@@ -382,8 +402,12 @@ func (r *Rebuilder) switchClient(c *conn, e *Event) *Session {
 		s.ClientIP, s.ClientName = e.ClientIP, e.ClientName
 		return s
 	}
-	s.End = e.Time
-	return r.newSession(c, e, e.Time)
+	at, seq := e.Time, r.line
+	if len(s.Messages) == 0 {
+		at, seq = s.Start, s.startSeq
+	}
+	s.End, s.endSeq = at, seq
+	return r.newSession(c, e, at, seq)
 }
 
 // queueEvent places a line about a queued message: cleanup, qmgr and the
@@ -406,17 +430,17 @@ func (r *Rebuilder) queueEvent(e *Event) {
 	r.touch(c, e.Time)
 	switch e.Kind {
 	case Data:
-		m.MailSeen, m.Data, m.DataTime = true, true, e.Time
+		m.MailSeen, m.Data, m.DataTime, m.dataSeq = true, true, e.Time, r.line
 	case Queued:
 		m.MailSeen, m.Data, m.Accepted, m.queued = true, true, true, true
 		if m.DataTime == 0 {
-			m.DataTime = e.Time
+			m.DataTime, m.dataSeq = e.Time, r.line
 		}
 		m.Sender, m.SenderKnown = e.Sender, true
 		m.Size, m.Nrcpt = e.Size, e.Nrcpt
 	case Delivery:
 		for _, a := range e.Rcpts {
-			m.addRcpt(a, m.Time, true)
+			m.addRcpt(a, m.Time, m.seq, true)
 		}
 	case Removed:
 		m.final = true
@@ -464,9 +488,9 @@ func (r *Rebuilder) sendmail(e *Event) {
 	}
 	if c == nil {
 		c = r.newConn(k, Sendmail, e.Time, r.conns[k])
-		r.newSession(c, e, e.Time)
+		r.newSession(c, e, e.Time, r.line)
 	}
-	r.touch(c, e.Time)
+	r.seen(c, e.Time)
 	s := c.session()
 	if e.HasClient && !s.ClientIP.IsValid() {
 		s.ClientIP, s.ClientName = e.ClientIP, e.ClientName
@@ -491,7 +515,7 @@ func (r *Rebuilder) sendmail(e *Event) {
 	}
 	m := r.queue[queueKey{e.Host, e.QueueID}]
 	if m == nil {
-		m = &Message{QueueID: e.QueueID, Time: e.Time, Nrcpt: -1, MailSeen: true}
+		m = &Message{QueueID: e.QueueID, Time: e.Time, seq: r.line, Nrcpt: -1, MailSeen: true}
 		s.Messages = append(s.Messages, m)
 		r.queue[queueKey{e.Host, e.QueueID}] = m
 		r.owner[m] = c
@@ -503,7 +527,7 @@ func (r *Rebuilder) sendmail(e *Event) {
 		m.Sender, m.SenderKnown = e.Sender, true
 		m.Nrcpt = e.Nrcpt
 		if e.Size > 0 && e.Nrcpt > 0 {
-			m.Size, m.Data, m.DataTime, m.Accepted, m.queued = e.Size, true, e.Time, true, true
+			m.Size, m.Data, m.DataTime, m.dataSeq, m.Accepted, m.queued = e.Size, true, e.Time, r.line, true, true
 		} else {
 			if e.Nrcpt > 0 {
 				// Recipients accepted, then no message: their addresses
@@ -568,13 +592,9 @@ func (r *Rebuilder) finish(c *conn, cut bool) {
 	r.mergeNoqueue(c)
 	r.placeHelos(c)
 	last := c.sessions[len(c.sessions)-1]
-	if cut || !c.closed {
-		last.End = c.last
-		if c.mta == Postfix {
-			last.Partial = true
-		}
-	} else {
-		last.End = max(last.End, c.last)
+	last.End, last.endSeq = c.own, c.ownSeq
+	if (cut || !c.closed) && c.mta == Postfix {
+		last.Partial = true
 	}
 	for i, s := range c.sessions {
 		if s.End < s.Start {
@@ -625,7 +645,9 @@ func (r *Rebuilder) mergeNoqueue(c *conn) {
 			for _, rc := range a.Rcpts {
 				b.Rcpts = append([]Rcpt{rc}, b.Rcpts...)
 			}
-			b.Time = min(b.Time, a.Time)
+			if a.Time < b.Time || a.Time == b.Time && a.seq < b.seq {
+				b.Time, b.seq = a.Time, a.seq
+			}
 			if !b.SenderKnown {
 				b.Sender, b.SenderKnown = a.Sender, a.SenderKnown
 			}
@@ -677,14 +699,14 @@ func (r *Rebuilder) release() {
 		i++
 	}
 	r.byStart = r.byStart[i:]
-	until := r.now
+	until, line := r.now, r.line+1
 	if len(r.byStart) > 0 {
-		until = r.byStart[0].start
+		until, line = r.byStart[0].start, r.byStart[0].startSeq
 	}
 	if len(r.byStart) == 0 && cap(r.byStart) > 1024 {
 		r.byStart = nil
 	}
-	r.sched.run(until, r.Emit)
+	r.sched.run(until, line, r.Emit)
 }
 
 // schedule merges the steps of finished sessions in time order.
@@ -700,6 +722,10 @@ func (s schedule) Less(i, j int) bool {
 	a, b := s[i], s[j]
 	if a.steps[0].Time != b.steps[0].Time {
 		return a.steps[0].Time < b.steps[0].Time
+	}
+	// Lines logged in the same second (or microsecond) keep their order.
+	if a.steps[0].Seq != b.steps[0].Seq {
+		return a.steps[0].Seq < b.steps[0].Seq
 	}
 	return a.seq < b.seq
 }
@@ -719,12 +745,12 @@ func (s *schedule) add(steps []Step, seq uint64) {
 	}
 }
 
-// run hands on the steps due up to and including until.
-func (s *schedule) run(until int64, emit func(*Step)) {
+// run hands on the steps before the line of number line at time until.
+func (s *schedule) run(until int64, line uint64, emit func(*Step)) {
 	for len(*s) > 0 {
 		c := (*s)[0]
 		st := &c.steps[0]
-		if st.Time > until {
+		if st.Time > until || st.Time == until && st.Seq >= line {
 			return
 		}
 		emit(st)

@@ -25,6 +25,8 @@ type Session struct {
 	// or its end is missing: a rotated log, a session cut by the
 	// session timeout).
 	Partial bool
+
+	startSeq, endSeq uint64 // the lines of its start and end
 }
 
 // Message is one mail transaction.
@@ -48,9 +50,10 @@ type Message struct {
 	// recipients, its end).
 	Partial bool
 
-	queued   bool // the MTA logged its sender, size and recipient count
-	final    bool // nothing more is to come
-	hasRcpts map[string]uint8
+	seq, dataSeq uint64 // the lines of Time and DataTime
+	queued       bool   // the MTA logged its sender, size and recipient count
+	final        bool   // nothing more is to come
+	hasRcpts     map[string]uint8
 }
 
 // Rcpt is one recipient given in RCPT TO.
@@ -59,12 +62,13 @@ type Rcpt struct {
 	Time int64
 	// Seen: milters saw the RCPT (the MTA did not refuse it first).
 	Seen bool
+	seq  uint64
 }
 
 // addRcpt records a recipient once as seen by milters and once as
 // refused by the MTA: a delivery retried, or a line logged twice, is the
 // same RCPT.
-func (m *Message) addRcpt(addr string, t int64, seen bool) {
+func (m *Message) addRcpt(addr string, t int64, seq uint64, seen bool) {
 	flag := rcptRefused
 	if seen {
 		flag = rcptSeen
@@ -76,7 +80,7 @@ func (m *Message) addRcpt(addr string, t int64, seen bool) {
 		return
 	}
 	m.hasRcpts[addr] |= flag
-	m.Rcpts = append(m.Rcpts, Rcpt{Addr: addr, Time: t, Seen: seen})
+	m.Rcpts = append(m.Rcpts, Rcpt{Addr: addr, Time: t, Seen: seen, seq: seq})
 }
 
 const (
@@ -120,6 +124,7 @@ func (k StepKind) String() string {
 // Step is one thing that happened in a session, at its time.
 type Step struct {
 	Time    int64
+	Seq     uint64 // the log line it comes from: the order within one time
 	Kind    StepKind
 	Session *Session
 	Message *Message
@@ -151,32 +156,32 @@ func (s *Session) steps() []Step {
 		n += 3 + len(m.Rcpts)
 	}
 	out := make([]Step, 0, n)
-	t := s.Start
-	add := func(at int64, k StepKind, m *Message, rcpt int) {
-		t = max(t, at)
-		out = append(out, Step{Time: t, Kind: k, Session: s, Message: m, Rcpt: rcpt})
+	t, seq := s.Start, s.startSeq
+	add := func(at int64, line uint64, k StepKind, m *Message, rcpt int) {
+		t, seq = max(t, at), max(seq, line)
+		out = append(out, Step{Time: t, Seq: seq, Kind: k, Session: s, Message: m, Rcpt: rcpt})
 	}
-	add(s.Start, StepOpen, nil, 0)
+	add(s.Start, s.startSeq, StepOpen, nil, 0)
 	for range s.Helos {
-		add(s.Start, StepHelo, nil, 0)
+		add(s.Start, s.startSeq, StepHelo, nil, 0)
 	}
 	for _, m := range s.Messages {
 		if !m.MailSeen {
 			continue
 		}
-		add(m.Time, StepMail, m, 0)
+		add(m.Time, m.seq, StepMail, m, 0)
 		for i, r := range m.Rcpts {
 			if r.Seen {
-				add(r.Time, StepRcpt, m, i)
+				add(r.Time, r.seq, StepRcpt, m, i)
 			}
 		}
-		end := m.Time
+		end, endSeq := m.Time, m.seq
 		if m.Data {
-			add(m.DataTime, StepData, m, 0)
-			end = m.DataTime
+			add(m.DataTime, m.dataSeq, StepData, m, 0)
+			end, endSeq = m.DataTime, m.dataSeq
 		}
-		add(end, StepEnd, m, 0)
+		add(end, endSeq, StepEnd, m, 0)
 	}
-	add(s.End, StepClose, nil, 0)
+	add(s.End, s.endSeq, StepClose, nil, 0)
 	return out
 }

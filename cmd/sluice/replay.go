@@ -38,6 +38,7 @@ func replayCmd(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("session_timeout", 10*time.Minute, "close a session no line touched for this long, in log time")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	html := fs.String("html", "", "also write the report as a self-contained HTML page to this file")
+	text := fs.String("text", "", "also write the report's tables to this file (with -json, the same run's)")
 	maxKeys := fs.Int("max_keys", 0, "counters the replay keeps (default: the config's [store] max_keys)")
 	store := fs.String("store", "memory", "where the replay counts: memory (a fresh store of its own; the only choice)")
 	listeners := map[string]string{}
@@ -132,6 +133,12 @@ func replayCmd(args []string, stdout, stderr io.Writer) int {
 	rep := r.Report(&rb.Stats, from, to)
 	if *html != "" {
 		if err := writeFileWith(*html, rep.WriteHTML); err != nil {
+			fmt.Fprintln(stderr, "sluice replay:", err)
+			return 1
+		}
+	}
+	if *text != "" {
+		if err := writeFileWith(*text, rep.WriteText); err != nil {
 			fmt.Fprintln(stderr, "sluice replay:", err)
 			return 1
 		}

@@ -27,7 +27,8 @@ type PostfixOptions struct {
 	// milter is down: "tempfail" (the default here) or "accept".
 	DefaultAction string
 	// Submission adds a second smtpd listener whose milter {daemon_name} is
-	// "submission" (the first one's is "smtpd").
+	// "submission" (the first one's is "smtpd"); it logs as
+	// postfix/submission/smtpd, as Debian's master.cf has it.
 	Submission bool
 	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
 	// "user@realm" -> password.
@@ -116,7 +117,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd -o milter_macro_daemon_name=smtpd")
 	if opts.Submission {
 		testenv.Run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
-			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
+			" inet n - n - - smtpd -o milter_macro_daemon_name=submission -o syslog_name=postfix/submission")
 	}
 
 	testenv.Run(t, bin, "-c", p.etc, "start") // runs "postfix check" first
