@@ -147,7 +147,9 @@ func TestPostfixLines(t *testing.T) {
 		{"postfix/local[6]: 4F1A2B3C: to=<root@mx>, orig_to=<postmaster@mx>, relay=local, delay=0, status=sent (delivered)",
 			func(e *Event) bool { return e.Kind == Delivery && e.Rcpts[0] == "postmaster@mx" }},
 		{"postfix/smtpd[9]: disconnect from c[192.0.2.7] ehlo=2 xclient=1 mail=3 rcpt=2/4 data=1 bdat=1 rset=1 quit=1 commands=10/12",
-			func(e *Event) bool { return e.Kind == Disconnect && e.Helos == 2 && e.XClients == 1 && e.Mails == 3 && e.Datas == 2 }},
+			func(e *Event) bool {
+				return e.Kind == Disconnect && e.Helos == 2 && e.XClients == 1 && e.Mails == 3 && e.Datas == 2
+			}},
 		{"postfix/anvil[5]: statistics: max connection rate 1/60s", func(e *Event) bool { return e.Kind == Ignored }},
 		{"cron[5]: (root) CMD (true)", func(e *Event) bool { return e.Kind == Ignored }},
 	} {
@@ -182,15 +184,21 @@ func TestSendmailLines(t *testing.T) {
 				return e.Kind == Delivery && len(e.Rcpts) == 2 && e.Rcpts[0] == "b@example.org" && e.Rcpts[1] == "a@example.org"
 			}},
 		{"sendmail[15802]: 6B4IlCbI015802: <nosuchuser@smta.example.test>... User unknown",
-			func(e *Event) bool { return e.Kind == Refused && e.Stage == smtp.Rcpt && e.By == ByMTA && e.Rcpts[0] == "nosuchuser@smta.example.test" }},
+			func(e *Event) bool {
+				return e.Kind == Refused && e.Stage == smtp.Rcpt && e.By == ByMTA && e.Rcpts[0] == "nosuchuser@smta.example.test"
+			}},
 		{"sendmail[15802]: 6B4IlCbI015802: ruleset=check_rcpt, arg1=<x@y>, relay=[192.0.2.9], reject=550 5.7.1 <x@y>... Relaying denied",
 			func(e *Event) bool {
 				return e.Kind == Refused && e.Stage == smtp.Rcpt && e.Action == smtp.ActionReject && e.ClientIP.String() == "192.0.2.9"
 			}},
 		{"sendmail[15802]: 6B4IlCbI015802: Milter: from=<s@x>, reject=451 4.7.1 Try later",
-			func(e *Event) bool { return e.Kind == Refused && e.Stage == smtp.Mail && e.By == ByMilter && e.Action == smtp.ActionTempfail }},
+			func(e *Event) bool {
+				return e.Kind == Refused && e.Stage == smtp.Mail && e.By == ByMilter && e.Action == smtp.ActionTempfail
+			}},
 		{"sendmail[15802]: AUTH=server, relay=laptop [IPv6:2001:db8::1], authid=alice, mech=PLAIN, bits=0",
-			func(e *Event) bool { return e.Kind == Auth && e.SASLUser == "alice" && e.ClientIP.String() == "2001:db8::1" }},
+			func(e *Event) bool {
+				return e.Kind == Auth && e.SASLUser == "alice" && e.ClientIP.String() == "2001:db8::1"
+			}},
 		{"sendmail[15819]: 6B4IlCkX015819: [127.0.0.20] did not issue MAIL/EXPN/VRFY/ETRN during connection to MSA",
 			func(e *Event) bool { return e.Kind == NoMail && e.Listener == "MSA" && e.ClientName == "[127.0.0.20]" }},
 		{"sm-msp-queue[3]: 6B4IlCkX015819: to=root, delay=00:00:00, stat=Sent", func(e *Event) bool { return e.Kind == Ignored }},
