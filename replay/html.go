@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"html/template"
 	"io"
-	"time"
 )
 
 // The HTML report is one self-contained page — inline CSS and SVG, no
@@ -32,12 +31,13 @@ type htmlTick struct {
 
 type htmlRule struct {
 	RuleReport
-	WouldText string
-	ShareText string
-	Bars      []htmlBar
-	Max       int64
-	Ticks     []htmlTick
-	TopRows   []htmlKey
+	WouldText  string
+	EventsText string
+	ShareText  string
+	Bars       []htmlBar
+	Max        int64
+	Ticks      []htmlTick
+	TopRows    []htmlKey
 }
 
 type htmlKey struct {
@@ -94,7 +94,7 @@ func (rep *Report) WriteHTML(w io.Writer) error {
 }
 
 func htmlRuleOf(r RuleReport) htmlRule {
-	h := htmlRule{RuleReport: r, WouldText: r.Would.String(), ShareText: percent(r.Share)}
+	h := htmlRule{RuleReport: r, WouldText: r.Would.String(), EventsText: num(r.Events), ShareText: percent(r.Share)}
 	for _, b := range r.Hourly {
 		h.Max = max(h.Max, b.Count)
 	}
@@ -137,7 +137,7 @@ func htmlRuleOf(r RuleReport) htmlRule {
 	}
 	for _, k := range r.Top {
 		h.TopRows = append(h.TopRows, htmlKey{Key: k.Key, Count: num(k.Count), First: stamp(k.First), Last: stamp(k.Last),
-			For: k.Last.Sub(k.First).Round(time.Second).String()})
+			For: span(k.Last.Sub(k.First))})
 	}
 	return h
 }
@@ -176,7 +176,7 @@ svg.chart text { font: 11px sans-serif; fill: #555; }
 <h2>Rules</h2>
 <table id="rules">
 <tr><th>rule</th><th>counts</th><th>would</th><th class="n">of</th><th class="n">share</th><th class="n">keys</th></tr>
-{{range .Rules}}<tr><td>{{.Rule}}</td><td>{{.Count}}</td><td>{{.WouldText}}</td><td class="n">{{.Events}} at {{.Stage}}</td><td class="n">{{.ShareText}}</td><td class="n">{{.Keys}}{{if .KeysCapped}}+{{end}}</td></tr>
+{{range .Rules}}<tr><td>{{.Rule}}</td><td>{{.Count}}</td><td>{{.WouldText}}</td><td class="n">{{.EventsText}} at {{.Stage}}</td><td class="n">{{.ShareText}}</td><td class="n">{{.Keys}}{{if .KeysCapped}}+{{end}}</td></tr>
 {{end}}</table>
 {{$p := .}}{{range .Rules}}
 <section class="rule" data-rule="{{.Rule}}">
@@ -184,7 +184,7 @@ svg.chart text { font: 11px sans-serif; fill: #555; }
 <svg class="chart" data-rule="{{.Rule}}" width="{{$p.ChartW}}" height="{{$p.ChartH}}" viewBox="0 0 {{$p.ChartW}} {{$p.ChartH}}" role="img" aria-label="crossings of {{.Rule}} per hour">
 <line class="axis" x1="{{$p.ChartLeft}}" y1="{{$p.ChartBase}}" x2="{{$p.ChartRight}}" y2="{{$p.ChartBase}}"/>
 <line class="axis" x1="{{$p.ChartLeft}}" y1="{{$p.ChartTop}}" x2="{{$p.ChartLeft}}" y2="{{$p.ChartBase}}"/>
-<text x="{{$p.ChartLeft}}" y="{{$p.ChartTop}}" dx="-4" dy="8" text-anchor="end">{{.Max}}</text>
+{{if .Max}}<text x="{{$p.ChartLeft}}" y="{{$p.ChartTop}}" dx="-4" dy="8" text-anchor="end">{{.Max}}</text>{{end}}
 <text x="{{$p.ChartLeft}}" y="{{$p.ChartBase}}" dx="-4" text-anchor="end">0</text>
 {{range .Bars}}<rect class="bar" x="{{printf "%.2f" .X}}" y="{{printf "%.2f" .Y}}" width="{{printf "%.2f" .W}}" height="{{printf "%.2f" .H}}" data-count="{{.Count}}"><title>{{.Title}}</title></rect>
 {{end}}{{range .Ticks}}<text x="{{printf "%.2f" .X}}" y="{{$p.ChartBase}}" dy="16">{{.Label}}</text>

@@ -50,7 +50,7 @@ func (rep *Report) WriteText(w io.Writer) error {
 		tw := tabwriter.NewWriter(ew, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  KEY\tCROSSED\tFIRST\tLAST\tFOR")
 		for _, k := range r.Top {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", smtp.Printable(k.Key, 120), num(k.Count), stamp(k.First), stamp(k.Last), k.Last.Sub(k.First).Round(time.Second))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", smtp.Printable(k.Key, 120), num(k.Count), stamp(k.First), stamp(k.Last), span(k.Last.Sub(k.First)))
 		}
 		tw.Flush()
 	}
@@ -99,6 +99,14 @@ func refusedAt(m map[string]int64) string {
 		return ""
 	}
 	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// span says how long a key kept crossing: "0s", "42m10s", "6d5h".
+func span(d time.Duration) string {
+	if d >= 24*time.Hour {
+		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	}
+	return d.Round(time.Second).String()
 }
 
 func percent(f float64) string { return strconv.FormatFloat(f*100, 'f', 2, 64) + "%" }
