@@ -266,7 +266,7 @@ func newProgressBar(w io.Writer, total int64, st *maillog.Stats) *progressBar {
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionThrottle(200*time.Millisecond),
-		progressbar.OptionFullWidth(),
+		progressbar.OptionSetWidth(30),
 		progressbar.OptionClearOnFinish(),
 	)
 	return &progressBar{bar: b, stats: st, start: time.Now()}
