@@ -314,21 +314,32 @@ func (p *parser) delivery(b []byte, e *Event) error {
 // client reads "NAME[IP]" or "NAME[IP]:PORT". Postfix writes "unknown"
 // for a client without a verified name, and IPv6 addresses bare.
 func (p *parser) client(b []byte, e *Event) bool {
+	name, ip, ok := bracketed(b)
+	if !ok {
+		return false
+	}
+	// "unknown[unknown]" is a client without an address: ip is invalid.
+	e.ClientName, e.ClientIP, e.HasClient = p.name(name), ip, true
+	return true
+}
+
+// bracketed splits "NAME[IP]..." at its last bracketed address, an IPv6
+// one written bare or as "IPv6:...". ip is invalid when the brackets hold
+// no address.
+func bracketed(b []byte) (name []byte, ip netip.Addr, ok bool) {
 	open := bytes.LastIndexByte(b, '[')
 	if open < 0 {
-		return false
+		return nil, netip.Addr{}, false
 	}
 	end := bytes.IndexByte(b[open:], ']')
 	if end < 0 {
-		return false
+		return nil, netip.Addr{}, false
 	}
-	ip, err := netip.ParseAddr(string(bytes.TrimPrefix(b[open+1:open+end], []byte("IPv6:"))))
+	a, err := netip.ParseAddr(string(bytes.TrimPrefix(b[open+1:open+end], []byte("IPv6:"))))
 	if err != nil {
-		// "unknown[unknown]": a client without an address.
-		ip = netip.Addr{}
+		return b[:open], netip.Addr{}, true
 	}
-	e.ClientName, e.ClientIP, e.HasClient = p.name(b[:open]), ip.Unmap(), true
-	return true
+	return b[:open], a.Unmap(), true
 }
 
 // queueID splits "QID: rest". Postfix's ids are hex (short) or

@@ -2,7 +2,6 @@ package maillog
 
 import (
 	"bytes"
-	"net/netip"
 
 	"sluice/smtp"
 )
@@ -257,19 +256,11 @@ func (p *parser) auth(b []byte, e *Event) error {
 // relay reads Sendmail's client: "name [ip]", "[ip]", "name [ip] (may be
 // forged)", "[IPv6:2001:db8::1]", "user@name [ip]".
 func (p *parser) relay(b []byte, e *Event) bool {
-	open := bytes.LastIndexByte(b, '[')
-	if open < 0 {
+	name, ip, ok := bracketed(b)
+	if !ok || !ip.IsValid() {
 		return false
 	}
-	end := bytes.IndexByte(b[open:], ']')
-	if end < 0 {
-		return false
-	}
-	ip, err := netip.ParseAddr(string(bytes.TrimPrefix(b[open+1:open+end], []byte("IPv6:"))))
-	if err != nil {
-		return false
-	}
-	name := bytes.TrimSpace(b[:open])
+	name = bytes.TrimSpace(name)
 	if at := bytes.IndexByte(name, '@'); at >= 0 {
 		name = name[at+1:]
 	}
@@ -279,7 +270,7 @@ func (p *parser) relay(b []byte, e *Event) bool {
 	} else {
 		e.ClientName = p.name(name)
 	}
-	e.ClientIP, e.HasClient = ip.Unmap(), true
+	e.ClientIP, e.HasClient = ip, true
 	return true
 }
 

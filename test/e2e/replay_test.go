@@ -384,19 +384,7 @@ func TestReplayPostfixMatchesLive(t *testing.T) {
 	}
 	accepted := traffic{clients: clients, unknown: "nobody@dest.example", submission: sub}.run(t)
 	pf.WaitDelivered(accepted, 60*time.Second)
-	waitLogQuiet(t, pf.Log)
-
-	log := filepath.Join(testenv.Dir(t, "maillog"), "maillog")
-	if err := os.WriteFile(log, []byte(pf.Log()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rep, html := replayLog(t, sl.Config, log)
-	compareCrossings(t, liveCrossings(sl), rep.crossings(), append(replayRules, "msgs-per-user"))
-	if rep.MTARefused == 0 {
-		t.Errorf("replay says Postfix refused nothing; it refused the unknown recipients")
-	}
-	checkHTMLReport(t, html, rep)
-	t.Logf("replay: %d lines, %d sessions, %d messages (%d partial), %d refused by Postfix", rep.Lines, rep.Sessions, rep.Messages, rep.Partial, rep.MTARefused)
+	replayAndCompare(t, sl, pf.Log, "Postfix", append(replayRules, "msgs-per-user"))
 }
 
 func TestReplaySendmailMatchesLive(t *testing.T) {
@@ -427,19 +415,26 @@ func TestReplaySendmailMatchesLive(t *testing.T) {
 	}
 	accepted := traffic{clients: clients, unknown: "nosuchuser@smta.example.test", submission: sub}.run(t)
 	sm.WaitDelivered(accepted, 60*time.Second)
-	waitLogQuiet(t, sm.Log)
+	replayAndCompare(t, sl, sm.Log, "Sendmail", replayRules)
+}
 
+// replayAndCompare waits for the MTA's log to settle, replays it with
+// the live sluice's config and compares what both found; the HTML report
+// is checked in Chromium.
+func replayAndCompare(t *testing.T, sl *sluicetest.Sluice, mtaLog func() string, name string, rules []string) {
+	t.Helper()
+	waitLogQuiet(t, mtaLog)
 	log := filepath.Join(testenv.Dir(t, "maillog"), "maillog")
-	if err := os.WriteFile(log, []byte(sm.Log()), 0o644); err != nil {
+	if err := os.WriteFile(log, []byte(mtaLog()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rep, html := replayLog(t, sl.Config, log)
-	compareCrossings(t, liveCrossings(sl), rep.crossings(), replayRules)
+	compareCrossings(t, liveCrossings(sl), rep.crossings(), rules)
 	if rep.MTARefused == 0 {
-		t.Errorf("replay says Sendmail refused nothing; it refused the unknown recipients")
+		t.Errorf("replay says %s refused nothing; it refused the unknown recipients", name)
 	}
 	checkHTMLReport(t, html, rep)
-	t.Logf("replay: %d lines, %d sessions, %d messages (%d partial), %d refused by Sendmail", rep.Lines, rep.Sessions, rep.Messages, rep.Partial, rep.MTARefused)
+	t.Logf("replay: %d lines, %d sessions, %d messages (%d partial), %d refused by %s", rep.Lines, rep.Sessions, rep.Messages, rep.Partial, rep.MTARefused, name)
 }
 
 // waitLogQuiet waits until the log has not grown for a second: the last

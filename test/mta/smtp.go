@@ -47,7 +47,13 @@ func Dial(addr string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return greeted(conn, addr)
+}
+
+// greeted makes a Client of a new connection and reads the greeting.
+func greeted(conn net.Conn, addr string) (*Client, error) {
 	c := &Client{conn: conn, text: textproto.NewConn(conn), Timeout: 30 * time.Second}
+	var err error
 	c.Greeting, err = c.read()
 	if err != nil {
 		conn.Close()
@@ -260,11 +266,5 @@ func DialFrom(addr, from string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{conn: conn, text: textproto.NewConn(conn), Timeout: 30 * time.Second}
-	c.Greeting, err = c.read()
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("greeting from %s: %v", addr, err)
-	}
-	return c, nil
+	return greeted(conn, addr)
 }
