@@ -85,7 +85,7 @@ rate = "3/1h"
 action = "tag"
 `
 
-// userRule counts per SMTP AUTH user: for the MTA whose harness has it.
+// userRule counts per SMTP AUTH user.
 const userRule = `
 [[limit]]
 name = "msgs-per-user"
@@ -389,15 +389,16 @@ func TestReplayPostfixMatchesLive(t *testing.T) {
 
 func TestReplaySendmailMatchesLive(t *testing.T) {
 	testenv.Require(t)
-	sl := sluicetest.StartSluice(t, replayConfig)
+	sl := sluicetest.StartSluice(t, replayConfig+userRule)
 	msa := testenv.FreePort(t)
+	users := map[string]string{"user0@one.example": "secret0", "user1@one.example": "secret1"}
 	sm := mta.StartSendmail(t, mta.SendmailOptions{
-		Milter: sl.Listen, Syslog: true,
+		Milter: sl.Listen, Syslog: true, SASLUsers: users,
 		MC: fmt.Sprintf("DAEMON_OPTIONS(`Port=%d, Addr=127.0.0.1, Family=inet, Name=MSA')dnl\n", msa),
 	})
 	msaAddr := fmt.Sprintf("127.0.0.1:%d", msa)
 	testenv.WaitFor(t, 20*time.Second, "sendmail's MSA", func() error { return testenv.TCPListening(msaAddr) })
-	dial := func(addr, from string) client {
+	dial := func(addr, from, user string) client {
 		return client{dial: func(t *testing.T) *mta.Client {
 			c, err := mta.DialFrom(addr, from)
 			if err != nil {
@@ -405,17 +406,22 @@ func TestReplaySendmailMatchesLive(t *testing.T) {
 			}
 			r, err := c.Ehlo("client.example.net")
 			mustOK(t, "EHLO", r, err)
+			if user != "" {
+				if r, err := c.AuthPlain(user, users[user]); err != nil || r.Code != 235 {
+					t.Fatalf("AUTH %s: %v %v", user, r, err)
+				}
+			}
 			return c
 		}}
 	}
 	var clients, sub []client
 	for i := 0; i < 4; i++ {
-		clients = append(clients, dial(sm.Addr, fmt.Sprintf("127.0.0.%d", 10+i)))
-		sub = append(sub, dial(msaAddr, fmt.Sprintf("127.0.0.%d", 20+i%2)))
+		clients = append(clients, dial(sm.Addr, fmt.Sprintf("127.0.0.%d", 10+i), ""))
+		sub = append(sub, dial(msaAddr, fmt.Sprintf("127.0.0.%d", 20+i%2), fmt.Sprintf("user%d@one.example", i%2)))
 	}
 	accepted := traffic{clients: clients, unknown: "nosuchuser@smta.example.test", submission: sub}.run(t)
 	sm.WaitDelivered(accepted, 60*time.Second)
-	replayAndCompare(t, sl, sm.Log, "Sendmail", replayRules)
+	replayAndCompare(t, sl, sm.Log, "Sendmail", append(replayRules, "msgs-per-user"))
 }
 
 // replayAndCompare waits for the MTA's log to settle, replays it with

@@ -37,6 +37,9 @@ type SendmailOptions struct {
 	// Syslog gives Sendmail a syslog of its own: its log lines go to
 	// DIR/maillog (see Log), as a syslog daemon writes them.
 	Syslog bool
+	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
+	// "user@realm" -> password.
+	SASLUsers map[string]string
 }
 
 // Sendmail is a throw-away Sendmail daemon under one directory, relaying
@@ -156,6 +159,9 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 			t.Fatal(err)
 		}
 	}
+	if len(opts.SASLUsers) > 0 {
+		opts.MC = "define(`confAUTH_MECHANISMS', `PLAIN LOGIN')dnl\nTRUST_AUTH_MECH(`PLAIN LOGIN')dnl\n" + opts.MC
+	}
 	var mc bytes.Buffer
 	err := sendmailMC.Execute(&mc, map[string]string{
 		"Dir":      dir,
@@ -186,6 +192,9 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 	bin := filepath.Join(root, "usr/libexec/sendmail/sendmail")
 	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s -bD",
 		testenv.ShellQuote([]string{filepath.Join(dir, "hosts")}), testenv.ShellQuote([]string{bin}), testenv.ShellQuote([]string{cfPath}))
+	if len(opts.SASLUsers) > 0 {
+		script = sendmailSASL(t, dir, opts.SASLUsers) + " && " + script
+	}
 	if opts.Syslog {
 		sock := filepath.Join(dir, "log.sock")
 		startSyslog(t, sock, filepath.Join(dir, "maillog"), "smta")
@@ -221,6 +230,28 @@ func (s *Sendmail) Stop() {
 	if s.t.Failed() && s.out.Len() > 0 {
 		s.t.Logf("sendmail output:\n%s", s.out.String())
 	}
+}
+
+// sendmailSASL writes a sasldb and Sendmail's Cyrus config under dir and
+// returns the shell that shows the config to Sendmail alone: Cyrus reads
+// Sendmail.conf from /usr/lib/sasl2, which a bind mount in Sendmail's own
+// mount namespace replaces.
+func sendmailSASL(t testing.TB, dir string, users map[string]string) string {
+	t.Helper()
+	conf := filepath.Join(dir, "sasl")
+	db := filepath.Join(dir, "sasldb2")
+	if err := os.MkdirAll(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	makeSASLDB(t, db, users)
+	if err := os.Chmod(db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: " + db + "\n"
+	if err := os.WriteFile(filepath.Join(conf, "Sendmail.conf"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return "mount --bind " + shellWord(conf) + " /usr/lib/sasl2"
 }
 
 // Log returns what Sendmail logged so far, with SendmailOptions.Syslog.
