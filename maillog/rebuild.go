@@ -443,7 +443,9 @@ func (r *Rebuilder) queueEvent(e *Event) {
 			m.addRcpt(a, m.Time, m.seq, true)
 		}
 	case Removed:
-		m.final = true
+		// Every delivery is logged before this: recipients fewer than
+		// nrcpt were expanded by an alias (orig_to), not lost.
+		m.final, m.removed = true, true
 	case Refused:
 		r.refuse(m, e)
 	}
@@ -605,7 +607,7 @@ func (r *Rebuilder) finish(c *conn, cut bool) {
 			r.Stats.PartialSessions++
 		}
 		for _, m := range s.Messages {
-			if !m.final && !r.abandoned(c, m) || m.MailSeen && !m.SenderKnown || m.queued && m.Nrcpt > m.accepted() {
+			if !m.final && !r.abandoned(c, m) || m.MailSeen && !m.SenderKnown || m.queued && !m.removed && m.Nrcpt > m.accepted() {
 				m.Partial = true
 			}
 			if m.MailSeen {

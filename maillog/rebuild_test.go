@@ -192,3 +192,22 @@ func TestMilterHold(t *testing.T) {
 		t.Errorf("got  %s\nwant %s; held %d", strings.Join(got, "|"), want, rb.Stats.Held)
 	}
 }
+
+// An alias that expands one recipient into two is one RCPT: the
+// transaction is complete once qmgr removes it, not partial.
+func TestAliasExpansion(t *testing.T) {
+	log := lines(
+		"Dec  4 10:00:00 mx postfix/smtpd[1]: connect from a[192.0.2.1]",
+		"Dec  4 10:00:00 mx postfix/smtpd[1]: CC01D2: client=a[192.0.2.1]",
+		"Dec  4 10:00:01 mx postfix/qmgr[3]: CC01D2: from=<s@x>, size=300, nrcpt=2 (queue active)",
+		"Dec  4 10:00:01 mx postfix/smtpd[1]: disconnect from a[192.0.2.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
+		"Dec  4 10:00:02 mx postfix/local[5]: CC01D2: to=<ann@mx>, orig_to=<team@mx>, relay=local, delay=1, status=sent (delivered)",
+		"Dec  4 10:00:02 mx postfix/local[5]: CC01D2: to=<bob@mx>, orig_to=<team@mx>, relay=local, delay=1, status=sent (delivered)",
+		"Dec  4 10:00:02 mx postfix/qmgr[3]: CC01D2: removed",
+	)
+	got, rb := rebuild(t, log, 10*time.Minute)
+	want := "open 192.0.2.1 smtpd|helo|mail s@x|rcpt team@mx|data|end|close 192.0.2.1"
+	if strings.Join(got, "|") != want || rb.Stats.Partial != 0 {
+		t.Errorf("got  %s\nwant %s; partial %d", strings.Join(got, "|"), want, rb.Stats.Partial)
+	}
+}

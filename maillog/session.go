@@ -53,6 +53,7 @@ type Message struct {
 	seq, dataSeq uint64 // the lines of Time and DataTime
 	queued       bool   // the MTA logged its sender, size and recipient count
 	final        bool   // nothing more is to come
+	removed      bool   // Postfix's qmgr logged it gone
 	hasRcpts     map[string]uint8
 }
 

@@ -83,7 +83,7 @@ func New(c *config.Config, o Options) (*Replayer, error) {
 		return nil, err
 	}
 	r.eng, r.store, r.needs = b.Engine, store, b.Engine.Needs()
-	r.report = newTally(c)
+	r.report = newTally(c, max)
 	return r, nil
 }
 

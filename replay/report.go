@@ -145,8 +145,9 @@ type keyTally struct {
 	first, last int64
 }
 
-func newTally(c *config.Config) *tally {
-	t := &tally{config: c.Name(), mode: c.PolicyConfig.Mode.String(), byName: make(map[string]*ruleTally), maxKeys: max(c.Store.MaxKeys, 1)}
+// newTally counts for the rules of c, tracking at most maxKeys keys.
+func newTally(c *config.Config, maxKeys int) *tally {
+	t := &tally{config: c.Name(), mode: c.PolicyConfig.Mode.String(), byName: make(map[string]*ruleTally), maxKeys: max(maxKeys, 1)}
 	for _, r := range c.LimitsConfig.Rules {
 		rt := &ruleTally{name: r.Name, count: r.Count, stage: countStage(r.Count), keys: make(map[string]*keyTally), hours: make(map[int64]int64)}
 		t.rules = append(t.rules, rt)
