@@ -47,6 +47,17 @@ func rebuild(t *testing.T, log string, timeout time.Duration) ([]string, *Rebuil
 	return out, rb
 }
 
+// steps fails t unless log rebuilds into the steps want ("open
+// 192.0.2.1 smtpd|helo|..."), and returns the rebuilder for its stats.
+func steps(t *testing.T, log, want string) *Rebuilder {
+	t.Helper()
+	got, rb := rebuild(t, log, 10*time.Minute)
+	if strings.Join(got, "|") != want {
+		t.Errorf("got  %s\nwant %s", strings.Join(got, "|"), want)
+	}
+	return rb
+}
+
 func lines(ls ...string) string { return strings.Join(ls, "\n") + "\n" }
 
 // A recipient refused before the first accepted one is logged as NOQUEUE,
@@ -63,11 +74,7 @@ func TestNoqueueJoinsItsTransaction(t *testing.T) {
 		"2026-12-04T10:00:04Z mx postfix/smtp[4]: AB12C3: to=<r@x>, relay=a[192.0.2.9]:25, delay=1, dsn=2.0.0, status=sent (ok)",
 		"2026-12-04T10:00:04Z mx postfix/qmgr[3]: AB12C3: removed",
 	)
-	got, rb := rebuild(t, log, 10*time.Minute)
-	want := "open 192.0.2.1 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1"
-	if strings.Join(got, "|") != want {
-		t.Errorf("got  %s\nwant %s", strings.Join(got, "|"), want)
-	}
+	rb := steps(t, log, "open 192.0.2.1 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1")
 	if rb.Stats.Messages != 1 || rb.Stats.MTARefused[3] != 1 || rb.Stats.Partial != 0 {
 		t.Errorf("stats %+v", rb.Stats)
 	}
@@ -88,11 +95,7 @@ func TestXclientAndSASL(t *testing.T) {
 		"Dec  4 10:00:03 mx postfix/submission/smtpd[1]: disconnect from c[192.0.2.5] ehlo=2 xclient=1 auth=1 mail=2 rcpt=2/3 data=1 quit=1 commands=8/9",
 		"Dec  4 10:00:04 mx postfix/smtp[4]: CD34E5: to=<b@x>, relay=a[192.0.2.9]:25, delay=1, dsn=2.0.0, status=deferred (later)",
 	)
-	got, _ := rebuild(t, log, 10*time.Minute)
-	want := "open 127.0.0.1 submission|helo|close 127.0.0.1|open 192.0.2.5 submission u@x|helo|mail u@x|end|mail u@x|rcpt a@x|rcpt b@x|data|end|close 192.0.2.5"
-	if strings.Join(got, "|") != want {
-		t.Errorf("got  %s\nwant %s", strings.Join(got, "|"), want)
-	}
+	steps(t, log, "open 127.0.0.1 submission|helo|close 127.0.0.1|open 192.0.2.5 submission u@x|helo|mail u@x|end|mail u@x|rcpt a@x|rcpt b@x|data|end|close 192.0.2.5")
 }
 
 // Sessions that overlap in the log overlap in the steps: the second
@@ -108,11 +111,7 @@ func TestStepsInterleave(t *testing.T) {
 		"Dec  4 10:00:00 mx postfix/smtpd[2]: disconnect from b[192.0.2.2] ehlo=1 quit=1 commands=2",
 		"Dec  4 10:00:00 mx postfix/smtp[4]: EF01A2: to=<r@x>, relay=a[192.0.2.9]:25, delay=1, dsn=2.0.0, status=sent (ok)",
 	)
-	got, _ := rebuild(t, log, 10*time.Minute)
-	want := "open 192.0.2.1 smtpd|helo|open 192.0.2.2 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1|close 192.0.2.2"
-	if strings.Join(got, "|") != want {
-		t.Errorf("got  %s\nwant %s", strings.Join(got, "|"), want)
-	}
+	steps(t, log, "open 192.0.2.1 smtpd|helo|open 192.0.2.2 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1|close 192.0.2.2")
 }
 
 // A session whose end is not in the log is closed once no line touched
@@ -167,11 +166,7 @@ func TestSendmailSession(t *testing.T) {
 		"Dec  4 10:00:02 smta sm-mta[501]: 6B4A000500: to=<b@y>,<a@y>, delay=00:00:00, xdelay=00:00:00, mailer=relay, pri=1, relay=[127.0.0.1] [127.0.0.1], dsn=2.0.0, stat=Sent (Ok)",
 		"Dec  4 10:00:03 smta sm-mta[500]: 6B4A000501: from=<alice@x>, size=0, class=0, nrcpts=0, proto=ESMTPSA, daemon=MSA, relay=laptop [192.0.2.8]",
 	)
-	got, rb := rebuild(t, log, 10*time.Minute)
-	want := "open 192.0.2.8 MSA alice|helo|mail alice@x|rcpt b@y|rcpt a@y|data|end|mail alice@x|end|close 192.0.2.8"
-	if strings.Join(got, "|") != want {
-		t.Errorf("got  %s\nwant %s", strings.Join(got, "|"), want)
-	}
+	rb := steps(t, log, "open 192.0.2.8 MSA alice|helo|mail alice@x|rcpt b@y|rcpt a@y|data|end|mail alice@x|end|close 192.0.2.8")
 	if rb.Stats.MTARefused[3] != 1 {
 		t.Errorf("stats %+v", rb.Stats)
 	}
@@ -186,10 +181,9 @@ func TestMilterHold(t *testing.T) {
 		"Dec  4 10:00:01 mx postfix/cleanup[2]: BB01C2: milter-hold: END-OF-MESSAGE from a[192.0.2.1]: milter triggers HOLD action; from=<s@x> to=<r@x> proto=ESMTP helo=<a>",
 		"Dec  4 10:00:02 mx postfix/smtpd[1]: disconnect from a[192.0.2.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
 	)
-	got, rb := rebuild(t, log, 10*time.Minute)
-	want := "open 192.0.2.1 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1"
-	if strings.Join(got, "|") != want || rb.Stats.Held != 1 {
-		t.Errorf("got  %s\nwant %s; held %d", strings.Join(got, "|"), want, rb.Stats.Held)
+	rb := steps(t, log, "open 192.0.2.1 smtpd|helo|mail s@x|rcpt r@x|data|end|close 192.0.2.1")
+	if rb.Stats.Held != 1 {
+		t.Errorf("stats %+v", rb.Stats)
 	}
 }
 
@@ -205,9 +199,8 @@ func TestAliasExpansion(t *testing.T) {
 		"Dec  4 10:00:02 mx postfix/local[5]: CC01D2: to=<bob@mx>, orig_to=<team@mx>, relay=local, delay=1, status=sent (delivered)",
 		"Dec  4 10:00:02 mx postfix/qmgr[3]: CC01D2: removed",
 	)
-	got, rb := rebuild(t, log, 10*time.Minute)
-	want := "open 192.0.2.1 smtpd|helo|mail s@x|rcpt team@mx|data|end|close 192.0.2.1"
-	if strings.Join(got, "|") != want || rb.Stats.Partial != 0 {
-		t.Errorf("got  %s\nwant %s; partial %d", strings.Join(got, "|"), want, rb.Stats.Partial)
+	rb := steps(t, log, "open 192.0.2.1 smtpd|helo|mail s@x|rcpt team@mx|data|end|close 192.0.2.1")
+	if rb.Stats.Partial != 0 {
+		t.Errorf("stats %+v", rb.Stats)
 	}
 }
