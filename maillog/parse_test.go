@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -208,5 +209,33 @@ func TestSendmailLines(t *testing.T) {
 		if err := p.parse([]byte("Dec  4 10:00:00 smta "+tc.msg), &e); err != nil || !tc.check(&e) {
 			t.Errorf("%s: %v %+v", tc.msg, err, e)
 		}
+	}
+}
+
+// A gzip file cut short (rotated while it was written) or damaged gives
+// the lines before the damage and one skipped line that says why; the
+// other files go on.
+func TestDamagedGzip(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	for i := 0; i < 200; i++ {
+		fmt.Fprintf(zw, "2026-12-04T10:00:%02d.%06dZ mx postfix/smtpd[1]: connect from a[192.0.2.1]\n", i/10, i)
+	}
+	zw.Close()
+	cut := gz.Bytes()[:gz.Len()*2/3]
+	var st Stats
+	var why []string
+	r := &Reader{Stats: &st, Skip: func(src string, line int64, text []byte, err error) { why = append(why, err.Error()) }}
+	n := 0
+	err := r.Read(context.Background(), []Source{
+		{Name: "cut.gz", R: bytes.NewReader(cut)},
+		{Name: "magic-only.gz", R: strings.NewReader("\x1f\x8b")},
+		{Name: "plain", R: strings.NewReader("2026-12-04T11:00:00Z mx postfix/smtpd[2]: connect from b[192.0.2.2]\n")},
+	}, func(e *Event) { n++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 50 || n > 200 || st.Skipped != 2 || len(why) != 2 || !strings.Contains(why[0], "gzip") {
+		t.Errorf("%d events, %d skipped: %q", n, st.Skipped, why)
 	}
 }

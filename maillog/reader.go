@@ -51,6 +51,7 @@ type input struct {
 	ev     Event
 	ok     bool // ev holds the next event
 	order  int  // of the source among those given
+	broken error // the gzip stream is damaged: nothing more is read
 }
 
 // Read reads every source and hands each event to add, in time order
@@ -114,7 +115,10 @@ func (r *Reader) open(s Source) (*input, error) {
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.Name, err)
+			// A damaged or cut file is a line that cannot be read, not
+			// the end of the replay: the other files go on.
+			in.broken = err
+			return in, nil
 		}
 		in.br, in.closer = bufio.NewReaderSize(zr, maxLine), zr
 	}
@@ -151,8 +155,23 @@ func yearBefore(year int, mod time.Time) func(time.Month, int) int {
 // next reads the next event of in; in.ok is false at the end.
 func (r *Reader) next(in *input) error {
 	in.ok = false
+	if in.broken != nil {
+		in.line++
+		r.Stats.Lines++
+		r.skip(in, nil, fmt.Errorf("gzip: %w (the rest of the file is left out)", in.broken))
+		return nil
+	}
 	for {
 		line, err := in.br.ReadSlice('\n')
+		if err != nil && err != io.EOF && in.closer != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			// The compressed stream is damaged or cut (a file rotated
+			// while it was written): what came before it counts.
+			in.broken = err
+			if len(line) == 0 {
+				return r.next(in)
+			}
+			err = io.EOF
+		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			in.line++
 			r.Stats.Lines++
