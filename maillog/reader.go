@@ -49,8 +49,8 @@ type input struct {
 	p      *parser
 	line   int64
 	ev     Event
-	ok     bool // ev holds the next event
-	order  int  // of the source among those given
+	ok     bool  // ev holds the next event
+	order  int   // of the source among those given
 	broken error // the gzip stream is damaged: nothing more is read
 }
 
