@@ -96,3 +96,46 @@ func TestReplayCommand(t *testing.T) {
 		t.Errorf("report %+v", rep)
 	}
 }
+
+// "-" reads the log from stdin, and -listener names a Postfix service's
+// milter listener as the config's rules know it.
+func TestReplayStdinAndListener(t *testing.T) {
+	cfg := writeConfig(t, `
+listen = "inet:127.0.0.1:8890"
+trusted = []
+
+[[limit]]
+name = "mx-conns"
+count = "connections"
+per = "client_ip"
+rate = "1/1h"
+match.listener = ["mx.example.org"]
+`)
+	log := "2026-12-01T09:00:00Z mx postfix/smtpd[1]: connect from c[192.0.2.1]\n" +
+		"2026-12-01T09:00:01Z mx postfix/smtpd[1]: disconnect from c[192.0.2.1] ehlo=1 quit=1 commands=2\n" +
+		"2026-12-01T09:00:02Z mx postfix/smtpd[1]: connect from c[192.0.2.1]\n" +
+		"2026-12-01T09:00:03Z mx postfix/smtpd[1]: disconnect from c[192.0.2.1] ehlo=1 quit=1 commands=2\n"
+	f, err := os.CreateTemp(t.TempDir(), "stdin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(log)
+	f.Seek(0, 0)
+	stdin := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = stdin }()
+	for _, tc := range []struct {
+		flags []string
+		want  string
+	}{
+		{nil, "mx-conns  connections  -"},
+		{[]string{"-listener", "smtpd=mx.example.org"}, "mx-conns  connections  tempfail 1"},
+	} {
+		f.Seek(0, 0)
+		args := append(append([]string{"replay", "-config", cfg}, tc.flags...), "-")
+		code, stdout, stderr := runCmd(args...)
+		if code != 0 || !strings.Contains(stdout, tc.want) {
+			t.Errorf("%v: exit %d, want %q in\n%s%s", tc.flags, code, tc.want, stdout, stderr)
+		}
+	}
+}
