@@ -1,10 +1,6 @@
 package maillog
 
-import (
-	"net/netip"
-
-	"sluice/smtp"
-)
+import "net/netip"
 
 // Session is one client's session as milters saw it: from its connection
 // to its end, or to an XCLIENT that handed the connection to another
@@ -130,23 +126,6 @@ type Step struct {
 	Session *Session
 	Message *Message
 	Rcpt    int
-}
-
-// Stage is the engine stage a step asks, if any.
-func (s *Step) Stage() (smtp.Stage, bool) {
-	switch s.Kind {
-	case StepOpen:
-		return smtp.Connect, true
-	case StepHelo:
-		return smtp.Helo, true
-	case StepMail:
-		return smtp.Mail, true
-	case StepRcpt:
-		return smtp.Rcpt, true
-	case StepData:
-		return smtp.Data, true
-	}
-	return 0, false
 }
 
 // steps lists the session's steps in the order milters saw them. Times
