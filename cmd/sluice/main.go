@@ -6,6 +6,8 @@
 //	                                see and change a running sluice's counters
 //	sluice explain -config FILE -client IP ...
 //	                                how a policy treats one session, on fresh counters
+//	sluice replay -config FILE LOG...
+//	                                what a policy would have done to the mail of a log
 //	sluice version                  print the version
 package main
 
@@ -46,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return countersCmd(args, stdout, stderr)
 	case "explain":
 		return explainCmd(args, stdout, stderr)
+	case "replay":
+		return replayCmd(args, stdout, stderr)
 	case "version":
 		v, c := build()
 		fmt.Fprintf(stdout, "sluice %s (commit %s, %s %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
@@ -68,6 +72,9 @@ func usage(w io.Writer) {
   sluice explain -config FILE -client IP -helo NAME -sender ADDR -rcpt ADDR [-listener NAME] [-auth USER]
                                   show which rules apply at each stage, and what
                                   fresh counters would answer (never the live ones)
+  sluice replay [-config FILE] [-json] [-html FILE] LOG...
+                                  what the policy would have done to the mail of a
+                                  Postfix or Sendmail log (plain, gzip, or - for stdin)
   sluice version                  print the version
 `)
 }

@@ -28,7 +28,8 @@ type PostfixOptions struct {
 	// milter is down: "tempfail" (the default here) or "accept".
 	DefaultAction string
 	// Submission adds a second smtpd listener whose milter {daemon_name} is
-	// "submission" (the first one's is "smtpd").
+	// "submission" (the first one's is "smtpd"); it logs as
+	// postfix/submission/smtpd, as Debian's master.cf has it.
 	Submission bool
 	// UnnamedListener leaves the port-25 listener as master.cf.dist has
 	// it, without -o milter_macro_daemon_name: Postfix then sends its
@@ -125,7 +126,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	testenv.Run(t, "postconf", "-c", p.etc, "-M", p.Addr+"/inet = "+p.Addr+" inet n - n - - smtpd"+named)
 	if opts.Submission {
 		testenv.Run(t, "postconf", "-c", p.etc, "-M", p.SubmissionAddr+"/inet = "+p.SubmissionAddr+
-			" inet n - n - - smtpd -o milter_macro_daemon_name=submission")
+			" inet n - n - - smtpd -o milter_macro_daemon_name=submission -o syslog_name=postfix/submission")
 	}
 
 	testenv.Run(t, bin, "-c", p.etc, "start") // runs "postfix check" first
@@ -188,7 +189,6 @@ func (p *Postfix) mainCF(opts PostfixOptions) string {
 func (p *Postfix) setupSASL(users map[string]string) {
 	t := p.t
 	t.Helper()
-	testenv.Tool(t, "saslpasswd2")
 	sasl := filepath.Join(p.etc, "sasl")
 	db := filepath.Join(p.etc, "sasldb2")
 	if err := os.MkdirAll(sasl, 0o755); err != nil {
@@ -198,17 +198,7 @@ func (p *Postfix) setupSASL(users map[string]string) {
 	if err := os.WriteFile(filepath.Join(sasl, "smtpd.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for id, pass := range users {
-		user, realm, ok := strings.Cut(id, "@")
-		if !ok {
-			t.Fatalf("SASL user %q: want user@realm", id)
-		}
-		cmd := testenv.Command("saslpasswd2", "-p", "-f", db, "-c", "-u", realm, user)
-		cmd.Stdin = strings.NewReader(pass)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("saslpasswd2 %s: %v: %s", id, err, out)
-		}
-	}
+	makeSASLDB(t, db, users)
 	_, gid, err := postfixIDs()
 	if err != nil {
 		t.Fatal(err)
@@ -225,6 +215,24 @@ func (p *Postfix) setupSASL(users map[string]string) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\ncyrus_sasl_config_path = %s\n", sasl)
+}
+
+// makeSASLDB writes a Cyrus sasldb with the users ("user@realm" ->
+// password).
+func makeSASLDB(t testing.TB, db string, users map[string]string) {
+	t.Helper()
+	testenv.Tool(t, "saslpasswd2")
+	for id, pass := range users {
+		user, realm, ok := strings.Cut(id, "@")
+		if !ok {
+			t.Fatalf("SASL user %q: want user@realm", id)
+		}
+		cmd := testenv.Command("saslpasswd2", "-p", "-f", db, "-c", "-u", realm, user)
+		cmd.Stdin = strings.NewReader(pass)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("saslpasswd2 %s: %v: %s", id, err, out)
+		}
+	}
 }
 
 // Postconf changes main.cf settings ("name=value") and reloads Postfix.

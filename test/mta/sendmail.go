@@ -34,6 +34,12 @@ type SendmailOptions struct {
 	Sink *Sink
 	// MC holds more .mc lines, added before the mailers.
 	MC string
+	// Syslog gives Sendmail a syslog of its own: its log lines go to
+	// DIR/maillog (see Log), as a syslog daemon writes them.
+	Syslog bool
+	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
+	// "user@realm" -> password.
+	SASLUsers map[string]string
 }
 
 // Sendmail is a throw-away Sendmail daemon under one directory, relaying
@@ -51,13 +57,18 @@ type Sendmail struct {
 	queue   string
 	bin, cf string // the binary and its config
 	unshare string
+	setup   []string // shell commands run in the namespace before Sendmail
 }
 
 // command runs Sendmail with args in a namespace of its own, where its
 // hosts file names the host and the host name is qualified.
 func (s *Sendmail) command(args ...string) *exec.Cmd {
-	script := fmt.Sprintf("mount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s %s",
-		testenv.ShellQuote([]string{filepath.Join(s.Dir, "hosts")}), testenv.ShellQuote([]string{s.bin}),
+	var setup string
+	for _, c := range s.setup {
+		setup += c + " && "
+	}
+	script := fmt.Sprintf("%smount --bind %s /etc/hosts && hostname smta.example.test && exec %s -C %s %s",
+		setup, testenv.ShellQuote([]string{filepath.Join(s.Dir, "hosts")}), testenv.ShellQuote([]string{s.bin}),
 		testenv.ShellQuote([]string{s.cf}), testenv.ShellQuote(args))
 	cmd := exec.Command(s.unshare, "--uts", "--mount", "sh", "-c", script)
 	cmd.Dir = s.Dir
@@ -180,6 +191,9 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 			t.Fatal(err)
 		}
 	}
+	if len(opts.SASLUsers) > 0 {
+		opts.MC = "define(`confAUTH_MECHANISMS', `PLAIN LOGIN')dnl\nTRUST_AUTH_MECH(`PLAIN LOGIN')dnl\n" + opts.MC
+	}
 	var mc bytes.Buffer
 	err := sendmailMC.Execute(&mc, map[string]string{
 		"Dir":      dir,
@@ -208,6 +222,14 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 	}
 
 	s.bin, s.cf, s.unshare = filepath.Join(root, "usr/libexec/sendmail/sendmail"), cfPath, unshare
+	if len(opts.SASLUsers) > 0 {
+		s.setup = append(s.setup, sendmailSASL(t, dir, opts.SASLUsers))
+	}
+	if opts.Syslog {
+		sock := filepath.Join(dir, "log.sock")
+		startSyslog(t, sock, filepath.Join(dir, "maillog"), "smta")
+		s.setup = append(s.setup, privateDevLog(sock))
+	}
 	cmd = s.command("-bD")
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = &s.out, &s.out
@@ -238,6 +260,34 @@ func (s *Sendmail) Stop() {
 	if s.t.Failed() && s.out.Len() > 0 {
 		s.t.Logf("sendmail output:\n%s", s.out.String())
 	}
+}
+
+// sendmailSASL writes a sasldb and Sendmail's Cyrus config under dir and
+// returns the shell that shows the config to Sendmail alone: Cyrus reads
+// Sendmail.conf from /usr/lib/sasl2, which a bind mount in Sendmail's own
+// mount namespace replaces.
+func sendmailSASL(t testing.TB, dir string, users map[string]string) string {
+	t.Helper()
+	conf := filepath.Join(dir, "sasl")
+	db := filepath.Join(dir, "sasldb2")
+	if err := os.MkdirAll(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	makeSASLDB(t, db, users)
+	if err := os.Chmod(db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: " + db + "\n"
+	if err := os.WriteFile(filepath.Join(conf, "Sendmail.conf"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return "mount --bind " + shellWord(conf) + " /usr/lib/sasl2"
+}
+
+// Log returns what Sendmail logged so far, with SendmailOptions.Syslog.
+func (s *Sendmail) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "maillog"))
+	return string(b)
 }
 
 // Queue lists the files of the messages in Sendmail's queue (qf*).

@@ -47,7 +47,13 @@ func Dial(addr string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return greeted(conn, addr)
+}
+
+// greeted makes a Client of a new connection and reads the greeting.
+func greeted(conn net.Conn, addr string) (*Client, error) {
 	c := &Client{conn: conn, text: textproto.NewConn(conn), Timeout: 30 * time.Second}
+	var err error
 	c.Greeting, err = c.read()
 	if err != nil {
 		conn.Close()
@@ -249,4 +255,16 @@ func NewMessage(from, to, subject string, extra ...string) []byte {
 	}
 	fmt.Fprintf(&b, "\r\nTest message %d.\r\n", n)
 	return b.Bytes()
+}
+
+// DialFrom is Dial from the local address from (an IP on loopback such
+// as 127.0.0.7), so that one machine can pose as several clients to an
+// MTA without XCLIENT (Sendmail).
+func DialFrom(addr, from string) (*Client, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return greeted(conn, addr)
 }
