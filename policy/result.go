@@ -1,6 +1,10 @@
 package policy
 
-import "fmt"
+import (
+	"fmt"
+
+	"sluice/conf"
+)
 
 // ResultAction is what a check does with one of its results: the action
 // the config maps it to, the check's mode, and the reply a refusal sends
@@ -53,4 +57,34 @@ func (r *ResultAction) Verdict(source, key, detail string) *Verdict {
 	}
 	return &Verdict{Source: source, Action: r.Action, Mode: r.Mode, Reply: r.Reply, Text: r.Text,
 		Key: key, Detail: detail, OwnHeader: true}
+}
+
+// ResultConfig is one result of a check as its table writes it: the key
+// ("fail"), its action and optional reply, and the check's defaults for
+// the reply (enhanced status code and text).
+type ResultConfig struct {
+	Key       string
+	Action    *Action
+	Reply     *Reply
+	Enh, Text string
+}
+
+// ResultActions compiles a check's results, each to one of allowed;
+// errors name the key ("fail", "reply.fail").
+func ResultActions(mode Mode, allowed []Action, rs ...ResultConfig) (map[string]ResultAction, error) {
+	out := make(map[string]ResultAction, len(rs))
+	for _, r := range rs {
+		if r.Action == nil {
+			return nil, conf.Errorf(r.Key, "no action")
+		}
+		ra, err := NewResultAction(*r.Action, mode, r.Reply, r.Enh, r.Text, allowed...)
+		if err != nil {
+			if r.Reply != nil && r.Action.Refuses() {
+				return nil, conf.In(err, "reply", r.Key)
+			}
+			return nil, conf.Errorf(r.Key, "%v", err)
+		}
+		out[r.Key] = ra
+	}
+	return out, nil
 }

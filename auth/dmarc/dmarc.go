@@ -20,7 +20,6 @@ import (
 	"github.com/emersion/go-msgauth/authres"
 
 	"sluice/auth/resolver"
-	"sluice/conf"
 	"sluice/policy"
 	"sluice/smtp"
 )
@@ -62,28 +61,15 @@ type Replies struct {
 	PermError  *policy.Reply `toml:"permerror"`
 }
 
-// outcomes are the config's keys, the enhanced status code and default
-// text of each.
-func (c *Config) outcomes() []struct {
-	name   string
-	action **policy.Action
-	reply  *policy.Reply
-	enh    string
-	text   string
-} {
-	type o = struct {
-		name   string
-		action **policy.Action
-		reply  *policy.Reply
-		enh    string
-		text   string
-	}
-	return []o{
-		{"reject", &c.Reject, c.Reply.Reject, "7.1", "Rejected by the DMARC policy of {from_domain}"},
-		{"quarantine", &c.Quarantine, c.Reply.Quarantine, "7.1", "Refused: the DMARC policy of {from_domain} asks to quarantine this message"},
-		{"none", &c.None, c.Reply.None, "7.1", "The message fails DMARC for {from_domain}"},
-		{"temperror", &c.TempError, c.Reply.TempError, "7.1", "Cannot check the DMARC policy of {from_domain} now; try again later"},
-		{"permerror", &c.PermError, c.Reply.PermError, "7.1", "DMARC permerror: {key}"},
+// outcomes are the config's keys, with the enhanced status code and
+// default text of each.
+func (c *Config) outcomes() []policy.ResultConfig {
+	return []policy.ResultConfig{
+		{Key: "reject", Action: c.Reject, Reply: c.Reply.Reject, Enh: "7.1", Text: "Rejected by the DMARC policy of {from_domain}"},
+		{Key: "quarantine", Action: c.Quarantine, Reply: c.Reply.Quarantine, Enh: "7.1", Text: "Refused: the DMARC policy of {from_domain} asks to quarantine this message"},
+		{Key: "none", Action: c.None, Reply: c.Reply.None, Enh: "7.1", Text: "The message fails DMARC for {from_domain}"},
+		{Key: "temperror", Action: c.TempError, Reply: c.Reply.TempError, Enh: "7.1", Text: "Cannot check the DMARC policy of {from_domain} now; try again later"},
+		{Key: "permerror", Action: c.PermError, Reply: c.Reply.PermError, Enh: "7.1", Text: "DMARC permerror: {key}"},
 	}
 }
 
@@ -93,10 +79,10 @@ func (c *Config) Defaults() {
 		t := true
 		c.SkipAuthenticated = &t
 	}
-	for _, o := range c.outcomes() {
-		if *o.action == nil {
-			a := policy.ActionTag
-			*o.action = &a
+	for _, a := range []**policy.Action{&c.Reject, &c.Quarantine, &c.None, &c.TempError, &c.PermError} {
+		if *a == nil {
+			t := policy.ActionTag
+			*a = &t
 		}
 	}
 }
@@ -110,21 +96,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) actions() (map[string]policy.ResultAction, error) {
-	out := make(map[string]policy.ResultAction)
-	for _, o := range c.outcomes() {
-		if *o.action == nil {
-			return nil, conf.Errorf(o.name, "no action")
-		}
-		ra, err := policy.NewResultAction(**o.action, c.Mode, o.reply, o.enh, o.text, allowed...)
-		if err != nil {
-			if o.reply != nil && (**o.action).Refuses() {
-				return nil, conf.In(err, "reply", o.name)
-			}
-			return nil, conf.Errorf(o.name, "%v", err)
-		}
-		out[o.name] = ra
-	}
-	return out, nil
+	return policy.ResultActions(c.Mode, allowed, c.outcomes()...)
 }
 
 // Evaluator evaluates DMARC for every message. It is safe for concurrent
