@@ -39,6 +39,7 @@ type Session struct {
 
 	// The transaction.
 	msg   auth.Message // the sender checks' results, for the headers
+	ma    messageAuth  // DKIM and DMARC
 	tags  []policy.Verdict
 	hold  *policy.Verdict
 	strip []headerRef // forged header fields to remove at end of message
@@ -103,10 +104,15 @@ func (s *Session) Header(name, value string) {
 	if !s.f.Trusted && (hasPrefixFold(name, "X-Sluice-") || s.e.auth != nil && s.e.auth.Forged(name, value)) {
 		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
+	s.messageHeader(name, value)
 }
 
-// Body counts n bytes of the message body.
-func (s *Session) Body(n int) { s.size += int64(n) }
+// Body counts a chunk of the message body, and streams it into the DKIM
+// verifier.
+func (s *Session) Body(chunk []byte) {
+	s.size += int64(len(chunk))
+	s.messageBody(chunk)
+}
 
 // headerSize is the bytes a header field took in the message: the MTA
 // passes the value without the space after the colon, and a folded value
@@ -142,22 +148,31 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		s.endMessage(ctx, false)
 	case smtp.Data:
 		s.f.Size = messageSize(s.size)
+		// DKIM and DMARC first: rules may count per what they verify.
+		s.checkMessage(ctx)
 	}
 	e := s.e
 	vs, err := e.lim.Check(ctx, st, &s.f, s.lim)
 	if err != nil {
 		e.log.Warn("counter store failed", zap.Stringer("stage", st), zap.Error(err))
 	}
-	checked := false
-	if st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs) {
+	var checks []auth.Result
+	if st == smtp.Mail && e.checks && !e.pol.Refuses(vs) {
 		// The verdicts live in the limits session's scratch space: append
 		// to a copy.
 		vs = append(vs[:len(vs):len(vs)], s.checkSender(ctx)...)
-		checked = true
+		checks = s.msg.Results()
+	}
+	if st == smtp.Data && len(s.ma.verdicts) > 0 {
+		vs = append(vs[:len(vs):len(vs)], s.ma.verdicts...)
+	}
+	if st == smtp.Data {
+		checks = s.ma.results
 	}
 	var d policy.Decision
 	if vs != nil {
-		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
+		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt,
+			FromDomain: s.f.FromDomain}
 		d = e.pol.Decide(st, vs, &env)
 	}
 	// The session's earlier refusals weigh on every reply, not only on
@@ -175,11 +190,11 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		e.log.Info("escalated", zap.String("action", d.Escalation.String()), zap.Int("refusals", s.refusals),
 			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
 	}
-	out := s.decision(&d, checked)
+	out := s.decision(&d, checks)
 	switch st {
 	case smtp.Connect, smtp.Helo:
 		s.keepForSession(&d)
-		if st == smtp.Connect && !refused && e.auth != nil {
+		if st == smtp.Connect && !refused && e.checks {
 			// Start the client's DNS lookups now, so that they are
 			// answered by MAIL FROM.
 			e.auth.Connect(ctx, &s.f)
@@ -210,7 +225,7 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 
 // decision copies what the front end needs of d: nothing in it points
 // into the session or the limits session's scratch space.
-func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
+func (s *Session) decision(d *policy.Decision, rs []auth.Result) smtp.Decision {
 	out := smtp.Decision{Pause: d.Delay, Escalation: d.Escalation}
 	if d.Refused() {
 		out.Action, out.Reply, out.Kind = d.Action, d.Reply, smtp.Reply
@@ -225,7 +240,7 @@ func (s *Session) decision(d *policy.Decision, checked bool) smtp.Decision {
 				RetryAfter: o.RetryAfter, Asked: o.Verdict.Action, Mode: o.Mode, Action: o.Action}
 		}
 	}
-	if rs := s.msg.Results(); checked && len(rs) > 0 {
+	if len(rs) > 0 {
 		out.Checks = make([]smtp.Check, len(rs))
 		for i, r := range rs {
 			out.Checks[i] = smtp.Check{Name: r.Check, Result: r.Value, Asked: r.Action, Mode: s.e.pol.Effective(r.Mode), Detail: r.Detail}
@@ -297,6 +312,8 @@ func (s *Session) endMessage(ctx context.Context, accepted bool) {
 	s.tags, s.hold, s.strip, s.size, s.edits = s.tags[:0], nil, s.strip[:0], 0, nil
 	s.msg = auth.Message{}
 	clear(s.seen)
+	s.ma.reset()
+	s.f.DKIMDomains, s.f.FromDomain, s.f.DMARC = nil, "", ""
 }
 
 // Close ends the session: its concurrency slots are freed and open
@@ -304,6 +321,7 @@ func (s *Session) endMessage(ctx context.Context, accepted bool) {
 func (s *Session) Close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, stageTimeout)
 	defer cancel()
+	s.ma.reset()
 	s.e.lim.Close(ctx, s.lim)
 }
 

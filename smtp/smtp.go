@@ -253,8 +253,8 @@ type Edit struct {
 type Needs struct {
 	Helo   bool // the HELO name
 	Rcpt   bool // each RCPT TO
-	Header bool // the header fields (forged ones removed, or a size counted)
-	Body   bool // the body's size
+	Header bool // the header fields (forged ones removed, a size counted, DKIM, DMARC's From)
+	Body   bool // the body: its size, or its bytes for DKIM
 	// Edits: the end of message may change the message (tags, holds,
 	// check results), so forged copies of sluice's fields must be seen.
 	Edits    bool
@@ -275,7 +275,10 @@ type Session interface {
 	Mail(sender, saslUser string)
 	Rcpt(rcpt string)
 	Header(name, value string)
-	Body(n int)
+	// Body gives a chunk of the body as the MTA sent it (CRLF line
+	// ends); the session reads it before Body returns and keeps nothing
+	// of it, so the caller may reuse the memory.
+	Body(chunk []byte)
 	SetMacros(m Macros)
 	// Stage decides the stage from what the session knows so far.
 	Stage(ctx context.Context, st Stage) Decision

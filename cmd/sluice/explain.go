@@ -200,7 +200,9 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 	}
 	// The size as the client sent it: the engine adds the empty line
 	// between header and body to what it is shown.
-	s.Body(int(max(x.size-2, 0)))
+	for left := max(x.size-2, 0); left > 0; left -= int64(len(zeros)) {
+		s.Body(zeros[:min(left, int64(len(zeros)))])
+	}
 	if ask("data", smtp.Data).Refused() {
 		s.EndMessage(ctx, false)
 		return r
@@ -209,6 +211,9 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 	s.EndMessage(ctx, true)
 	return r
 }
+
+// zeros stands for a body of -size bytes: only its length is read.
+var zeros = make([]byte, 64<<10)
 
 func (x *explainer) checksLine() string {
 	switch {
