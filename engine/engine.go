@@ -93,9 +93,9 @@ type Options struct {
 	// DKIM and DMARC verify and evaluate at end of message; nil when off.
 	// With either, Auth must be given (it writes Authentication-Results
 	// and removes forged ones), even with no sender check on.
-	DKIM  *dkim.Verifier
-	DMARC *dmarc.Evaluator
-	Log   *zap.Logger
+	DKIM     *dkim.Verifier
+	DMARC    *dmarc.Evaluator
+	Log      *zap.Logger
 	Observer Observer
 	// AcceptAtMail lets a MAIL FROM decision be Accept when nothing later
 	// can change the answer, so that the front end skips the rest of the
