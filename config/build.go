@@ -1,11 +1,15 @@
 package config
 
 import (
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
 	"sluice/auth"
+	"sluice/auth/dkim"
+	"sluice/auth/dmarc"
+	"sluice/auth/resolver"
 	"sluice/conf"
 	"sluice/engine"
 	"sluice/limits"
@@ -49,9 +53,33 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 	if err != nil {
 		return nil, err
 	}
-	var checker *auth.Checker
+	var (
+		checker  *auth.Checker
+		verifier *dkim.Verifier
+		dmarcs   *dmarc.Evaluator
+	)
 	if !rt.NoChecks {
-		if checker, err = auth.New(&c.AuthConfig, rt.Log); err != nil {
+		var opts []auth.Option
+		if c.DKIM.Enabled || c.DMARC.Enabled {
+			// One resolver, one cache: the sender checks, the DKIM keys
+			// and the DMARC records.
+			res, err := resolver.New(&c.DNS, rt.Log)
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, auth.WithResolver(res))
+			if c.DKIM.Enabled {
+				if verifier, err = dkim.New(&c.DKIM, res, c.DNS.CheckBytes, rt.Log); err != nil {
+					return nil, fmt.Errorf("dkim: %w", err)
+				}
+			}
+			if c.DMARC.Enabled {
+				if dmarcs, err = dmarc.New(&c.DMARC, res, c.DNS.CheckBytes); err != nil {
+					return nil, fmt.Errorf("dmarc: %w", err)
+				}
+			}
+		}
+		if checker, err = auth.New(&c.AuthConfig, rt.Log, opts...); err != nil {
 			return nil, err
 		}
 	}
@@ -64,6 +92,8 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 			Store: rt.Store, Fallback: rt.Fallback, Recorder: rt.Recorder, OnStoreError: c.Store.OnStoreError,
 		},
 		Auth:         checker,
+		DKIM:         verifier,
+		DMARC:        dmarcs,
 		Log:          rt.Log,
 		Observer:     rt.Observer,
 		AcceptAtMail: true,
