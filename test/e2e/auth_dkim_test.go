@@ -258,3 +258,61 @@ func TestSendmailDKIMDMARC(t *testing.T) {
 		return tr
 	}, func(n int) []mta.Message { return sm.WaitDelivered(n, time.Minute) })
 }
+
+// Limits per verified identity: at most 2 messages a day per signing
+// domain that passed DKIM, and 1 per DMARC-authenticated From domain,
+// counted at end of message. Unsigned mail claiming the same From domain
+// is counted by neither.
+func TestPostfixLimitsPerVerifiedDomain(t *testing.T) {
+	testenv.Require(t)
+	srv := dkimDNS(t)
+	sl := sluicetest.StartSluice(t, dkimConfig(srv)+`
+[[limit]]
+name = "per-signer"
+count = "messages"
+per = "dkim_domain"
+rate = "2/1d"
+action = "reject"
+
+[[limit]]
+name = "per-author"
+count = "messages"
+per = "from_domain"
+match.dmarc = "pass"
+rate = "1/1d"
+action = "tempfail"
+`)
+	pf := mta.StartPostfix(t, mta.PostfixOptions{Milter: sl.Listen})
+	send := func(msg []byte) mta.Transaction {
+		c := session(t, pf.Addr, spfClient)
+		defer c.Quit()
+		tr, err := c.Send("b@bounces.example", []string{rcpt}, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}
+	// ed.example signs for none.example (p=none: DMARC fails, unaligned).
+	for i := range 2 {
+		if tr := send(signedBy(dkimEd, "a@none.example", fmt.Sprintf("signed %d", i), true)); !tr.Accepted() {
+			t.Fatalf("message %d signed by ed.example: %v", i, tr)
+		}
+	}
+	if stage, r := send(signedBy(dkimEd, "a@none.example", "signed 3", true)).Refused(); stage != "DATA" || r.Code != 550 || !strings.Contains(r.Text, "dkim_domain:ed.example") {
+		t.Errorf("third message signed by ed.example: %s %v; want 550 naming dkim_domain:ed.example", stage, r)
+	}
+	// rsa.example: DMARC pass by its aligned signature, once; then the
+	// per-author limit answers.
+	if tr := send(signedBy(dkimRSA, "a@rsa.example", "author 1", true)); !tr.Accepted() {
+		t.Fatalf("first DMARC pass: %v", tr)
+	}
+	if stage, r := send(signedBy(dkimRSA, "a@rsa.example", "author 2", true)).Refused(); stage != "DATA" || r.Code != 451 || !strings.Contains(r.Text, "from_domain:rsa.example") {
+		t.Errorf("second DMARC pass from rsa.example: %s %v; want 451 naming from_domain:rsa.example", stage, r)
+	}
+	// Unsigned, From none.example: neither limit counts it.
+	for i := range 3 {
+		if tr := send(dkimtest.Message("a@none.example", rcpt, fmt.Sprintf("unsigned %d", i), 200)); !tr.Accepted() {
+			t.Errorf("unsigned %d: %v", i, tr)
+		}
+	}
+}
