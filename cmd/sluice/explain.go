@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -40,6 +41,7 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	listener := fs.String("listener", "smtpd", "listener, as Postfix's {daemon_name} (milter_macro_daemon_name)")
 	auth := fs.String("auth", "", "SASL user name, when the client authenticated")
 	size := fs.Int64("size", 10240, "message size in bytes (header and body as the client sent them), for bytes rules")
+	message := fs.String("message", "", "a message file (header and body): its header fields and body go through the engine, so DKIM and DMARC verify it; its size replaces -size")
 	most := fs.Int("n", 100000, "repeat the session at most this many times")
 	noDNS := fs.Bool("no-dns", false, "leave SPF and the sender checks out (they ask DNS)")
 	asJSON := fs.Bool("json", false, "print the session's stages and decisions as JSON")
@@ -57,6 +59,19 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		x.client.IP = ip.Unmap()
+	}
+	if *message != "" {
+		raw, err := os.ReadFile(*message)
+		if err != nil {
+			fmt.Fprintf(stderr, "sluice explain: -message: %v\n", err)
+			return 2
+		}
+		if x.fields, x.body, err = splitMessage(raw); err != nil {
+			fmt.Fprintf(stderr, "sluice explain: -message %s: %v\n", *message, err)
+			return 2
+		}
+		x.message = true
+		x.size = int64(len(raw))
 	}
 	if *size < 0 || *most < 1 {
 		fmt.Fprintln(stderr, "sluice explain: -size must not be negative and -n must be at least 1")
@@ -108,6 +123,47 @@ type explainer struct {
 	sasl   string
 	rcpts  []string
 	size   int64
+
+	// -message: the header fields and body the session is given.
+	message bool
+	fields  []field
+	body    []byte
+}
+
+// field is one header field as the MTA gives it to a milter.
+type field struct{ name, value string }
+
+// maxMessageFile bounds the message file explain reads.
+const maxMessageFile = 64 << 20
+
+// splitMessage cuts a message into the header fields a milter receives
+// (the value without the space after the colon, folded lines kept) and a
+// body with CRLF line ends, whatever line ends the file has.
+func splitMessage(raw []byte) ([]field, []byte, error) {
+	if len(raw) > maxMessageFile {
+		return nil, nil, fmt.Errorf("%d bytes: larger than %d", len(raw), maxMessageFile)
+	}
+	text := strings.ReplaceAll(string(raw), "\r\n", "\n")
+	head, body, found := strings.Cut(text, "\n\n")
+	if !found {
+		head, body = strings.TrimSuffix(text, "\n"), ""
+	}
+	var fs []field
+	for i, line := range strings.Split(head, "\n") {
+		if line != "" && (line[0] == ' ' || line[0] == '\t') {
+			if len(fs) == 0 {
+				return nil, nil, fmt.Errorf("line %d: a continuation line before any header field", i+1)
+			}
+			fs[len(fs)-1].value += "\r\n" + line
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, nil, fmt.Errorf("line %d: not a header field: %q", i+1, smtp.Printable(line, 80))
+		}
+		fs = append(fs, field{name, strings.TrimPrefix(value, " ")})
+	}
+	return fs, []byte(strings.ReplaceAll(body, "\n", "\r\n")), nil
 }
 
 // private is an engine on a memory store of its own.
@@ -198,10 +254,21 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 		s.EndMessage(ctx, false)
 		return r
 	}
-	// The size as the client sent it: the engine adds the empty line
-	// between header and body to what it is shown.
-	for left := max(x.size-2, 0); left > 0; left -= int64(len(zeros)) {
-		s.Body(zeros[:min(left, int64(len(zeros)))])
+	if x.message {
+		for _, f := range x.fields {
+			s.Header(f.name, f.value)
+		}
+		for rest := x.body; len(rest) > 0; {
+			n := min(len(rest), 65535) // Postfix's chunks
+			s.Body(rest[:n])
+			rest = rest[n:]
+		}
+	} else {
+		// The size as the client sent it: the engine adds the empty line
+		// between header and body to what it is shown.
+		for left := max(x.size-2, 0); left > 0; left -= int64(len(zeros)) {
+			s.Body(zeros[:min(left, int64(len(zeros)))])
+		}
 	}
 	if ask("data", smtp.Data).Refused() {
 		s.EndMessage(ctx, false)
@@ -216,13 +283,22 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 var zeros = make([]byte, 64<<10)
 
 func (x *explainer) checksLine() string {
+	line := "sender checks: none configured"
 	switch {
 	case x.noDNS:
-		return "sender checks: left out (-no-dns): SPF and [checks] were not asked"
+		return "sender checks: left out (-no-dns): SPF, [checks], DKIM and DMARC were not asked"
 	case x.checksOn():
-		return "sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]"
+		line = "sender checks: SPF and [checks] asked at MAIL FROM, of DNS through [dns]"
 	}
-	return "sender checks: none configured"
+	switch dkim, dmarc := x.main.eng.MessageChecks(); {
+	case (dkim || dmarc) && !x.message:
+		line += "\nDKIM and DMARC: on, but no -message given: they see an empty header and say none or permerror"
+	case dkim && dmarc:
+		line += "\nDKIM and DMARC: the message of -message verified at end of message"
+	case dkim:
+		line += "\nDKIM: the message of -message verified at end of message"
+	}
+	return line
 }
 
 // checksOn reports whether the explained engine runs sender checks.
