@@ -41,6 +41,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-msgauth/authres"
 	"go.uber.org/zap"
 
 	"sluice/auth/resolver"
@@ -186,6 +187,7 @@ type Message struct {
 	ip      netip.Addr
 	results []Result
 	spf     *spfOutcome
+	more    []authres.Result // checks made elsewhere (DKIM, DMARC), for the one Authentication-Results
 }
 
 // Results are the outcomes of the checks that ran for the message, in

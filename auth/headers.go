@@ -51,6 +51,7 @@ func (c *Checker) Headers(m *Message, mode func(policy.Mode) policy.Mode) []Head
 			ar = append(ar, &authres.IPRevResult{Value: authres.ResultValue(r.Value), IP: m.ip.String()})
 		}
 	}
+	ar = append(ar, m.more...)
 	if len(ar) > 0 {
 		hs = append(hs, Header{"Authentication-Results", strings.TrimSpace(authres.Format(c.id, ar))})
 	}
@@ -62,7 +63,7 @@ func (c *Checker) Headers(m *Message, mode func(policy.Mode) policy.Mode) []Head
 			r.Mode = mode(r.Mode)
 		}
 		if r.Action == policy.ActionNone || r.Mode == policy.ModeDryRun ||
-			r.Check == "spf" && r.Action == policy.ActionTag {
+			r.Action == policy.ActionTag && inAuthResults(r.Check) {
 			continue
 		}
 		v := r.Check + "=" + r.Value + " action=" + r.Action.String()
@@ -182,4 +183,18 @@ func comment(s string) string {
 	}
 	b.WriteByte(')')
 	return b.String()
+}
+
+// inAuthResults reports whether a check's result shows in
+// Authentication-Results, so that a result only tagged needs no
+// X-Sluice-Check of its own.
+func inAuthResults(check string) bool { return check == "spf" || check == "dkim" || check == "dmarc" }
+
+// Add records the result of a check made outside auth — DKIM and DMARC
+// at end of message: ar go into the same Authentication-Results as SPF's,
+// and r joins Results, so that it shows in X-Sluice-Check and the
+// metrics as auth's own checks do.
+func (m *Message) Add(r Result, ar ...authres.Result) {
+	m.results = append(m.results, r)
+	m.more = append(m.more, ar...)
 }

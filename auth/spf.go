@@ -177,3 +177,15 @@ func (r ip4Resolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAdd
 	}
 	return out, err
 }
+
+// SPFMailFrom is the SPF result of the MAIL FROM identity and the domain
+// it was checked for, as DMARC reads them; empty when SPF did not run or
+// checked the HELO identity (the null sender), which DMARC must never
+// use (RFC 7489 §4.1; opendmarc trusted it: CVE-2019-20790).
+func (m *Message) SPFMailFrom() (result, domain string) {
+	if m.spf == nil || m.spf.identity != "mailfrom" {
+		return "", ""
+	}
+	_, d, _ := cutLast(m.spf.checked, '@')
+	return string(m.spf.result), d
+}

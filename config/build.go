@@ -1,11 +1,15 @@
 package config
 
 import (
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
 	"sluice/auth"
+	"sluice/auth/dkim"
+	"sluice/auth/dmarc"
+	"sluice/auth/resolver"
 	"sluice/conf"
 	"sluice/engine"
 	"sluice/limits"
@@ -28,12 +32,12 @@ type Runtime struct {
 	// is an error.
 	Lists *lists.Set
 	// NoDNS leaves out the checks that ask DNS — SPF, client_rdns, dnsbl,
-	// sender_domain_exists — and keeps the access tables and the checks
-	// of what the client said (sluice explain -no-dns, and its
-	// repetitions).
+	// sender_domain_exists, DKIM and DMARC — and keeps the access tables
+	// and the checks of what the client said (sluice explain -no-dns, and
+	// its repetitions).
 	NoDNS bool
-	// NoChecks leaves every sender check, access table and SPF out: a
-	// replayed log does not say what they answered then.
+	// NoChecks leaves every check out — access tables, SPF, DKIM, DMARC:
+	// a replayed log does not say what they answered then.
 	NoChecks bool
 	// Now is the clock the engine reads; nil: time.Now.
 	Now func() time.Time
@@ -54,13 +58,36 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A table's DELAY is bounded by max_delay, as every pause is.
-	opts := []auth.Option{auth.WithMaxDelay(c.PolicyConfig.MaxDelay.D())}
-	if rt.NoDNS {
-		opts = append(opts, auth.WithoutDNS())
-	}
-	var checker *auth.Checker
+	var (
+		checker  *auth.Checker
+		verifier *dkim.Verifier
+		dmarcs   *dmarc.Evaluator
+	)
 	if !rt.NoChecks {
+		// A table's DELAY is bounded by max_delay, as every pause is.
+		opts := []auth.Option{auth.WithMaxDelay(c.PolicyConfig.MaxDelay.D())}
+		switch {
+		case rt.NoDNS:
+			opts = append(opts, auth.WithoutDNS())
+		case c.DKIM.Enabled || c.DMARC.Enabled:
+			// One resolver, one cache: the sender checks, the DKIM keys
+			// and the DMARC records.
+			res, err := resolver.New(&c.DNS, rt.Log)
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, auth.WithResolver(res))
+			if c.DKIM.Enabled {
+				if verifier, err = dkim.New(&c.DKIM, res, c.DNS.CheckBytes, rt.Log); err != nil {
+					return nil, fmt.Errorf("dkim: %w", err)
+				}
+			}
+			if c.DMARC.Enabled {
+				if dmarcs, err = dmarc.New(&c.DMARC, res, c.DNS.CheckBytes); err != nil {
+					return nil, fmt.Errorf("dmarc: %w", err)
+				}
+			}
+		}
 		if checker, err = auth.New(&c.AuthConfig, rt.Log, opts...); err != nil {
 			return nil, err
 		}
@@ -74,6 +101,8 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 			Store: rt.Store, Fallback: rt.Fallback, Recorder: rt.Recorder, OnStoreError: c.Store.OnStoreError,
 		},
 		Auth:         checker,
+		DKIM:         verifier,
+		DMARC:        dmarcs,
 		Log:          rt.Log,
 		Observer:     rt.Observer,
 		AcceptAtMail: true,

@@ -19,6 +19,8 @@ import (
 
 	"sluice/admin"
 	"sluice/auth"
+	"sluice/auth/dkim"
+	"sluice/auth/dmarc"
 	"sluice/conf"
 	"sluice/engine"
 	"sluice/limits"
@@ -36,6 +38,8 @@ type Config struct {
 	PolicyConfig
 	LimitsConfig
 	AuthConfig
+	DKIM            dkim.Config    `toml:"dkim"`
+	DMARC           dmarc.Config   `toml:"dmarc"`
 	Store           StoreConfig    `toml:"store"`
 	Lists           lists.Config   `toml:"lists"`
 	Log             LogConfig      `toml:"log"`
@@ -95,6 +99,8 @@ func (c *Config) defaults() {
 	c.PolicyConfig.Defaults()
 	c.LimitsConfig.Defaults()
 	c.AuthConfig.Defaults()
+	c.DKIM.Defaults()
+	c.DMARC.Defaults()
 	c.Store.Defaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
@@ -142,6 +148,9 @@ func (c *Config) validate() error {
 	if err := c.AuthConfig.Validate(); err != nil {
 		return err
 	}
+	if err := c.validateMessageChecks(); err != nil {
+		return err
+	}
 	for i := range c.Rules {
 		if err := c.PolicyConfig.CheckDelay(c.Rules[i].Delay.D()); err != nil {
 			return conf.In(conf.Errorf("delay", "%v", err), "limit", conf.Index(i))
@@ -183,4 +192,28 @@ func (c *Config) Warnings() []error {
 
 func (c *Config) String() string {
 	return fmt.Sprintf("listen=%s mode=%s rules=%d", c.Listen, c.Mode, len(c.Rules))
+}
+
+// validateMessageChecks checks [dkim] and [dmarc], and what they need of
+// each other and of the rules.
+func (c *Config) validateMessageChecks() error {
+	if err := c.DKIM.Validate(); err != nil {
+		return conf.In(err, "dkim")
+	}
+	if err := c.DMARC.Validate(); err != nil {
+		return conf.In(err, "dmarc")
+	}
+	if c.DMARC.Enabled && (!c.SPF.Enabled || !c.DKIM.Enabled) {
+		return conf.In(conf.Errorf("enabled", "DMARC passes on an aligned SPF or DKIM pass: turn on [spf] and [dkim] too (enabled = true)"), "dmarc")
+	}
+	for i := range c.Rules {
+		d, m := c.Rules[i].Verified()
+		switch {
+		case d && !c.DKIM.Enabled:
+			return conf.In(conf.Errorf("per", "dkim_domain counts what DKIM verified: turn on [dkim] (enabled = true)"), "limit", conf.Index(i))
+		case m && !c.DMARC.Enabled:
+			return conf.In(conf.Errorf("per", "from_domain and match.dmarc read DMARC's result: turn on [dmarc] (enabled = true)"), "limit", conf.Index(i))
+		}
+	}
+	return nil
 }

@@ -125,7 +125,7 @@ func TestSenderChecks(t *testing.T) {
 			s.Rcpt("postmaster@mx.sluice.test")
 			s.Stage(ctx, smtp.Rcpt)
 			s.Header("Authentication-Results", "mx.sluice.test; spf=pass smtp.mailfrom=forged.example")
-			s.Body(10)
+			s.Body(make([]byte, 10))
 			s.Stage(ctx, smtp.Data)
 			edits := s.Edits()
 			if len(edits) < 3 || edits[0].Kind != smtp.Remove || edits[0].Name != "Authentication-Results" ||

@@ -12,11 +12,14 @@
 package engine
 
 import (
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
 	"sluice/auth"
+	"sluice/auth/dkim"
+	"sluice/auth/dmarc"
 	"sluice/conf"
 	"sluice/limits"
 	"sluice/lists"
@@ -87,6 +90,11 @@ type Options struct {
 	// the engine sets its mode and log.
 	Counting limits.Options
 	Auth     *auth.Checker // nil when no sender check is configured
+	// DKIM and DMARC verify and evaluate at end of message; nil when off.
+	// With either, Auth must be given (it writes Authentication-Results
+	// and removes forged ones), even with no sender check on.
+	DKIM     *dkim.Verifier
+	DMARC    *dmarc.Evaluator
 	Log      *zap.Logger
 	Observer Observer
 	// AcceptAtMail lets a MAIL FROM decision be Accept when nothing later
@@ -104,7 +112,10 @@ type Engine struct {
 	cfg    Config
 	pol    policy.Config
 	lim    *limits.Engine
-	auth   *auth.Checker // nil when no check is enabled
+	auth   *auth.Checker // nil when no check, DKIM or DMARC is on
+	checks bool          // the sender checks run at MAIL FROM
+	dkim   *dkim.Verifier
+	dmarc  *dmarc.Evaluator
 	log    *zap.Logger
 	obs    Observer
 	now    func() time.Time
@@ -145,8 +156,11 @@ func New(o Options) (*Engine, error) {
 	if e.lim, err = limits.New(rules, o.Lists, co); err != nil {
 		return nil, err
 	}
-	if o.Auth != nil && o.Auth.Enabled() {
-		e.auth = o.Auth
+	e.dkim, e.dmarc = o.DKIM, o.DMARC
+	if o.Auth != nil && (o.Auth.Enabled() || e.dkim != nil || e.dmarc != nil) {
+		e.auth, e.checks = o.Auth, o.Auth.Enabled()
+	} else if e.dkim != nil || e.dmarc != nil {
+		return nil, fmt.Errorf("engine: DKIM and DMARC need an auth checker for their headers")
 	}
 	e.listeners = newListenerWatch(e.lim, e.log)
 	e.needs = e.computeNeeds()
@@ -160,26 +174,33 @@ func New(o Options) (*Engine, error) {
 func (e *Engine) Limits() *limits.Engine { return e.lim }
 
 // Checks reports whether sender checks run (SPF, [checks]).
-func (e *Engine) Checks() bool { return e.auth != nil }
+func (e *Engine) Checks() bool { return e.checks }
+
+// MessageChecks reports whether DKIM and DMARC run at end of message.
+func (e *Engine) MessageChecks() (dkim, dmarc bool) { return e.dkim != nil, e.dmarc != nil }
 
 // Needs says which events and facts the policy reads.
 func (e *Engine) Needs() smtp.Needs { return e.needs }
 
 func (e *Engine) computeNeeds() smtp.Needs {
-	checks := e.auth != nil
+	checks := e.checks
+	// DKIM reads the header and the body; DMARC the From field. Without
+	// them neither is asked for on their account: a policy without them
+	// negotiates what it did before they existed.
+	message := e.dkim != nil || e.dmarc != nil
 	// Checks write Authentication-Results: forged ones must be seen to
 	// be removed.
-	edits := checks || e.mayTag()
+	edits := e.auth != nil || e.mayTag()
 	// A message's size is its header and body as the client sent them
 	// (Postfix has no {msg_size}): bytes rules need the header lines too.
 	size := e.lim.Needs(smtp.Data)
 	n := smtp.Needs{
 		Helo:     checks || e.lim.UsesHelo(),
 		Rcpt:     e.lim.Needs(smtp.Rcpt),
-		Header:   edits || size,
-		Body:     size,
+		Header:   edits || size || message,
+		Body:     size || e.dkim != nil,
 		Edits:    edits,
-		SASLUser: checks || e.lim.UsesSASLUser(),
+		SASLUser: checks || message || e.lim.UsesSASLUser(),
 		QueueID:  true, // every refusal's log line names it
 	}
 	// Nothing after MAIL FROM can change the answer or the message: no

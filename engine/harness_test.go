@@ -133,7 +133,7 @@ func (v *env) send(s *engine.Session, from, user string, rcpts []string, header 
 	for _, h := range header {
 		s.Header(h[0], h[1])
 	}
-	s.Body(len("body\r\n"))
+	s.Body([]byte("body\r\n"))
 	m.data = s.Stage(ctx, smtp.Data)
 	if m.data.Refused() {
 		s.EndMessage(ctx, false)

@@ -47,6 +47,7 @@ type Session struct {
 
 	// The transaction.
 	msg   auth.Message // the sender checks' results, for the headers
+	ma    messageAuth  // DKIM and DMARC
 	tags  []policy.Verdict
 	hold  *policy.Verdict
 	strip []headerRef // forged header fields to remove at end of message
@@ -111,10 +112,20 @@ func (s *Session) Header(name, value string) {
 	if !s.f.Trusted && (hasPrefixFold(name, "X-Sluice-") || s.e.auth != nil && s.e.auth.Forged(name, value)) {
 		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
+	s.messageHeader(name, value)
 }
 
-// Body counts n bytes of the message body.
-func (s *Session) Body(n int) { s.size += int64(n) }
+// Body counts a chunk of the message body, and streams it into the DKIM
+// verifier.
+func (s *Session) Body(chunk []byte) {
+	s.size += int64(len(chunk))
+	s.messageBody(chunk)
+}
+
+// BodySize counts n bytes of body whose content the front end never had
+// (a replayed log tells only sizes); DKIM, which reads the body, must not
+// be on.
+func (s *Session) BodySize(n int64) { s.size += n }
 
 // headerSize is the bytes a header field took in the message: the MTA
 // passes the value without the space after the colon, and a folded value
@@ -150,6 +161,8 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		s.endMessage(ctx, false)
 	case smtp.Data:
 		s.f.Size = messageSize(s.size)
+		// DKIM and DMARC first: rules may count per what they verify.
+		s.checkMessage(ctx)
 	}
 	e := s.e
 	if s.local && s.waitsForData(st) {
@@ -166,16 +179,22 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	}
 	var checks []auth.Result
 	switch {
-	case st == smtp.Connect && e.auth != nil:
+	case st == smtp.Connect && e.checks:
 		// The verdicts live in the limits session's scratch space: append
 		// to a copy.
 		vs = append(vs[:len(vs):len(vs)], e.auth.Client(&s.f, &s.client)...)
 		checks = s.client.Results()
-	case st == smtp.Mail && e.auth != nil && !e.pol.Refuses(vs):
+	case st == smtp.Mail && e.checks && !e.pol.Refuses(vs):
 		vs = append(vs[:len(vs):len(vs)], s.checkSender(ctx)...)
 		checks = s.msg.Results()
-	case st == smtp.Data && len(s.connDeferred)+len(s.deferred) > 0:
-		vs = append(append(vs[:len(vs):len(vs)], s.connDeferred...), s.deferred...)
+	case st == smtp.Data:
+		if len(s.connDeferred)+len(s.deferred) > 0 {
+			vs = append(append(vs[:len(vs):len(vs)], s.connDeferred...), s.deferred...)
+		}
+		if len(s.ma.verdicts) > 0 {
+			vs = append(vs[:len(vs):len(vs)], s.ma.verdicts...)
+		}
+		checks = s.ma.results
 	}
 	deferred := false
 	if s.local && st != smtp.Data {
@@ -183,7 +202,8 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	}
 	var d policy.Decision
 	if vs != nil {
-		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt}
+		env := policy.Env{ClientIP: ipString(s.f.ClientIP), Sender: s.f.Sender, SASLUser: s.f.SASLUser, Rcpt: s.f.Rcpt,
+			FromDomain: s.f.FromDomain}
 		d = e.pol.Decide(st, vs, &env)
 	}
 	// The session's earlier refusals weigh on every reply, not only on
@@ -205,7 +225,7 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	switch st {
 	case smtp.Connect, smtp.Helo:
 		s.keepForSession(&d)
-		if st == smtp.Connect && !refused && !deferred && e.auth != nil {
+		if st == smtp.Connect && !refused && !deferred && e.checks {
 			// Start the client's DNS lookups now, so that they are
 			// answered by MAIL FROM.
 			e.auth.Connect(ctx, &s.f, &s.client)
@@ -362,6 +382,8 @@ func (s *Session) endMessage(ctx context.Context, accepted bool) {
 	s.tags, s.hold, s.strip, s.size, s.edits, s.deferred = s.tags[:0], nil, s.strip[:0], 0, nil, s.deferred[:0]
 	s.msg = auth.Message{}
 	clear(s.seen)
+	s.ma.reset()
+	s.f.DKIMDomains, s.f.FromDomain, s.f.DMARC = nil, "", ""
 }
 
 // Close ends the session: its concurrency slots are freed and open
@@ -369,6 +391,7 @@ func (s *Session) endMessage(ctx context.Context, accepted bool) {
 func (s *Session) Close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, stageTimeout)
 	defer cancel()
+	s.ma.reset()
 	s.e.lim.Close(ctx, s.lim)
 }
 

@@ -367,14 +367,14 @@ func TestMessageSize(t *testing.T) {
 		s.Mail("a@example.org", "")
 		s.Stage(ctx, smtp.Mail)
 		s.Header("Subject", "a\nb") // "Subject: a\r\nb\r\n"
-		s.Body(tc.body)
+		s.Body(make([]byte, tc.body))
 		if d := s.Stage(ctx, smtp.Data); d.Refused() {
 			t.Fatalf("body %d: the first message refused: %+v", tc.body, d)
 		}
 		s.EndMessage(ctx, true)
 		s.Mail("a@example.org", "")
 		s.Stage(ctx, smtp.Mail)
-		s.Body(1)
+		s.Body([]byte{'x'})
 		if d := s.Stage(ctx, smtp.Data); d.Refused() == tc.fits {
 			t.Errorf("after %d bytes, a message of 3: refused %v", 15+2+tc.body, d.Refused())
 		}

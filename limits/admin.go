@@ -334,6 +334,10 @@ func setFact(f *policy.Facts, d dim, v string) error {
 		f.Helo = v
 	case dimListener:
 		f.Listener = v
+	case dimDKIMDomain:
+		f.DKIMDomains = []string{v}
+	case dimFromDomain:
+		f.FromDomain = v
 	}
 	return nil
 }

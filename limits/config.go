@@ -78,6 +78,10 @@ type Match struct {
 	RcptDomain    []string `toml:"rcpt_domain"`   // list names or inline domains
 	Helo          string   `toml:"helo"`          // regexp
 	Sender        string   `toml:"sender"`        // regexp
+	// DMARC is the DMARC result the message must have: pass, fail,
+	// none, temperror or permerror. Known at end of message: a rule that
+	// says it counts there.
+	DMARC string `toml:"dmarc"`
 }
 
 // count is what a rule counts.
@@ -164,6 +168,27 @@ func (c *Config) FitSpan(listNames map[string]bool, span int64, bound string) er
 	return nil
 }
 
+// UsesVerified reports whether any rule reads what DKIM (dkim) or DMARC
+// (dmarc: the From domain, the result) verified.
+func (c *Config) UsesVerified() (dkim, dmarc bool) {
+	for i := range c.Rules {
+		d, m := c.Rules[i].Verified()
+		dkim, dmarc = dkim || d, dmarc || m
+	}
+	return dkim, dmarc
+}
+
+// Verified reports whether the rule reads what DKIM (dkim_domain) or
+// DMARC (from_domain, match.dmarc) verified.
+func (r *Rule) Verified() (dkim, dmarc bool) {
+	names, _ := perNames(r.Per)
+	for _, n := range names {
+		dkim = dkim || n == dimNames[dimDKIMDomain]
+		dmarc = dmarc || n == dimNames[dimFromDomain]
+	}
+	return dkim, dmarc || r.Match.DMARC != ""
+}
+
 // CheckOnStoreError validates an on_store_error value.
 func CheckOnStoreError(s string) error {
 	_, err := parseStoreErrorPolicy(s)
@@ -173,8 +198,9 @@ func CheckOnStoreError(s string) error {
 // rule is a compiled Rule.
 type rule struct {
 	name     string
-	prefix   string // "name:0:", the start of its first window's store keys
-	blocking bool   // a denial refuses the event: set by New, from the global mode
+	stage    policy.Stage // where it counts: its count's stage, or end of message for what only that knows
+	prefix   string       // "name:0:", the start of its first window's store keys
+	blocking bool         // a denial refuses the event: set by New, from the global mode
 	count    count
 	keyer    keyer
 	windows  []window
@@ -229,6 +255,7 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 		return nil, conf.Errorf("count", "missing: what does rule %q count (connections, concurrent, messages, recipients or bytes)?", r.Name)
 	}
 
+	c.stage = c.count.stage()
 	if err := c.compileLimit(r); err != nil {
 		return nil, err
 	}
@@ -254,7 +281,12 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 		return nil, conf.Errorf("count_on", "unknown value %q (want attempt or accepted)", r.CountOn)
 	}
 	c.strict, c.final, c.trusted = r.Strict, r.Final, r.ApplyToTrusted
-	m, err := compileMatch(&r.Match, c.count.stage(), set, names)
+	if r.Match.DMARC != "" {
+		if err := c.countAtEnd("match.dmarc"); err != nil {
+			return nil, conf.In(err, "match")
+		}
+	}
+	m, err := compileMatch(&r.Match, c.stage, set, names)
 	if err != nil {
 		return nil, conf.In(err, "match")
 	}
@@ -394,32 +426,54 @@ func (c *rule) compileLimit(r *Rule) error {
 	return nil
 }
 
-// dimList names the keys a rule may count per, for errors.
+// dimWords names the keys a rule may count per, for errors.
 var dimWords = strings.Join(dimNames[:len(dimNames)-1], ", ") + " or " + dimNames[len(dimNames)-1]
 
-func (c *rule) compileKey(r *Rule) error {
-	var names []string
-	switch v := r.Per.(type) {
+// countAtEnd moves a rule that reads what only the end of the message
+// knows (what DKIM and DMARC verified) there: messages and bytes can be
+// counted then, the rest happen before.
+func (c *rule) countAtEnd(what string) error {
+	if c.count != countMessages && c.count != countBytes {
+		return fmt.Errorf("%s is known at end of message, where only messages and bytes are counted, not %s", what, countNames[c.count])
+	}
+	c.stage = policy.StageData
+	return nil
+}
+
+// perNames reads per: a key name or a list of them.
+func perNames(per any) ([]string, error) {
+	switch v := per.(type) {
 	case nil:
+		return nil, nil
+	case string:
+		return []string{v}, nil
+	case []any:
+		var names []string
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, conf.Errorf("per", "each key is a word in quotes (%s)", dimWords)
+			}
+			names = append(names, s)
+		}
+		if len(names) == 0 {
+			return nil, conf.Errorf("per", "empty list")
+		}
+		return names, nil
+	}
+	return nil, conf.Errorf("per", "want a key name in quotes or a list of them (%s)", dimWords)
+}
+
+func (c *rule) compileKey(r *Rule) error {
+	names, err := perNames(r.Per)
+	if err != nil {
+		return err
+	}
+	if names == nil {
 		if c.maxRcpt > 0 && len(c.windows) == 0 || c.tarpit {
 			return nil // a per-message cap or a tarpit needs no key
 		}
 		return conf.Errorf("per", "missing: what is counted per (client_ip, sender, sasl_user, ...)?")
-	case string:
-		names = []string{v}
-	case []any:
-		for _, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return conf.Errorf("per", "each key is a word in quotes (%s)", dimWords)
-			}
-			names = append(names, s)
-		}
-	default:
-		return conf.Errorf("per", "want a key name in quotes or a list of them (%s)", dimWords)
-	}
-	if len(names) == 0 {
-		return conf.Errorf("per", "empty list")
 	}
 	k := &c.keyer
 	for _, n := range names {
@@ -432,7 +486,11 @@ func (c *rule) compileKey(r *Rule) error {
 				return conf.Errorf("per", "%s given twice", n)
 			}
 		}
-		if d.stage() > c.count.stage() || c.count == countBytes && (d == dimRcpt || d == dimRcptDomain) {
+		if d.stage() == policy.StageData {
+			if err := c.countAtEnd(n); err != nil {
+				return conf.In(err, "per")
+			}
+		} else if d.stage() > c.count.stage() || c.count == countBytes && (d == dimRcpt || d == dimRcptDomain) {
 			return conf.Errorf("per", "%s is not known when %s are counted (at %s)", n, countNames[c.count], c.count.stage())
 		}
 		k.dims = append(k.dims, d)
@@ -514,6 +572,7 @@ type matcher struct {
 	senderDomain  []*lists.List
 	rcptDomain    []*lists.List
 	helo, sender  *regexp.Regexp
+	dmarc         string
 }
 
 // has reports whether the key includes dimension d.
@@ -554,6 +613,12 @@ func compileMatch(m *Match, at policy.Stage, set *lists.Set, names map[string]bo
 	}
 	if c.sender, err = compilePattern("sender", m.Sender); err != nil {
 		return c, err
+	}
+	switch m.DMARC {
+	case "", "pass", "fail", "none", "temperror", "permerror":
+		c.dmarc = m.DMARC
+	default:
+		return c, conf.Errorf("dmarc", "unknown result %q (want pass, fail, none, temperror or permerror)", m.DMARC)
 	}
 	for _, need := range []struct {
 		given bool
@@ -630,9 +695,10 @@ const (
 	condRcptDomain
 	condHelo
 	condSender
+	condDMARC
 )
 
-var conditionKeys = [...]string{"", "listener", "authenticated", "client", "sender_domain", "rcpt_domain", "helo", "sender"}
+var conditionKeys = [...]string{"", "listener", "authenticated", "client", "sender_domain", "rcpt_domain", "helo", "sender", "dmarc"}
 
 func (m *matcher) matches(f *policy.Facts) bool { return m.failed(f) == condNone }
 
@@ -659,6 +725,9 @@ func (m *matcher) failed(f *policy.Facts) condition {
 	}
 	if m.sender != nil && !m.sender.MatchString(trimPath(f.Sender)) {
 		return condSender
+	}
+	if m.dmarc != "" && m.dmarc != f.DMARC {
+		return condDMARC
 	}
 	return condNone
 }

@@ -97,8 +97,7 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		}
 		r.blocking = r.action.Refuses() && mode == policy.ModeEnforce
 		e.rules = append(e.rules, r)
-		st := r.count.stage()
-		e.byStage[st] = append(e.byStage[st], r)
+		e.byStage[r.stage] = append(e.byStage[r.stage], r)
 	}
 	// Stale from the start: the first check reads the store's exemptions.
 	c := &allowCache{}
@@ -228,11 +227,18 @@ func (s *Session) result() []policy.Verdict {
 // addRequests appends one request per window of r ("name:0:key", "name:1:key"),
 // or one concurrency request ("name:c:key").
 func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[string]time.Time) {
+	for alt := range r.keyer.keys(f) {
+		e.addKeyRequests(r, f, alt, s, allows)
+	}
+}
+
+// addKeyRequests appends the requests of the alt-th key of f.
+func (e *Engine) addKeyRequests(r *rule, f *policy.Facts, alt int, s *Session, allows map[string]time.Time) {
 	start := len(s.buf)
 	s.buf = append(s.buf, r.prefix...)
 	dimStart := len(s.buf)
 	var ok bool
-	if s.buf, ok = r.keyer.appendKey(s.buf, f); !ok || len(allows) > 0 && exempt(allows, s.buf[dimStart:]) {
+	if s.buf, ok = r.keyer.appendKeyAt(s.buf, f, alt); !ok || len(allows) > 0 && exempt(allows, s.buf[dimStart:]) {
 		s.buf = s.buf[:start]
 		return
 	}

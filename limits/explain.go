@@ -150,6 +150,11 @@ func (m *matcher) describe(c condition, f *policy.Facts) string {
 		return key + fmt.Sprintf("HELO %s does not match /%s/", q(f.Helo), pattern(m.helo.String()))
 	case condSender:
 		return key + fmt.Sprintf("sender %s does not match /%s/", senderText(f.Sender), pattern(m.sender.String()))
+	case condDMARC:
+		if f.DMARC == "" {
+			return key + "DMARC did not run for this message"
+		}
+		return key + fmt.Sprintf("DMARC result %s, not %s", f.DMARC, m.dmarc)
 	}
 	return key + "does not hold"
 }
@@ -171,6 +176,10 @@ func (k *keyer) missing(f *policy.Facts) string {
 			return "no HELO to count per"
 		case dimRcpt, dimRcptDomain:
 			return "no recipient domain to count per " + d.String()
+		case dimDKIMDomain:
+			return "no DKIM signature passed: nothing to count per dkim_domain"
+		case dimFromDomain:
+			return "no From domain (DMARC did not run, or From names no single domain)"
 		}
 		return "no " + d.String() + " to count per"
 	}

@@ -27,9 +27,11 @@ const (
 	dimRcpt
 	dimRcptDomain
 	dimListener
+	dimDKIMDomain // the d= of each signature that passed DKIM
+	dimFromDomain // the domain of the From field
 )
 
-var dimNames = [...]string{"client_ip", "sender", "sender_domain", "sasl_user", "helo", "rcpt", "rcpt_domain", "listener"}
+var dimNames = [...]string{"client_ip", "sender", "sender_domain", "sasl_user", "helo", "rcpt", "rcpt_domain", "listener", "dkim_domain", "from_domain"}
 
 func (d dim) String() string { return dimNames[d] }
 
@@ -42,6 +44,8 @@ func (d dim) stage() policy.Stage {
 		return policy.StageHelo
 	case dimRcpt, dimRcptDomain:
 		return policy.StageRcpt
+	case dimDKIMDomain, dimFromDomain:
+		return policy.StageData
 	}
 	return policy.StageMail
 }
@@ -52,7 +56,7 @@ func parseDim(s string) (dim, error) {
 			return dim(i), nil
 		}
 	}
-	return 0, fmt.Errorf("unknown key %q (want client_ip, sender, sender_domain, sasl_user, helo, rcpt, rcpt_domain or listener)", s)
+	return 0, fmt.Errorf("unknown key %q (want client_ip, sender, sender_domain, sasl_user, helo, rcpt, rcpt_domain, listener, dkim_domain or from_domain)", s)
 }
 
 // keyer builds a rule's dimension key ("sender:alice@example.org",
@@ -82,10 +86,29 @@ const maxValueLen = 256
 // no value (no client IP, not authenticated, null sender skipped, no HELO):
 // the rule does not apply to that event.
 func (k *keyer) appendKey(buf []byte, f *policy.Facts) (out []byte, ok bool) {
+	return k.appendKeyAt(buf, f, 0)
+}
+
+// keys is how many keys f gives: one, or with dkim_domain one for each
+// signing domain that passed (none when none did), each counted.
+func (k *keyer) keys(f *policy.Facts) int {
+	if k.has(dimDKIMDomain) {
+		return len(f.DKIMDomains)
+	}
+	return 1
+}
+
+// appendKeyAt appends the alt-th of f's keys (see keys).
+func (k *keyer) appendKeyAt(buf []byte, f *policy.Facts, alt int) (out []byte, ok bool) {
 	for i, d := range k.dims {
 		buf = append(buf, k.labels[i]...)
 		start := len(buf)
-		if buf, ok = k.appendValue(buf, d, f); !ok {
+		if d == dimDKIMDomain {
+			buf, ok = appendSigner(buf, f, alt)
+		} else {
+			buf, ok = k.appendValue(buf, d, f)
+		}
+		if !ok {
 			return buf, false
 		}
 		buf = boundValue(buf, start)
@@ -123,8 +146,22 @@ func (k *keyer) appendValue(buf []byte, d dim, f *policy.Facts) ([]byte, bool) {
 		return appendNorm(buf, h, true), h != ""
 	case dimListener:
 		return appendNorm(buf, f.Listener, true), f.Listener != ""
+	case dimFromDomain:
+		dom := asciiDomain(strings.TrimRight(f.FromDomain, "."))
+		return appendNorm(buf, dom, true), dom != ""
+	case dimDKIMDomain:
+		return appendSigner(buf, f, 0)
 	}
 	return buf, false
+}
+
+// appendSigner writes the alt-th signing domain that passed DKIM.
+func appendSigner(buf []byte, f *policy.Facts, alt int) ([]byte, bool) {
+	if alt >= len(f.DKIMDomains) {
+		return buf, false
+	}
+	dom := asciiDomain(strings.TrimRight(f.DKIMDomains[alt], "."))
+	return appendNorm(buf, dom, true), dom != ""
 }
 
 // appendPrefix writes the client's address, or its network when the rule

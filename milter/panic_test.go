@@ -64,7 +64,7 @@ func (s *panickySession) Mail(from, user string) {
 }
 func (s *panickySession) Rcpt(rcpt string)        { s.p.maybe("rcpt"); s.Session.Rcpt(rcpt) }
 func (s *panickySession) Header(name, val string) { s.p.maybe("header"); s.Session.Header(name, val) }
-func (s *panickySession) Body(n int)              { s.p.maybe("body"); s.Session.Body(n) }
+func (s *panickySession) Body(b []byte)           { s.p.maybe("body"); s.Session.Body(b) }
 func (s *panickySession) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	if st == smtp.Data {
 		s.p.maybe("end of message")

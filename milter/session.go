@@ -125,7 +125,7 @@ func (s *session) Headers(h textproto.MIMEHeader, m *milter.Modifier) (milter.Re
 func (s *session) BodyChunk(chunk []byte, m *milter.Modifier) (resp milter.Response, err error) {
 	defer s.tempfailOnPanic(&resp, &err)
 	defer guard.RecoverErr(s.log, "milter session", &err)
-	s.open().Body(len(chunk))
+	s.open().Body(chunk)
 	return milter.RespContinue, nil
 }
 

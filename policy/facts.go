@@ -17,6 +17,14 @@ type Facts struct {
 	Size       int64  // message size in bytes, known at end of message
 	QueueID    string // {i}, when the MTA has sent it
 	Trusted    bool   // the client is on the global trusted list
+
+	// Known at end of message, when DKIM and DMARC run: the d= of each
+	// signature that passed (lower case, each once), the domain of the
+	// From field, and the DMARC result (pass, fail, none, temperror,
+	// permerror; "" when DMARC did not run).
+	DKIMDomains []string
+	FromDomain  string
+	DMARC       string
 }
 
 // Authenticated reports whether the client logged in with SMTP AUTH.

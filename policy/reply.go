@@ -14,6 +14,9 @@ type Env struct {
 	Sender   string
 	SASLUser string
 	Rcpt     string
+	// FromDomain is the domain of the message's From field, known at
+	// end of message when DMARC runs.
+	FromDomain string
 }
 
 // Reply is a validated SMTP reply template such as
@@ -42,11 +45,12 @@ const (
 	phRcpt
 	phLimit
 	phRetryAfter
+	phFromDomain
 )
 
 var placeholders = map[string]placeholder{
 	"rule": phRule, "key": phKey, "client_ip": phClientIP, "sender": phSender,
-	"sasl_user": phSASLUser, "rcpt": phRcpt, "limit": phLimit, "retry_after": phRetryAfter,
+	"sasl_user": phSASLUser, "rcpt": phRcpt, "limit": phLimit, "retry_after": phRetryAfter, "from_domain": phFromDomain,
 }
 
 // maxReplyLine keeps a rendered reply inside SMTP's 512-octet line limit
@@ -232,7 +236,7 @@ func parseParts(s string) ([]part, error) {
 		name := s[open+1 : open+end]
 		ph, ok := placeholders[name]
 		if !ok {
-			return nil, fmt.Errorf("unknown placeholder {%s} (known: {rule} {key} {client_ip} {sender} {sasl_user} {rcpt} {limit} {retry_after})", name)
+			return nil, fmt.Errorf("unknown placeholder {%s} (known: {rule} {key} {client_ip} {sender} {sasl_user} {rcpt} {limit} {retry_after} {from_domain})", name)
 		}
 		parts = append(parts, part{v: ph})
 		s = s[open+end+1:]
@@ -301,6 +305,8 @@ func (r *Reply) value(p placeholder, v *Verdict, env *Env) string {
 		return env.SASLUser
 	case phRcpt:
 		return env.Rcpt
+	case phFromDomain:
+		return env.FromDomain
 	}
 	return ""
 }

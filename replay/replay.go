@@ -139,7 +139,7 @@ func (r *Replayer) Step(ctx context.Context, st *maillog.Step) {
 		if s.skip != m {
 			// The engine adds the empty line between header and body to
 			// what it is shown.
-			s.es.Body(int(max(m.Size-2, 0)))
+			bodySize(s.es, max(m.Size-2, 0))
 			r.decided(smtp.Data, now, s.es.Stage(ctx, smtp.Data))
 			s.es.Edits()
 		}
@@ -166,4 +166,19 @@ func (r *Replayer) Open() int { return len(r.sessions) }
 // Report is what the replay found, with the log's own statistics.
 func (r *Replayer) Report(st *maillog.Stats, since, until int64) *Report {
 	return r.report.build(st, since, until)
+}
+
+// zeros stand for a body a session cannot count without being shown.
+var zeros = make([]byte, 64<<10)
+
+// bodySize tells the session of n bytes of body: the log has its size,
+// never its bytes.
+func bodySize(s smtp.Session, n int64) {
+	if bs, ok := s.(smtp.BodySizer); ok {
+		bs.BodySize(n)
+		return
+	}
+	for ; n > 0; n -= int64(len(zeros)) {
+		s.Body(zeros[:min(n, int64(len(zeros)))])
+	}
 }

@@ -269,8 +269,8 @@ type Edit struct {
 type Needs struct {
 	Helo   bool // the HELO name
 	Rcpt   bool // each RCPT TO
-	Header bool // the header fields (forged ones removed, or a size counted)
-	Body   bool // the body's size
+	Header bool // the header fields (forged ones removed, a size counted, DKIM, DMARC's From)
+	Body   bool // the body: its size, or its bytes for DKIM
 	// Edits: the end of message may change the message (tags, holds,
 	// check results), so forged copies of sluice's fields must be seen.
 	Edits    bool
@@ -291,7 +291,10 @@ type Session interface {
 	Mail(sender, saslUser string)
 	Rcpt(rcpt string)
 	Header(name, value string)
-	Body(n int)
+	// Body gives a chunk of the body as the MTA sent it (CRLF line
+	// ends); the session reads it before Body returns and keeps nothing
+	// of it, so the caller may reuse the memory.
+	Body(chunk []byte)
 	SetMacros(m Macros)
 	// Stage decides the stage from what the session knows so far.
 	Stage(ctx context.Context, st Stage) Decision
@@ -302,6 +305,12 @@ type Session interface {
 	EndMessage(ctx context.Context, accepted bool)
 	// Close ends the session and frees what it holds.
 	Close(ctx context.Context)
+}
+
+// BodySizer is a Session that can count body bytes it is not shown: a
+// front end that knows only a message's size (a replayed log) gives that.
+type BodySizer interface {
+	BodySize(n int64)
 }
 
 // Engine opens sessions; a reload makes a new one, and each session keeps

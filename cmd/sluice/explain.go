@@ -41,6 +41,7 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	listener := fs.String("listener", defaultListener(), "listener as the MTA names it: Postfix's {daemon_name} is $myhostname unless master.cf says -o milter_macro_daemon_name=NAME; Sendmail's is DAEMON_OPTIONS Name=")
 	auth := fs.String("auth", "", "SASL user name, when the client authenticated")
 	size := fs.Int64("size", 10240, "message size in bytes (header and body as the client sent them), for bytes rules")
+	message := fs.String("message", "", "a message file (header and body): its header fields and body go through the engine, so DKIM and DMARC verify it; its size replaces -size")
 	most := fs.Int("n", 100000, "repeat the session at most this many times")
 	noDNS := fs.Bool("no-dns", false, "leave out the checks that ask DNS (SPF, dnsbl, client_rdns, sender_domain_exists); the access tables and the other checks still answer")
 	asJSON := fs.Bool("json", false, "print the session's stages and decisions as JSON")
@@ -58,6 +59,19 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		x.client.IP = ip.Unmap()
+	}
+	if *message != "" {
+		raw, err := os.ReadFile(*message)
+		if err != nil {
+			fmt.Fprintf(stderr, "sluice explain: -message: %v\n", err)
+			return 2
+		}
+		if x.fields, x.body, err = splitMessage(raw); err != nil {
+			fmt.Fprintf(stderr, "sluice explain: -message %s: %v\n", *message, err)
+			return 2
+		}
+		x.message = true
+		x.size = int64(len(raw))
 	}
 	if *size < 0 || *most < 1 {
 		fmt.Fprintln(stderr, "sluice explain: -size must not be negative and -n must be at least 1")
@@ -118,6 +132,47 @@ type explainer struct {
 	sasl   string
 	rcpts  []string
 	size   int64
+
+	// -message: the header fields and body the session is given.
+	message bool
+	fields  []field
+	body    []byte
+}
+
+// field is one header field as the MTA gives it to a milter.
+type field struct{ name, value string }
+
+// maxMessageFile bounds the message file explain reads.
+const maxMessageFile = 64 << 20
+
+// splitMessage cuts a message into the header fields a milter receives
+// (the value without the space after the colon, folded lines kept) and a
+// body with CRLF line ends, whatever line ends the file has.
+func splitMessage(raw []byte) ([]field, []byte, error) {
+	if len(raw) > maxMessageFile {
+		return nil, nil, fmt.Errorf("%d bytes: larger than %d", len(raw), maxMessageFile)
+	}
+	text := strings.ReplaceAll(string(raw), "\r\n", "\n")
+	head, body, found := strings.Cut(text, "\n\n")
+	if !found {
+		head, body = strings.TrimSuffix(text, "\n"), ""
+	}
+	var fs []field
+	for i, line := range strings.Split(head, "\n") {
+		if line != "" && (line[0] == ' ' || line[0] == '\t') {
+			if len(fs) == 0 {
+				return nil, nil, fmt.Errorf("line %d: a continuation line before any header field", i+1)
+			}
+			fs[len(fs)-1].value += "\r\n" + line
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, nil, fmt.Errorf("line %d: not a header field: %q", i+1, smtp.Printable(line, 80))
+		}
+		fs = append(fs, field{name, strings.TrimPrefix(value, " ")})
+	}
+	return fs, []byte(strings.ReplaceAll(body, "\n", "\r\n")), nil
 }
 
 // private is an engine on a memory store of its own.
@@ -210,9 +265,22 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 		s.EndMessage(ctx, false)
 		return r
 	}
-	// The size as the client sent it: the engine adds the empty line
-	// between header and body to what it is shown.
-	s.Body(int(max(x.size-2, 0)))
+	if x.message {
+		for _, f := range x.fields {
+			s.Header(f.name, f.value)
+		}
+		for rest := x.body; len(rest) > 0; {
+			n := min(len(rest), 65535) // Postfix's chunks
+			s.Body(rest[:n])
+			rest = rest[n:]
+		}
+	} else {
+		// The size as the client sent it: the engine adds the empty line
+		// between header and body to what it is shown.
+		for left := max(x.size-2, 0); left > 0; left -= int64(len(zeros)) {
+			s.Body(zeros[:min(left, int64(len(zeros)))])
+		}
+	}
 	if ask("data", smtp.Data).Refused() {
 		s.EndMessage(ctx, false)
 		return r
@@ -222,22 +290,39 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 	return r
 }
 
+// zeros stands for a body of -size bytes: only its length is read.
+var zeros = make([]byte, 64<<10)
+
 func (x *explainer) checksLine() string {
+	line := "checks: none configured"
 	switch {
 	case x.noDNS && x.main.eng.Checks():
-		return "checks: the access tables and the checks of what the client said; those that ask DNS left out (-no-dns)"
+		line = "checks: the access tables and the checks of what the client said; those that ask DNS left out (-no-dns)"
 	case x.noDNS && x.dnsChecks():
 		return "checks: those that ask DNS left out (-no-dns), and no other is configured"
+	case x.noDNS:
+		return line
 	case x.checksOn():
-		return "checks: client_access at connect; the others at MAIL FROM, asking DNS through [dns]"
+		line = "checks: client_access at connect; the others at MAIL FROM, asking DNS through [dns]"
 	}
-	return "checks: none configured"
+	switch dkim, dmarc := x.main.eng.MessageChecks(); {
+	case (dkim || dmarc) && !x.message:
+		line += "\nDKIM and DMARC: on, but no -message given: they see an empty header and say none or permerror"
+	case dkim && dmarc:
+		line += "\nDKIM and DMARC: the message of -message verified at end of message"
+	case dkim:
+		line += "\nDKIM: the message of -message verified at end of message"
+	case dmarc:
+		line += "\nDMARC: the message of -message evaluated at end of message"
+	}
+	return line
 }
 
 // dnsChecks reports whether the config has checks that ask DNS.
 func (x *explainer) dnsChecks() bool {
 	k := &x.cfg.Checks
-	return x.cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0
+	return x.cfg.SPF.Enabled || k.SenderDomainExists != nil || k.ClientRDNS != nil || len(k.DNSBL) > 0 ||
+		x.cfg.DKIM.Enabled || x.cfg.DMARC.Enabled
 }
 
 // checksOn reports whether the explained engine runs checks.

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"sluice/auth/dkim/dkimtest"
 	"sluice/test/dnstest"
 )
 
@@ -395,5 +397,60 @@ func TestExplainJSON(t *testing.T) {
 	}
 	if len(got.Repeat) == 0 || got.Repeat[0].Session != 2 || got.Repeat[0].Label != "mail" || got.Repeat[0].Decision.Outcomes[0].Action != "tag" {
 		t.Errorf("repeat %+v", got.Repeat)
+	}
+}
+
+// explain -message verifies a message file as the daemon would: DKIM,
+// SPF and DMARC at their stages, and the one Authentication-Results it
+// would write, for a signed message whose From the signature aligns with,
+// and the same message with its body changed (written with bare LF line
+// ends, as a file saved by hand is).
+func TestExplainMessage(t *testing.T) {
+	key := dkimtest.Ed25519("signed.example", "sel")
+	srv := dnstest.Start(t, dnstest.NewZone().MustAddText(key.ZoneLine(),
+		`signed.example. 300 IN TXT "v=spf1 ip4:192.0.2.0/24 -all"`,
+		`_dmarc.signed.example. 300 IN TXT "v=DMARC1; p=reject"`))
+	config := writeConfig(t, fmt.Sprintf(`authserv_id = "mx.sluice.test"
+trusted = []
+[dns]
+servers = [%q]
+timeout = "1s"
+[spf]
+enabled = true
+[dkim]
+enabled = true
+[dmarc]
+enabled = true
+reject = "reject"
+`, srv.Addr()))
+	msg := dkimtest.Sign(dkimtest.Message("a@signed.example", "bob@example.net", "explain", 800), key, dkimtest.Options{Relaxed: true})
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.eml"), filepath.Join(dir, "bad.eml")
+	os.WriteFile(good, msg, 0o644)
+	os.WriteFile(bad, bytes.ReplaceAll(bytes.Replace(msg, []byte("lazy dog"), []byte("lazy cat"), 1), []byte("\r\n"), []byte("\n")), 0o644)
+	args := []string{"explain", "-config", config, "-client", "198.51.100.9", "-helo", "client.example.net",
+		"-sender", "bounce@other.example", "-rcpt", "bob@example.net"}
+	code, out, errs := runCmd(append(args, "-message", good)...)
+	t.Logf("\n%s", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{
+		"DKIM and DMARC: the message of -message verified at end of message",
+		"check dkim   pass",
+		"check dmarc  pass",
+		"insert at 0  Authentication-Results: mx.sluice.test; spf=none smtp.mailfrom=bounce@other.example; dkim=pass header.a=ed25519-sha256",
+		"header.d=signed.example header.i=@signed.example header.s=sel; dmarc=pass header.from=signed.example policy.dmarc=none",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	code, out, _ = runCmd(append(args, "-message", bad)...)
+	if code != 0 || !strings.Contains(out, "check dkim   fail") || !strings.Contains(out, `reject "550 5.7.1 Rejected by the DMARC policy of signed.example"`) {
+		t.Errorf("changed body: exit %d\n%s", code, out)
+	}
+	if code, _, errs := runCmd(append(args, "-message", filepath.Join(dir, "missing"))...); code != 2 || !strings.Contains(errs, "-message") {
+		t.Errorf("missing file: exit %d %s", code, errs)
 	}
 }

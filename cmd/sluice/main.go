@@ -69,7 +69,7 @@ func usage(w io.Writer) {
   sluice check [-config FILE]     validate a config: errors with file:line, exit 1
   sluice counters COMMAND ...     see, reset and exempt counters of a running sluice
                                   (top, show KEY, reset KEY, allow KEY -for 2h, allows)
-  sluice explain -config FILE -client IP -helo NAME -sender ADDR -rcpt ADDR [-listener NAME] [-auth USER]
+  sluice explain -config FILE -client IP -helo NAME -sender ADDR -rcpt ADDR [-listener NAME] [-auth USER] [-message FILE]
                                   show which rules apply at each stage, and what
                                   fresh counters would answer (never the live ones)
   sluice replay [-config FILE] [-json] [-html FILE] LOG...

@@ -7,6 +7,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"sluice/auth"
+	"sluice/auth/dkim"
+	"sluice/auth/dmarc"
 	"sluice/engine"
 	"sluice/limits"
 	"sluice/limits/memstore"
@@ -27,6 +30,10 @@ type Setup struct {
 	Clock    func() int64
 	Log      *zap.Logger
 	Observer engine.Observer
+	// Auth, DKIM and DMARC are the checks, when the test has any.
+	Auth  *auth.Checker
+	DKIM  *dkim.Verifier
+	DMARC *dmarc.Evaluator
 }
 
 // New builds the engine, on a memory store (with s.Clock, when given)
@@ -67,6 +74,9 @@ func New(tb testing.TB, s Setup) (*engine.Engine, *memstore.Store) {
 		Log:          s.Log,
 		Observer:     s.Observer,
 		AcceptAtMail: s.Accept,
+		Auth:         s.Auth,
+		DKIM:         s.DKIM,
+		DMARC:        s.DMARC,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -33,7 +33,12 @@ type Server struct {
 
 // NewServer starts a server on 127.0.0.1 with a random port, answering
 // from z (nil: an empty zone).
-func NewServer(z *Zone) (*Server, error) {
+func NewServer(z *Zone) (*Server, error) { return NewServerAt(z, "127.0.0.1:0") }
+
+// NewServerAt is NewServer on the given loopback address, for programs
+// that only ask the nameservers of /etc/resolv.conf, on port 53
+// (benchmarks of other milters, in a mount namespace of their own).
+func NewServerAt(z *Zone, addr string) (*Server, error) {
 	if z == nil {
 		z = NewZone()
 	}
@@ -44,7 +49,7 @@ func NewServer(z *Zone) (*Server, error) {
 	// side of a free UDP port, so try a few.
 	for range 10 {
 		var pc net.PacketConn
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		pc, err = net.ListenPacket("udp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("dnstest: listen udp: %w", err)
 		}
