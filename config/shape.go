@@ -250,7 +250,7 @@ func (c *shapeChecker) value(v *unstable.Node, t reflect.Type, words []string, p
 			mismatch()
 		}
 	case unstable.Array:
-		if isText(t) || (t.Kind() != reflect.Slice && t.Kind() != reflect.Array) {
+		if !isListType(t) {
 			mismatch()
 			return
 		}
@@ -382,6 +382,20 @@ func isAny(t reflect.Type) bool { return deref(t).Kind() == reflect.Interface }
 // UnmarshalText, as the decoder does.
 func isText(t reflect.Type) bool { return reflect.PointerTo(deref(t)).Implements(textType) }
 
+// isTextOrList reports whether t is a list read from a string too, by
+// its own UnmarshalText (one access table, or a list of them): it takes
+// both forms. A byte slice is only ever a string.
+func isTextOrList(t reflect.Type) bool {
+	t = deref(t)
+	return isText(t) && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) && t.Elem().Kind() != reflect.Uint8
+}
+
+// isListType reports whether t is written as a list.
+func isListType(t reflect.Type) bool {
+	t = deref(t)
+	return (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) && (!isText(t) || isTextOrList(t))
+}
+
 // isTable reports whether t is written as a table: a struct (one read
 // from a string too, like a check's short form, when it has keys of its
 // own), a map, or anything.
@@ -399,13 +413,13 @@ func isTable(t reflect.Type) bool {
 // isTableList reports whether t is an array of tables ([[limit]]).
 func isTableList(t reflect.Type) bool {
 	t = deref(t)
-	return (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) && !isText(t) && isTable(t.Elem()) && !isAny(t.Elem())
+	return isListType(t) && isTable(t.Elem()) && !isAny(t.Elem())
 }
 
 // isList reports whether t is a list of values (not of tables).
 func isList(t reflect.Type) bool {
 	t = deref(t)
-	return (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) && !isText(t) && !isTableList(t)
+	return isListType(t) && !isTableList(t)
 }
 
 func isInt(t reflect.Type) bool {
@@ -463,6 +477,8 @@ func want(t reflect.Type, words []string, path []string) string {
 		return `a duration in quotes (e.g. "30s", "5m", "1d")`
 	case isText(t) && isTable(t):
 		return "a string in quotes or a table"
+	case isTextOrList(t):
+		return "a string in quotes or a list"
 	case isText(t), t.Kind() == reflect.String:
 		return "a string in quotes"
 	case t.Kind() == reflect.Bool:

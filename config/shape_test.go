@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -280,6 +282,36 @@ func TestWarnsOfListenersBeyondLoopback(t *testing.T) {
 		}
 		if warn && !strings.HasPrefix(ws[0].Error(), "f.toml:3: metrics.listen: ") {
 			t.Errorf("listen %s: %v", listen, ws[0])
+		}
+	}
+}
+
+// A key that takes one value or a list of them (an access table's file
+// name, a list of names, a list of tables) passes in each form, and its
+// tables' keys are still checked.
+func TestKeysOfOneOrManyTakeEachForm(t *testing.T) {
+	dir := t.TempDir()
+	cidr := filepath.Join(dir, "clients.cidr")
+	if err := os.WriteFile(cidr, []byte("192.0.2.0/24 REJECT\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, doc := range []string{
+		fmt.Sprintf("[checks]\nclient_access = %q\n", "cidr:"+cidr),
+		fmt.Sprintf("[checks]\nclient_access = [%q, %q]\n", "cidr:"+cidr, cidr),
+		fmt.Sprintf("[checks]\nclient_access = [{ file = %q, mode = \"tag\" }]\n", "cidr:"+cidr),
+		fmt.Sprintf("[[checks.client_access]]\nfile = %q\nmode = \"tag\"\n", "cidr:"+cidr),
+	} {
+		if _, err := Parse("f.toml", []byte(doc)); err != nil {
+			t.Errorf("%q: %v", doc, err)
+		}
+	}
+	for doc, want := range map[string]string{
+		"[checks]\nclient_access = [{ file = \"x\", mode = \"loud\" }]\n": "f.toml:2: checks.client_access[1].mode: ",
+		"[[checks.client_access]]\nfiel = \"x\"\n":                        "f.toml:2: unknown key checks.client_access[1].fiel",
+		"[checks]\nclient_access = 5\n":                                   "f.toml:2: checks.client_access: want ",
+	} {
+		if _, err := Parse("f.toml", []byte(doc)); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: %v, want %q...", doc, err, want)
 		}
 	}
 }
