@@ -38,6 +38,11 @@ type Counters interface {
 	Reset(ctx context.Context, key, rule string) ([]limits.Counter, error)
 	Allow(ctx context.Context, key string, until time.Time) ([]string, error)
 	Exemptions(ctx context.Context) (map[string]time.Time, error)
+	Limit(ctx context.Context, rule, key, limit string, d time.Duration, by string) (limits.RuntimeLimit, error)
+	Unlimit(ctx context.Context, rule, key string) (limits.RuntimeLimit, bool, error)
+	Limits(ctx context.Context, rule string) ([]limits.RuntimeLimit, []limits.OverrideTable, error)
+	Restrictions(ctx context.Context, rule string) ([]limits.Restricted, error)
+	Release(ctx context.Context, key, rule string) ([]limits.Restricted, error)
 }
 
 // Counter is one counter as the API shows it.
@@ -51,6 +56,8 @@ type Counter struct {
 	Max        int64   `json:"max"`
 	RetryAfter float64 `json:"retry_after_seconds"`
 	InConfig   bool    `json:"in_config"`
+	Distinct   bool    `json:"distinct,omitempty"` // different values within a window
+	From       string  `json:"from,omitempty"`     // where the limit comes from: rule, table FILE:LINE, runtime
 }
 
 // Retry is RetryAfter as a duration.
@@ -64,6 +71,7 @@ func fromLimits(cs []limits.Counter) []Counter {
 		out[i] = Counter{
 			Rule: c.Rule, Limit: c.Limit, Key: c.Key, StoreKey: c.StoreKey, Concurrent: c.Concurrent,
 			Count: c.Count, Max: c.Max, RetryAfter: c.RetryAfter.Seconds(), InConfig: c.Known,
+			Distinct: c.Distinct, From: c.From,
 		}
 	}
 	return out
@@ -77,7 +85,10 @@ type Exemption struct {
 
 // response is every answer's body; Error is set on failure.
 type response struct {
-	Counters   []Counter   `json:"counters,omitempty"`
-	Exemptions []Exemption `json:"exemptions,omitempty"`
-	Error      string      `json:"error,omitempty"`
+	Counters     []Counter       `json:"counters,omitempty"`
+	Exemptions   []Exemption     `json:"exemptions,omitempty"`
+	Limits       []RuntimeLimit  `json:"limits,omitempty"`
+	Tables       []OverrideTable `json:"tables,omitempty"`
+	Restrictions []Restriction   `json:"restrictions,omitempty"`
+	Error        string          `json:"error,omitempty"`
 }

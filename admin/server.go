@@ -57,6 +57,11 @@ func Serve(ln net.Listener, engine func() Counters, log *zap.Logger) *Server {
 	mux.HandleFunc("POST /v1/counters/reset", h.reset)
 	mux.HandleFunc("POST /v1/counters/allow", h.allow)
 	mux.HandleFunc("GET /v1/counters/allows", h.allows)
+	mux.HandleFunc("POST /v1/counters/limit", h.limit)
+	mux.HandleFunc("POST /v1/counters/unlimit", h.unlimit)
+	mux.HandleFunc("GET /v1/counters/limits", h.limits)
+	mux.HandleFunc("GET /v1/counters/restricted", h.restricted)
+	mux.HandleFunc("POST /v1/counters/release", h.release)
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ContentLength > maxRequestBytes {

@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sluice/alert"
 	"sluice/auth"
 	"sluice/auth/dkim"
 	"sluice/auth/dmarc"
@@ -41,6 +42,9 @@ type Runtime struct {
 	NoChecks bool
 	// Now is the clock the engine reads; nil: time.Now.
 	Now func() time.Time
+	// Alerts are told what limits restrict, refuse and hold; used only
+	// when the file has [[alert]] tables.
+	Alerts alert.Notifier
 }
 
 // Built is an engine and what went into it.
@@ -107,11 +111,21 @@ func (c *Config) Build(rt Runtime) (*Built, error) {
 		Observer:     rt.Observer,
 		AcceptAtMail: true,
 		Now:          rt.Now,
+		Alerts:       c.alerts(rt.Alerts),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &Built{Engine: eng, Lists: set, Kept: kept}, nil
+}
+
+// alerts is n when the file has [[alert]] tables, else nil: the engine
+// then builds no alert at all.
+func (c *Config) alerts(n alert.Notifier) alert.Notifier {
+	if len(c.Alerts) == 0 {
+		return nil
+	}
+	return n
 }
 
 // BuildLists reads the [lists] files; prev, when given, is the set in

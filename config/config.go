@@ -18,6 +18,7 @@ import (
 	"fmt"
 
 	"sluice/admin"
+	"sluice/alert"
 	"sluice/auth"
 	"sluice/auth/dkim"
 	"sluice/auth/dmarc"
@@ -46,6 +47,7 @@ type Config struct {
 	ShutdownTimeout conf.Duration  `toml:"shutdown_timeout"`
 	Metrics         metrics.Config `toml:"metrics"`
 	Admin           admin.Config   `toml:"admin"`
+	Alerts          []alert.Config `toml:"alert"`
 
 	name string // the file, for errors
 	data []byte // its text, to find the line of a key
@@ -113,6 +115,9 @@ func (c *Config) defaults() {
 	}
 	c.Metrics.Defaults()
 	c.Admin.Defaults()
+	for i := range c.Alerts {
+		c.Alerts[i].Defaults()
+	}
 }
 
 func (c *Config) validate() error {
@@ -150,6 +155,15 @@ func (c *Config) validate() error {
 	}
 	if err := c.validateMessageChecks(); err != nil {
 		return err
+	}
+	rules := make(map[string]bool)
+	for _, r := range c.Rules {
+		rules[r.Name] = true
+	}
+	for i := range c.Alerts {
+		if err := c.Alerts[i].Validate(rules); err != nil {
+			return conf.In(err, "alert", conf.Index(i))
+		}
 	}
 	for i := range c.Rules {
 		if err := c.PolicyConfig.CheckDelay(c.Rules[i].Delay.D()); err != nil {

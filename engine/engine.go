@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sluice/alert"
 	"sluice/auth"
 	"sluice/auth/dkim"
 	"sluice/auth/dmarc"
@@ -101,8 +102,12 @@ type Options struct {
 	// can change the answer, so that the front end skips the rest of the
 	// message. Without it every message runs to its end.
 	AcceptAtMail bool
-	// Now is the clock stage latencies are read from; nil: time.Now.
+	// Now is the clock stage latencies are read from, restrictions are
+	// set by and alerts stamped with; nil: time.Now.
 	Now func() time.Time
+	// Alerts hears what limits restricted, refused and held; nil: no
+	// [[alert]].
+	Alerts alert.Notifier
 }
 
 // Engine decides for every session opened on it. It is built once per
@@ -123,6 +128,8 @@ type Engine struct {
 	accept bool // a MAIL FROM may be answered Accept
 
 	listeners *listenerWatch // nil when no rule names or counts per a listener
+
+	alerts alert.Notifier
 }
 
 // New builds an engine. The global mode is applied here and only here:
@@ -130,7 +137,7 @@ type Engine struct {
 // store's all-or-nothing counting, the headers a check writes, the
 // decision) is given the engine's policy.Config.Effective.
 func New(o Options) (*Engine, error) {
-	e := &Engine{cfg: o.Config, pol: o.Policy, log: o.Log, obs: o.Observer, now: o.Now}
+	e := &Engine{cfg: o.Config, pol: o.Policy, log: o.Log, obs: o.Observer, now: o.Now, alerts: o.Alerts}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -149,6 +156,9 @@ func New(o Options) (*Engine, error) {
 	}
 	co := o.Counting
 	co.Mode = e.pol.Effective
+	if co.Now == nil {
+		co.Now = e.now
+	}
 	if co.Log == nil {
 		co.Log = e.log
 	}
@@ -195,7 +205,7 @@ func (e *Engine) computeNeeds() smtp.Needs {
 	// (Postfix has no {msg_size}): bytes rules need the header lines too.
 	size := e.lim.Needs(smtp.Data)
 	n := smtp.Needs{
-		Helo:     checks || e.lim.UsesHelo(),
+		Helo:     checks || e.lim.UsesHelo() || e.alerts != nil, // alerts name the HELO
 		Rcpt:     e.lim.Needs(smtp.Rcpt),
 		Header:   edits || size || message,
 		Body:     size || e.dkim != nil,

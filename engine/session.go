@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,9 @@ type Session struct {
 	f   policy.Facts
 
 	refusals int // refusals since the session started or last delivered
+
+	// The last recipient domains of the session, newest last, for alerts.
+	rcptDomains []string
 
 	// Verdicts at connect and HELO apply to every message of the session.
 	connTags []policy.Verdict
@@ -80,7 +84,33 @@ func (s *Session) Mail(sender, saslUser string) {
 }
 
 // Rcpt records the recipient the next Rcpt stage asks about.
-func (s *Session) Rcpt(rcpt string) { s.f.Rcpt = rcpt }
+func (s *Session) Rcpt(rcpt string) {
+	s.f.Rcpt = rcpt
+	if s.e.alerts != nil {
+		s.noteRcptDomain(rcpt)
+	}
+}
+
+// maxRcptDomains is how many recent recipient domains an alert shows.
+const maxRcptDomains = 5
+
+func (s *Session) noteRcptDomain(rcpt string) {
+	at := strings.LastIndexByte(rcpt, '@')
+	if at < 0 {
+		return
+	}
+	d := strings.ToLower(strings.TrimRight(strings.Trim(rcpt[at+1:], "<>"), "."))
+	if d == "" || len(d) > 255 {
+		return
+	}
+	if i := slices.Index(s.rcptDomains, d); i >= 0 {
+		s.rcptDomains = slices.Delete(s.rcptDomains, i, i+1)
+	}
+	if len(s.rcptDomains) >= maxRcptDomains {
+		s.rcptDomains = slices.Delete(s.rcptDomains, 0, 1)
+	}
+	s.rcptDomains = append(s.rcptDomains, d)
+}
 
 // SetMacros records what the MTA sent beside an event.
 func (s *Session) SetMacros(m smtp.Macros) {
@@ -217,6 +247,12 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 	for _, o := range d.Outcomes {
 		s.logOutcome(st, o)
 	}
+	for _, ev := range s.lim.Events() {
+		s.logEvent(st, ev)
+	}
+	if e.alerts != nil {
+		s.alert(&d)
+	}
 	if d.Escalation != smtp.ActionNone {
 		e.log.Info("escalated", zap.String("action", d.Escalation.String()), zap.Int("refusals", s.refusals),
 			zap.Stringer("stage", st), zap.String("client_ip", ipString(s.f.ClientIP)), zap.Duration("delay", d.Delay))
@@ -248,6 +284,11 @@ func (s *Session) Stage(ctx context.Context, st smtp.Stage) smtp.Decision {
 		if !refused {
 			s.keep(&d)
 			s.edits = s.makeEdits()
+			if s.hold != nil || s.connHold != nil {
+				// Releasing the keys restricted meanwhile will say which
+				// mail to release from the hold queue.
+				e.lim.NoteHeld(ctx, s.lim, s.f.QueueID)
+			}
 		}
 	}
 	e.obs.Stage(st, e.now().Sub(start), &out)

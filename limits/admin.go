@@ -31,6 +31,8 @@ type Counter struct {
 	Max        int64         // burst, or slots
 	RetryAfter time.Duration // until one more is admitted; 0 when it is now
 	Known      bool          // the rule is in the config in force
+	Distinct   bool          // different values within a window rather than a rate
+	From       string        // where the limit comes from: "rule", "table FILE:LINE", "runtime, set by ..."
 }
 
 // ErrNoRule is returned when no rule counts per the dimensions of a key.
@@ -45,6 +47,7 @@ func (e *KeyError) Unwrap() error { return e.Err }
 
 // Show reads every counter of key, for one rule or all.
 func (e *Engine) Show(ctx context.Context, key, rule string) ([]Counter, error) {
+	e.syncRuntime(ctx)
 	cs, reqs, err := e.counters(key, rule)
 	if err != nil {
 		return nil, err
@@ -154,8 +157,9 @@ func (e *Engine) describe(h counter.HotKey) Counter {
 	}
 	c.Known = true
 	switch {
-	case win == "c":
+	case win == "c", win == "d":
 		c.Limit = r.limit
+		c.Distinct = win == "d"
 	case len(win) == 1 && win[0] >= '0' && int(win[0]-'0') < len(r.windows):
 		c.Limit = r.windows[win[0]-'0'].text
 	}
@@ -193,7 +197,7 @@ func (e *Engine) counters(key, rule string) ([]Counter, []counter.Request, error
 		if !ok {
 			continue
 		}
-		base := Counter{Rule: r.name, Key: string(dk), Known: true}
+		base := Counter{Rule: r.name, Key: string(dk), Known: true, From: "rule"}
 		if r.count == countConcurrent {
 			c := base
 			c.Concurrent, c.Limit, c.Max, c.StoreKey = true, r.limit, r.max, r.name+":c:"+string(dk)
@@ -201,9 +205,31 @@ func (e *Engine) counters(key, rule string) ([]Counter, []counter.Request, error
 			reqs = append(reqs, counter.Request{Key: []byte(c.StoreKey), Kind: counter.KindConcurrent, Op: counter.OpPeek, Burst: r.max, Cost: 1})
 			continue
 		}
-		for i, w := range r.windows {
+		sp := r.own
+		if r.over != nil {
+			var w where
+			sp = e.limitFor(r, &f, nil, dk, &w)
+			base.From = w.String()
+		}
+		windows := sp.windows
+		if sp.unlimited || sp.zero {
+			// What the key used of the rule's own windows, beside the
+			// limit it has instead.
+			windows = r.windows[:1]
+		}
+		for i, w := range windows {
 			c := base
 			c.Limit, c.Max = w.text, w.burst
+			if sp.unlimited || sp.zero {
+				c.Limit = sp.text
+			}
+			if r.count == countDistinct {
+				c.Distinct, c.Max = true, w.n
+				c.StoreKey = r.name + ":d:" + string(dk)
+				cs = append(cs, c)
+				reqs = append(reqs, counter.Request{Key: []byte(c.StoreKey), Kind: counter.KindDistinct, Op: counter.OpPeek, Interval: int64(w.period), Burst: w.n, Cost: 1})
+				continue
+			}
 			c.StoreKey = fmt.Sprintf("%s:%d:%s", r.name, i, dk)
 			cs = append(cs, c)
 			reqs = append(reqs, counter.Request{Key: []byte(c.StoreKey), Kind: counter.KindRate, Op: counter.OpPeek, Interval: w.interval, Burst: w.burst, Cost: 1})

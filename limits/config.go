@@ -46,7 +46,7 @@ type Config struct {
 // holds the file to it, with the line, before the rule is compiled.
 type Rule struct {
 	Name              string         `toml:"name"`
-	Count             string         `toml:"count" words:"connections concurrent messages recipients bytes"`
+	Count             string         `toml:"count" words:"connections concurrent messages recipients bytes distinct"`
 	Per               any            `toml:"per"`   // a key name or a list of them
 	Max               int64          `toml:"max"`   // concurrent: open connections
 	Rate              any            `toml:"rate"`  // "N/period" or a list of them
@@ -67,6 +67,20 @@ type Rule struct {
 	ApplyToTrusted    bool           `toml:"apply_to_trusted"`
 	Match             Match          `toml:"match"`
 	OnStoreError      string         `toml:"on_store_error" words:"allow tempfail local"` // default from [store]
+
+	// Of is what count = "distinct" counts different values of.
+	Of string `toml:"of" words:"rcpt rcpt_domain client_ip client_net helo"`
+	// Overrides gives keys limits of their own: "file:/etc/sluice/quotas"
+	// (a table, and runtime overrides) or "runtime" (runtime overrides
+	// only, set with sluice counters limit).
+	Overrides string `toml:"overrides"`
+	// RestrictFor restricts a key that crosses the rule: "24h" (any
+	// duration), "today" (until the next midnight in RestrictTimezone)
+	// or "until_released". Its later events get RestrictAction.
+	RestrictFor      string         `toml:"restrict_for"`
+	RestrictAction   *policy.Action `toml:"restrict_action"` // default hold
+	RestrictReply    *policy.Reply  `toml:"restrict_reply"`
+	RestrictTimezone string         `toml:"restrict_timezone"` // default UTC
 }
 
 // Match narrows the sessions a rule applies to; every condition given must hold.
@@ -93,14 +107,16 @@ const (
 	countMessages
 	countRecipients
 	countBytes
+	countDistinct
 )
 
-var countNames = [...]string{"connections", "concurrent", "messages", "recipients", "bytes"}
+var countNames = [...]string{"connections", "concurrent", "messages", "recipients", "bytes", "distinct"}
 
-// stage is where an event of this kind happens.
+// stage is where an event of this kind happens; a distinct rule counts
+// where what it counts and its key are known (see rule.stage).
 func (c count) stage() policy.Stage {
 	switch c {
-	case countConnections, countConcurrent:
+	case countConnections, countConcurrent, countDistinct:
 		return policy.StageConnect
 	case countMessages:
 		return policy.StageMail
@@ -202,6 +218,10 @@ type rule struct {
 	prefix   string       // "name:0:", the start of its first window's store keys
 	blocking bool         // a denial refuses the event: set by New, from the global mode
 	count    count
+	of       value        // distinct: what it counts different values of
+	over     *overrides   // limits of their own for some keys; nil: none
+	own      *limitSpec   // the rule's own limit, as overrides give theirs
+	restrict *restriction // what a crossing does beyond the rule's action; nil: nothing
 	keyer    keyer
 	windows  []window
 	max      int64 // concurrent slots
@@ -229,8 +249,18 @@ type rule struct {
 }
 
 // compileRule checks a Rule and builds its compiled form. With set nil,
-// list names are only checked for existence in names.
+// list names are only checked for existence in names. Its overrides
+// table is not read: see loadRule.
 func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) {
+	return buildRule(r, set, names, false)
+}
+
+// loadRule is compileRule that reads the rule's overrides table too.
+func loadRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) {
+	return buildRule(r, set, names, true)
+}
+
+func buildRule(r *Rule, set *lists.Set, names map[string]bool, load bool) (*rule, error) {
 	if !ruleNameRE.MatchString(r.Name) {
 		if r.Name == "" {
 			return nil, conf.Errorf("name", "every [[limit]] needs a name")
@@ -247,19 +277,28 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 			}
 		}
 		if !found {
-			return nil, conf.Errorf("count", "unknown count %q (want connections, concurrent, messages, recipients or bytes)", r.Count)
+			return nil, conf.Errorf("count", "unknown count %q (want connections, concurrent, messages, recipients, bytes or distinct)", r.Count)
 		}
 	case r.MaxRcptPerMessage > 0:
 		c.count = countRecipients
 	default:
-		return nil, conf.Errorf("count", "missing: what does rule %q count (connections, concurrent, messages, recipients or bytes)?", r.Name)
+		return nil, conf.Errorf("count", "missing: what does rule %q count (connections, concurrent, messages, recipients, bytes or distinct)?", r.Name)
 	}
-
 	c.stage = c.count.stage()
+	if err := c.compileOf(r); err != nil {
+		return nil, err
+	}
 	if err := c.compileLimit(r); err != nil {
 		return nil, err
 	}
 	if err := c.compileKey(r); err != nil {
+		return nil, err
+	}
+	c.own = &limitSpec{windows: c.windows, text: c.limit}
+	if err := c.compileOverrides(r, load); err != nil {
+		return nil, conf.In(err, "overrides")
+	}
+	if err := c.compileRestrict(r); err != nil {
 		return nil, err
 	}
 	if err := c.compileAction(r); err != nil {
@@ -274,6 +313,9 @@ func compileRule(r *Rule, set *lists.Set, names map[string]bool) (*rule, error) 
 	case "", "attempt":
 	case "accepted":
 		if c.count != countMessages && c.count != countRecipients {
+			if c.count == countDistinct {
+				return nil, conf.Errorf("count_on", "a distinct rule counts the values it sees, not messages: it takes no count_on")
+			}
 			return nil, conf.Errorf("count_on", "\"accepted\" applies to messages and recipients; %s are counted when they happen", countNames[c.count])
 		}
 		c.accepted = true
@@ -358,6 +400,9 @@ func (c *rule) compileLimit(r *Rule) error {
 	}
 	if r.Max != 0 {
 		return conf.Errorf("max", "max is for count = \"concurrent\"; %s take rate = \"N/period\"", countNames[c.count])
+	}
+	if c.count == countDistinct {
+		return c.compileDistinctLimit(r)
 	}
 	var rates []string
 	switch v := r.Rate.(type) {
@@ -490,6 +535,8 @@ func (c *rule) compileKey(r *Rule) error {
 			if err := c.countAtEnd(n); err != nil {
 				return conf.In(err, "per")
 			}
+		} else if c.count == countDistinct {
+			c.stage = max(c.stage, d.stage()) // counted once the key is known too
 		} else if d.stage() > c.count.stage() || c.count == countBytes && (d == dimRcpt || d == dimRcptDomain) {
 			return conf.Errorf("per", "%s is not known when %s are counted (at %s)", n, countNames[c.count], c.count.stage())
 		}
@@ -514,8 +561,8 @@ func (c *rule) compileKey(r *Rule) error {
 		k.ipv6Prefix = r.IPv6Prefix
 	}
 	k.stripExtension = r.StripExtension
-	if r.StripExtension && !k.has(dimSender) && !k.has(dimRcpt) {
-		return conf.Errorf("strip_extension", "applies to rules counted per sender or rcpt")
+	if r.StripExtension && !k.has(dimSender) && !k.has(dimRcpt) && c.of != ofRcpt {
+		return conf.Errorf("strip_extension", "applies to rules counted per sender or rcpt, or counting different rcpt")
 	}
 	if (r.IPv4Prefix != 0 || r.IPv6Prefix != 0) && !k.has(dimClientIP) {
 		return conf.Errorf(map[bool]string{true: "ipv4_prefix", false: "ipv6_prefix"}[r.IPv4Prefix != 0], "applies to rules counted per client_ip")

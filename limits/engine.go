@@ -41,6 +41,10 @@ type Engine struct {
 	allowsWarn  rate.Sometimes // a dead store must not log every refresh
 	sessionSeq  atomic.Uint64
 	allowMaxAge time.Duration
+
+	now       func() time.Time // restrictions' ends and graces
+	overrider bool             // the store keeps runtime overrides: events check theirs
+	runtime   runtimeCache
 }
 
 // Options are the parts of an Engine that outlive a reload.
@@ -59,13 +63,20 @@ type Options struct {
 	// OnStoreError is what rules that do not say do when the store fails
 	// ([store] on_store_error): allow (the default), tempfail or local.
 	OnStoreError string
+	// Now is the clock restrictions are set and released by ("today"
+	// ends at the next midnight of this clock); nil: time.Now.
+	Now func() time.Time
 }
 
 // New compiles the rules. The store is shared: a reload makes a new Engine
 // on the same store, so counters survive it.
 func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 	e := &Engine{store: opt.Store, fallback: opt.Fallback, log: opt.Log, allowMaxAge: 2 * time.Second,
-		allowsWarn: rate.Sometimes{Interval: time.Minute}}
+		allowsWarn: rate.Sometimes{Interval: time.Minute}, now: opt.Now}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	_, e.overrider = counter.As[counter.Overrider](opt.Store)
 	e.failures.init(opt.Recorder, opt.Store)
 	if e.log == nil {
 		e.log = zap.NewNop()
@@ -84,7 +95,7 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 		return nil, err
 	}
 	for i := range cfg.Rules {
-		r, err := compileRule(&cfg.Rules[i], set, names)
+		r, err := loadRule(&cfg.Rules[i], set, names)
 		if err != nil {
 			return nil, fmt.Errorf("limit %q: %w", cfg.Rules[i].Name, err)
 		}
@@ -96,6 +107,13 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 			mode = opt.Mode(mode)
 		}
 		r.blocking = r.action.Refuses() && mode == policy.ModeEnforce
+		if x := r.restrict; x != nil {
+			// A crossing restricts only where the rule is enforced; in tag
+			// or dry-run mode it says it would (an Event), and nothing
+			// is kept.
+			x.on = mode == policy.ModeEnforce
+			x.blocking = x.on && x.action.Refuses()
+		}
 		e.rules = append(e.rules, r)
 		e.byStage[r.stage] = append(e.byStage[r.stage], r)
 	}
@@ -125,7 +143,15 @@ type Session struct {
 	scratch  []counter.Request
 	leases   []held // concurrent slots, released at Close
 	reserved []held // count_on = accepted: released unless the message is accepted
+
+	events     []Event  // of the last Check
+	restricted []string // restrict keys that gave this transaction a verdict
 }
+
+// Events are what the last Check did beyond its verdicts: keys it
+// restricted, or would have in tag or dry-run mode. They live until the
+// next Check.
+func (s *Session) Events() []Event { return s.events }
 
 // Reserved reports whether the transaction holds count_on = "accepted"
 // reservations, which only the end of the message settles.
@@ -150,12 +176,42 @@ func (e *Engine) NewSession() *Session {
 // returned only for logging, and only now and then while the store stays
 // down (the rest are counted).
 func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s *Session) ([]policy.Verdict, error) {
-	s.buf, s.reqs, s.owners, s.via, s.verdicts = s.buf[:0], s.reqs[:0], s.owners[:0], s.via[:0], s.verdicts[:0]
+	s.events = s.events[:0]
 	rules := e.byStage[st]
 	if len(rules) == 0 {
 		return nil, nil
 	}
 	allows := e.exemptions()
+	e.build(rules, f, s, allows)
+	if len(s.reqs) == 0 {
+		return s.result(), nil
+	}
+	err := e.store.Do(ctx, s.reqs)
+	// A runtime override changed since this engine last saw it: learn it
+	// and build the event again. The store applied nothing.
+	for try := 0; try < maxStale && errors.Is(err, counter.ErrStale); try++ {
+		e.learn(s)
+		e.build(rules, f, s, allows)
+		err = e.store.Do(ctx, s.reqs)
+	}
+	if err != nil {
+		err = e.storeFailed(ctx, s, err)
+	} else {
+		markApplied(s.reqs, s.via, e.store)
+	}
+	e.judge(f, s)
+	return s.result(), err
+}
+
+// maxStale bounds the builds of one event whose overrides keep changing
+// under it; past it, the store's error is a store failure.
+const maxStale = 3
+
+// build makes the requests (and the verdicts that need no store) of the
+// rules that apply to the event.
+func (e *Engine) build(rules []*rule, f *policy.Facts, s *Session, allows map[string]time.Time) {
+	s.buf, s.reqs, s.owners, s.via, s.verdicts = s.buf[:0], s.reqs[:0], s.owners[:0], s.via[:0], s.verdicts[:0]
+	group := uint16(0)
 	for _, r := range rules {
 		if !e.applies(r, f) {
 			continue
@@ -167,41 +223,91 @@ func (e *Engine) Check(ctx context.Context, st policy.Stage, f *policy.Facts, s 
 			s.verdicts = append(s.verdicts, r.rcptVerdict(f.RcptCount+1))
 		}
 		if len(r.windows) > 0 || r.count == countConcurrent {
-			e.addRequests(r, f, s, allows)
+			group++
+			e.addRequests(r, f, s, allows, group)
 		}
 		if r.final {
 			break
 		}
 	}
-	if len(s.reqs) == 0 {
-		return s.result(), nil
-	}
-	err := e.store.Do(ctx, s.reqs)
-	if err != nil {
-		err = e.storeFailed(ctx, s, err)
-	} else {
-		markApplied(s.reqs, s.via, e.store)
-	}
+}
+
+// judge turns the store's answers into verdicts, rule by rule: a
+// restricted key gets the restriction's verdict; else the window that
+// denied the event longest gives the rule's.
+func (e *Engine) judge(f *policy.Facts, s *Session) {
 	for i := 0; i < len(s.reqs); {
 		r := s.owners[i]
-		j, denied := i, -1
+		j, denied, rx := i, -1, -1
 		for ; j < len(s.reqs) && s.owners[j] == r; j++ {
-			if !s.reqs[j].Allowed && (denied < 0 || s.reqs[j].RetryAfter > s.reqs[denied].RetryAfter) {
+			switch q := &s.reqs[j]; {
+			case q.Kind == counter.KindOverride:
+			case q.Kind == counter.KindRestrict:
+				rx = j
+			case !q.Allowed && (denied < 0 || q.RetryAfter > s.reqs[denied].RetryAfter):
 				denied = j
 			}
 		}
-		if denied >= 0 {
+		switch {
+		case rx >= 0 && !s.reqs[rx].Allowed:
+			q := &s.reqs[rx]
+			s.verdicts = append(s.verdicts, r.restrictedVerdict(string(dimKey(q.Key)), q.RetryAfter, q.Level))
+			s.noteRestricted(q.Key)
+		case denied >= 0:
 			q := &s.reqs[denied]
-			s.verdicts = append(s.verdicts, r.verdict(string(dimKey(q.Key)), q.RetryAfter, q, s.via[denied] != nil))
+			key := string(dimKey(q.Key))
+			limit := r.limit
+			if r.over != nil {
+				limit = e.limitText(r, f, q.Key)
+			}
+			s.verdicts = append(s.verdicts, r.verdict(key, q.RetryAfter, r.detail(q, s.via[denied] != nil), limit))
+			switch {
+			case rx >= 0 && s.reqs[rx].Changed:
+				x := &s.reqs[rx]
+				s.events = append(s.events, Event{Kind: EventRestricted, Action: r.restrict.action, Mode: r.mode, Rule: r.name, Key: key,
+					Limit: limit, Count: x.Level, Until: unixTime(x.Until)})
+			case r.restrict != nil && !r.restrict.on:
+				s.events = append(s.events, Event{Kind: EventWouldRestrict, Action: r.restrict.action, Mode: r.mode, Rule: r.name, Key: key,
+					Limit: limit, Count: q.Level + q.Cost, Until: unixTime(r.restrict.until(e.now()))})
+			}
 		}
 		i = j
 	}
-	return s.result(), err
+}
+
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// noteRestricted remembers a restrict key that gave the transaction a
+// verdict, for NoteHeld.
+func (s *Session) noteRestricted(key []byte) {
+	for _, k := range s.restricted {
+		if k == string(key) {
+			return
+		}
+	}
+	s.restricted = append(s.restricted, string(key))
+}
+
+// NoteHeld tells the store the queue id of a message that was held while
+// keys the transaction met were restricted, so that releasing them can
+// say which mail to release. Failures are only logged.
+func (e *Engine) NoteHeld(ctx context.Context, s *Session, queueID string) {
+	for _, k := range s.restricted {
+		if err := counter.NoteHeld(ctx, e.store, []byte(k), queueID); err != nil && !errors.Is(err, counter.ErrUnsupported) {
+			e.log.Warn("could not note a held message of a restricted key", zap.String("key", k), zap.String("queue_id", queueID), zap.Error(err))
+		}
+	}
 }
 
 // markApplied records which requests st applied, by the rule of
 // counter.Store.Do: a request is applied when it is strict, or allowed in
-// an event no blocking request refused.
+// an event no blocking request refused. Only what a refund can give back
+// counts: rates, slots, and distinct members that were new.
 func markApplied(reqs []counter.Request, via []counter.Store, st counter.Store) {
 	refused := false
 	for i := range reqs {
@@ -211,7 +317,16 @@ func markApplied(reqs []counter.Request, via []counter.Store, st counter.Store) 
 	}
 	for i := range reqs {
 		via[i] = nil
-		if q := &reqs[i]; q.Op == counter.OpTake && (q.Strict || q.Allowed && !refused) {
+		q := &reqs[i]
+		switch q.Kind {
+		case counter.KindRestrict, counter.KindOverride:
+			continue
+		case counter.KindDistinct:
+			if !q.Changed {
+				continue
+			}
+		}
+		if q.Op == counter.OpTake && (q.Strict || q.Allowed && !refused) {
 			via[i] = st
 		}
 	}
@@ -224,16 +339,19 @@ func (s *Session) result() []policy.Verdict {
 	return s.verdicts
 }
 
-// addRequests appends one request per window of r ("name:0:key", "name:1:key"),
-// or one concurrency request ("name:c:key").
-func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[string]time.Time) {
+// addRequests appends r's requests of the event, all of group g: one per
+// window ("name:0:key", "name:1:key"), or one concurrency request
+// ("name:c:key"), or one distinct request ("name:d:key"); with overrides,
+// the checks of the runtime overrides the limit was taken from
+// ("name:o:key"); with restrict_for, the restriction ("name:x:key").
+func (e *Engine) addRequests(r *rule, f *policy.Facts, s *Session, allows map[string]time.Time, g uint16) {
 	for alt := range r.keyer.keys(f) {
-		e.addKeyRequests(r, f, alt, s, allows)
+		e.addKeyRequests(r, f, alt, s, allows, g)
 	}
 }
 
 // addKeyRequests appends the requests of the alt-th key of f.
-func (e *Engine) addKeyRequests(r *rule, f *policy.Facts, alt int, s *Session, allows map[string]time.Time) {
+func (e *Engine) addKeyRequests(r *rule, f *policy.Facts, alt int, s *Session, allows map[string]time.Time, g uint16) {
 	start := len(s.buf)
 	s.buf = append(s.buf, r.prefix...)
 	dimStart := len(s.buf)
@@ -249,29 +367,66 @@ func (e *Engine) addKeyRequests(r *rule, f *policy.Facts, alt int, s *Session, a
 		s.via = append(s.via, nil)
 		return
 	}
-	cost := int64(1)
-	if r.count == countBytes {
-		cost = max(f.Size, 1)
-	}
 	end := len(s.buf)
-	for i, w := range r.windows {
-		key := s.buf[start:end]
-		if i > 0 {
-			ks := len(s.buf)
-			s.buf = append(s.buf, s.buf[start:end]...)
-			s.buf[ks+dimStart-start-2] = byte('0' + i)
-			key = s.buf[ks:]
+	windows := r.windows
+	if r.over != nil {
+		sp := e.limitFor(r, f, s, s.buf[dimStart:end], nil)
+		switch {
+		case sp.unlimited:
+			return
+		case sp.zero:
+			s.verdicts = append(s.verdicts, r.verdict(string(s.buf[dimStart:end]), 0, r.detail(&counter.Request{Cost: 1}, false), sp.text))
+			return
 		}
-		s.reqs = append(s.reqs, counter.Request{})
-		q := &s.reqs[len(s.reqs)-1]
-		// A message bigger than a bytes window's whole burst could never
-		// pass, and a tempfail would have its client retry it for days: it
-		// takes the whole window instead, so it passes when the window is
-		// empty and then nothing else does until it drains.
-		q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict = key, counter.KindRate, w.interval, w.burst, min(cost, w.burst), r.blocking, r.strict
+		windows = sp.windows
+	}
+	if r.count == countDistinct {
+		ms := len(s.buf)
+		if s.buf, ok = r.appendMember(s.buf, f); !ok {
+			return
+		}
+		member := s.buf[ms:]
+		w := windows[0]
+		s.reqs = append(s.reqs, counter.Request{Key: s.storeKey(start, end, dimStart, 'd'), Kind: counter.KindDistinct,
+			Interval: int64(w.period), Burst: w.n, Cost: 1, Member: member, Blocking: r.blocking, Strict: r.strict, Group: g})
+		s.owners = append(s.owners, r)
+		s.via = append(s.via, nil)
+	} else {
+		cost := int64(1)
+		if r.count == countBytes {
+			cost = max(f.Size, 1)
+		}
+		for i, w := range windows {
+			key := s.buf[start:end]
+			if i > 0 {
+				key = s.storeKey(start, end, dimStart, byte('0'+i))
+			}
+			s.reqs = append(s.reqs, counter.Request{})
+			q := &s.reqs[len(s.reqs)-1]
+			// A message bigger than a bytes window's whole burst could never
+			// pass, and a tempfail would have its client retry it for days: it
+			// takes the whole window instead, so it passes when the window is
+			// empty and then nothing else does until it drains.
+			q.Key, q.Kind, q.Interval, q.Burst, q.Cost, q.Blocking, q.Strict, q.Group = key, counter.KindRate, w.interval, w.burst, min(cost, w.burst), r.blocking, r.strict, g
+			s.owners = append(s.owners, r)
+			s.via = append(s.via, nil)
+		}
+	}
+	if x := r.restrict; x != nil && x.on {
+		s.reqs = append(s.reqs, counter.Request{Key: s.storeKey(start, end, dimStart, 'x'), Kind: counter.KindRestrict,
+			Group: g, Until: x.until(e.now()), Blocking: x.blocking, Strict: true})
 		s.owners = append(s.owners, r)
 		s.via = append(s.via, nil)
 	}
+}
+
+// storeKey appends a copy of the store key at buf[start:end] with its
+// window letter (the one before the dimension key at dimStart) set to w.
+func (s *Session) storeKey(start, end, dimStart int, w byte) []byte {
+	ks := len(s.buf)
+	s.buf = append(s.buf, s.buf[start:end]...)
+	s.buf[ks+dimStart-start-2] = w
+	return s.buf[ks:]
 }
 
 // dimKey strips "rule:w:" from a store key.
@@ -320,26 +475,32 @@ func (r *rule) excepted(f *policy.Facts) bool {
 	return f.SASLUser != "" && (l.MatchAddress(f.SASLUser) || l.MatchDomain(f.SASLUser))
 }
 
-// verdict is the verdict of a crossing of r that q says, applied or not.
-// Its detail says what the store held: open=N for the sessions a
-// concurrent limit would have open with this one; for a rate, count=N+C
-// when the event was not counted (the window holds N and this event, of
-// cost C, would be more than it takes: while the window stays full every
-// crossing says the same), count=N when it was (strict), N with it.
-func (r *rule) verdict(key string, retry time.Duration, q *counter.Request, applied bool) policy.Verdict {
-	v := policy.Verdict{
+// verdict is the verdict of a crossing of r at key, whose store said
+// detail, under the limit text limit.
+func (r *rule) verdict(key string, retry time.Duration, detail, limit string) policy.Verdict {
+	return policy.Verdict{
 		Source: r.name, Action: r.action, Mode: r.mode, Reply: r.reply, Delay: r.delay,
-		Key: key, Limit: r.limit, RetryAfter: retry,
+		Key: key, Limit: limit, RetryAfter: retry, Detail: detail,
 	}
+}
+
+// detail says what the store held for q, applied or not: open=N for the
+// sessions a concurrent limit would have open with this one; distinct=N
+// for the distinct values with this one; for a rate, count=N+C when the
+// event was not counted (the window holds N and this event, of cost C,
+// would be more than it takes: while the window stays full every crossing
+// says the same), count=N when it was (strict), N with it.
+func (r *rule) detail(q *counter.Request, applied bool) string {
 	switch {
 	case r.count == countConcurrent:
-		v.Detail = fmt.Sprintf("open=%d", q.Level+q.Cost)
+		return fmt.Sprintf("open=%d", q.Level+q.Cost)
+	case r.count == countDistinct:
+		return fmt.Sprintf("distinct=%d", q.Level+q.Cost)
 	case applied:
-		v.Detail = fmt.Sprintf("count=%d", q.Level)
+		return fmt.Sprintf("count=%d", q.Level)
 	default:
-		v.Detail = fmt.Sprintf("count=%d+%d", q.Level, q.Cost)
+		return fmt.Sprintf("count=%d+%d", q.Level, q.Cost)
 	}
-	return v
 }
 
 // tarpitVerdict is the pause of a rule that delays every event it
@@ -433,13 +594,14 @@ func (e *Engine) EndMessage(ctx context.Context, s *Session, accepted bool) {
 	}
 	clear(s.reserved)
 	s.reserved = s.reserved[:0]
+	s.restricted = s.restricted[:0]
 }
 
 // Close ends the session: its slots are freed and open reservations given back.
 func (e *Engine) Close(ctx context.Context, s *Session) {
 	e.release(ctx, s, s.reserved)
 	e.release(ctx, s, s.leases)
-	s.reserved, s.leases = nil, nil
+	s.reserved, s.leases, s.restricted = nil, nil, nil
 }
 
 func (e *Engine) release(ctx context.Context, s *Session, hs []held) {
@@ -473,7 +635,7 @@ func (e *Engine) giveBack(ctx context.Context, st counter.Store, reqs []counter.
 }
 
 func refund(q *counter.Request) counter.Request {
-	return counter.Request{Key: q.Key, Kind: q.Kind, Op: counter.OpRefund, Interval: q.Interval, Burst: q.Burst, Cost: q.Cost, Holder: q.Holder}
+	return counter.Request{Key: q.Key, Kind: q.Kind, Op: counter.OpRefund, Interval: q.Interval, Burst: q.Burst, Cost: q.Cost, Holder: q.Holder, Member: q.Member}
 }
 
 func hold(q *counter.Request, st counter.Store) held {
@@ -581,9 +743,16 @@ func (e *Engine) Actions() iter.Seq2[policy.Action, policy.Mode] {
 			if !yield(r.action, r.mode) {
 				return
 			}
+			if r.restrict != nil && !yield(r.restrict.action, r.mode) {
+				return
+			}
 		}
 	}
 }
+
+// HasRule reports whether name is a rule of the config in force (rather
+// than a sender check, say).
+func (e *Engine) HasRule(name string) bool { return e.rule(name) != nil }
 
 // UsesSASLUser reports whether any rule reads the SASL login name: as a
 // key, in a match or an except list, or in its reply.

@@ -56,7 +56,11 @@ func newTestEnvOn(t *testing.T, cfg Config, mode policy.Mode, st counter.Store, 
 	if cfg.Trusted == nil {
 		cfg.Trusted = []string{}
 	}
-	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: global(mode), Log: zaptest.NewLogger(t)})
+	var now func() time.Time
+	if clock != nil {
+		now = func() time.Time { return time.Unix(0, clock.now()) }
+	}
+	e, err := New(&cfg, nil, Options{Store: st, Fallback: fallback, Mode: global(mode), Log: zaptest.NewLogger(t), Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,8 +28,16 @@ type Trace struct {
 	Tarpit  bool        // it delays every event it applies to, and counts nothing
 	// Burst is what a fresh counter admits at once: events (bytes for a
 	// bytes rule, open connections for a concurrent one, recipients of
-	// one message for a per-message cap); the next one crosses the limit.
+	// one message for a per-message cap, different values for a distinct
+	// one); the next one crosses the limit.
 	Burst int64
+	// From says where the key's limit comes from: "rule", "table
+	// FILE:LINE", "runtime, set by WHO at WHEN". Limit and Burst are the
+	// key's own.
+	From string
+	// Restrict is the rule's restrict_for ("24h", "today",
+	// "until_released"), when it has one.
+	Restrict string
 }
 
 // Explain traces, in file order, every rule that counts at st as Check
@@ -38,7 +46,13 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 	var out []Trace
 	stoppedBy := ""
 	for _, r := range e.byStage[st] {
-		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst()}
+		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst(r.windows), From: "rule"}
+		if r.count == countDistinct {
+			t.Count = "distinct " + r.of.String()
+		}
+		if r.restrict != nil {
+			t.Restrict = r.restrict.text
+		}
 		switch {
 		case stoppedBy != "":
 			t.Why = fmt.Sprintf("not evaluated: %s, before it, is final", stoppedBy)
@@ -50,6 +64,22 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 			if key, ok := r.keyer.appendKey(nil, f); ok {
 				if len(r.keyer.dims) > 0 {
 					t.Key = string(key)
+				}
+				if r.over != nil {
+					var w where
+					sp := e.limitFor(r, f, nil, key, &w)
+					t.Limit, t.From = sp.text, w.String()
+					switch {
+					case sp.unlimited:
+						t.Why, t.Burst = "counts nothing: the key's limit is unlimited ("+t.From+")", 0
+					case sp.zero:
+						t.Burst = 0
+					default:
+						t.Burst = r.burst(sp.windows)
+					}
+				}
+				if _, ok := r.appendMember(nil, f); r.count == countDistinct && !ok {
+					t.Why = "counts nothing: no " + r.of.String() + " to count different values of"
 				}
 			} else {
 				t.Why = "counts nothing: " + r.keyer.missing(f)
@@ -71,6 +101,8 @@ func (r *rule) what() string {
 		return r.limit
 	case r.count == countConcurrent:
 		return "concurrent " + r.limit
+	case r.count == countDistinct:
+		return "distinct " + r.of.String() + " " + r.limit
 	case len(r.windows) == 0:
 		return r.rcptLimit
 	}
@@ -85,14 +117,15 @@ func (r *rule) what() string {
 	return s
 }
 
-// burst is what a fresh counter of r admits before r is crossed.
-func (r *rule) burst() int64 {
+// burst is what a fresh counter of r with windows admits before r is
+// crossed.
+func (r *rule) burst(windows []window) int64 {
 	switch {
 	case r.count == countConcurrent:
 		return r.max
-	case len(r.windows) > 0:
-		b := r.windows[0].burst
-		for _, w := range r.windows[1:] {
+	case len(windows) > 0:
+		b := windows[0].burst
+		for _, w := range windows[1:] {
 			b = min(b, w.burst)
 		}
 		if r.maxRcpt > 0 {

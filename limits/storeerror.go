@@ -71,6 +71,11 @@ func (e *Engine) storeFailed(ctx context.Context, s *Session, err error) error {
 		case onErrorLocal:
 			if e.fallback != nil {
 				n[onErrorLocal]++
+				if q.Kind == counter.KindOverride {
+					// The local store keeps no runtime overrides: the
+					// limits the event was built with stand.
+					q.Member = nil
+				}
 				local = append(local, *q)
 				continue
 			}

@@ -27,6 +27,18 @@ client_ip:192.0.2.7, sasl_user:bob, sasl_user:bob,rcpt_domain:gmail.com.
   reset  KEY [-rule R]       forget KEY's counters (all rules, or rule R)
   allow  KEY -for 2h         exempt KEY from every rule for a while (-for 0 lifts it)
   allows                     the exemptions in force
+  limit  RULE KEY LIMIT [-for 24h]
+                             give KEY a limit of its own under RULE (a rule with
+                             overrides): "100/1h", "100/1h,1000/1d", "unlimited"
+                             or "0"; every host sharing the store applies it at once
+  unlimit RULE KEY           remove KEY's runtime limit (its table line or the
+                             rule's rate applies again)
+  limits [RULE]              the runtime limits in force, and the tables loaded
+  restricted [-rule R]       the restricted keys: since, until, the count that
+                             crossed, the mail held meanwhile
+  release KEY [-rule R]      lift KEY's restriction (it is not restricted again
+                             before the end of the window) and print the queue ids
+                             of the mail held meanwhile, with the command to release them
 
 flags for every command:
   -socket PATH   the admin socket (default: [admin] socket of -config, else ` + admin.DefaultSocket + `)
@@ -91,17 +103,19 @@ func countersCmd(args []string, stdout, stderr io.Writer) int {
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
-	wantKey := map[string]bool{"top": false, "show": true, "reset": true, "allow": true, "allows": false}
-	needsKey, known := wantKey[cmd]
+	arity, known := countersArgs[cmd]
 	if !known {
 		fmt.Fprintf(stderr, "sluice counters: unknown command %q\n\n%s", cmd, countersUsage)
 		return 2
 	}
-	if needsKey && len(pos) != 1 || !needsKey && len(pos) != 0 {
-		if needsKey {
+	if len(pos) < arity.min || len(pos) > arity.max {
+		switch {
+		case arity.min == 1 && arity.max == 1:
 			fmt.Fprintf(stderr, "sluice counters %s: want one KEY, e.g. sender:alice@example.org\n", cmd)
-		} else {
-			fmt.Fprintf(stderr, "sluice counters %s: unexpected argument %q\n", cmd, pos[0])
+		case len(pos) > arity.max:
+			fmt.Fprintf(stderr, "sluice counters %s: unexpected argument %q\n", cmd, pos[arity.max])
+		default:
+			fmt.Fprintf(stderr, "sluice counters %s: want %s\n", cmd, arity.want)
 		}
 		return 2
 	}
@@ -160,6 +174,15 @@ func countersCmd(args []string, stdout, stderr io.Writer) int {
 		if ex, err = cl.Allows(ctx); err == nil {
 			out.exemptions(ex)
 		}
+	default:
+		code, err := outboundCmd(ctx, cl, out, cmd, pos, *rule, *forD, stderr)
+		if code >= 0 {
+			return code
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "sluice counters %s: %v\n", cmd, err)
+			return 1
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "sluice counters %s: %v\n", cmd, err)
@@ -203,8 +226,16 @@ func (o *countersOut) counters(cs []admin.Counter, empty string) {
 		}
 		return
 	}
+	from := false
+	for _, c := range cs {
+		from = from || c.From != "" && c.From != "rule"
+	}
 	tw := tabwriter.NewWriter(o.w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tLIMIT\tKEY\tCOUNT\tRETRY-AFTER")
+	if from {
+		fmt.Fprintln(tw, "RULE\tLIMIT\tKEY\tCOUNT\tRETRY-AFTER\tLIMIT-FROM")
+	} else {
+		fmt.Fprintln(tw, "RULE\tLIMIT\tKEY\tCOUNT\tRETRY-AFTER")
+	}
 	for _, c := range cs {
 		limit := c.Limit
 		if !c.InConfig {
@@ -214,9 +245,16 @@ func (o *countersOut) counters(cs []admin.Counter, empty string) {
 		if c.Concurrent {
 			count += " open"
 		}
+		if c.Distinct {
+			count += " different"
+		}
 		retry := "-"
 		if c.RetryAfter > 0 {
 			retry = c.Retry().Round(time.Second).String()
+		}
+		if from {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.Rule, limit, c.Key, count, retry, c.From)
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Rule, limit, c.Key, count, retry)
 	}

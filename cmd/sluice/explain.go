@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sluice/admin"
 	"sluice/config"
 	"sluice/engine"
 	"sluice/limits"
@@ -45,6 +46,7 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	most := fs.Int("n", 100000, "repeat the session at most this many times")
 	noDNS := fs.Bool("no-dns", false, "leave out the checks that ask DNS (SPF, dnsbl, client_rdns, sender_domain_exists); the access tables and the other checks still answer")
 	asJSON := fs.Bool("json", false, "print the session's stages and decisions as JSON")
+	adminSock := fs.String("admin", "", "take the runtime limits (sluice counters limits) of the sluice answering on this admin socket")
 	if code := flags(fs, args, stderr); code >= 0 {
 		return code
 	}
@@ -108,6 +110,12 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer concurrent.close()
 	x.main, x.counting, x.concurrency = main, counting, concurrent
+	if *adminSock != "" {
+		if err := x.runtimeLimits(*adminSock); err != nil {
+			fmt.Fprintf(stderr, "sluice explain: -admin: %v\n", err)
+			return 1
+		}
+	}
 	if *asJSON {
 		return x.json(stdout, *most)
 	}
@@ -200,6 +208,28 @@ func (x *explainer) open(dns bool) (*private, error) {
 		return nil, err
 	}
 	return &private{eng: b.Engine, store: store}, nil
+}
+
+// runtimeLimits copies a running sluice's runtime limits into the private
+// engines, as in force now (the private counters' clock stands still).
+func (x *explainer) runtimeLimits(socket string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ls, _, err := admin.NewClient(socket).Limits(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, l := range ls {
+		if !l.InConfig {
+			continue
+		}
+		for _, p := range []*private{x.main, x.counting} {
+			if _, err := p.eng.Limits().SetLimit(ctx, l.Rule, l.Key, l.Limit, l.At, time.Time{}, l.By); err != nil {
+				return fmt.Errorf("%s %s: %w", l.Rule, l.Key, err)
+			}
+		}
+	}
+	return nil
 }
 
 // step is one stage of a simulated session and what it was answered.
@@ -382,6 +412,12 @@ func (x *explainer) printTraces(w io.Writer, s step) {
 		what := fmt.Sprintf("%s, %s", t.What, t.Action)
 		if t.Mode != smtp.ModeEnforce {
 			what += " (mode " + t.Mode.String() + ")"
+		}
+		if t.From != "" && t.From != "rule" {
+			what += " (the key's own limit: " + t.From + ")"
+		}
+		if t.Restrict != "" {
+			what += ", restricts for " + t.Restrict
 		}
 		if t.Final {
 			what += ", final"
@@ -655,17 +691,19 @@ type (
 		Decision decisionJSON `json:"decision"`
 	}
 	traceJSON struct {
-		Rule    string `json:"rule"`
-		Applies bool   `json:"applies"`
-		Why     string `json:"why,omitempty"`
-		Key     string `json:"key,omitempty"`
-		Count   string `json:"count"`
-		Limit   string `json:"limit"`
-		What    string `json:"what"`
-		Burst   int64  `json:"burst"`
-		Action  string `json:"action"`
-		Mode    string `json:"mode"`
-		Final   bool   `json:"final,omitempty"`
+		Rule     string `json:"rule"`
+		Applies  bool   `json:"applies"`
+		Why      string `json:"why,omitempty"`
+		Key      string `json:"key,omitempty"`
+		Count    string `json:"count"`
+		Limit    string `json:"limit"`
+		What     string `json:"what"`
+		Burst    int64  `json:"burst"`
+		Action   string `json:"action"`
+		Mode     string `json:"mode"`
+		Final    bool   `json:"final,omitempty"`
+		From     string `json:"limit_from,omitempty"`
+		Restrict string `json:"restrict_for,omitempty"`
 	}
 	checkJSON struct {
 		Check  string `json:"check"`
@@ -768,5 +806,6 @@ func decisionOf(d smtp.Decision) decisionJSON {
 
 func traceOf(t limits.Trace) traceJSON {
 	return traceJSON{Rule: t.Rule, Applies: t.Applies && t.Why == "", Why: t.Why, Key: t.Key, Count: t.Count,
-		Limit: t.Limit, What: t.What, Burst: t.Burst, Action: t.Action.String(), Mode: t.Mode.String(), Final: t.Final}
+		Limit: t.Limit, What: t.What, Burst: t.Burst, Action: t.Action.String(), Mode: t.Mode.String(), Final: t.Final,
+		From: t.From, Restrict: t.Restrict}
 }

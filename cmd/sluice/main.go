@@ -2,8 +2,8 @@
 //
 //	sluice [serve] [-config FILE]   run the milter (the default)
 //	sluice check -config FILE       validate a config and exit
-//	sluice counters top|show|reset|allow|allows ...
-//	                                see and change a running sluice's counters
+//	sluice counters top|show|reset|allow|allows|limit|unlimit|limits|restricted|release ...
+//	                                see and change a running sluice's counters, limits and restrictions
 //	sluice explain -config FILE -client IP ...
 //	                                how a policy treats one session, on fresh counters
 //	sluice replay -config FILE LOG...
@@ -68,7 +68,9 @@ func usage(w io.Writer) {
   sluice [serve] [-config FILE]   run the milter (built-in config without -config)
   sluice check [-config FILE]     validate a config: errors with file:line, exit 1
   sluice counters COMMAND ...     see, reset and exempt counters of a running sluice
-                                  (top, show KEY, reset KEY, allow KEY -for 2h, allows)
+                                  (top, show KEY, reset KEY, allow KEY -for 2h, allows),
+                                  give keys limits of their own (limit RULE KEY RATE, unlimit, limits),
+                                  see and release restricted keys (restricted, release KEY)
   sluice explain -config FILE -client IP -helo NAME -sender ADDR -rcpt ADDR [-listener NAME] [-auth USER] [-message FILE]
                                   show which rules apply at each stage, and what
                                   fresh counters would answer (never the live ones)

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"sluice/admin"
+	"sluice/alert"
 	"sluice/conf"
 	"sluice/config"
 	"sluice/engine"
@@ -92,7 +93,8 @@ type daemon struct {
 	eng      atomic.Pointer[engine.Engine] // the engine in force
 	lists    *lists.Set
 	cfg      *config.Config
-	met      *metrics.Metrics // nil when [metrics] is off
+	met      *metrics.Metrics  // nil when [metrics] is off
+	alerts   *alert.Dispatcher // outlives reloads; [[alert]] gives it targets
 
 	activated bool // the milter sockets came from systemd
 	serving   atomic.Bool
@@ -122,12 +124,27 @@ func (d *daemon) run(c *config.Config) error {
 			d.closeStores(stores)
 		}
 	}()
+	d.alerts = alert.New(alert.Options{Store: d.store, Log: d.log.Named("alert")})
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		d.alerts.Close(ctx)
+	}()
 	b, err := d.build(c, nil)
 	if err != nil {
 		return err
 	}
+	if err := d.alerts.Configure(c.Alerts); err != nil {
+		return err
+	}
 	d.lists = b.Lists
 	d.eng.Store(b.Engine)
+	if d.met != nil {
+		d.met.Registry().MustRegister(d.alerts.Collector())
+		d.met.WatchRestrictions(func(ctx context.Context) (map[string]int, error) {
+			return d.eng.Load().Limits().RestrictedCounts(ctx)
+		})
+	}
 	lns, err := d.listeners(c.Listen)
 	if err != nil {
 		return err
@@ -299,7 +316,7 @@ func (d *daemon) ready(ctx context.Context) error {
 // build compiles an engine from c. prev is the list set in force, whose
 // lists stay when their files cannot be read at a reload.
 func (d *daemon) build(c *config.Config, prev *lists.Set) (*config.Built, error) {
-	rt := config.Runtime{Store: d.store, Fallback: d.fallback, Recorder: d.recorder(), Log: d.log, Lists: prev}
+	rt := config.Runtime{Store: d.store, Fallback: d.fallback, Recorder: d.recorder(), Log: d.log, Lists: prev, Alerts: d.alerts}
 	if d.met != nil {
 		rt.Observer = d.met
 	}
@@ -349,6 +366,9 @@ func (d *daemon) reload() {
 		d.warnRestartOnly(c)
 		var b *config.Built
 		if b, err = d.build(c, d.lists); err == nil {
+			err = d.alerts.Configure(c.Alerts)
+		}
+		if err == nil {
 			d.eng.Store(b.Engine)
 			d.srv.SetEngine(b.Engine)
 			d.cfg, d.lists = c, b.Lists

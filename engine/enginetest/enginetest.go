@@ -4,9 +4,11 @@ package enginetest
 
 import (
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
+	"sluice/alert"
 	"sluice/auth"
 	"sluice/auth/dkim"
 	"sluice/auth/dmarc"
@@ -31,9 +33,10 @@ type Setup struct {
 	Log      *zap.Logger
 	Observer engine.Observer
 	// Auth, DKIM and DMARC are the checks, when the test has any.
-	Auth  *auth.Checker
-	DKIM  *dkim.Verifier
-	DMARC *dmarc.Evaluator
+	Auth   *auth.Checker
+	DKIM   *dkim.Verifier
+	DMARC  *dmarc.Evaluator
+	Alerts alert.Notifier
 }
 
 // New builds the engine, on a memory store (with s.Clock, when given)
@@ -65,6 +68,10 @@ func New(tb testing.TB, s Setup) (*engine.Engine, *memstore.Store) {
 	if err := pc.Validate(); err != nil {
 		tb.Fatal(err)
 	}
+	var now func() time.Time
+	if s.Clock != nil {
+		now = func() time.Time { return time.Unix(0, s.Clock()) }
+	}
 	eng, err := engine.New(engine.Options{
 		Config:       engine.Config{TagHeader: s.Tag},
 		Policy:       pc,
@@ -77,6 +84,8 @@ func New(tb testing.TB, s Setup) (*engine.Engine, *memstore.Store) {
 		Auth:         s.Auth,
 		DKIM:         s.DKIM,
 		DMARC:        s.DMARC,
+		Now:          now,
+		Alerts:       s.Alerts,
 	})
 	if err != nil {
 		tb.Fatal(err)

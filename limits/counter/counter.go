@@ -1,5 +1,10 @@
 // Package counter is the seam between counting rules and where counts live:
 // the requests of one SMTP event, the Store that answers them, and GCRA.
+//
+// Besides rates and concurrency slots, a store counts distinct values
+// (KindDistinct), keeps restricted keys (KindRestrict) and checks the
+// runtime overrides a request was built with (KindOverride), all in the
+// same call: one round trip per event.
 package counter
 
 import (
@@ -19,6 +24,27 @@ const (
 	KindRate Kind = iota
 	// KindConcurrent counts slots held at once, up to Burst.
 	KindConcurrent
+	// KindDistinct counts the different Members seen within the last
+	// Interval nanoseconds (in whole µs), up to Burst. A take of a
+	// Member already seen is always allowed and only renews it; a new
+	// one is allowed while fewer than Burst are there. A refund takes
+	// Member out, or with Until > 0 puts it back as last seen at Until
+	// (Unix µs). A store keeps at most Burst+1 members per key, the most
+	// recently seen: enough to count exactly up to the limit.
+	KindDistinct
+	// KindRestrict is a restricted key (a penalty box): a take is denied
+	// while Key is restricted. Applied (a restrict request is always
+	// Strict), it restricts Key until Until when a take of the same Group
+	// in the event is denied, unless Key is restricted already or in its
+	// grace after a release; Changed then says it did.
+	KindRestrict
+	// KindOverride checks that the runtime override stored under Key is
+	// Member (nil: none in force), so that the event's other requests
+	// were built with the right limits. When one is not, the store
+	// applies nothing, sets Member and Until to what is in force, and Do
+	// returns an error that wraps ErrStale: the caller builds the event
+	// again.
+	KindOverride
 )
 
 // Op is what a request does to its key.
@@ -33,21 +59,33 @@ const (
 // Request is one key's part in an event. The engine fills the inputs; the
 // store fills the results.
 type Request struct {
-	Key      []byte // "rule:window:dimension-key", built by the engine
+	Key    []byte // "rule:window:dimension-key", built by the engine
+	Holder []byte // concurrent: who holds the slot (session id), for leases
+	// Member is, for a distinct key, the value this event adds (a
+	// recipient domain, a client network); for an override check, the
+	// value the request was built with (nil: none), and on ErrStale the
+	// one in force.
+	Member   []byte
+	Interval int64 // rate: nanoseconds per unit (period / N); distinct: the window
+	Burst    int64 // rate: units admitted at once from idle; concurrent: slots; distinct: members
+	Cost     int64 // units this event adds (1, or the message size for bytes)
+	Until    int64 // restrict: when a restriction set now ends, Unix ns (0: until released); override: out, when it ends; distinct refund: see KindDistinct
 	Kind     Kind
 	Op       Op
-	Interval int64  // rate: nanoseconds per unit (period / N)
-	Burst    int64  // rate: units admitted at once from idle; concurrent: slots
-	Cost     int64  // units this event adds (1, or the message size for bytes)
 	Blocking bool   // a denial of this request refuses the whole event
 	Strict   bool   // add even when denied or when the event is refused
-	Holder   []byte // concurrent: who holds the slot (session id), for leases
+	Group    uint16 // restrict: the takes whose denial restricts Key (0: none); rate, concurrent, distinct: theirs
 
 	// Results.
 	Allowed    bool
-	RetryAfter time.Duration // when a Take of Cost would be admitted; 0 if now
-	Level      int64         // units in the bucket (rate) or slots held (concurrent) after the event
+	Changed    bool          // distinct: Member was new (a refund takes it out); restrict: this event restricted Key
+	RetryAfter time.Duration // when a Take of Cost would be admitted; 0 if now (restrict: until the restriction ends, 0 if never)
+	Level      int64         // units in the bucket (rate), slots held (concurrent), members (distinct); restrict: the count that crossed
 }
+
+// ErrStale is wrapped by the error of a Do that found a runtime override
+// other than the one a KindOverride request expected.
+var ErrStale = errors.New("counter store: a runtime override changed")
 
 // Store keeps counters: what the engine asks of it for every SMTP event.
 // Implementations must be safe for concurrent use. What admins and
@@ -85,6 +123,58 @@ type Allower interface {
 	SetAllow(ctx context.Context, key string, until time.Time) error
 	// Allows lists the exemptions in force.
 	Allows(ctx context.Context) (map[string]time.Time, error)
+}
+
+// Restricter lists and lifts the restrictions KindRestrict requests set.
+type Restricter interface {
+	// Restrictions lists the keys restricted now, and those in their
+	// grace after a release.
+	Restrictions(ctx context.Context) ([]Restriction, error)
+	// Release lifts the restriction of key (a KindRestrict key) and lets
+	// no take restrict it again before grace. It returns the restriction
+	// as it was, with the queue ids noted meanwhile; ok is false when key
+	// was not restricted.
+	Release(ctx context.Context, key []byte, grace time.Time) (r Restriction, ok bool, err error)
+	// NoteHeld adds the queue id of a message held because key is
+	// restricted, for Release to return; a store keeps the last
+	// MaxHeld.
+	NoteHeld(ctx context.Context, key []byte, queueID string) error
+}
+
+// MaxHeld bounds the queue ids a store keeps per restriction.
+const MaxHeld = 1000
+
+// Restriction is one restricted key.
+type Restriction struct {
+	Key   string    // the KindRestrict key: "rule:x:dimension"
+	Since time.Time // when it was restricted
+	Until time.Time // when it ends by itself; zero: when released
+	Count int64     // the count that crossed the limit
+	Grace bool      // released: not restricted again before Until
+	Held  []string  // queue ids of messages held meanwhile, oldest first
+}
+
+// Overrider keeps runtime overrides, which KindOverride requests check.
+type Overrider interface {
+	// SetOverride stores value under key until the given time (zero:
+	// until removed); a nil value removes it.
+	SetOverride(ctx context.Context, key []byte, value []byte, until time.Time) error
+	// Overrides lists the overrides in force.
+	Overrides(ctx context.Context) ([]Override, error)
+}
+
+// Override is one runtime override as stored.
+type Override struct {
+	Key   string // "rule:o:dimension"
+	Value []byte
+	Until time.Time // zero: until removed
+}
+
+// Claimer deduplicates across the hosts sharing a store.
+type Claimer interface {
+	// Claim reports whether key was free and takes it for ttl: of all
+	// the claims of one key within ttl, one gets true.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
 }
 
 // Lener reports how many keys a store tracks, for metrics; -1 if unknown.
@@ -157,6 +247,61 @@ func Allows(ctx context.Context, s Store) (map[string]time.Time, error) {
 	return a.Allows(ctx)
 }
 
+// Restrictions lists the restrictions in s, or returns ErrUnsupported.
+func Restrictions(ctx context.Context, s Store) ([]Restriction, error) {
+	r, ok := As[Restricter](s)
+	if !ok {
+		return nil, ErrUnsupported
+	}
+	return r.Restrictions(ctx)
+}
+
+// Release lifts a restriction in s, or returns ErrUnsupported.
+func Release(ctx context.Context, s Store, key []byte, grace time.Time) (Restriction, bool, error) {
+	r, ok := As[Restricter](s)
+	if !ok {
+		return Restriction{}, false, ErrUnsupported
+	}
+	return r.Release(ctx, key, grace)
+}
+
+// NoteHeld notes a held message of a restricted key in s, or returns
+// ErrUnsupported.
+func NoteHeld(ctx context.Context, s Store, key []byte, queueID string) error {
+	r, ok := As[Restricter](s)
+	if !ok {
+		return ErrUnsupported
+	}
+	return r.NoteHeld(ctx, key, queueID)
+}
+
+// SetOverride stores a runtime override in s, or returns ErrUnsupported.
+func SetOverride(ctx context.Context, s Store, key, value []byte, until time.Time) error {
+	o, ok := As[Overrider](s)
+	if !ok {
+		return ErrUnsupported
+	}
+	return o.SetOverride(ctx, key, value, until)
+}
+
+// Overrides lists the runtime overrides in s, or returns ErrUnsupported.
+func Overrides(ctx context.Context, s Store) ([]Override, error) {
+	o, ok := As[Overrider](s)
+	if !ok {
+		return nil, ErrUnsupported
+	}
+	return o.Overrides(ctx)
+}
+
+// Claim takes key in s for ttl, or returns ErrUnsupported.
+func Claim(ctx context.Context, s Store, key string, ttl time.Duration) (bool, error) {
+	c, ok := As[Claimer](s)
+	if !ok {
+		return false, ErrUnsupported
+	}
+	return c.Claim(ctx, key, ttl)
+}
+
 // Len is how many keys s tracks; -1 when it cannot say.
 func Len(s Store) int {
 	l, ok := As[Lener](s)
@@ -216,8 +361,13 @@ func ceilDiv(a, b int64) int64 {
 	return (a + b - 1) / b
 }
 
+// MaxMember bounds a distinct member: the engine bounds each value it
+// counts to a few hundred bytes.
+const MaxMember = 1024
+
 // Validate checks what every store needs of a request: a key, a known op
-// and kind, no negative burst or cost, and a positive rate interval.
+// and kind, no negative burst or cost, a positive rate interval or
+// distinct window, and what each kind needs of its own fields.
 // Stores add their own bound on Interval×Burst and Interval×Cost.
 func (r *Request) Validate() error {
 	if len(r.Key) == 0 {
@@ -235,6 +385,27 @@ func (r *Request) Validate() error {
 			return fmt.Errorf("interval %d is not positive", r.Interval)
 		}
 	case KindConcurrent:
+	case KindDistinct:
+		if r.Interval <= 0 {
+			return fmt.Errorf("window %d is not positive", r.Interval)
+		}
+		if r.Op != OpPeek && len(r.Member) == 0 {
+			return errors.New("distinct: empty member")
+		}
+		if len(r.Member) > MaxMember {
+			return fmt.Errorf("distinct: member of %d bytes (at most %d)", len(r.Member), MaxMember)
+		}
+	case KindRestrict:
+		if r.Until < 0 {
+			return fmt.Errorf("restrict: negative until %d", r.Until)
+		}
+		if r.Op == OpRefund {
+			return errors.New("restrict: nothing to refund")
+		}
+	case KindOverride:
+		if r.Op != OpPeek {
+			return errors.New("override: only a peek checks an override")
+		}
 	default:
 		return fmt.Errorf("unknown kind %d", r.Kind)
 	}

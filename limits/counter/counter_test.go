@@ -3,6 +3,7 @@ package counter_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -62,16 +63,29 @@ func TestGCRAProperty(t *testing.T) {
 		opt.Sequences = 100
 	}
 	countertest.Property(t, func(t *testing.T, now func() int64) counter.Store {
-		return &mapStore{now: now, v: map[string]int64{}}
+		return &mapStore{now: now, v: map[string]int64{}, dist: map[string]map[string]int64{}}
 	}, opt)
 }
 
 // mapStore is counter.Store's Do contract over a map and one lock: the
 // reference the real stores are compared with, kept as plain as can be.
 type mapStore struct {
-	mu  sync.Mutex
-	now func() int64
-	v   map[string]int64 // kind byte + key -> tat or slots held
+	mu   sync.Mutex
+	now  func() int64
+	v    map[string]int64            // kind byte + key -> tat or slots held
+	dist map[string]map[string]int64 // distinct key -> member -> last seen, µs
+}
+
+// members lists the last-seen times within the window of r, oldest first.
+func (m *mapStore) members(r *counter.Request, now int64) (seen []int64, has bool) {
+	for mem, s := range m.dist[string(r.Key)] {
+		if now/1000-s < r.Interval/1000 {
+			seen = append(seen, s)
+			has = has || mem == string(r.Member)
+		}
+	}
+	slices.Sort(seen)
+	return seen, has
 }
 
 func (m *mapStore) Do(ctx context.Context, reqs []counter.Request) error {
@@ -92,12 +106,36 @@ func (m *mapStore) Do(ctx context.Context, reqs []counter.Request) error {
 				_, r.Allowed, r.RetryAfter, _ = counter.GCRA(now, v, r)
 			}
 			r.Level = ceil(v-now, r.Interval)
+		case r.Kind == counter.KindDistinct:
+			seen, has := m.members(r, now)
+			r.Level = int64(len(seen))
+			if r.Op != counter.OpRefund && !has && r.Level >= r.Burst {
+				r.Allowed = false
+				r.RetryAfter = time.Duration((seen[r.Level-r.Burst]+r.Interval/1000)*1000 - now)
+			}
 		}
 		refused = refused || !r.Allowed && r.Blocking && r.Op == counter.OpTake
 	}
 	for i := range reqs {
 		r := &reqs[i]
 		if r.Op == counter.OpPeek || !r.Strict && (!r.Allowed || refused) {
+			continue
+		}
+		if r.Kind == counter.KindDistinct {
+			set := m.dist[string(r.Key)]
+			if set == nil {
+				set = map[string]int64{}
+				m.dist[string(r.Key)] = set
+			}
+			if r.Op == counter.OpRefund {
+				delete(set, string(r.Member))
+			} else {
+				s, ok := set[string(r.Member)]
+				r.Changed = !ok || now/1000-s >= r.Interval/1000
+				set[string(r.Member)] = now / 1000
+			}
+			seen, _ := m.members(r, now)
+			r.Level = int64(len(seen))
 			continue
 		}
 		v := m.v[id(r)]

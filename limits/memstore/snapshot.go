@@ -26,6 +26,7 @@ import (
 //	  'E' n:u32 (1..65536) n × (hash:u64 tat:i64)   rate keys
 //	  'H' kind:u8 denied:u8 interval:i64 burst:i64 len:u16 key  hot key names
 //	  'A' until:i64 len:u16 key                       exemptions
+//	  'S', 'D', 'R', 'O'                              distinct sets, restrictions, overrides (snapext.go)
 //	  'Z' xxhash64 of every byte before it:u64, then end of file
 //
 // The seed is the store's hash seed, which the hashes are keyed by: the
@@ -256,6 +257,7 @@ func (s *Store) encodeSnapshot(w *bufio.Writer) int {
 			e.name(key)
 		}
 	}
+	s.encodeExt(e)
 	e.u8(tagEnd)
 	binary.LittleEndian.PutUint64(e.buf[:], e.d.Sum64())
 	w.Write(e.buf[:8])
@@ -276,6 +278,7 @@ type records interface {
 	entry(e entry) error
 	hot(r hotKey, name []byte) error
 	allow(key []byte, until int64)
+	extRecords
 }
 
 // tally counts a snapshot's keys, keeping nothing.
@@ -406,6 +409,7 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 		hd.seed = hashSeed{d.u64(), d.u64()}
 	}
 	hots, allows := 0, 0
+	var ext extCounts
 	for d.err == nil {
 		switch tag := d.u8(); {
 		case d.err != nil:
@@ -440,6 +444,8 @@ func readSnapshot(br *bufio.Reader, rec records) (header, error) {
 			if d.err == nil {
 				rec.allow(key, until)
 			}
+		case isExtTag(tag):
+			d.ext(tag, rec, &ext)
 		case tag == tagEnd:
 			hd.sum = d.d.Sum64()
 			var sum [8]byte
@@ -734,4 +740,5 @@ func (s *Store) forgetAll() {
 	clear(s.allow.m)
 	s.allow.any.Store(false)
 	s.allow.mu.Unlock()
+	s.forgetExt()
 }

@@ -54,6 +54,15 @@ func FuzzSnapshot(f *testing.F) {
 		take(f, seed, countertest.Rate("sender:full@example.org", 10, time.Hour, 10))
 	}
 	seed.SetAllow(context.Background(), "sender:vip@example.org", time.Unix(0, clock.Now()).Add(time.Hour))
+	for _, m := range []string{"a.example", "b.example", "c.example"} {
+		take(f, seed, countertest.Distinct("d:d:sasl_user:a", 2, time.Hour, m))
+	}
+	r := countertest.Rate("r:0:sasl_user:a", 1, time.Hour, 1)
+	r.Group = 1
+	take(f, seed, r)
+	take(f, seed, r, countertest.Restrict("r:x:sasl_user:a", 1, 0))
+	seed.NoteHeld(context.Background(), []byte("r:x:sasl_user:a"), "Q1")
+	seed.SetOverride(context.Background(), []byte("r:o:sasl_user:b"), []byte("5/1h|1|root"), time.Time{})
 	valid := encoded(seed)
 	seed.Close()
 	legacy := append([]byte(snapMagic), 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -73,6 +82,9 @@ func FuzzSnapshot(f *testing.F) {
 	}
 	f.Add(append(legacy, 'E', 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), true)
 	f.Add([]byte("# sluice configuration\n"), false)
+	f.Add(append(header, 'D', 7, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0), true)
+	f.Add(append(header, 'R', 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 'Q', '1', 1, 0, 'k'), true)
+	f.Add(append(header, 'O', 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 'k', 1, 0, 'v'), true)
 
 	f.Fuzz(func(t *testing.T, data []byte, sealed bool) {
 		if sealed {
@@ -84,14 +96,19 @@ func FuzzSnapshot(f *testing.F) {
 		_, _, err := s.loadFrom(bytes.NewReader(data))
 		allows, _ := s.Allows(context.Background())
 		hot, _ := s.Hot(context.Background(), -1)
+		restr, _ := s.Restrictions(context.Background())
+		overs, _ := s.Overrides(context.Background())
 		if err != nil {
-			if s.Len() != 0 || len(allows) != 0 || len(hot) != 0 {
-				t.Fatalf("refused (%v) but %d keys, %d exemptions, %d hot names loaded", err, s.Len(), len(allows), len(hot))
+			if s.Len() != 0 || len(allows) != 0 || len(hot) != 0 || len(restr) != 0 || len(overs) != 0 {
+				t.Fatalf("refused (%v) but %d keys, %d exemptions, %d hot names, %d restrictions, %d overrides loaded",
+					err, s.Len(), len(allows), len(hot), len(restr), len(overs))
 			}
 			return
 		}
-		if s.Len() > fuzzMaxKeys || len(allows) > maxAllows {
-			t.Fatalf("%d keys, %d exemptions loaded", s.Len(), len(allows))
+		// Keys of the table and distinct sets (whose members count
+		// against max_keys on their own) are each within max_keys.
+		if s.Len() > 2*fuzzMaxKeys || len(allows) > maxAllows || len(restr) > maxRestrictions || len(overs) > maxOverrides {
+			t.Fatalf("%d keys, %d exemptions, %d restrictions, %d overrides loaded", s.Len(), len(allows), len(restr), len(overs))
 		}
 
 		again := fuzzStore(t, clock.Now)
@@ -101,6 +118,11 @@ func FuzzSnapshot(f *testing.F) {
 		}
 		allowsAgain, _ := again.Allows(context.Background())
 		hotAgain, _ := again.Hot(context.Background(), -1)
+		restrAgain, _ := again.Restrictions(context.Background())
+		oversAgain, _ := again.Overrides(context.Background())
+		if !reflect.DeepEqual(restr, restrAgain) || !reflect.DeepEqual(overs, oversAgain) {
+			t.Fatalf("written and loaded back: restrictions %v, overrides %v; had %v, %v", restrAgain, oversAgain, restr, overs)
+		}
 		if again.Len() != s.Len() || !maps.Equal(allows, allowsAgain) || !reflect.DeepEqual(hot, hotAgain) {
 			t.Fatalf("written and loaded back: %d keys, exemptions %v, hot %v; had %d, %v, %v",
 				again.Len(), allowsAgain, hotAgain, s.Len(), allows, hot)

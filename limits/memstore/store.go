@@ -33,6 +33,7 @@ type Store struct {
 
 	allow allowSet
 	snap  snapshotter
+	ext   extState // distinct members' seed, restrictions, overrides, claims
 
 	closed    atomic.Bool
 	stop      chan struct{}
@@ -90,6 +91,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Store, error) {
 	}
 	s.now = s.clock.now
 	s.snap.fs = osFS{}
+	s.ext.seed = newMemberSeed()
 	for _, o := range opts {
 		o(s)
 	}
@@ -197,27 +199,80 @@ func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
 		steps = make([]step, 0, len(reqs))
 	}
 	var locked shardSet
+	var kinds uint8 // a bit per kind in the event
 	for i := range reqs {
 		r := &reqs[i]
 		if err := validRequest(r); err != nil {
 			return fmt.Errorf("counter %q: %w", r.Key, err)
 		}
+		kinds |= 1 << r.Kind
+		if r.Kind == counter.KindOverride {
+			continue
+		}
 		h := s.seed.hash(r.Key, r.Kind)
 		steps = append(steps, step{h: h})
 		locked.add(h >> s.shift)
 	}
-	s.lockSet(&locked)
+	if kinds&(1<<counter.KindOverride) != 0 && !s.checkOverrides(reqs) {
+		return fmt.Errorf("memory store: %w", counter.ErrStale)
+	}
+	return s.doChecked(reqs, steps, &locked, kinds)
+}
+
+// doChecked judges and applies the requests of an event whose overrides
+// are as expected: steps holds one step per request that is not an
+// override check, in order, and locked their shards.
+func (s *Store) doChecked(reqs []counter.Request, steps []step, locked *shardSet, kinds uint8) error {
+	s.lockSet(locked)
 	now := s.now()
 	refused := false
+	j := 0
 	for i := range reqs {
 		r := &reqs[i]
-		s.shard(steps[i].h).judge(r, &steps[i], now)
+		if r.Kind == counter.KindOverride {
+			continue
+		}
+		st := &steps[j]
+		j++
+		switch r.Kind {
+		case counter.KindDistinct:
+			s.shard(st.h).judgeDistinct(r, st, s.ext.seed, now)
+		case counter.KindRestrict:
+			s.judgeRestrict(r, st, now)
+		default:
+			s.shard(st.h).judge(r, st, now)
+			if !r.Allowed {
+				// What a restriction of its group records; the level
+				// is reported as it is now unless the take is applied.
+				r.Level = st.levelNow(r, now)
+			}
+		}
 		refused = refused || !r.Allowed && r.Blocking && r.Op == counter.OpTake
 	}
+	var crossed []groupCount
+	if kinds&(1<<counter.KindRestrict) != 0 {
+		crossed = crossings(reqs)
+	}
 	var changed shardSet
+	j = 0
 	for i := range reqs {
-		r, st := &reqs[i], &steps[i]
+		r := &reqs[i]
+		if r.Kind == counter.KindOverride {
+			continue
+		}
+		st := &steps[j]
+		j++
 		sh := s.shard(st.h)
+		switch r.Kind {
+		case counter.KindDistinct:
+			if r.Op != counter.OpPeek && (r.Strict || r.Allowed && !refused) {
+				sh.commitDistinct(r, st, now)
+			}
+			continue
+		case counter.KindRestrict:
+			s.commitRestrict(r, st, crossingOf(crossed, r.Group), now)
+			continue
+		}
 		if r.Op != counter.OpPeek && (r.Strict || r.Allowed && !refused) {
 			if changed.has(st.h >> s.shift) {
 				// An earlier request of this event changed the shard,
@@ -236,7 +291,7 @@ func (s *Store) Do(ctx context.Context, reqs []counter.Request) error {
 			sh.noteHot(st.h, r, now)
 		}
 	}
-	s.unlockSet(&locked)
+	s.unlockSet(locked)
 	return nil
 }
 
@@ -315,6 +370,7 @@ func (s *Store) Reset(ctx context.Context, keys [][]byte) error {
 				sh.del(i)
 			}
 			sh.forgetHot(h)
+			sh.forgetSet(h)
 			sh.mu.Unlock()
 		}
 	}
@@ -329,6 +385,9 @@ func (s *Store) Len() int {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		n += sh.n
+		if sh.ext != nil {
+			n += len(sh.ext.sets)
+		}
 		sh.mu.Unlock()
 	}
 	return n
@@ -392,5 +451,7 @@ func (s *Store) sweepShard(i int) {
 	sh := &s.shards[i]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	sh.purge(s.now())
+	now := s.now()
+	sh.purge(now)
+	sh.purgeSets(now)
 }

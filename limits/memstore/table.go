@@ -82,12 +82,13 @@ func (e entry) idle(now int64) bool {
 type shard struct {
 	mu      sync.Mutex
 	tab     []entry
-	n       int      // occupied slots, idle ones included until reclaimed
-	limit   int      // n at most: this shard's part of max_keys
-	hand    int      // where the eviction scan resumes
-	hot     []hotKey // names of hot keys; allocated at the first
-	hotN    int      // len(hot)
-	hotHand int      // where addHot's replacement resumes
+	n       int       // occupied slots, idle ones included until reclaimed
+	limit   int       // n at most: this shard's part of max_keys
+	hand    int       // where the eviction scan resumes
+	hot     []hotKey  // names of hot keys; allocated at the first
+	hotN    int       // len(hot)
+	hotHand int       // where addHot's replacement resumes
+	ext     *shardExt // distinct sets (distinct.go); nil until the first
 	_       [64]byte
 }
 

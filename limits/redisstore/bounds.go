@@ -19,7 +19,7 @@ import (
 // through a scanner that follows the RESP stream and refuses a reply that
 // declares more than these bounds, before go-redis sees its header.
 //
-// The store's own replies are small: a take script answers 4 integers per
+// The store's own replies are small: a take script answers 6 integers per
 // request (tens of them); the largest reply is Hot's HGETALL of the hot
 // set, at most 10,000 names (hotKeys) of under 1 KB each with their
 // parameters: about 20,000 elements and a few MB; exemptions grow with

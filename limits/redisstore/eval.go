@@ -113,17 +113,20 @@ func (s *Store) group(reqs []counter.Request, keys []string, idx []int) group {
 		if r.Strict {
 			flags |= 2
 		}
-		holder := ""
-		if r.Kind == counter.KindConcurrent {
-			holder = s.holder(r.Holder)
+		text := ""
+		switch r.Kind {
+		case counter.KindConcurrent:
+			text = s.holder(r.Holder)
+		case counter.KindDistinct, counter.KindOverride:
+			text = string(r.Member)
 		}
-		g.args = append(g.args, int(r.Kind), int(r.Op), r.Interval, r.Burst, r.Cost, flags, holder)
+		g.args = append(g.args, int(r.Kind), int(r.Op), r.Interval, r.Burst, r.Cost, flags, text, int(r.Group), r.Until)
 	}
 	return g
 }
 
 // result is what the take script said about one request.
-type result struct{ allowed, retry, level, applied int64 }
+type result struct{ allowed, retry, level, applied, changed, prev int64 }
 
 // do runs an event's requests and fills their results.
 func (s *Store) do(ctx context.Context, reqs []counter.Request) error {
@@ -132,6 +135,10 @@ func (s *Store) do(ctx context.Context, reqs []counter.Request) error {
 		return s.doRefundsLast(ctx, reqs)
 	}
 	res, ok, err := s.run1(ctx, takeScript, groups, len(reqs))
+	stale := false
+	for i := range reqs {
+		stale = stale || ok[i] && reqs[i].Kind == counter.KindOverride && res[i].allowed == 0
+	}
 	if len(groups) > 1 {
 		refused := false
 		for i := range reqs {
@@ -139,12 +146,15 @@ func (s *Store) do(ctx context.Context, reqs []counter.Request) error {
 				refused = true
 			}
 		}
-		if err != nil || refused {
-			s.compensate(ctx, reqs, res, err != nil)
+		if err != nil || refused || stale {
+			s.compensate(ctx, reqs, res, err != nil || stale)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("redis store: %w", err)
+	}
+	if stale {
+		return s.staleOverrides(ctx, reqs)
 	}
 	for i := range reqs {
 		s.fill(&reqs[i], res[i])
@@ -159,7 +169,7 @@ func (s *Store) run1(ctx context.Context, sc *script, groups []group, n int) (re
 	for gi, c := range s.eval(ctx, sc, groups) {
 		g := groups[gi]
 		out, e := c.Int64Slice()
-		if e == nil && len(out) != 4*len(g.idx) {
+		if e == nil && len(out) != resStride*len(g.idx) {
 			e = fmt.Errorf("script returned %d values for %d requests", len(out), len(g.idx))
 		}
 		if e != nil {
@@ -169,7 +179,8 @@ func (s *Store) run1(ctx context.Context, sc *script, groups []group, n int) (re
 			continue
 		}
 		for j, i := range g.idx {
-			res[i] = result{out[4*j], out[4*j+1], out[4*j+2], out[4*j+3]}
+			o := out[resStride*j:]
+			res[i] = result{o[0], o[1], o[2], o[3], o[4], o[5]}
 			ok[i] = true
 		}
 	}
@@ -189,6 +200,18 @@ func (s *Store) compensate(ctx context.Context, reqs []counter.Request, res []re
 		if res[i].applied != 1 || r.Op == counter.OpPeek || (r.Strict && !all) {
 			continue
 		}
+		switch r.Kind {
+		case counter.KindRestrict:
+			// The crossing that set it was real: a restriction stays.
+			continue
+		case counter.KindDistinct:
+			if r.Op != counter.OpTake {
+				continue
+			}
+			if res[i].changed != 1 {
+				r.Until = res[i].prev // renewed: back to when it was seen before
+			}
+		}
 		if r.Op == counter.OpTake {
 			r.Op = counter.OpRefund
 		} else {
@@ -207,7 +230,7 @@ func (s *Store) compensate(ctx context.Context, reqs []counter.Request, res []re
 	// Undone or not, the event does not hold what it took: a slot that
 	// could not be given back expires with its lease, units drain.
 	for j, i := range which {
-		res[i].applied = 0
+		res[i].applied, res[i].changed = 0, 0
 		if ok[j] {
 			res[i].level = out[j].level
 		}

@@ -43,15 +43,16 @@ type Store struct {
 	now    func() int64 // for tests: the time GCRA reads instead of Redis's TIME
 	minTTL int64        // ms; with a test clock, keys must outlive real time
 
-	brk    *breaker
-	leases leaseSet
-	hot    hotQueue
-	stats  stats
-	warn   *sampler    // store errors off the SMTP path
-	down   *sampler    // the breaker opening
-	back   *sampler    // the breaker closing
-	rlog   *zap.Logger // go-redis's own lines, while this store is open
-	plog   *zap.Logger // recovered panics: one line per 10 seconds
+	brk        *breaker
+	leases     leaseSet
+	hot        hotQueue
+	restricted nameQueue // keys restricted since the last write of the index
+	stats      stats
+	warn       *sampler    // store errors off the SMTP path
+	down       *sampler    // the breaker opening
+	back       *sampler    // the breaker closing
+	rlog       *zap.Logger // go-redis's own lines, while this store is open
+	plog       *zap.Logger // recovered panics: one line per 10 seconds
 
 	closed    atomic.Bool
 	stop      chan struct{}
@@ -154,7 +155,7 @@ func instanceID() string {
 func (s *Store) loadScripts(ctx context.Context) (err error) {
 	defer guard.RecoverErr(s.plog, placeLoad, &err)
 	load := func(ctx context.Context, c redis.Scripter) error {
-		for _, sc := range []*script{takeScript, refreshScript, hotScript} {
+		for _, sc := range append([]*script{takeScript, refreshScript, hotScript}, outboundScripts...) {
 			if err := c.ScriptLoad(ctx, sc.src).Err(); err != nil {
 				return err
 			}
@@ -172,10 +173,7 @@ func (s *Store) loadScripts(ctx context.Context) (err error) {
 // as the Cluster hash tag, so that every window and rule about the same
 // sender, IP or user lives on one slot and is judged by one script.
 func (s *Store) redisKey(kind counter.Kind, key []byte) string {
-	k := "r:"
-	if kind == counter.KindConcurrent {
-		k = "c:"
-	}
+	k := kindPrefix[kind]
 	split, colons := 0, 0
 	for i, c := range key {
 		if c == ':' {
@@ -193,6 +191,13 @@ func (s *Store) redisKey(kind counter.Kind, key []byte) string {
 	b = append(b, key[split:]...)
 	b = append(b, '}')
 	return string(b)
+}
+
+// kindPrefix starts the Redis key of each kind; the held queue ids of a
+// restriction are under "q:" beside its "x:".
+var kindPrefix = [...]string{
+	counter.KindRate: "r:", counter.KindConcurrent: "c:", counter.KindDistinct: "d:",
+	counter.KindRestrict: "x:", counter.KindOverride: "o:",
 }
 
 func (s *Store) holder(h []byte) string { return s.instance + "/" + string(h) }
@@ -261,7 +266,7 @@ func (s *Store) call(ctx context.Context, where string, f func(context.Context) 
 	s.stats.calls.Add(1)
 	err := s.guarded(ctx, where, f)
 	switch {
-	case err == nil || answered(err):
+	case err == nil || answered(err) || errors.Is(err, counter.ErrStale):
 		if _, closed := s.brk.done(true); closed {
 			if ok, n := s.back.ok(); ok {
 				s.log.Warn("redis store answers again; counting in Redis resumes", zap.Uint64("suppressed", n))
@@ -308,9 +313,18 @@ func answered(err error) bool {
 // fill copies a result into its request and keeps the store's own books:
 // the leases it holds and the keys worth naming in Hot.
 func (s *Store) fill(r *counter.Request, res result) {
-	r.Allowed, r.RetryAfter, r.Level = res.allowed == 1, time.Duration(res.retry), res.level
+	r.Allowed, r.RetryAfter, r.Level, r.Changed = res.allowed == 1, time.Duration(res.retry), res.level, res.changed == 1
 	if r.Allowed {
 		r.RetryAfter = 0
+	}
+	switch r.Kind {
+	case counter.KindRestrict:
+		if r.Changed {
+			s.restricted.note(string(r.Key))
+		}
+		return
+	case counter.KindDistinct, counter.KindOverride:
+		return
 	}
 	if r.Kind == counter.KindConcurrent && res.applied == 1 {
 		key := s.redisKey(r.Kind, r.Key)
@@ -325,7 +339,7 @@ func (s *Store) fill(r *counter.Request, res result) {
 	}
 }
 
-// Reset forgets the given keys, of either kind.
+// Reset forgets the given keys, rate, concurrency or distinct.
 func (s *Store) Reset(ctx context.Context, keys [][]byte) (err error) {
 	defer guard.RecoverErr(s.plog, placeReset, &err)
 	if err := ctx.Err(); err != nil {
@@ -345,6 +359,7 @@ func (s *Store) Reset(ctx context.Context, keys [][]byte) (err error) {
 					p.Del(ctx, s.redisKey(kind, k))
 					names = append(names, hotName(kind, k))
 				}
+				p.Del(ctx, s.redisKey(counter.KindDistinct, k))
 			}
 			p.ZRem(ctx, s.hotSeenKey(), names...)
 			p.HDel(ctx, s.hotParamsKey(), toStrings(names)...)
@@ -375,6 +390,7 @@ func (s *Store) Close() (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
 		defer cancel()
 		s.flushHot(ctx)
+		s.flushRestricted(ctx)
 		s.releaseAll(ctx)
 		s.closed.Store(true)
 		err = s.client.Close()
@@ -407,6 +423,7 @@ func (s *Store) run(refreshEvery, probeEvery time.Duration) {
 			s.tick(refreshEvery, placeRefresh, s.refreshLeases)
 		case <-hot.C:
 			s.tick(2*s.timeout, placeHot, func(ctx context.Context) { s.flushHot(ctx) })
+			s.tick(2*s.timeout, placeRestrictions, s.flushRestricted)
 		}
 	}
 }

@@ -65,7 +65,11 @@ type PropertyOptions struct {
 // mistake cannot hide a store mistake. Each event holds one to three
 // requests on distinct keys with random Blocking flags, so the
 // all-or-nothing rule of counter.Store is checked too. Concurrency keys
-// take and release slots by holder, as a session does.
+// take and release slots by holder, as a session does. Distinct keys
+// take, peek at and give back members of a small alphabet, so members
+// come back within and after their window; their results (Allowed,
+// RetryAfter, Level, Changed) must equal an exact model that remembers
+// every member.
 func Property(t *testing.T, newStore NewStore, opt PropertyOptions) {
 	t.Helper()
 	if opt.Sequences == 0 {
@@ -98,6 +102,7 @@ type propRun struct {
 	rates  []*rateLog
 	n      []int64 // N per rate key: period = N·interval
 	slots  []*slotModel
+	dists  []*distinctModel
 	nextID int
 	trace  []string
 }
@@ -119,6 +124,11 @@ func newPropRun(t *testing.T, st counter.Store, clock *Clock, seed uint64, prefi
 	if p.rng.IntN(2) == 0 {
 		p.slots = append(p.slots, &slotModel{burst: p.rng.Int64N(5), blocking: p.rng.IntN(4) != 0})
 	}
+	if p.rng.IntN(2) == 0 {
+		windows := []int64{1000, 3000, int64(time.Millisecond), int64(time.Second), int64(time.Minute)}
+		p.dists = append(p.dists, &distinctModel{window: windows[p.rng.IntN(len(windows))],
+			burst: 1 + p.rng.Int64N(5), blocking: p.rng.IntN(4) != 0, seen: map[string]int64{}})
+	}
 	return p
 }
 
@@ -129,6 +139,9 @@ func (p *propRun) describeRules() string {
 	}
 	for i, m := range p.slots {
 		fmt.Fprintf(&b, "slots%d{max=%d blocking=%v} ", i, m.burst, m.blocking)
+	}
+	for i, m := range p.dists {
+		fmt.Fprintf(&b, "distinct%d{max=%d window=%d blocking=%v} ", i, m.burst, m.window, m.blocking)
 	}
 	return b.String()
 }
@@ -145,6 +158,9 @@ func (p *propRun) logf(format string, args ...any) {
 // boundaries where off-by-one errors live), sometimes long enough to idle.
 func (p *propRun) advance() {
 	T := p.rates[p.rng.IntN(len(p.rates))].interval
+	if len(p.dists) > 0 && p.rng.IntN(3) == 0 {
+		T = p.dists[0].window / int64(1+p.rng.IntN(4))
+	}
 	var d int64
 	switch r := p.rng.IntN(20); {
 	case r < 6:
@@ -166,19 +182,35 @@ type want struct {
 	allowed bool
 	retry   int64 // -1: unspecified (a cost above the burst is never admitted)
 	level   int64
+	changed bool // distinct: the member was new
 }
 
 // step runs one event and reports whether the store agreed with the model.
 func (p *propRun) step(ev int) bool {
 	p.advance()
 	now := p.clock.Now()
-	// Pick distinct keys: rate keys by index, then slot keys after them.
-	nkeys := len(p.rates) + len(p.slots)
+	// Pick distinct keys: rate keys by index, then slot keys, then
+	// distinct keys after them.
+	nkeys := len(p.rates) + len(p.slots) + len(p.dists)
 	order := p.rng.Perm(nkeys)[:1+p.rng.IntN(min(3, nkeys))]
 	reqs := make([]counter.Request, len(order))
 	holders := make([]string, len(order))
+	firstDist := len(p.rates) + len(p.slots)
 	for i, k := range order {
 		r := &reqs[i]
+		if k >= firstDist {
+			m := p.dists[k-firstDist]
+			holders[i] = fmt.Sprintf("m%d.example", p.rng.IntN(int(m.burst)+3))
+			*r = distinctReq(p.prefix, k-firstDist, m, holders[i])
+			switch x := p.rng.IntN(10); {
+			case x < 7:
+			case x < 9:
+				r.Op = counter.OpPeek
+			default:
+				r.Op = counter.OpRefund
+			}
+			continue
+		}
 		if k < len(p.rates) {
 			m := p.rates[k]
 			*r = counter.Request{
@@ -224,7 +256,11 @@ func (p *propRun) step(ev int) bool {
 		r := &reqs[i]
 		w := &wants[i]
 		w.allowed = true
-		if k < len(p.rates) {
+		if k >= firstDist {
+			if r.Op != counter.OpRefund {
+				w.allowed, w.retry, w.level = p.dists[k-firstDist].judge(now, holders[i])
+			}
+		} else if k < len(p.rates) {
 			m := p.rates[k]
 			if r.Op != counter.OpRefund {
 				w.allowed, w.retry = m.judge(now, r.Cost)
@@ -254,6 +290,18 @@ func (p *propRun) step(ev int) bool {
 		r := &reqs[i]
 		w := &wants[i]
 		apply := r.Op != counter.OpPeek && (r.Strict || w.allowed && !refused)
+		if k >= firstDist {
+			m := p.dists[k-firstDist]
+			if apply && r.Op == counter.OpRefund {
+				if _, ok := m.seen[holders[i]]; ok {
+					delete(m.seen, holders[i])
+				}
+			} else if apply {
+				w.changed = m.add(now, holders[i])
+			}
+			w.level = int64(len(m.live(now)))
+			continue
+		}
 		if k < len(p.rates) {
 			m := p.rates[k]
 			if apply {
@@ -289,12 +337,15 @@ func (p *propRun) step(ev int) bool {
 	ok := true
 	for i, k := range order {
 		r, w := &reqs[i], wants[i]
-		p.logf("event %d: %s op=%d cost=%d -> allowed=%v retry=%d level=%d (model %v %d %d) refused=%v",
-			ev, r.Key, r.Op, r.Cost, r.Allowed, r.RetryAfter, r.Level, w.allowed, w.retry, w.level, refused)
+		p.logf("event %d: %s op=%d cost=%d member=%s -> allowed=%v retry=%d level=%d changed=%v (model %v %d %d %v) refused=%v",
+			ev, r.Key, r.Op, r.Cost, r.Member, r.Allowed, r.RetryAfter, r.Level, r.Changed, w.allowed, w.retry, w.level, w.changed, refused)
 		if r.Allowed != w.allowed || r.Level != w.level {
 			ok = false
 		}
-		if k < len(p.rates) && !r.Allowed && w.retry >= 0 && int64(r.RetryAfter) != w.retry {
+		if (k < len(p.rates) || k >= firstDist) && !r.Allowed && w.retry >= 0 && int64(r.RetryAfter) != w.retry {
+			ok = false
+		}
+		if k >= firstDist && r.Changed != w.changed {
 			ok = false
 		}
 		if r.Allowed && r.RetryAfter != 0 {

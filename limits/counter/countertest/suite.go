@@ -30,6 +30,11 @@ func Suite(t *testing.T, newStore NewStore) {
 		{"Allows", testAllows},
 		{"Hot", testHot},
 		{"Parallel", testParallel},
+		{"Distinct", testDistinct},
+		{"DistinctAllOrNothing", testDistinctAllOrNothing},
+		{"Restrict", testRestrict},
+		{"Override", testOverride},
+		{"Claim", testClaim},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
