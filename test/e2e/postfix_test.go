@@ -197,7 +197,7 @@ func checkTags(t *testing.T, msgs []mta.Message, sender, rule string, first, las
 	}
 }
 
-// Case 1: msgs-per-sender at 10/1h: 15 messages from one sender give 10
+// A per-sender limit of 10/1h: 15 messages from one sender give 10
 // delivered and 5 refused with 451 4.7.1 at MAIL FROM; a second sender
 // from the same client is unaffected.
 func TestPostfixSenderLimit(t *testing.T) {
@@ -233,7 +233,7 @@ func TestPostfixSenderLimit(t *testing.T) {
 	}
 }
 
-// Case 2: the same policy with mode = "tag": all 15 delivered, exactly
+// The same policy with mode = "tag": all 15 delivered, exactly
 // the 5 over the limit carry X-Sluice-Limit.
 func TestPostfixSenderLimitTagMode(t *testing.T) {
 	testenv.Require(t)
@@ -254,7 +254,7 @@ func TestPostfixSenderLimitTagMode(t *testing.T) {
 	checkRuleLines(t, ruleLines(sl, "msgs-per-sender"), 5, "192.0.2.1", alice, false, trs, [2]int{11, 15})
 }
 
-// Case 3: concurrent max 3 per client IP: the 4th simultaneous session
+// A concurrent max of 3 per client IP: the 4th simultaneous session
 // from one IP gets 421 4.7.0, another IP is not affected, and after one
 // session closes a new one is accepted.
 func TestPostfixConcurrencyLimit(t *testing.T) {

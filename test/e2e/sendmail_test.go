@@ -1,7 +1,7 @@
 package e2e
 
-// Issue 2's case 4: cases 1 and 2 with real Sendmail, sluice attached
-// through INPUT_MAIL_FILTER. Sendmail has no XCLIENT: the client is
+// The per-sender limit, in enforce and in tag mode, with real Sendmail,
+// sluice attached through INPUT_MAIL_FILTER. Sendmail has no XCLIENT: the client is
 // 127.0.0.1, which is on sluice's default trusted list, so the configs
 // here empty that list.
 
