@@ -46,7 +46,7 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 	var out []Trace
 	stoppedBy := ""
 	for _, r := range e.byStage[st] {
-		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst(r.windows), From: "rule"}
+		t := Trace{Rule: r.name, Count: countNames[r.count], What: r.what(r.windows, r.limit), Tarpit: r.tarpit, Limit: r.limit, Action: r.action, Mode: r.mode, Final: r.final, Burst: r.burst(r.windows), From: "rule"}
 		if r.count == countDistinct {
 			t.Count = "distinct " + r.of.String()
 		}
@@ -69,6 +69,7 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 					var w where
 					sp := e.limitFor(r, f, nil, key, &w)
 					t.Limit, t.From = sp.text, w.String()
+					t.What = r.what(sp.windows, sp.text)
 					switch {
 					case sp.unlimited:
 						t.Why, t.Burst = "counts nothing: the key's limit is unlimited ("+t.From+")", 0
@@ -93,24 +94,28 @@ func (e *Engine) Explain(st policy.Stage, f *policy.Facts) []Trace {
 	return out
 }
 
-// what says r's limit for people: what it counts, the limit, and a rate's
-// burst, which a fresh counter admits at once.
-func (r *rule) what() string {
+// what says a limit of r for people (its own, or a key's override with
+// its windows): what it counts, the limit, and a rate's burst, which a
+// fresh counter admits at once.
+func (r *rule) what(windows []window, limit string) string {
 	switch {
 	case r.tarpit:
-		return r.limit
+		return limit
 	case r.count == countConcurrent:
-		return "concurrent " + r.limit
+		return "concurrent " + limit
 	case r.count == countDistinct:
-		return "distinct " + r.of.String() + " " + r.limit
-	case len(r.windows) == 0:
-		return r.rcptLimit
+		return "distinct " + r.of.String() + " " + limit
+	case len(windows) == 0:
+		if r.maxRcpt > 0 {
+			return r.rcptLimit
+		}
+		return countNames[r.count] + " " + limit
 	}
-	bursts := make([]string, len(r.windows))
-	for i, w := range r.windows {
+	bursts := make([]string, len(windows))
+	for i, w := range windows {
 		bursts[i] = fmt.Sprint(w.burst)
 	}
-	s := fmt.Sprintf("%s %s (burst %s)", countNames[r.count], r.limit, strings.Join(bursts, ","))
+	s := fmt.Sprintf("%s %s (burst %s)", countNames[r.count], limit, strings.Join(bursts, ","))
 	if r.maxRcpt > 0 {
 		s += ", " + r.rcptLimit
 	}

@@ -52,7 +52,7 @@ action = "tempfail"
 		{name: "spf-mode-as-integer", line: 3, config: "[spf]\nenabled = true\nmode = 9", at: 5, want: "spf.mode: want a word in quotes (enforce, tag or dry-run), not the integer 9"},
 		{name: "spf-action-as-integer", line: 3, config: "[spf]\nfail = 4", at: 4, want: "spf.fail: want a word in quotes (tempfail, reject, tag, hold, delay, disconnect or none)"},
 		{name: "rule-mode-as-integer", line: 12, config: `mode = 9`, want: "limit[1].mode: want a word in quotes"},
-		{name: "count-as-integer", line: 9, config: `count = 3`, want: "limit[1].count: want a word in quotes (connections, concurrent, messages, recipients or bytes), not the integer 3"},
+		{name: "count-as-integer", line: 9, config: `count = 3`, want: "limit[1].count: want a word in quotes (connections, concurrent, messages, recipients, bytes or distinct), not the integer 3"},
 		{name: "per-as-integer", line: 10, config: `per = 3`, want: "limit[1].per: want a key name in quotes or a list of them (client_ip, sender"},
 		{name: "level-as-bool", line: 5, config: `level = true`, want: "log.level: want a word in quotes (debug, info, warn or error), not true"},
 		{name: "action-as-list", line: 12, config: `action = ["reject"]`, want: "limit[1].action: want a word in quotes (tempfail, reject"},
