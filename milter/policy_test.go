@@ -205,6 +205,33 @@ func TestForgedHeadersRemoved(t *testing.T) {
 	}
 }
 
+// A forged field whose name go-milter will not write back (a hostile peer
+// may send one; the MTAs do not) stays, with a log line, and the message
+// and its other edits go through.
+func TestForgedFieldWithUnwritableName(t *testing.T) {
+	h := newPolicyHarness(t, setup{Mode: smtp.ModeTag, Rules: []limits.Rule{senderRule("1/1h", "")}})
+	s, _ := h.session("192.0.2.29")
+	mail(t, s, "a@example.org", "")
+	if _, err := s.Rcpt("b@example.net"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"X-Sluice-Limit\x7f", "X-Sluice-Limit"} {
+		if _, err := s.HeaderField(name, "forged"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, act, err := s.End()
+	if err != nil || act.Type != milter.ActionAccept {
+		t.Fatal(act, err)
+	}
+	if rm := mods(ms, milter.ActionChangeHeader); len(rm) != 1 || rm[0].HeaderName != "X-Sluice-Limit" || rm[0].HeaderIndex != 1 {
+		t.Errorf("removals %v, want only X-Sluice-Limit #1", rm)
+	}
+	if n := h.logs.FilterMessage("forged header field not removed: its name cannot be written back to the MTA").Len(); n != 1 {
+		t.Errorf("%d log lines of a field not removed, want 1", n)
+	}
+}
+
 // The {daemon_name} macro at CONNECT is the listener, and {auth_authen} at
 // MAIL FROM the login: together they pick a rule that only the submission
 // port's authenticated users meet.

@@ -170,7 +170,7 @@ func (s *session) EndOfMessage(m milter.Modifier) (resp *milter.Response, err er
 		es.EndMessage(s.srv.ctx, false)
 		return s.answer(d), nil
 	}
-	if err := edit(m, es.Edits()); err != nil {
+	if err := s.edit(m, es.Edits()); err != nil {
 		es.EndMessage(s.srv.ctx, false)
 		return nil, err
 	}
@@ -220,11 +220,18 @@ func macros(m milter.Modifier) smtp.Macros {
 }
 
 // edit sends the end-of-message changes, in the engine's order.
-func edit(m milter.Modifier, edits []smtp.Edit) error {
+func (s *session) edit(m milter.Modifier, edits []smtp.Edit) error {
 	for _, e := range edits {
 		var err error
 		switch e.Kind {
 		case smtp.Remove:
+			if !writableName(e.Name) {
+				// go-milter refuses to name such a field, and an error
+				// here would end the session: the field stays.
+				s.log.Warn("forged header field not removed: its name cannot be written back to the MTA",
+					zap.String("name", smtp.Printable(e.Name, 64)))
+				continue
+			}
 			err = m.ChangeHeader(e.Index, e.Name, "")
 		case smtp.Insert:
 			err = m.InsertHeader(e.Index, e.Name, e.Value)
@@ -238,6 +245,18 @@ func edit(m milter.Modifier, edits []smtp.Edit) error {
 		}
 	}
 	return nil
+}
+
+// writableName reports whether go-milter writes a header field of this
+// name: printable ASCII without space or colon. The MTAs send no other,
+// but a hostile peer may.
+func writableName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return name != ""
 }
 
 // answer turns a decision into the milter response, after any pause.
