@@ -301,6 +301,10 @@ func (c *conn) packet(size int) (b []byte, whole bool) {
 	b = make([]byte, size)
 	n, err := io.ReadFull(c.r, b)
 	if err != nil {
+		if err == io.ErrUnexpectedEOF {
+			// The stream ended: the library, reading on, is told so.
+			err = io.EOF
+		}
 		c.left, c.out, c.err = 0, b[:n], err
 		return b[:n], true
 	}

@@ -280,6 +280,7 @@ func TestConnFraming(t *testing.T) {
 		{name: "packet over 1 MiB", in: []byte{0, 0x10, 0, 1, 'B'}, cut: "packet_length"},
 		{name: "zero length", in: []byte{0, 0, 0, 0}, cut: "packet_length"},
 		{name: "cut short", in: []byte{0, 0, 0, 9, 'M', '<'}},
+		{name: "CONNECT bigger than the buffer, cut short", in: []byte{0, 0x0d, 0x30, 0x30, 'C', 'h'}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, chunk := range []int{1, 5, 4096, 1 << 20} {
