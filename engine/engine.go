@@ -176,6 +176,7 @@ func New(o Options) (*Engine, error) {
 	e.needs = e.computeNeeds()
 	e.accept = o.AcceptAtMail && e.needs.AcceptAtMail
 	e.needs.AcceptAtMail = e.accept
+	e.needs.Answers = e.answers(e.accept)
 	return e, nil
 }
 
@@ -219,6 +220,26 @@ func (e *Engine) computeNeeds() smtp.Needs {
 	// the end-of-message round trip its cleanup server would make.
 	n.AcceptAtMail = !n.Rcpt && !n.Edits && !size
 	return n
+}
+
+// answers says which stages may be answered other than continue, with
+// accept the answer at MAIL FROM may be Accept. A stage is answered when
+// a rule counting at it may refuse or pause it, when checks run at it
+// (client checks at connect, sender checks at MAIL FROM), and, once
+// anything in a session may be refused, when escalation may pause or end
+// the replies that follow (not at connect: nothing came before it).
+func (e *Engine) answers(accept bool) smtp.Answers {
+	refuses := e.checks || e.dkim != nil || e.dmarc != nil
+	for st := smtp.Connect; st <= smtp.Data && !refuses; st++ {
+		refuses = e.lim.Answers(st)
+	}
+	escalates := e.pol.Escalates() && refuses
+	return smtp.Answers{
+		Connect: e.lim.Answers(smtp.Connect) || e.checks,
+		Helo:    e.lim.Answers(smtp.Helo) || escalates,
+		Mail:    e.lim.Answers(smtp.Mail) || e.checks || accept || escalates,
+		Rcpt:    e.lim.Answers(smtp.Rcpt) || escalates,
+	}
 }
 
 // mayTag reports whether any rule can end in a header under the global

@@ -2,7 +2,9 @@ package engine_test
 
 import (
 	"testing"
+	"time"
 
+	"sluice/conf"
 	"sluice/limits"
 	"sluice/policy"
 	"sluice/smtp"
@@ -55,9 +57,60 @@ func TestNeeds(t *testing.T) {
 				v := newEnv(t, setup{Mode: tc.mode, Rules: tc.rules, Accept: option})
 				want := tc.want
 				want.AcceptAtMail = option && tc.accept
-				if got := v.eng.Needs(); got != want {
+				got := v.eng.Needs()
+				got.Answers = smtp.Answers{} // TestNeedsAnswers'
+				if got != want {
 					t.Errorf("AcceptAtMail option %v: needs %+v\n want %+v", option, got, want)
 				}
+			}
+		})
+	}
+}
+
+// Needs says a stage may be answered other than continue only when
+// something can answer it: a rule at the stage that refuses or pauses
+// under the global mode (a store failure refuses for on_store_error =
+// "tempfail"), the checks at connect and MAIL FROM, an accept at MAIL
+// FROM, and escalation after any refusal — at every stage but connect.
+func TestNeedsAnswers(t *testing.T) {
+	at := func(count, per, action, mode string) limits.Rule {
+		return limits.Rule{Name: "r", Count: count, Per: per, Rate: "1/1h", Action: policy.MustAction(action), Mode: policy.MustMode(mode)}
+	}
+	noEscalation := func(c *policy.Config) { c.SoftRefusals, c.HardRefusals = policy.Count(0), policy.Count(0) }
+	for _, tc := range []struct {
+		name   string
+		mode   smtp.Mode
+		decide func(*policy.Config)
+		rules  []limits.Rule
+		accept bool
+		want   smtp.Answers
+	}{
+		{"sender limit, escalation", smtp.ModeEnforce, nil, []limits.Rule{at("messages", "sender", "", "")}, false,
+			smtp.Answers{Helo: true, Mail: true, Rcpt: true}},
+		{"sender limit", smtp.ModeEnforce, noEscalation, []limits.Rule{at("messages", "sender", "", "")}, false,
+			smtp.Answers{Mail: true}},
+		{"sender limit, accept at MAIL FROM", smtp.ModeEnforce, noEscalation, []limits.Rule{at("messages", "sender", "", "")}, true,
+			smtp.Answers{Mail: true}},
+		{"concurrency", smtp.ModeEnforce, noEscalation, []limits.Rule{{Name: "c", Count: "concurrent", Per: "client_ip", Max: 5}}, false,
+			smtp.Answers{Connect: true}},
+		{"recipients", smtp.ModeEnforce, noEscalation, []limits.Rule{at("recipients", "rcpt_domain", "", "")}, false,
+			smtp.Answers{Rcpt: true}},
+		{"delay", smtp.ModeEnforce, noEscalation, []limits.Rule{{Name: "d", Count: "messages", Per: "client_ip", Rate: "1/1h",
+			Action: policy.MustAction("delay"), Delay: conf.Duration(time.Second)}}, false,
+			smtp.Answers{Mail: true}},
+		{"tag rule, escalation", smtp.ModeEnforce, nil, []limits.Rule{at("messages", "sender", "tag", "")}, false,
+			smtp.Answers{}},
+		{"rule in dry-run", smtp.ModeEnforce, nil, []limits.Rule{at("messages", "sender", "", "dry-run")}, false,
+			smtp.Answers{}},
+		{"tag server", smtp.ModeTag, nil, []limits.Rule{at("messages", "sender", "", "")}, false,
+			smtp.Answers{}},
+		{"tag rule, accept at MAIL FROM", smtp.ModeEnforce, nil, []limits.Rule{at("messages", "sender", "tag", "dry-run")}, true,
+			smtp.Answers{Mail: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newEnv(t, setup{Mode: tc.mode, Decide: tc.decide, Rules: tc.rules, Accept: tc.accept})
+			if got := v.eng.Needs().Answers; got != tc.want {
+				t.Errorf("answers %+v, want %+v", got, tc.want)
 			}
 		})
 	}

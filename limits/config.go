@@ -217,6 +217,7 @@ type rule struct {
 	stage    policy.Stage // where it counts: its count's stage, or end of message for what only that knows
 	prefix   string       // "name:0:", the start of its first window's store keys
 	blocking bool         // a denial refuses the event: set by New, from the global mode
+	answers  bool         // the rule may refuse or pause its event: set by New, from the global mode
 	count    count
 	of       value        // distinct: what it counts different values of
 	over     *overrides   // limits of their own for some keys; nil: none

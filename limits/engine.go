@@ -107,12 +107,16 @@ func New(cfg *Config, set *lists.Set, opt Options) (*Engine, error) {
 			mode = opt.Mode(mode)
 		}
 		r.blocking = r.action.Refuses() && mode == policy.ModeEnforce
+		// A store that cannot answer refuses the event of an on_store_error
+		// = "tempfail" rule, whatever the rule's action.
+		r.answers = mode == policy.ModeEnforce && (r.blocking || r.action == policy.ActionDelay || r.onError == onErrorTempfail)
 		if x := r.restrict; x != nil {
 			// A crossing restricts only where the rule is enforced; in tag
 			// or dry-run mode it says it would (an Event), and nothing
 			// is kept.
 			x.on = mode == policy.ModeEnforce
 			x.blocking = x.on && x.action.Refuses()
+			r.answers = r.answers || x.blocking
 		}
 		e.rules = append(e.rules, r)
 		e.byStage[r.stage] = append(e.byStage[r.stage], r)
@@ -130,6 +134,18 @@ func (e *Engine) Trusted(ip netip.Addr) bool { return isTrusted(e.trusted, ip) }
 // Needs reports whether any rule counts at the stage, so the milter can
 // leave unneeded events out of the negotiation.
 func (e *Engine) Needs(st policy.Stage) bool { return len(e.byStage[st]) > 0 }
+
+// Answers reports whether a rule counting at the stage may change its
+// answer, refusing the event or pausing before the reply, under the global
+// mode: the milter needs no reply to an event no rule answers.
+func (e *Engine) Answers(st policy.Stage) bool {
+	for _, r := range e.byStage[st] {
+		if r.answers {
+			return true
+		}
+	}
+	return false
+}
 
 // Session is one MTA connection's counting state: the slots it holds, the
 // reservations of its transaction, and scratch space reused by every check.

@@ -13,7 +13,7 @@ type connMetrics struct {
 
 // connCloseReasons are the reasons a connection is closed for, each
 // exported from the start so that a rate over them is never empty.
-var connCloseReasons = []string{"header_bytes", "macro_bytes", "packet_length", "silent"}
+var connCloseReasons = []string{"header_bytes", "macro_bytes", "packet_length", "malformed", "silent"}
 
 func (c *connMetrics) init(f factory) {
 	c.max = f.gauge(prometheus.GaugeOpts{
@@ -27,7 +27,7 @@ func (c *connMetrics) init(f factory) {
 	c.closed = f.counterVec(prometheus.CounterOpts{
 		Name: "sluice_connections_closed_total",
 		Help: "MTA connections sluice closed to stay within its bounds: header_bytes, macro_bytes and packet_length " +
-			"(a cap crossed), silent (closed to make room at max_connections).",
+			"(a cap crossed), malformed (a packet the milter library cannot read), silent (closed to make room at max_connections).",
 	}, "reason")
 	for _, r := range connCloseReasons {
 		c.closed.WithLabelValues(r)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -62,29 +62,29 @@ action = "reject"
 				t.Fatal(err)
 			}
 			if tc.refused != "" {
-				if refused == nil || !strings.HasPrefix(fmt.Sprintf("%d %s", refused.SMTPCode, refused.SMTPText), tc.refused) {
+				if refused == nil || !strings.HasPrefix(refused.SMTPReply, tc.refused) {
 					t.Fatalf("MAIL FROM: %+v; want %q", refused, tc.refused)
 				}
 				return
 			}
 			if refused != nil {
-				t.Fatalf("MAIL FROM refused: %d %s", refused.SMTPCode, refused.SMTPText)
+				t.Fatalf("MAIL FROM refused: %s", refused.SMTPReply)
 			}
 			var checks []string
 			inserted := 0
 			for _, m := range mods {
-				t.Logf("%c %d %s: %s", m.Code, m.HeaderIndex, m.HeaderName, m.HeaderValue)
+				t.Logf("%v", m)
 				switch {
-				case m.Code == milter.ActInsertHeader:
+				case m.Type == milter.ActionInsertHeader:
 					want := [...]string{"Authentication-Results", "Received-SPF"}
 					if inserted >= len(want) || m.HeaderName != want[inserted] || m.HeaderIndex != uint32(inserted) {
 						t.Errorf("inserted %s at %d; want Authentication-Results at 0, then Received-SPF at 1", m.HeaderName, m.HeaderIndex)
 					}
 					inserted++
-				case m.Code == milter.ActAddHeader && m.HeaderName == "X-Sluice-Check":
+				case m.Type == milter.ActionAddHeader && m.HeaderName == "X-Sluice-Check":
 					checks = append(checks, m.HeaderValue)
 				default:
-					t.Errorf("unexpected modification %c %s", m.Code, m.HeaderName)
+					t.Errorf("unexpected modification %v", m)
 				}
 			}
 			if inserted != 2 {

@@ -135,11 +135,16 @@ func (b *bounds) watch(c *conn) {
 	c.onCut = b.cut
 }
 
-// cut is told when c crossed a cap: one log line and a count.
+// cut is told when c crossed a cap, or sent a malformed packet: one log
+// line and a count.
 func (b *bounds) cut(c *conn, reason string, n, limit int64) {
-	b.log.Warn("MTA connection closed: over a cap", zap.String("cap", reason), zap.Int64("bytes", n),
-		zap.Int64("limit", limit), zap.String("client_ip", smtp.Printable(c.client, 64)),
-		zap.String("mta", addrString(c.RemoteAddr())))
+	who := []zap.Field{zap.String("client_ip", smtp.Printable(c.client, 64)), zap.String("mta", addrString(c.RemoteAddr()))}
+	if reason == cutMalformed {
+		b.log.Warn("MTA connection closed: malformed packet", append(who, zap.String("command", smtp.Printable(string(rune(n)), 4)))...)
+	} else {
+		b.log.Warn("MTA connection closed: over a cap", append([]zap.Field{zap.String("cap", reason), zap.Int64("bytes", n),
+			zap.Int64("limit", limit)}, who...)...)
+	}
 	if b.obs != nil {
 		b.obs.ConnCut(reason)
 	}

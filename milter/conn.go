@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -16,19 +15,23 @@ import (
 )
 
 // conn is an MTA connection as go-milter sees it. It adds what go-milter
-// lacks: a read deadline so a silent peer cannot pin a goroutine forever, a
-// buffered reader (go-milter reads each packet header and body with separate
-// calls), TCP_QUICKACK so that Sendmail, which writes a stage's macro and
-// command packets separately, is not held up by delayed ACKs, a hook
-// that runs when the connection ends — go-milter has no close callback —
-// and caps on what the MTA's packets may make the milter library keep.
+// lacks: a read deadline so a silent peer cannot pin a goroutine forever
+// (go-milter sets none after negotiation), a buffered reader (go-milter
+// reads each packet header and body with separate calls), TCP_QUICKACK so
+// that Sendmail, which writes a stage's macro and command packets
+// separately, is not held up by delayed ACKs, a hook that runs when the
+// connection ends — for the server's count of open connections, which
+// includes those that never got past negotiation — and caps on what the
+// MTA's packets may make the milter library and the session keep.
 //
 // The caps live here, below the library, so that they hold whichever
 // library reads the packets. conn follows the packet framing (a 4-byte
 // big-endian length, then the command byte and the data) of what it hands
 // on, and looks at each packet before the library sees any of it: a packet
-// that would cross a cap is never handed on; the library sees the stream
-// end cleanly between two packets, and closes the connection.
+// that would cross a cap, or that go-milter v0.10.1 would read past its
+// end (a CONNECT, MAIL or RCPT without the NUL after its first string), is
+// never handed on; the library sees the stream end cleanly between two
+// packets, and closes the connection.
 type conn struct {
 	net.Conn
 	r        *bufio.Reader
@@ -36,7 +39,9 @@ type conn struct {
 	raw      syscall.RawConn // TCP only, for TCP_QUICKACK
 	once     sync.Once
 	onClose  func()
-	lastRead time.Time
+	lastRead time.Time // when the read deadline was last set; zero: set it at the next read
+	deadline time.Time // the library's read deadline, if any
+	armed    bool      // a read deadline is set on the socket
 	// waiting is since when sluice has been waiting for the MTA to send
 	// (Unix ns), 0 while it has something to work on: a session in a
 	// stage, a pause or a store call is not silent.
@@ -51,22 +56,22 @@ type conn struct {
 	left int
 	out  []byte
 	err  error // once reading failed or a cap was crossed, every read fails
-	// What the library may be holding.
-	headers  int64 // header bytes since the last abort
+	// What the library and the session may be holding.
+	headers  int64 // header bytes of the message
 	macros   []stageBytes
 	macroSum int64
 	client   string // the client address of the connect packet, for the log
 }
 
 // maxPacket is the longest packet handed on: the largest data size the
-// milter protocol lets an MTA and a milter agree on (SMFIP_MDS_1M), and
-// go-milter v0.5.0's own limit. (d--j/go-milter reads up to 512 MiB.)
+// milter protocol lets an MTA and a milter agree on (SMFIP_MDS_1M).
+// go-milter reads up to 512 MiB.
 const maxPacket = 1 << 20
 
 // entryCost is what keeping one header or macro name or value costs the
-// library and the session beyond its bytes (string headers, map entries):
-// measured at 40 to 100 bytes with go-milter v0.5.0. It is counted against
-// the caps, so that a flood of tiny entries is bounded like a few big ones.
+// library and the session beyond its bytes (strings, map entries). It is
+// counted against the caps, so that a flood of tiny entries is bounded
+// like a few big ones.
 const entryCost = 64
 
 // caps bound what one connection may make the milter library hold.
@@ -80,9 +85,6 @@ type stageBytes struct {
 	stage byte
 	n     int64
 }
-
-// abortPacket is SMFIC_ABORT, which gets no reply.
-var abortPacket = []byte{0, 0, 0, 1, 'A'}
 
 // quickACK is "off" only in a benchmark build (go build -ldflags
 // "-X sluice/milter.quickACK=off"), which measures what TCP_QUICKACK is
@@ -107,9 +109,19 @@ type socketReader struct{ c *conn }
 func (s socketReader) Read(p []byte) (int, error) {
 	c := s.c
 	now := time.Now()
-	if c.idle > 0 && now.Sub(c.lastRead) > time.Second {
+	if now.Sub(c.lastRead) > time.Second {
 		// Setting a deadline costs a timer update; once a second is enough.
-		_ = c.Conn.SetReadDeadline(now.Add(c.idle))
+		var d time.Time
+		if c.idle > 0 {
+			d = now.Add(c.idle)
+		}
+		if !c.deadline.IsZero() && (d.IsZero() || c.deadline.Before(d)) {
+			d = c.deadline
+		}
+		if !d.IsZero() || c.armed {
+			_ = c.Conn.SetReadDeadline(d)
+			c.armed = !d.IsZero()
+		}
 		c.lastRead = now
 	}
 	c.waiting.Store(now.UnixNano())
@@ -122,6 +134,15 @@ func (s socketReader) Read(p []byte) (int, error) {
 		})
 	}
 	return n, err
+}
+
+// SetReadDeadline takes the library's deadline (go-milter gives the MTA
+// a second to negotiate, then clears it), to be set with the idle one at
+// the next read: the earlier of the two holds.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.deadline = t
+	c.lastRead = time.Time{}
+	return nil
 }
 
 // Read hands on what the MTA sent, one packet at a time, each looked at
@@ -180,28 +201,21 @@ func (c *conn) frame() error {
 		if c.headers > c.caps.header {
 			return c.cut("header_bytes", c.headers, c.caps.header)
 		}
-	case 'A':
+	case 'A', 'M':
+		// A new transaction, or the end of one: Sendmail sends no Abort
+		// after a message that reached its end.
 		c.headers = 0
-	case 'M':
-		c.newMessage()
+	case 'K':
+		// QUIT_NC: the MTA reuses the connection for a new client.
+		c.headers, c.macros, c.macroSum = 0, c.macros[:0], 0
 	case 'D':
 		return c.macro(size)
-	case 'C':
-		c.connect(size)
+	}
+	switch hdr[4] {
+	case 'C', 'M', 'R':
+		return c.command(size)
 	}
 	return nil
-}
-
-// newMessage starts a transaction. Sendmail sends no Abort after a message
-// that reached its end, but go-milter v0.5.0 keeps a message's headers
-// until an Abort: without one, every message of the connection would pile
-// up. When headers are held, an Abort (which has no reply) goes first, as
-// Postfix would have sent it.
-func (c *conn) newMessage() {
-	if c.headers > 0 {
-		c.headers = 0
-		c.out = append(c.out, abortPacket...)
-	}
 }
 
 // macro looks at a macro packet whole: each stage's latest packet, with
@@ -210,16 +224,8 @@ func (c *conn) macro(size int) error {
 	if int64(size) > c.caps.macro {
 		return c.cut("macro_bytes", int64(size), c.caps.macro)
 	}
-	var b []byte
-	whole := size > c.r.Size()
-	if whole {
-		// Bigger than the buffer: read it here (at most the cap) and hand it on from out.
-		b = make([]byte, size)
-		if n, err := io.ReadFull(c.r, b); err != nil {
-			c.left, c.out, c.err = 0, b[:n], err
-			return nil
-		}
-	} else if b, _ = c.r.Peek(size); len(b) < size {
+	b, whole := c.packet(size) // at most the cap
+	if len(b) < size {
 		return nil // cut short: hand on what there is
 	}
 	var stage byte
@@ -247,8 +253,34 @@ func (c *conn) macro(size int) error {
 	}
 	c.macros[i].n = cost
 	c.macroSum = others + cost
-	if stage == 'M' {
-		c.newMessage() // the Abort goes before the new transaction's macros
+	if whole {
+		c.left, c.out = 0, append(c.out, b...)
+	}
+	return nil
+}
+
+// command looks at a CONNECT, MAIL or RCPT packet whole: its first
+// string (host name, sender, recipient) must end in a NUL, and a CONNECT
+// must go on with the address family; go-milter reads past the end of
+// the packet otherwise. A CONNECT's client address is kept for the log
+// line of a cut.
+func (c *conn) command(size int) error {
+	b, whole := c.packet(size)
+	if len(b) < size {
+		return nil // cut short: hand on what there is
+	}
+	data := b[5:]
+	_, rest, ok := bytes.Cut(data, []byte{0})
+	if !ok || b[4] == 'C' && len(rest) == 0 {
+		return c.malformed(b[4])
+	}
+	if b[4] == 'C' {
+		c.client = ""
+		family, rest := rest[0], rest[1:]
+		if (family == '4' || family == '6') && len(rest) >= 2 {
+			addr, _, _ := bytes.Cut(rest[2:], []byte{0})
+			c.client = string(addr[:min(len(addr), 64)])
+		}
 	}
 	if whole {
 		c.left, c.out = 0, append(c.out, b...)
@@ -256,31 +288,37 @@ func (c *conn) macro(size int) error {
 	return nil
 }
 
-// connect keeps the client address of a connect packet for the log line
-// of a cut.
-func (c *conn) connect(size int) {
-	if size > c.r.Size() {
-		return
+// packet returns the packet of size bytes about to be handed on: peeked
+// in the buffer, or, when bigger than the buffer, read whole (whole is
+// then true, and what was read must be handed on from out). A packet cut
+// short by the end of the stream comes back short; what there is of it
+// is handed on, so that the library reports it as it would.
+func (c *conn) packet(size int) (b []byte, whole bool) {
+	if size <= c.r.Size() {
+		b, _ = c.r.Peek(size)
+		return b, false
 	}
-	b, _ := c.r.Peek(size)
-	if len(b) < size {
-		return
-	}
-	data := b[5:]
-	_, rest, ok := bytes.Cut(data, []byte{0}) // the host name
-	if !ok || len(rest) == 0 {
-		return
-	}
-	family, rest := rest[0], rest[1:]
-	if family == '4' || family == '6' {
-		if len(rest) < 2 {
-			return
+	b = make([]byte, size)
+	n, err := io.ReadFull(c.r, b)
+	if err != nil {
+		if err == io.ErrUnexpectedEOF {
+			// The stream ended: the library, reading on, is told so.
+			err = io.EOF
 		}
-		rest = rest[2:]
+		c.left, c.out, c.err = 0, b[:n], err
+		return b[:n], true
 	}
-	addr, _, _ := bytes.Cut(rest, []byte{0})
-	c.client = string(addr[:min(len(addr), 64)])
+	return b, true
 }
+
+// malformed ends the stream at a packet go-milter cannot read safely.
+func (c *conn) malformed(cmd byte) error {
+	return c.cut(cutMalformed, int64(cmd), 0)
+}
+
+// cutMalformed is the reason of a cut at a malformed packet, which crossed
+// no cap: n is then the packet's command byte.
+const cutMalformed = "malformed"
 
 // cut ends the stream for the library, which closes the connection.
 func (c *conn) cut(reason string, n, limit int64) error {
@@ -302,8 +340,8 @@ func (c *conn) Write(p []byte) (int, error) {
 }
 
 // Close ends the connection and runs the close hook once. go-milter calls
-// it from the session's own goroutine when the MTA hangs up or a packet is
-// malformed.
+// it from the session's own goroutine when the session ends, for whatever
+// reason; it may not have got as far as making a session.
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
@@ -314,25 +352,48 @@ func (c *conn) Close() error {
 	return err
 }
 
-// oneConn is a listener that yields one connection and then reports itself
-// done. Handing each accepted connection to its own go-milter Server makes
-// that server's NewMilter return this connection's session every time —
-// including after the responses that make go-milter replace its backend —
-// so session state can never cross connections.
-type oneConn struct {
-	c    net.Conn
-	done bool
+// handoff is the listener a go-milter server serves: the accept loop,
+// which admits each connection under max_connections, hands it the
+// connections that are to speak with its engine.
+type handoff struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
 }
 
-var errOneConnDone = errors.New("milter: connection handed over")
+func newHandoff() *handoff {
+	return &handoff{conns: make(chan net.Conn), done: make(chan struct{})}
+}
 
-func (l *oneConn) Accept() (net.Conn, error) {
-	if l.done {
-		return nil, errOneConnDone
+// give hands c to the go-milter server, or reports false when the
+// listener was closed first.
+func (h *handoff) give(c net.Conn) bool {
+	select {
+	case h.conns <- c:
+		return true
+	case <-h.done:
+		return false
 	}
-	l.done = true
-	return l.c, nil
 }
 
-func (l *oneConn) Close() error   { return nil }
-func (l *oneConn) Addr() net.Addr { return l.c.LocalAddr() }
+func (h *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.conns:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoff) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+// Addr is the handoff's own: connections come from every listener.
+func (h *handoff) Addr() net.Addr { return handoffAddr{} }
+
+type handoffAddr struct{}
+
+func (handoffAddr) Network() string { return "handoff" }
+func (handoffAddr) String() string  { return "sluice" }

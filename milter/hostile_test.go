@@ -21,7 +21,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -296,10 +296,12 @@ func (r *rawConn) hungUp() bool {
 	}
 }
 
+// negotiate offers protocol 6 and macro requests, and no protocol option:
+// the MTA sends every event and waits for every answer.
 func (r *rawConn) negotiate() {
 	r.t.Helper()
 	data := binary.BigEndian.AppendUint32(nil, 6)
-	data = binary.BigEndian.AppendUint32(data, uint32(milter.OptAddHeader|milter.OptChangeHeader|milter.OptQuarantine))
+	data = binary.BigEndian.AppendUint32(data, uint32(milter.OptAddHeader|milter.OptChangeHeader|milter.OptQuarantine|milter.OptSetMacros))
 	data = binary.BigEndian.AppendUint32(data, 0)
 	if err := r.send('O', data); err != nil {
 		r.t.Fatal(err)
@@ -354,9 +356,9 @@ func TestMalformedPackets(t *testing.T) {
 	type step func(r *rawConn) error
 	cases := []struct {
 		name string
-		// negotiate and connect as badIP first
-		connected bool
-		steps     []step
+		// negotiate first; and connect as badIP
+		negotiated, connected bool
+		steps                 []step
 		// the server must hang up; otherwise it must answer the last step
 		// with one of want.
 		hangUp bool
@@ -386,44 +388,66 @@ func TestMalformedPackets(t *testing.T) {
 			func(r *rawConn) error { return r.send('M', cstr("<a@example.org>")) },
 			func(r *rawConn) error { return r.send('Z') },
 		}, hangUp: true},
-		{name: "QUIT_NC, which go-milter does not know", connected: true, steps: []step{
-			func(r *rawConn) error { return r.send('K') },
-		}, hangUp: true},
-		{name: "empty connect", steps: []step{
+		// QUIT_NC: the MTA reuses the connection for a new client; the
+		// last one's slot is freed (one-conn allows one session).
+		{name: "QUIT_NC, then a new client", connected: true, steps: []step{
+			func(r *rawConn) error {
+				r.send('K')
+				return r.send('C', cstr("again"), []byte{'4', 0, 25}, cstr(badIP))
+			},
+		}, want: "c"},
+		{name: "empty connect", negotiated: true, steps: []step{
 			func(r *rawConn) error { return r.send('C') },
 		}, hangUp: true},
-		{name: "connect with no address (family unknown)", steps: []step{
+		{name: "connect with no address (family unknown)", negotiated: true, steps: []step{
 			func(r *rawConn) error { return r.send('C', cstr("localhost"), []byte{'U'}) },
 		}, want: "c"},
-		{name: "connect with no address (unix socket)", steps: []step{
-			func(r *rawConn) error { return r.send('C', cstr("localhost"), []byte{'L'}, cstr("")) },
+		{name: "connect with no address (unix socket)", negotiated: true, steps: []step{
+			func(r *rawConn) error { return r.send('C', cstr("localhost"), []byte{'L', 0, 0}, cstr("")) },
 		}, want: "c"},
-		{name: "connect, family inet, port cut off", steps: []step{
+		{name: "connect, unix socket, port cut off", negotiated: true, steps: []step{
+			func(r *rawConn) error { return r.send('C', cstr("localhost"), []byte{'L'}, cstr("")) },
+		}, hangUp: true},
+		{name: "connect, family inet, port cut off", negotiated: true, steps: []step{
 			func(r *rawConn) error { return r.send('C', cstr("h"), []byte{'4', 0}) },
-		}, want: "t"},
-		{name: "connect with a garbage address", steps: []step{
+		}, hangUp: true},
+		{name: "connect with a garbage address", negotiated: true, steps: []step{
 			func(r *rawConn) error {
 				return r.send('C', cstr("h"), []byte{'6', 0, 25}, cstr("IPv6:not::an::address"))
 			},
-		}, want: "c"},
-		{name: "connect without NUL", steps: []step{
+		}, hangUp: true},
+		{name: "connect without NUL", negotiated: true, steps: []step{
 			func(r *rawConn) error { return r.send('C', []byte("hostname-without-terminator")) },
+		}, hangUp: true},
+		{name: "connect without a family", negotiated: true, steps: []step{
+			func(r *rawConn) error { return r.send('C', cstr("hostname")) },
 		}, hangUp: true},
 		{name: "MAIL before negotiation and connect", steps: []step{
 			func(r *rawConn) error { return r.send('M', cstr("<early@example.org>")) },
+		}, hangUp: true},
+		{name: "MAIL before connect", negotiated: true, steps: []step{
+			func(r *rawConn) error { return r.send('M', cstr("<early@example.org>")) },
 		}, want: "cy"},
+		{name: "MAIL without NUL", connected: true, steps: []step{
+			func(r *rawConn) error { return r.send('M', []byte("<no-nul@example.org>")) },
+		}, hangUp: true},
+		{name: "RCPT without NUL", connected: true, steps: []step{
+			func(r *rawConn) error { return r.send('M', cstr("<a@example.org>")) },
+			func(r *rawConn) error { return r.send('R', []byte("<no-nul@example.org>")) },
+		}, hangUp: true},
+		// go-milter answers accept to sluice's continue at the end.
 		{name: "RCPT, header and end of message with no MAIL", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('R', cstr("<r@example.net>")) },
 			func(r *rawConn) error { return r.send('L', cstr("Subject", "x")) },
 			func(r *rawConn) error { return r.send('N') },
 			func(r *rawConn) error { return r.send('B', []byte("body")) },
 			func(r *rawConn) error { return r.send('E') },
-		}, want: "c"},
+		}, want: "a"},
 		{name: "end of message twice", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('M', cstr("<twice@example.org>")) },
 			func(r *rawConn) error { return r.send('E') },
 			func(r *rawConn) error { return r.send('E') },
-		}, want: "c"},
+		}, want: "a"},
 		{name: "second connect in one session", connected: true, steps: []step{
 			func(r *rawConn) error {
 				return r.send('C', cstr("again"), []byte{'4', 0, 25}, cstr("203.0.113.9"))
@@ -431,10 +455,13 @@ func TestMalformedPackets(t *testing.T) {
 		}, want: "cy"},
 		{name: "negotiation twice", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('O', make([]byte, 12)) },
-		}, want: "O"},
+		}, hangUp: true},
 		{name: "short negotiation", steps: []step{
 			func(r *rawConn) error { return r.send('O', []byte{0, 0}) },
-		}, want: "O"},
+		}, hangUp: true},
+		{name: "negotiation of protocol version 1", steps: []step{
+			func(r *rawConn) error { return r.send('O', []byte{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}) },
+		}, hangUp: true},
 		{name: "empty macro packet", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('D') },
 		}, hangUp: true},
@@ -451,17 +478,23 @@ func TestMalformedPackets(t *testing.T) {
 				return r.send('M', cstr("<big@example.org>"))
 			},
 		}, hangUp: true},
-		{name: "header without value, without NUL, with three parts", connected: true, steps: []step{
+		{name: "header with three parts, and one without a name", connected: true, steps: []step{
+			func(r *rawConn) error { return r.send('M', cstr("<h@example.org>")) },
+			func(r *rawConn) error { return r.send('L', cstr("X-Three", "a", "b")) },
+			func(r *rawConn) error { return r.send('L', cstr("", "no name")) },
+		}, hangUp: true},
+		{name: "header without value or NUL", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('M', cstr("<h@example.org>")) },
 			func(r *rawConn) error { return r.send('L', []byte("X-No-Nul")) },
-			func(r *rawConn) error { return r.send('L', cstr("X-Three", "a", "b")) },
-			func(r *rawConn) error { return r.send('L', cstr("X-Sluice-Limit")) },
-			func(r *rawConn) error { return r.send('L') },
+		}, hangUp: true},
+		{name: "header with an empty value", connected: true, steps: []step{
+			func(r *rawConn) error { return r.send('M', cstr("<h@example.org>")) },
+			func(r *rawConn) error { return r.send('L', cstr("X-Sluice-Limit", "")) },
 		}, want: "c"},
 		{name: "HELO without NUL", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('H', []byte("helo-no-nul")) },
 		}, want: "c"},
-		{name: "DATA, which a v2 milter never gets", connected: true, steps: []step{
+		{name: "DATA, which is not negotiated", connected: true, steps: []step{
 			func(r *rawConn) error { return r.send('T') },
 		}, want: "c"},
 		{name: "abort and quit mid-transaction", connected: true, steps: []step{
@@ -481,8 +514,10 @@ func TestMalformedPackets(t *testing.T) {
 				r.c.Close()
 				h.waitSessions(1) // only the healthy session is left
 			}()
-			if tc.connected {
+			if tc.negotiated || tc.connected {
 				r.negotiate()
+			}
+			if tc.connected {
 				if code := r.connect(badIP); code != 'c' {
 					t.Fatalf("connect as %s answered %q: the slot of an earlier case was not released", badIP, code)
 				}
@@ -522,7 +557,7 @@ func TestMalformedPackets(t *testing.T) {
 		t.Fatalf("healthy session after the bad ones: RCPT answered %q, %v", code, err)
 	}
 	good.send('E')
-	if code, _, _, err := good.answer(); err != nil || code != 'c' {
+	if code, _, _, err := good.answer(); err != nil || code != 'a' {
 		t.Fatalf("healthy session after the bad ones: end of message answered %q, %v", code, err)
 	}
 	// And a new session from the bad address is served.
@@ -626,7 +661,10 @@ func TestHostileValuesInHeadersRepliesAndLogs(t *testing.T) {
 						replies += checkReply(t, name, code, data)
 					}
 					if code == 'c' {
-						r.send('L', cstr("Subject", v))
+						// A NUL ends the value: the protocol has no way
+						// to send one in a header field.
+						hv, _, _ := strings.Cut(v, "\x00")
+						r.send('L', cstr("Subject", hv))
 						r.answer()
 						r.send('N')
 						r.answer()

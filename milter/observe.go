@@ -17,8 +17,9 @@ type ConnObserver interface {
 	// long enough to make room; a new connection was closed at once.
 	ConnRefused()
 	// ConnCut: a connection was closed for crossing a bound. reason is
-	// header_bytes, macro_bytes, packet_length, or silent (closed to make
-	// room for a new one).
+	// header_bytes, macro_bytes, packet_length, malformed (a packet the
+	// milter library cannot read safely), or silent (closed to make room
+	// for a new one).
 	ConnCut(reason string)
 }
 

@@ -9,12 +9,11 @@ package milter
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -34,27 +33,15 @@ func newPolicyHarness(t *testing.T, su setup) *harness {
 
 // sessionAs opens an MTA connection for a client on a listener
 // ({daemon_name}) and sends CONNECT and HELO.
-func (h *harness) sessionAs(ip, daemon, helo string) (*milter.ClientSession, *milter.Action) {
+func (h *harness) sessionAs(ip, daemon, helo string) (*mta, *milter.Action) {
 	h.t.Helper()
-	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
-		Dialer:       &net.Dialer{Timeout: time.Second},
-		ReadTimeout:  30 * time.Second,
-		WriteTimeout: 5 * time.Second,
-		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
-	s, err := c.Session()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { s.Close() })
-	if err := s.Macros(milter.CodeConn, "{daemon_name}", daemon, "j", "mx.example.test"); err != nil {
-		h.t.Fatal(err)
-	}
+	s := dialMTA(h.t, h.sock)
+	s.set("{daemon_name}", daemon, "j", "mx.example.test")
 	act, err := s.Conn("unknown", milter.FamilyInet, 4321, ip)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if act.Code == milter.ActContinue {
+	if act.Type == milter.ActionContinue {
 		if act, err = s.Helo(helo); err != nil {
 			h.t.Fatal(err)
 		}
@@ -63,22 +50,20 @@ func (h *harness) sessionAs(ip, daemon, helo string) (*milter.ClientSession, *mi
 }
 
 // mail sends MAIL FROM with the macros Postfix sends at that stage.
-func mail(t *testing.T, s *milter.ClientSession, from, user string) *milter.Action {
+func mail(t *testing.T, s *mta, from, user string) *milter.Action {
 	t.Helper()
-	if err := s.Macros(milter.CodeMail, "{auth_authen}", user, "i", ""); err != nil {
-		t.Fatal(err)
-	}
-	act, err := s.Mail(from, nil)
+	s.set("{auth_authen}", user, "i", "")
+	act, err := s.Mail(from)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return act
 }
 
-func mods(ms []milter.ModifyAction, code milter.ModifyActCode) []milter.ModifyAction {
+func mods(ms []milter.ModifyAction, code milter.ModifyActionType) []milter.ModifyAction {
 	var out []milter.ModifyAction
 	for _, m := range ms {
-		if m.Code == code {
+		if m.Type == code {
 			out = append(out, m)
 		}
 	}
@@ -96,10 +81,10 @@ func TestHold(t *testing.T) {
 	s, _ := h.session("192.0.2.20")
 	for i := 1; i <= 4; i++ {
 		act, ms := h.message(s, "script@example.org", "ops@example.net")
-		if act.Code != milter.ActContinue {
+		if act.Type != milter.ActionAccept {
 			t.Fatalf("message %d: %+v; hold accepts", i, act)
 		}
-		q := mods(ms, milter.ActQuarantine)
+		q := mods(ms, milter.ActionQuarantine)
 		if i <= 2 && len(q) != 0 {
 			t.Errorf("message %d within the limit held: %+v", i, q)
 		}
@@ -108,7 +93,7 @@ func TestHold(t *testing.T) {
 				t.Errorf("message %d: quarantine %+v", i, q)
 			}
 			// Postfix drops the quarantine reason: the header keeps it.
-			tags := mods(ms, milter.ActAddHeader)
+			tags := mods(ms, milter.ActionAddHeader)
 			if len(tags) != 1 || !strings.HasPrefix(tags[0].HeaderValue, "per-sender; key=sender:script@example.org; count=") ||
 				!strings.HasSuffix(tags[0].HeaderValue, "; action=hold") {
 				t.Errorf("message %d: headers %+v, want one saying why it is held", i, tags)
@@ -130,7 +115,7 @@ func TestDelay(t *testing.T) {
 		start := time.Now()
 		act := mail(t, s, "fast@example.org", "")
 		took[i] = time.Since(start)
-		if act.Code != milter.ActContinue {
+		if act.Type != milter.ActionContinue {
 			t.Fatalf("message %d: %+v; delay continues", i+1, act)
 		}
 		s.Abort()
@@ -154,16 +139,16 @@ func TestDisconnect(t *testing.T) {
 	mail(t, s, "a@example.org", "")
 	s.Abort()
 	act := mail(t, s, "a@example.org", "")
-	if act.Code != milter.ActReplyCode || act.SMTPCode != 421 || !strings.HasPrefix(act.SMTPText, "4.7.0 ") {
+	if act.Type != milter.ActionRejectWithCode || act.SMTPCode != 421 || !strings.HasPrefix(replyText(act), "4.7.0 ") {
 		t.Fatalf("over the limit: %+v, want 421 4.7.0", act)
 	}
-	t.Logf("reply: %s", act.SMTPText)
+	t.Logf("reply: %s", replyText(act))
 	for i := 0; i < 5; i++ {
 		s.Abort()
 		act = mail(t, s, fmt.Sprintf("b%d@example.org", i), "")
 	}
-	if act.SMTPCode != 421 || act.SMTPText != "4.7.0 Go away, 192.0.2.23" {
-		t.Errorf("custom disconnect reply %q", act.SMTPText)
+	if act.SMTPCode != 421 || replyText(act) != "4.7.0 Go away, 192.0.2.23" {
+		t.Errorf("custom disconnect reply %q", replyText(act))
 	}
 }
 
@@ -172,10 +157,10 @@ func TestDisconnect(t *testing.T) {
 func TestForgedHeadersRemoved(t *testing.T) {
 	h := newPolicyHarness(t, setup{Mode: smtp.ModeTag, Rules: []limits.Rule{senderRule("1/1h", "")}, Tag: "X-Sluice-Rate"})
 	s, _ := h.session("192.0.2.28")
-	if act := mail(t, s, "a@example.org", ""); act.Code != milter.ActContinue {
+	if act := mail(t, s, "a@example.org", ""); act.Type != milter.ActionContinue {
 		t.Fatal(act)
 	}
-	if _, err := s.Rcpt("b@example.net", nil); err != nil {
+	if _, err := s.Rcpt("b@example.net"); err != nil {
 		t.Fatal(err)
 	}
 	for _, hd := range [][2]string{
@@ -195,11 +180,11 @@ func TestForgedHeadersRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms, act, err := s.End()
-	if err != nil || act.Code != milter.ActContinue {
+	if err != nil || act.Type != milter.ActionAccept {
 		t.Fatal(act, err)
 	}
 	var removed []string
-	for _, m := range mods(ms, milter.ActChangeHeader) {
+	for _, m := range mods(ms, milter.ActionChangeHeader) {
 		if m.HeaderValue != "" {
 			t.Errorf("a change that is not a removal: %+v", m)
 		}
@@ -209,14 +194,41 @@ func TestForgedHeadersRemoved(t *testing.T) {
 	if got := strings.Join(removed, " "); got != "x-sluice-limit#3 x-sluice-spam#1 x-sluice-limit#2 x-sluice-limit#1" {
 		t.Errorf("removed %s", got)
 	}
-	if n := len(mods(ms, milter.ActAddHeader)); n != 0 {
+	if n := len(mods(ms, milter.ActionAddHeader)); n != 0 {
 		t.Errorf("the first message got %d tags", n)
 	}
 	s.Abort()
 	// The second message crosses the limit: its tag has the configured name.
 	_, ms = h.message(s, "a@example.org", "b@example.net")
-	if tags := mods(ms, milter.ActAddHeader); len(tags) != 1 || tags[0].HeaderName != "X-Sluice-Rate" {
+	if tags := mods(ms, milter.ActionAddHeader); len(tags) != 1 || tags[0].HeaderName != "X-Sluice-Rate" {
 		t.Errorf("tags %+v, want one X-Sluice-Rate", tags)
+	}
+}
+
+// A forged field whose name go-milter will not write back (a hostile peer
+// may send one; the MTAs do not) stays, with a log line, and the message
+// and its other edits go through.
+func TestForgedFieldWithUnwritableName(t *testing.T) {
+	h := newPolicyHarness(t, setup{Mode: smtp.ModeTag, Rules: []limits.Rule{senderRule("1/1h", "")}})
+	s, _ := h.session("192.0.2.29")
+	mail(t, s, "a@example.org", "")
+	if _, err := s.Rcpt("b@example.net"); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"X-Sluice-Limit\x7f", "X-Sluice-Limit"} {
+		if _, err := s.HeaderField(name, "forged"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, act, err := s.End()
+	if err != nil || act.Type != milter.ActionAccept {
+		t.Fatal(act, err)
+	}
+	if rm := mods(ms, milter.ActionChangeHeader); len(rm) != 1 || rm[0].HeaderName != "X-Sluice-Limit" || rm[0].HeaderIndex != 1 {
+		t.Errorf("removals %v, want only X-Sluice-Limit #1", rm)
+	}
+	if n := h.logs.FilterMessage("forged header field not removed: its name cannot be written back to the MTA").Len(); n != 1 {
+		t.Errorf("%d log lines of a field not removed, want 1", n)
 	}
 }
 
@@ -234,18 +246,19 @@ func TestListenerAndLoginFromMacros(t *testing.T) {
 		s.Abort()
 		return mail(t, s, "alice@example.org", user)
 	}
-	if act := second("submission", "alice"); act.SMTPCode != 451 || !strings.Contains(act.SMTPText, "sasl_user:alice") {
+	if act := second("submission", "alice"); act.SMTPCode != 451 || !strings.Contains(replyText(act), "sasl_user:alice") {
 		t.Errorf("submission, alice: %+v, want 451 for sasl_user:alice", act)
 	}
 	for _, c := range [][2]string{{"smtpd", "bob"}, {"submission", ""}} {
-		if act := second(c[0], c[1]); act.Code != milter.ActContinue {
+		if act := second(c[0], c[1]); act.Type != milter.ActionContinue {
 			t.Errorf("listener %q, login %q: %+v, want continue", c[0], c[1], act)
 		}
 	}
 }
 
-// negotiate leaves out every event the engine does not need and asks for
-// the macros of the facts it reads: each need turns exactly its own flag.
+// negotiate leaves out every event the engine does not need, spares the
+// MTA the wait for every answer that is always continue, and asks for the
+// macros of the facts it reads: each need turns exactly its own flag.
 func TestNegotiation(t *testing.T) {
 	needs := []struct {
 		name string
@@ -256,42 +269,61 @@ func TestNegotiation(t *testing.T) {
 		{"rcpt", func(n *smtp.Needs) { n.Rcpt = true }, milter.OptNoRcptTo},
 		{"header", func(n *smtp.Needs) { n.Header = true }, milter.OptNoHeaders},
 		{"body", func(n *smtp.Needs) { n.Body = true }, milter.OptNoBody},
-		{"edits", func(n *smtp.Needs) { n.Edits = true }, milter.OptNoEOH},
+		{"connect answered", func(n *smtp.Needs) { n.Answers.Connect = true }, milter.OptNoConnReply},
+		{"helo answered", func(n *smtp.Needs) { n.Answers.Helo = true }, milter.OptNoHeloReply},
+		{"mail answered", func(n *smtp.Needs) { n.Answers.Mail = true }, milter.OptNoMailReply},
+		{"rcpt answered", func(n *smtp.Needs) { n.Answers.Rcpt = true }, milter.OptNoRcptReply},
 	}
 	var all milter.OptProtocol
 	for _, n := range needs {
 		all |= n.flag
 	}
+	// Never wanted: DATA, unknown commands, the end of the header, and
+	// answers to header fields and body chunks.
+	never := milter.OptNoData | milter.OptNoUnknown | milter.OptNoEOH | milter.OptNoHeaderReply | milter.OptNoBodyReply
 	for _, tc := range needs {
 		t.Run(tc.name, func(t *testing.T) {
 			var n smtp.Needs
 			tc.set(&n)
-			actions, protocol, _ := negotiate(n)
-			if protocol&all != all&^tc.flag {
-				t.Errorf("protocol %#x, want only %#x cleared of %#x", protocol, tc.flag, all)
+			o := negotiate(n)
+			if o.protocol&all != all&^tc.flag {
+				t.Errorf("protocol %v, want only %v cleared of %v", o.protocol, tc.flag, all)
 			}
-			if protocol&(milter.OptNoMailFrom|milter.OptNoConnect) != 0 || protocol&(milter.OptNoUnknown|milter.OptNoData) != milter.OptNoUnknown|milter.OptNoData {
-				t.Errorf("protocol %#x: connect and MAIL FROM are always wanted, DATA and unknown commands never", protocol)
+			if o.protocol&(milter.OptNoMailFrom|milter.OptNoConnect) != 0 || o.protocol&never != never {
+				t.Errorf("protocol %v: connect and MAIL FROM are always wanted, %v never", o.protocol, never)
 			}
-			if want := milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine | milter.OptSetSymList; actions&want != want {
-				t.Errorf("actions %#x", actions)
+			if want := milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine; o.actions != want {
+				t.Errorf("actions %v, want %v", o.actions, want)
 			}
 		})
 	}
 	for _, tc := range []struct {
-		needs smtp.Needs
-		mail  string
+		needs           smtp.Needs
+		mail, rcpt, eom string
 	}{
-		{smtp.Needs{}, "{daemon_name}"},
-		{smtp.Needs{QueueID: true}, "{daemon_name} i"},
-		{smtp.Needs{QueueID: true, SASLUser: true}, "{daemon_name} i {auth_authen}"},
+		{smtp.Needs{}, "", "", ""},
+		{smtp.Needs{QueueID: true}, "i", "i", "i"},
+		{smtp.Needs{QueueID: true, SASLUser: true}, "i {auth_authen}", "i", "i"},
 	} {
-		_, _, syms := negotiate(tc.needs)
-		if got := strings.Join(syms[milter.StageMailFrom], " "); got != tc.mail {
-			t.Errorf("needs %+v: MAIL FROM macros %q, want %q", tc.needs, got, tc.mail)
-		}
-		if got := strings.Join(syms[milter.StageConnect], " "); got != "j {daemon_name} {client_addr}" {
-			t.Errorf("connect macros %q", got)
+		m := negotiate(tc.needs).macros
+		for _, st := range []struct {
+			name  string
+			stage milter.MacroStage
+			want  string
+		}{
+			{"connect", milter.StageConnect, "{daemon_name}"},
+			{"helo", milter.StageHelo, ""},
+			{"mail", milter.StageMail, tc.mail},
+			{"rcpt", milter.StageRcpt, tc.rcpt},
+			{"end of message", milter.StageEOM, tc.eom},
+		} {
+			// An empty list, not none: the MTA would send its own.
+			if m[st.stage] == nil {
+				t.Errorf("needs %+v: no macro list at %s", tc.needs, st.name)
+			}
+			if got := strings.Join(m[st.stage], " "); got != st.want {
+				t.Errorf("needs %+v: %s macros %q, want %q", tc.needs, st.name, got, st.want)
+			}
 		}
 	}
 }
@@ -302,13 +334,11 @@ func TestQueueIDPerTransaction(t *testing.T) {
 	h := newPolicyHarness(t, setup{Rules: []limits.Rule{senderRule("1/1h", "")}})
 	s, _ := h.session("192.0.2.35")
 	mail(t, s, "a@example.org", "")
-	if _, err := s.Rcpt("b@example.net", nil); err != nil {
+	if _, err := s.Rcpt("b@example.net"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Macros(milter.CodeEOB, "i", "4ABC123"); err != nil {
-		t.Fatal(err)
-	}
-	if _, act, err := s.End(); err != nil || act.Code != milter.ActContinue {
+	s.set("i", "4ABC123")
+	if _, act, err := s.End(); err != nil || act.Type != milter.ActionAccept {
 		t.Fatal(act, err)
 	}
 	s.Abort()
@@ -339,29 +369,25 @@ func TestLocalSubmissionRefusedAtEndOfMessage(t *testing.T) {
 		{"smtp", milter.FamilyInet, 4321, "127.0.0.1", false},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{
-				Dialer: &net.Dialer{Timeout: time.Second}, ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Second,
-				ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-			})
-			s, err := c.Session()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := dialMTA(t, h.sock)
 			if _, err := s.Conn("localhost", tc.family, tc.port, tc.addr); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := s.Helo("localhost"); err != nil {
+				t.Fatal(err)
+			}
 			from := "cron-" + strings.ReplaceAll(tc.name, " ", "") + "@example.org"
-			if act := mail(t, s, from, ""); act.Code != milter.ActContinue {
+			if act := mail(t, s, from, ""); act.Type != milter.ActionContinue {
 				t.Fatalf("MAIL FROM: %+v", act)
 			}
 			var rcpt *milter.Action
+			var err error
 			for _, r := range []string{"a@example.net", "b@example.net"} {
-				if rcpt, err = s.Rcpt(r, nil); err != nil {
+				if rcpt, err = s.Rcpt(r); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if got := rcpt.Code == milter.ActContinue; got != tc.local {
+			if got := rcpt.Type == milter.ActionContinue; got != tc.local {
 				t.Fatalf("second RCPT: %+v; local %v", rcpt, tc.local)
 			}
 			if !tc.local {
@@ -377,7 +403,7 @@ func TestLocalSubmissionRefusedAtEndOfMessage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if act.SMTPCode != 451 || !strings.Contains(act.SMTPText, "one-rcpt") {
+			if act.SMTPCode != 451 || !strings.Contains(replyText(act), "one-rcpt") {
 				t.Errorf("end of message: %+v; want the rule's 451", act)
 			}
 		})

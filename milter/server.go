@@ -1,7 +1,8 @@
 // Package milter is the MTA side of sluice: it speaks the milter protocol
-// through go-milter and translates, one session per MTA connection, the
-// MTA's events into the engine's facts and stages, and the engine's
-// decisions into replies, header changes and quarantine.
+// (version 6, and the older ones an MTA may offer) through go-milter and
+// translates, one session per MTA connection, the MTA's events into the
+// engine's facts and stages, and the engine's decisions into replies,
+// header changes and quarantine.
 package milter
 
 import (
@@ -12,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"go.uber.org/zap"
 
 	"sluice/conf"
@@ -53,19 +54,51 @@ func (c *Config) Validate() error {
 }
 
 // negotiated is the engine in force and what it negotiates with the MTA,
-// worked out once per engine rather than once per connection.
+// worked out once per engine rather than once per connection, with the
+// go-milter server that speaks it. What a milter asks for is fixed per
+// go-milter server, so each engine has its own; the accept loop hands
+// each connection to the server of the engine in force.
 type negotiated struct {
-	eng      smtp.Engine
-	actions  milter.OptAction
-	protocol milter.OptProtocol
-	syms     map[milter.Stage][]string
+	eng   smtp.Engine
+	offer offer
+	ms    *milter.Server
+	in    *handoff
+	start sync.Once
 }
 
-func newNegotiated(eng smtp.Engine) *negotiated {
-	p := &negotiated{eng: eng}
-	p.actions, p.protocol, p.syms = negotiate(eng.Needs())
+func newNegotiated(s *Server, eng smtp.Engine) *negotiated {
+	p := &negotiated{eng: eng, offer: negotiate(eng.Needs()), in: newHandoff()}
+	opts := []milter.Option{
+		milter.WithDynamicMilter(func(uint32, milter.OptAction, milter.OptProtocol, milter.DataSize) milter.Milter {
+			return newSession(s, eng)
+		}),
+		milter.WithActions(p.offer.actions),
+		milter.WithProtocols(p.offer.protocol),
+		milter.WithNegotiationCallback(p.offer.accept),
+		// conn sets the deadlines: the idle timeout on reads and writes.
+		milter.WithReadTimeout(0),
+		milter.WithWriteTimeout(0),
+	}
+	for st, names := range p.offer.macros {
+		if names != nil {
+			opts = append(opts, milter.WithMacroRequest(milter.MacroStage(st), names))
+		}
+	}
+	p.ms = milter.NewServer(opts...)
 	return p
 }
+
+// serve hands c to the go-milter server, started at the first connection;
+// it reports false when the server was retired first.
+func (p *negotiated) serve(log *zap.Logger, c net.Conn) bool {
+	p.start.Do(func() {
+		guard.Go(log, "milter server", func() { _ = p.ms.Serve(p.in) })
+	})
+	return p.in.give(c)
+}
+
+// retire stops the server taking connections; those it has go on.
+func (p *negotiated) retire() { p.in.Close() }
 
 // Server accepts MTA connections and runs a session for each.
 type Server struct {
@@ -90,13 +123,15 @@ type Server struct {
 func NewServer(cfg Config, eng smtp.Engine, log *zap.Logger) *Server {
 	s := &Server{cfg: cfg, log: log, obs: nopObserver{}, conns: make(map[*conn]struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.pol.Store(newNegotiated(eng))
+	s.pol.Store(newNegotiated(s, eng))
 	s.bounds.init(&cfg, log)
 	return s
 }
 
 // SetEngine makes new sessions use eng; sessions in flight finish on theirs.
-func (s *Server) SetEngine(eng smtp.Engine) { s.pol.Store(newNegotiated(eng)) }
+func (s *Server) SetEngine(eng smtp.Engine) {
+	s.pol.Swap(newNegotiated(s, eng)).retire()
+}
 
 // Engine returns the engine new sessions get.
 func (s *Server) Engine() smtp.Engine { return s.pol.Load().eng }
@@ -137,30 +172,25 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 func (s *Server) start(raw net.Conn) {
-	p := s.pol.Load()
-	sess := newSession(s, p.eng)
 	c := newConn(raw, s.cfg.IdleTimeout.D(), nil)
 	s.bounds.watch(c)
-	c.onClose = func() {
-		defer s.closed(c)
-		// The close path runs after go-milter's own recover: a panic in
-		// freeing the session must not end the daemon.
-		defer guard.Recover(s.log, "milter close")
-		sess.close()
-	}
+	c.onClose = func() { s.closed(c) }
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	s.obs.SessionOpened()
-	ms := &milter.Server{
-		NewMilter: func() milter.Milter { return sess },
-		Actions:   p.actions,
-		Protocol:  p.protocol,
-		SymList:   p.syms,
+	for !s.pol.Load().serve(s.log, c) {
+		// A reload retired the engine just loaded: the new one takes the
+		// connection. At shutdown none does.
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if closing {
+			c.Close()
+			return
+		}
 	}
-	// Returns as soon as go-milter has started the session's goroutine.
-	_ = ms.Serve(&oneConn{c: c})
 }
 
 // closed forgets a connection that has ended.
@@ -182,6 +212,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	s.mu.Unlock()
+	s.pol.Load().retire()
 	done := make(chan struct{})
 	guard.Go(s.log, "milter shutdown", func() { defer close(done); s.wg.Wait() })
 	select {
@@ -193,8 +224,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	n := len(s.conns)
 	for c := range s.conns {
-		// Close only the socket: the session's goroutine notices and runs
-		// its own close hook, so session state is never touched from here.
+		// Close only the socket: the session's goroutine notices, cleans
+		// up the session and closes conn, so session state is never
+		// touched from here.
 		c.Conn.Close()
 	}
 	s.mu.Unlock()

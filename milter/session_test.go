@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -28,28 +28,29 @@ func newHarness(t *testing.T, mode smtp.Mode, rules ...limits.Rule) *harness {
 }
 
 // session opens an MTA connection and sends CONNECT (and HELO) as Postfix does.
-func (h *harness) session(ip string) (*milter.ClientSession, *milter.Action) {
+func (h *harness) session(ip string) (*mta, *milter.Action) {
 	h.t.Helper()
 	return h.sessionAs(ip, "smtpd", "client.example")
 }
 
-// message sends one transaction and returns the MAIL FROM action and, if
-// accepted, the end-of-message modifications.
-func (h *harness) message(s *milter.ClientSession, from string, rcpts ...string) (*milter.Action, []milter.ModifyAction) {
+// message sends one transaction and returns the answer that ended it — a
+// refusal, or the end of message's accept — and, if accepted, the
+// end-of-message modifications.
+func (h *harness) message(s *mta, from string, rcpts ...string) (*milter.Action, []milter.ModifyAction) {
 	h.t.Helper()
-	act, err := s.Mail(from, nil)
+	act, err := s.Mail(from)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if act.Code != milter.ActContinue {
+	if act.Type != milter.ActionContinue {
 		s.Abort()
 		return act, nil
 	}
 	for _, r := range rcpts {
-		if act, err = s.Rcpt(r, nil); err != nil {
+		if act, err = s.Rcpt(r); err != nil {
 			h.t.Fatal(err)
 		}
-		if act.Code != milter.ActContinue {
+		if act.Type != milter.ActionContinue {
 			s.Abort()
 			return act, nil
 		}
@@ -82,19 +83,19 @@ func TestSenderLimitRefusesAtMailFrom(t *testing.T) {
 	h := newHarness(t, smtp.ModeEnforce, msgsPerSender("10/1h", "tempfail"))
 	s, act := h.session("192.0.2.10")
 	defer s.Close()
-	if act.Code != milter.ActContinue {
+	if act.Type != milter.ActionContinue {
 		t.Fatalf("connect: %+v", act)
 	}
 	accepted, refused := 0, 0
 	for i := 0; i < 15; i++ {
 		act, _ := h.message(s, "Alice@Example.ORG", "bob@example.net")
-		switch act.Code {
-		case milter.ActContinue:
+		switch act.Type {
+		case milter.ActionAccept:
 			accepted++
-		case milter.ActReplyCode:
+		case milter.ActionRejectWithCode:
 			refused++
-			if act.SMTPCode != 451 || !strings.Contains(act.SMTPText, "4.7.1") || !strings.Contains(act.SMTPText, "msgs-per-sender") {
-				t.Errorf("refusal = %d %q, want 451 4.7.1 naming the rule", act.SMTPCode, act.SMTPText)
+			if act.SMTPCode != 451 || !strings.Contains(replyText(act), "4.7.1") || !strings.Contains(replyText(act), "msgs-per-sender") {
+				t.Errorf("refusal = %d %q, want 451 4.7.1 naming the rule", act.SMTPCode, replyText(act))
 			}
 		default:
 			t.Fatalf("message %d: unexpected action %+v", i, act)
@@ -105,7 +106,7 @@ func TestSenderLimitRefusesAtMailFrom(t *testing.T) {
 	}
 	// Another sender on the same connection is not affected, and the
 	// session survived five refusals.
-	if act, _ := h.message(s, "carol@example.org", "bob@example.net"); act.Code != milter.ActContinue {
+	if act, _ := h.message(s, "carol@example.org", "bob@example.net"); act.Type != milter.ActionAccept {
 		t.Errorf("second sender refused: %+v", act)
 	}
 	if n := h.logs.FilterMessage("refused").FilterField(zap.String("rule", "msgs-per-sender")).Len(); n != 5 {
@@ -120,18 +121,18 @@ func TestTagModeTagsAndRemovesForgedHeaders(t *testing.T) {
 	tagged := 0
 	for i := 0; i < 15; i++ {
 		act, mods := h.message(s, "alice@example.org", "bob@example.net")
-		if act.Code != milter.ActContinue {
+		if act.Type != milter.ActionAccept {
 			t.Fatalf("message %d refused in tag mode: %+v", i, act)
 		}
 		removed := false
 		for _, m := range mods {
 			switch {
-			case m.Code == milter.ActAddHeader && m.HeaderName == "X-Sluice-Limit":
+			case m.Type == milter.ActionAddHeader && m.HeaderName == "X-Sluice-Limit":
 				tagged++
 				if !strings.HasPrefix(m.HeaderValue, "msgs-per-sender; key=sender:alice@example.org") {
 					t.Errorf("tag header = %q", m.HeaderValue)
 				}
-			case m.Code == milter.ActChangeHeader && m.HeaderName == "X-Sluice-Limit" && m.HeaderValue == "" && m.HeaderIndex == 1:
+			case m.Type == milter.ActionChangeHeader && m.HeaderName == "X-Sluice-Limit" && m.HeaderValue == "" && m.HeaderIndex == 1:
 				removed = true
 			}
 		}
@@ -146,22 +147,22 @@ func TestTagModeTagsAndRemovesForgedHeaders(t *testing.T) {
 
 func TestConcurrentSlotsFreedAtDisconnect(t *testing.T) {
 	h := newHarness(t, smtp.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 3})
-	var open []*milter.ClientSession
+	var open []*mta
 	for i := 0; i < 3; i++ {
 		s, act := h.session("198.51.100.7")
-		if act.Code != milter.ActContinue {
+		if act.Type != milter.ActionContinue {
 			t.Fatalf("session %d refused: %+v", i+1, act)
 		}
 		open = append(open, s)
 	}
 	s4, act := h.session("198.51.100.7")
-	if act.Code != milter.ActReplyCode || act.SMTPCode != 421 {
+	if act.Type != milter.ActionRejectWithCode || act.SMTPCode != 421 {
 		t.Fatalf("4th session: %+v, want 421", act)
 	}
 	s4.Close()
 	// Another client is not affected.
 	other, act := h.session("198.51.100.8")
-	if act.Code != milter.ActContinue {
+	if act.Type != milter.ActionContinue {
 		t.Fatalf("other client refused: %+v", act)
 	}
 	other.Close()
@@ -170,7 +171,7 @@ func TestConcurrentSlotsFreedAtDisconnect(t *testing.T) {
 	for {
 		s, act := h.session("198.51.100.7")
 		s.Close()
-		if act.Code == milter.ActContinue {
+		if act.Type == milter.ActionContinue {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -189,43 +190,41 @@ func TestRefusedRecipientKeepsSession(t *testing.T) {
 		msgsPerSender("100/1h", "reject"))
 	s, _ := h.session("192.0.2.12")
 	defer s.Close()
-	if act, err := s.Mail("alice@example.org", nil); err != nil || act.Code != milter.ActContinue {
+	if act, err := s.Mail("alice@example.org"); err != nil || act.Type != milter.ActionContinue {
 		t.Fatalf("mail: %+v %v", act, err)
 	}
 	codes := []int{}
 	for _, r := range []string{"a@x.test", "b@x.test", "c@x.test", "d@x.test"} {
-		act, err := s.Rcpt(r, nil)
+		act, err := s.Rcpt(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		codes = append(codes, act.SMTPCode)
+		code := 0
+		if refused(act) {
+			code = int(act.SMTPCode)
+		}
+		codes = append(codes, code)
 	}
 	if codes[0] != 0 || codes[1] != 0 || codes[2] != 452 || codes[3] != 452 {
 		t.Errorf("rcpt codes %v, want two accepted then 452", codes)
 	}
 	// The session still knows the client: a second message works.
-	if _, mods, err := s.End(); err != nil {
+	if _, _, err := s.End(); err != nil {
 		t.Fatal(err)
-	} else if mods == nil {
-		s.Abort()
 	}
-	if act, _ := h.message(s, "alice@example.org", "a@x.test"); act.Code != milter.ActContinue {
+	s.Abort()
+	if act, _ := h.message(s, "alice@example.org", "a@x.test"); act.Type != milter.ActionAccept {
 		t.Errorf("next message: %+v", act)
 	}
 }
 
 func TestClientWithoutAddress(t *testing.T) {
 	h := newHarness(t, smtp.ModeEnforce, limits.Rule{Name: "conn-per-ip", Count: "concurrent", Per: "client_ip", Max: 1})
-	c := milter.NewClientWithOptions("unix", h.sock, milter.ClientOptions{ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, ActionMask: milter.OptAddHeader})
 	for i := 0; i < 3; i++ {
-		s, err := c.Session()
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := dialMTA(t, h.sock, milter.WithActions(milter.OptAddHeader))
 		act, err := s.Conn("localhost", milter.FamilyUnknown, 0, "")
-		if err != nil || act.Code != milter.ActContinue {
+		if err != nil || act.Type != milter.ActionContinue {
 			t.Fatalf("unknown client: %+v %v", act, err)
 		}
-		defer s.Close()
 	}
 }

@@ -168,6 +168,13 @@ func (c *Config) Decide(stage Stage, vs []Verdict, env *Env) Decision {
 	return d
 }
 
+// Escalates reports whether refusals in a session may ever pause or end
+// the replies that follow them: only in enforce mode, with soft or hard
+// refusals set.
+func (c *Config) Escalates() bool {
+	return c.Mode == ModeEnforce && (deref(c.SoftRefusals) > 0 || deref(c.HardRefusals) > 0)
+}
+
 // Escalate applies the session's record to a stage's reply, as Postfix
 // does with its own error count: once a session has had soft_refusals
 // refusals, every further reply waits refusal_delay; once it has had

@@ -279,6 +279,16 @@ type Needs struct {
 	// AcceptAtMail: nothing after MAIL FROM can change the answer, so a
 	// decision at MAIL FROM may be Accept.
 	AcceptAtMail bool
+	// Answers: the stages whose answer may be other than continue.
+	Answers Answers
+}
+
+// Answers says which stages may be answered other than continue: refused,
+// paused before the reply, or (MAIL FROM) accepted. The MTA need not wait
+// for the answer to the others. The end of message is always answered:
+// it is where the message is accepted.
+type Answers struct {
+	Connect, Helo, Mail, Rcpt bool
 }
 
 // Session is one SMTP session as a front end drives it. Facts are given

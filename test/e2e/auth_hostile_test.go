@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 
 	"sluice/test/dnstest"
 	"sluice/test/sluicetest"
@@ -59,11 +59,11 @@ enabled = true
 	s := milterSession(t, sl.Listen, "192.0.2.1")
 	send := func(i int) {
 		t.Helper()
-		act, err := s.Mail(dnstest.HostileSender(i), nil)
-		if err != nil || act.Code != milter.ActContinue {
+		act, err := s.Mail(dnstest.HostileSender(i), "")
+		if err != nil || act.Type != milter.ActionContinue {
 			t.Fatalf("message %d: %+v %v", i, act, err)
 		}
-		if err := s.Abort(); err != nil {
+		if err := s.Abort(nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,17 +107,19 @@ enabled = true
 func receivedSPF(t *testing.T, s *milter.ClientSession, sender string) string {
 	t.Helper()
 	for _, step := range []func() (*milter.Action, error){
-		func() (*milter.Action, error) { return s.Mail(sender, nil) },
-		func() (*milter.Action, error) { return s.Rcpt(rcpt, nil) },
-		func() (*milter.Action, error) { return s.HeaderField("Subject", "hostile zone") },
-		func() (*milter.Action, error) { return s.HeaderEnd() },
+		func() (*milter.Action, error) { return s.Mail(sender, "") },
+		func() (*milter.Action, error) { return s.Rcpt(rcpt, "") },
+		s.DataStart,
+		func() (*milter.Action, error) { return s.HeaderField("Subject", "hostile zone", nil) },
+		s.HeaderEnd,
 	} {
-		if act, err := step(); err != nil || act.Code != milter.ActContinue {
+		if act, err := step(); err != nil || act.Type != milter.ActionContinue {
 			t.Fatalf("%s: %+v %v", sender, act, err)
 		}
 	}
-	mods, act, err := s.End()
-	if err != nil || act.Code != milter.ActContinue {
+	// go-milter answers accept to sluice's continue at the end.
+	mods, act, err := s.BodyReadFrom(strings.NewReader("hostile zone\r\n"))
+	if err != nil || act.Type != milter.ActionAccept {
 		t.Fatalf("%s: end of message: %+v %v", sender, act, err)
 	}
 	for _, m := range mods {

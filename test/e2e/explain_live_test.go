@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 
 	"sluice/test/dnstest"
 	"sluice/test/sluicetest"
@@ -95,11 +95,13 @@ func liveSession(t *testing.T, listen string, f facts, first bool) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := milter.NewClientWithOptions(network, addr, milter.ClientOptions{
-		Dialer: &net.Dialer{Timeout: 5 * time.Second}, ReadTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second,
-		ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
-	s, err := c.Session()
+	macros := milter.NewMacroBag()
+	macros.Set("{daemon_name}", "smtpd")
+	macros.Set("j", "mx.sluice.test")
+	macros.Set("{auth_authen}", "")
+	c := milter.NewClient(network, addr, milter.WithDialer(&net.Dialer{Timeout: 5 * time.Second}),
+		milter.WithReadTimeout(30*time.Second), milter.WithWriteTimeout(10*time.Second))
+	s, err := c.Session(macros)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,25 +113,25 @@ func liveSession(t *testing.T, listen string, f facts, first bool) []string {
 		if err != nil {
 			t.Fatalf("%s: %v", label, err)
 		}
-		switch act.Code {
-		case milter.ActContinue:
+		switch {
+		// go-milter answers accept to sluice's continue at the end of
+		// the message.
+		case act.Type == milter.ActionContinue, label == "data" && act.Type == milter.ActionAccept:
 			out = append(out, label+": continue")
 			return true
-		case milter.ActAccept:
+		case act.Type == milter.ActionAccept:
 			out = append(out, label+": accept")
-		case milter.ActReplyCode:
+		case act.Type == milter.ActionRejectWithCode:
 			kind := "reply"
 			if act.SMTPCode == 421 {
 				kind = "disconnect"
 			}
-			out = append(out, fmt.Sprintf("%s: %s %d %s", label, kind, act.SMTPCode, act.SMTPText))
+			_, text, _ := strings.Cut(act.SMTPReply, " ")
+			out = append(out, fmt.Sprintf("%s: %s %d %s", label, kind, act.SMTPCode, text))
 		default:
-			t.Fatalf("%s: answered %c", label, act.Code)
+			t.Fatalf("%s: answered %v", label, act)
 		}
 		return false
-	}
-	if err := s.Macros(milter.CodeConn, "{daemon_name}", "smtpd", "j", "mx.sluice.test", "{client_addr}", f.ip); err != nil {
-		t.Fatal(err)
 	}
 	if act, err := s.Conn("unknown", milter.FamilyInet, 25, f.ip); !answer("connect", act, err) {
 		return out
@@ -137,43 +139,43 @@ func liveSession(t *testing.T, listen string, f facts, first bool) []string {
 	if act, err := s.Helo(f.helo); !answer("helo", act, err) {
 		return out
 	}
-	if err := s.Macros(milter.CodeMail, "{auth_authen}", "", "i", ""); err != nil {
-		t.Fatal(err)
-	}
-	if act, err := s.Mail(f.sender, nil); !answer("mail", act, err) {
-		s.Abort()
+	if act, err := s.Mail(f.sender, ""); !answer("mail", act, err) {
+		s.Abort(nil)
 		return out
 	}
 	ok := 0
 	for _, r := range f.rcpts {
-		if act, err := s.Rcpt(r, nil); answer("rcpt "+r, act, err) {
+		if act, err := s.Rcpt(r, ""); answer("rcpt "+r, act, err) {
 			ok++
 		}
 	}
 	if ok == 0 {
-		s.Abort()
+		s.Abort(nil)
 		return out
 	}
-	if act, err := s.HeaderEnd(); err != nil || act.Code != milter.ActContinue {
+	if act, err := s.DataStart(); err != nil || act.Type != milter.ActionContinue {
+		t.Fatalf("DATA: %+v %v", act, err)
+	}
+	if act, err := s.HeaderEnd(); err != nil || act.Type != milter.ActionContinue {
 		t.Fatalf("end of header: %+v %v", act, err)
 	}
 	mods, act, err := s.BodyReadFrom(strings.NewReader(strings.Repeat("x", f.size-2)))
 	// Explain prints the edits of its first session only.
 	if answer("data", act, err) && first {
 		for _, m := range mods {
-			switch m.Code {
-			case milter.ActInsertHeader:
+			switch m.Type {
+			case milter.ActionInsertHeader:
 				out = append(out, fmt.Sprintf("edit insert %d %s: %s", m.HeaderIndex, m.HeaderName, m.HeaderValue))
-			case milter.ActAddHeader:
+			case milter.ActionAddHeader:
 				out = append(out, fmt.Sprintf("edit add 0 %s: %s", m.HeaderName, m.HeaderValue))
-			case milter.ActChangeHeader:
+			case milter.ActionChangeHeader:
 				out = append(out, fmt.Sprintf("edit remove %d %s: ", m.HeaderIndex, m.HeaderName))
-			case milter.ActQuarantine:
+			case milter.ActionQuarantine:
 				out = append(out, fmt.Sprintf("edit quarantine 0 : %s", m.Reason))
 			}
 		}
 	}
-	s.Abort()
+	s.Abort(nil)
 	return out
 }
 

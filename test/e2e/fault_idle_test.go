@@ -9,14 +9,13 @@ import (
 	"net"
 	"os"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
 	"sluice/test/sluicetest"
 	"sluice/test/testenv"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 )
 
 const (
@@ -120,12 +119,8 @@ func builtinPolicy(t *testing.T) string {
 // returns a function that closes them.
 func openIdle(t *testing.T, addr string, n, offset int) func() {
 	t.Helper()
-	client := milter.NewClientWithOptions("tcp", addr, milter.ClientOptions{
-		Dialer:       &net.Dialer{Timeout: 10 * time.Second},
-		ReadTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
+	client := milter.NewClient("tcp", addr, milter.WithDialer(&net.Dialer{Timeout: 10 * time.Second}),
+		milter.WithReadTimeout(10*time.Second), milter.WithWriteTimeout(10*time.Second))
 	sessions := make([]*milter.ClientSession, 0, n)
 	closeAll := func() {
 		for _, s := range sessions {
@@ -136,21 +131,21 @@ func openIdle(t *testing.T, addr string, n, offset int) func() {
 	for i := 0; i < n; i++ {
 		k := offset + i + 1
 		ip := fmt.Sprintf("10.%d.%d.%d", k>>16&255, k>>8&255, k&255)
-		s, err := client.Session()
+		macros := milter.NewMacroBag()
+		macros.Set("j", "mx.example.test")
+		macros.Set("{daemon_name}", "smtpd")
+		macros.Set("{client_addr}", ip)
+		s, err := client.Session(macros)
 		if err != nil {
 			closeAll()
 			t.Fatalf("session %d: %v", i, err)
 		}
 		sessions = append(sessions, s)
-		if err := s.Macros(milter.CodeConn, "j", "mx.example.test", "{daemon_name}", "smtpd", "{client_addr}", ip); err != nil {
-			closeAll()
-			t.Fatalf("session %d: %v", i, err)
-		}
 		act, err := s.Conn("client.example", milter.FamilyInet, 25, ip)
-		if err != nil || act.Code != milter.ActContinue {
+		if err != nil || act.Type != milter.ActionContinue {
 			closeAll()
 			if err == nil {
-				err = fmt.Errorf("answered %c %d %s", act.Code, act.SMTPCode, strings.TrimSpace(act.SMTPText))
+				err = fmt.Errorf("answered %v", act)
 			}
 			t.Fatalf("session %d from %s: %v", i, ip, err)
 		}

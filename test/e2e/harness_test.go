@@ -6,15 +6,15 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
-	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 
 	"sluice/limits/redisstore/redistest"
 	"sluice/test/mta"
@@ -22,7 +22,8 @@ import (
 )
 
 // recorder is a do-nothing milter that remembers what the MTA told it and
-// stamps each message with an X-Test-Milter header at end of message.
+// stamps each message with an X-Test-Milter header at end of message. It
+// asks for no macros of its own: the MTA sends what its config says.
 type recorder struct {
 	mu       sync.Mutex
 	conns    int               // milter connections accepted
@@ -31,70 +32,70 @@ type recorder struct {
 	mails    []string
 }
 
-// note records the stage's macros as "stage name" (a macro's value can
-// differ by stage: Postfix evaluates end-of-message macros in cleanup,
-// which does not see smtpd's -o overrides).
-func (r *recorder) note(stage string, m *milter.Modifier) {
-	for k, v := range m.Macros {
-		r.macros[stage+" "+k] = v
+// macroStages names the stages of the macro packets recorded: a macro's
+// value can differ by stage (Postfix evaluates end-of-message macros in
+// cleanup, which does not see smtpd's -o overrides).
+var macroStages = map[byte]string{'C': "connect", 'H': "helo", 'M': "mail", 'R': "rcpt", 'N': "eoh", 'E': "eom"}
+
+// note records a macro packet as the MTA sent it: "stage name" -> value.
+func (r *recorder) note(data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	stage, ok := macroStages[data[0]]
+	if !ok {
+		return
+	}
+	kv := strings.Split(strings.TrimSuffix(string(data[1:]), "\x00"), "\x00")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 0; i+1 < len(kv); i += 2 {
+		r.macros[stage+" "+kv[i]] = kv[i+1]
 	}
 }
 
-type recorderSession struct{ r *recorder }
+type recorderSession struct {
+	milter.NoOpMilter
+	r *recorder
+}
 
-func (s recorderSession) Connect(host, family string, port uint16, addr net.IP, m *milter.Modifier) (milter.Response, error) {
+func (s recorderSession) Connect(host, family string, port uint16, addr string, m milter.Modifier) (*milter.Response, error) {
 	s.r.mu.Lock()
 	defer s.r.mu.Unlock()
-	s.r.connects = append(s.r.connects, fmt.Sprint(addr))
-	s.r.note("connect", m)
+	s.r.connects = append(s.r.connects, addr)
 	return milter.RespContinue, nil
 }
 
-func (s recorderSession) Helo(name string, m *milter.Modifier) (milter.Response, error) {
-	return milter.RespContinue, nil
-}
-
-func (s recorderSession) MailFrom(from string, m *milter.Modifier) (milter.Response, error) {
+func (s recorderSession) MailFrom(from, esmtpArgs string, m milter.Modifier) (*milter.Response, error) {
 	s.r.mu.Lock()
 	defer s.r.mu.Unlock()
 	s.r.mails = append(s.r.mails, from)
-	s.r.note("mail", m)
 	return milter.RespContinue, nil
 }
 
-func (s recorderSession) RcptTo(rcpt string, m *milter.Modifier) (milter.Response, error) {
-	s.r.mu.Lock()
-	defer s.r.mu.Unlock()
-	s.r.note("rcpt", m)
+// RcptTo, Header and BodyChunk continue, where NoOpMilter would ask the
+// MTA to skip the rest of them.
+func (s recorderSession) RcptTo(rcptTo, esmtpArgs string, m milter.Modifier) (*milter.Response, error) {
 	return milter.RespContinue, nil
 }
 
-func (s recorderSession) Header(name, value string, m *milter.Modifier) (milter.Response, error) {
+func (s recorderSession) Header(name, value string, m milter.Modifier) (*milter.Response, error) {
 	return milter.RespContinue, nil
 }
 
-func (s recorderSession) Headers(h textproto.MIMEHeader, m *milter.Modifier) (milter.Response, error) {
+func (s recorderSession) BodyChunk(chunk []byte, m milter.Modifier) (*milter.Response, error) {
 	return milter.RespContinue, nil
 }
 
-func (s recorderSession) BodyChunk(chunk []byte, m *milter.Modifier) (milter.Response, error) {
-	return milter.RespContinue, nil
-}
-
-func (s recorderSession) Body(m *milter.Modifier) (milter.Response, error) {
-	s.r.mu.Lock()
-	s.r.note("eom", m)
-	id := m.Macros["i"]
-	s.r.mu.Unlock()
-	if err := m.AddHeader("X-Test-Milter", "seen; queue_id="+id); err != nil {
+func (s recorderSession) EndOfMessage(m milter.Modifier) (*milter.Response, error) {
+	if err := m.AddHeader("X-Test-Milter", "seen; queue_id="+m.Get("i")); err != nil {
 		return nil, err
 	}
-	return milter.RespContinue, nil
+	return milter.RespAccept, nil
 }
 
-func (s recorderSession) Abort(m *milter.Modifier) error { return nil }
-
-// countingListener counts the milter connections the MTA opens.
+// countingListener counts the milter connections the MTA opens, and
+// hands the milter connections that show the recorder each macro packet.
 type countingListener struct {
 	net.Listener
 	r *recorder
@@ -106,8 +107,33 @@ func (l countingListener) Accept() (net.Conn, error) {
 		l.r.mu.Lock()
 		l.r.conns++
 		l.r.mu.Unlock()
+		c = &sniffConn{Conn: c, r: l.r}
 	}
 	return c, err
+}
+
+// sniffConn follows the packets the MTA sends and shows the recorder the
+// macro packets.
+type sniffConn struct {
+	net.Conn
+	r   *recorder
+	buf []byte
+}
+
+func (c *sniffConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.buf = append(c.buf, p[:n]...)
+	for len(c.buf) >= 4 {
+		size := 4 + int(binary.BigEndian.Uint32(c.buf))
+		if size == 4 || len(c.buf) < size {
+			break
+		}
+		if c.buf[4] == 'D' {
+			c.r.note(c.buf[5:size])
+		}
+		c.buf = c.buf[size:]
+	}
+	return n, err
 }
 
 // startRecorder serves the do-nothing milter on spec (Postfix syntax).
@@ -122,11 +148,11 @@ func startRecorder(t *testing.T, spec string) *recorder {
 		t.Fatal(err)
 	}
 	r := &recorder{macros: map[string]string{}}
-	srv := &milter.Server{
-		NewMilter: func() milter.Milter { return recorderSession{r} },
-		Actions:   milter.OptAddHeader,
-		Protocol:  milter.OptNoUnknown | milter.OptNoData,
-	}
+	srv := milter.NewServer(
+		milter.WithMilter(func() milter.Milter { return recorderSession{r: r} }),
+		milter.WithActions(milter.OptAddHeader),
+		milter.WithProtocols(milter.OptNoUnknown|milter.OptNoData),
+	)
 	go srv.Serve(countingListener{ln, r})
 	t.Cleanup(func() { srv.Close() })
 	return r

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 
 	"sluice/test/mta"
 	"sluice/test/sluicetest"
@@ -430,9 +430,9 @@ rate = "1/1h"
 			var tags []string
 			for _, m := range mods {
 				switch {
-				case m.Code == milter.ActAddHeader && m.HeaderName == "X-Sluice-Limit":
+				case m.Type == milter.ActionAddHeader && m.HeaderName == "X-Sluice-Limit":
 					tags = append(tags, m.HeaderValue)
-				case m.Code == milter.ActChangeHeader && (m.HeaderName != "X-Sluice-Limit" || m.HeaderValue != "" || m.HeaderIndex != 1):
+				case m.Type == milter.ActionChangeHeader && (m.HeaderName != "X-Sluice-Limit" || m.HeaderValue != "" || m.HeaderIndex != 1):
 					t.Errorf("sender %q: unexpected change %+v", from, m)
 				}
 			}
@@ -487,22 +487,26 @@ func milterMessage(t *testing.T, listen, ip, from string) []milter.ModifyAction 
 	defer s.Close()
 	must := func(act *milter.Action, err error) {
 		t.Helper()
-		if err != nil || act.Code != milter.ActContinue {
+		if err != nil || act.Type != milter.ActionContinue {
 			t.Fatalf("sender %q: %+v %v", from, act, err)
 		}
 	}
-	must(s.Mail(from, nil))
-	must(s.Rcpt(rcpt, nil))
+	must(s.Mail(from, ""))
+	must(s.Rcpt(rcpt, ""))
+	must(s.DataStart())
 	for _, h := range [][2]string{{"Subject", "direct"}, {"X-Sluice-Limit", "forged; key=sender:nobody"}} {
-		if _, err := s.HeaderField(h[0], h[1]); err != nil {
+		if _, err := s.HeaderField(h[0], h[1], nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := s.HeaderEnd(); err != nil {
 		t.Fatal(err)
 	}
-	mods, act, err := s.End()
-	must(act, err)
+	mods, act, err := s.BodyReadFrom(strings.NewReader("direct\r\n"))
+	// go-milter answers accept to sluice's continue at the end.
+	if err != nil || act.Type != milter.ActionAccept {
+		t.Fatalf("sender %q: end of message: %+v %v", from, act, err)
+	}
 	return mods
 }
 
@@ -515,27 +519,24 @@ func milterSession(t *testing.T, listen, ip string) *milter.ClientSession {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := milter.NewClientWithOptions(network, addr, milter.ClientOptions{
-		Dialer:       &net.Dialer{Timeout: 5 * time.Second},
-		ReadTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		ActionMask:   milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-	})
-	s, err := c.Session()
+	macros := milter.NewMacroBag()
+	macros.Set("{daemon_name}", "smtpd")
+	macros.Set("j", "mx.example.test")
+	macros.Set("{client_addr}", ip)
+	c := milter.NewClient(network, addr, milter.WithDialer(&net.Dialer{Timeout: 5 * time.Second}),
+		milter.WithReadTimeout(10*time.Second), milter.WithWriteTimeout(10*time.Second))
+	s, err := c.Session(macros)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.Macros(milter.CodeConn, "{daemon_name}", "smtpd", "j", "mx.example.test", "{client_addr}", ip); err != nil {
-		t.Fatal(err)
-	}
 	for _, step := range []func() (*milter.Action, error){
 		func() (*milter.Action, error) {
 			return s.Conn("unknown", milter.FamilyInet, 25, netip.MustParseAddr(ip).String())
 		},
 		func() (*milter.Action, error) { return s.Helo("client.example.test") },
 	} {
-		if act, err := step(); err != nil || act.Code != milter.ActContinue {
+		if act, err := step(); err != nil || act.Type != milter.ActionContinue {
 			t.Fatalf("client %s: %+v %v", ip, act, err)
 		}
 	}

@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emersion/go-milter"
+	"github.com/d--j/go-milter"
 )
 
 // Config is one round of load.
@@ -110,6 +110,37 @@ type worker struct {
 	seen       seen // what the interval reporter has taken
 }
 
+// postfixMacros are the macros Postfix 3.7 sends at each stage as the
+// test MTAs configure it (test/mta: milter_*_macros), for a milter that
+// asks for none of its own. A milter that asks for its own (protocol 6,
+// SMFIF_SETSYMLIST) gets those instead, as from Postfix.
+var postfixMacros = []struct {
+	stage milter.MacroStage
+	names []string
+}{
+	{milter.StageConnect, []string{"j", "{daemon_name}", "{daemon_addr}", "{daemon_port}", "v", "_", "{client_addr}", "{client_name}", "{client_ptr}"}},
+	{milter.StageHelo, []string{"{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "{cert_issuer}"}},
+	{milter.StageMail, []string{"{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}", "{mail_host}", "{mail_mailer}", "{client_addr}", "{daemon_name}"}},
+	{milter.StageRcpt, []string{"i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}", "{auth_authen}"}},
+	{milter.StageEOH, []string{"i"}},
+	{milter.StageEOM, []string{"i", "{auth_authen}", "{daemon_name}"}},
+}
+
+// newClient is a milter client that offers what Postfix 3.7 offers:
+// protocol 6, every action and protocol option, and its macros.
+func newClient(network, addr string, d *dialer) *milter.Client {
+	opts := []milter.Option{
+		milter.WithDialer(d),
+		milter.WithReadTimeout(30 * time.Second),
+		milter.WithWriteTimeout(30 * time.Second),
+		milter.WithoutDefaultMacros(),
+	}
+	for _, m := range postfixMacros {
+		opts = append(opts, milter.WithMacroRequest(m.stage, m.names))
+	}
+	return milter.NewClient(network, addr, opts...)
+}
+
 // Run drives one round against cfg.Addr. pid, when not 0, is the milter's
 // process, whose CPU time is read before and after. With cfg.Interval,
 // each interval's figures go to intervals as a line of JSON.
@@ -132,14 +163,7 @@ func Run(cfg Config, pid int, intervals io.Writer) (*Result, error) {
 		for st := range nStages {
 			w.lat[st] = make([]time.Duration, 0, perWorker)
 		}
-		w.client = milter.NewClientWithOptions(network, addr, milter.ClientOptions{
-			Dialer:       w.dial,
-			ReadTimeout:  30 * time.Second,
-			WriteTimeout: 30 * time.Second,
-			// What Postfix offers that go-milter understands; the v6
-			// actions would make go-milter's server refuse to negotiate.
-			ActionMask: milter.OptAddHeader | milter.OptChangeHeader | milter.OptQuarantine,
-		})
+		w.client = newClient(network, addr, w.dial)
 		workers[i] = w
 	}
 	cpu0, err := procCPU(pid)
@@ -244,9 +268,23 @@ func (w *worker) offset() int {
 
 func (w *worker) trySession(k, offset int) error {
 	cfg := w.cfg
+	n := offset + k%cfg.Clients + 1
+	ip := fmt.Sprintf("10.%d.%d.%d", n>>16&255, n>>8&255, n&255)
+	host := fmt.Sprintf("host%d.client.test", n)
+	// What the client sends of these is what the stage's list names.
+	macros := milter.NewMacroBag()
+	for _, kv := range [][2]string{
+		{"j", "mx.example.test"}, {"{daemon_name}", "smtpd"}, {"{daemon_addr}", "127.0.0.1"}, {"{daemon_port}", "25"},
+		{"v", "Postfix 3.7.11"}, {"_", host + " [" + ip + "]"}, {"{client_addr}", ip}, {"{client_name}", host},
+		{"{client_ptr}", host}, {"{tls_version}", ""}, {"{cipher}", ""}, {"{cipher_bits}", ""}, {"{cert_subject}", ""},
+		{"{cert_issuer}", ""}, {"{auth_type}", ""}, {"{auth_authen}", ""}, {"{auth_author}", ""}, {"{mail_host}", ""},
+		{"{mail_mailer}", "smtp"}, {"{rcpt_host}", ""}, {"{rcpt_mailer}", "smtp"},
+	} {
+		macros.Set(kv[0], kv[1])
+	}
 	t0 := time.Now()
 	w.dial.conn = nil
-	s, err := w.client.Session()
+	s, err := w.client.Session(macros)
 	if err != nil {
 		if w.dial.conn != nil {
 			w.dial.conn.Close()
@@ -254,20 +292,12 @@ func (w *worker) trySession(k, offset int) error {
 		return err
 	}
 	w.add(stNegotiate, time.Since(t0))
-	conn := w.dial.conn
-	defer conn.Close()
+	// Postfix ends the milter session with QUIT.
+	defer s.Close()
 	if w.neg == "" {
 		w.neg = negotiated(s)
 	}
 
-	n := offset + k%cfg.Clients + 1
-	ip := fmt.Sprintf("10.%d.%d.%d", n>>16&255, n>>8&255, n&255)
-	host := fmt.Sprintf("host%d.client.test", n)
-	if err := s.Macros(milter.CodeConn, "j", "mx.example.test", "{daemon_name}", "smtpd",
-		"{daemon_addr}", "127.0.0.1", "{daemon_port}", "25", "v", "Postfix 3.7.11",
-		"_", host+" ["+ip+"]", "{client_addr}", ip, "{client_name}", host, "{client_ptr}", host); err != nil {
-		return err
-	}
 	act, err := w.timed(stConnect, func() (*milter.Action, error) {
 		return s.Conn(host, milter.FamilyInet, uint16(1024+k%60000), ip)
 	})
@@ -275,46 +305,45 @@ func (w *worker) trySession(k, offset int) error {
 		return err
 	}
 	w.note(stConnect, act)
-	if !s.ProtocolOption(milter.OptNoHelo) {
-		if err := s.Macros(milter.CodeHelo, "{tls_version}", "", "{cipher}", "", "{cipher_bits}", "",
-			"{cert_subject}", "", "{cert_issuer}", ""); err != nil {
-			return err
+	if s.ProtocolOption(milter.OptNoHelo) {
+		// Sends nothing, but the client must have seen HELO.
+		_, err = s.Helo(host)
+	} else {
+		act, err = w.timed(stHelo, func() (*milter.Action, error) { return s.Helo(host) })
+		if err == nil {
+			w.note(stHelo, act)
 		}
-		act, err := w.timed(stHelo, func() (*milter.Action, error) { return s.Helo(host) })
-		if err != nil {
-			return err
-		}
-		w.note(stHelo, act)
+	}
+	if err != nil {
+		return err
 	}
 	for m := 0; m < cfg.Messages; m++ {
-		if err := w.message(s, k, m, offset, ip); err != nil {
+		if err := w.message(s, macros, k, m, offset); err != nil {
 			return err
 		}
 	}
-	// Postfix ends the milter session with QUIT; go-milter's Close would
-	// send one more Abort first.
-	_, err = conn.Write([]byte{0, 0, 0, 1, byte(milter.CodeQuit)})
-	return err
+	return nil
 }
 
 // message sends one transaction as Postfix does, and the Abort that
 // Postfix sends after every transaction, accepted or not.
-func (w *worker) message(s *milter.ClientSession, k, m, offset int, ip string) error {
+func (w *worker) message(s *milter.ClientSession, macros *milter.MacroBag, k, m, offset int) error {
 	cfg := w.cfg
 	w.pace.wait()
 	seq := k*cfg.Messages + m
 	sender := fmt.Sprintf("user%d@sender%d.test", offset+seq%cfg.Senders, seq%97)
 	qid := fmt.Sprintf("%X", 0x1000000+seq)
 	start := time.Now()
-	if err := s.Macros(milter.CodeMail, "{auth_type}", "", "{auth_authen}", "", "{auth_author}", "",
-		"{mail_addr}", sender, "{mail_host}", "", "{mail_mailer}", "smtp", "{client_addr}", ip, "{daemon_name}", "smtpd"); err != nil {
-		return err
-	}
-	act, err := w.timed(stMail, func() (*milter.Action, error) { return s.Mail(sender, []string{"SIZE=1000"}) })
+	macros.Set("{mail_addr}", sender)
+	// Postfix knows the queue id from the first recipient on; a milter
+	// that asks for it at MAIL FROM gets none.
+	macros.Set("i", "")
+	abort := func() error { return s.Abort(nil) }
+	act, err := w.timed(stMail, func() (*milter.Action, error) { return s.Mail(sender, "SIZE=1000") })
 	if err != nil {
 		return err
 	}
-	if act.Code == milter.ActAccept {
+	if act.Type == milter.ActionAccept {
 		// The milter accepts the message here: like Postfix, leave it out
 		// of the rest of the transaction.
 		w.add(stMessage, time.Since(start))
@@ -322,23 +351,26 @@ func (w *worker) message(s *milter.ClientSession, k, m, offset int, ip string) e
 		w.msgs++
 		w.acceptedAt[stMail]++
 		w.mu.Unlock()
-		return s.Abort()
+		return abort()
 	}
 	if w.note(stMail, act) {
-		return s.Abort()
+		return abort()
 	}
+	macros.Set("i", qid)
 	accepted := 0
 	for r := 0; r < cfg.Rcpts; r++ {
+		j := (seq*cfg.Rcpts + r) % cfg.Recipients
+		rcpt := fmt.Sprintf("rcpt%d@dest%d.test", j, j%50)
+		macros.Set("{rcpt_addr}", rcpt)
 		if s.ProtocolOption(milter.OptNoRcptTo) {
+			// Sends nothing, but the client must have seen a recipient.
+			if _, err := s.Rcpt(rcpt, ""); err != nil {
+				return err
+			}
 			accepted++
 			continue
 		}
-		j := (seq*cfg.Rcpts + r) % cfg.Recipients
-		rcpt := fmt.Sprintf("rcpt%d@dest%d.test", j, j%50)
-		if err := s.Macros(milter.CodeRcpt, "i", qid, "{rcpt_addr}", rcpt, "{rcpt_host}", "", "{rcpt_mailer}", "smtp", "{auth_authen}", ""); err != nil {
-			return err
-		}
-		act, err := w.timed(stRcpt, func() (*milter.Action, error) { return s.Rcpt(rcpt, nil) })
+		act, err := w.timed(stRcpt, func() (*milter.Action, error) { return s.Rcpt(rcpt, "") })
 		if err != nil {
 			return err
 		}
@@ -347,42 +379,46 @@ func (w *worker) message(s *milter.ClientSession, k, m, offset int, ip string) e
 		}
 	}
 	if accepted == 0 {
-		return s.Abort()
+		return abort()
+	}
+	// DATA: sent only to a milter that takes it.
+	if act, err := s.DataStart(); err != nil {
+		return err
+	} else if act.Type != milter.ActionContinue {
+		return abort()
 	}
 	if !s.ProtocolOption(milter.OptNoHeaders) {
 		for h := 0; h < cfg.Headers; h++ {
 			name, value := header(h, sender, qid)
-			act, err := w.timed(stHeader, func() (*milter.Action, error) { return s.HeaderField(name, value) })
+			act, err := w.timed(stHeader, func() (*milter.Action, error) { return s.HeaderField(name, value, nil) })
 			if err != nil {
 				return err
 			}
 			if w.note(stHeader, act) {
-				return s.Abort()
+				return abort()
 			}
 		}
 	}
-	if !s.ProtocolOption(milter.OptNoEOH) {
-		if err := s.Macros(milter.CodeEOH, "i", qid); err != nil {
-			return err
-		}
-		act, err := w.timed(stEOH, s.HeaderEnd)
-		if err != nil {
-			return err
-		}
-		if w.note(stEOH, act) {
-			return s.Abort()
+	if s.ProtocolOption(milter.OptNoEOH) {
+		_, err = s.HeaderEnd() // sends nothing
+	} else {
+		act, err = w.timed(stEOH, s.HeaderEnd)
+		if err == nil && w.note(stEOH, act) {
+			return abort()
 		}
 	}
-	if !s.ProtocolOption(milter.OptNoBody) && len(w.body) > 0 {
-		act, err := w.timed(stBody, func() (*milter.Action, error) { return s.BodyChunk(w.body) })
-		if err != nil {
-			return err
-		}
-		if w.note(stBody, act) {
-			return s.Abort()
+	if err != nil {
+		return err
+	}
+	if s.ProtocolOption(milter.OptNoBody) || len(w.body) == 0 {
+		_, err = s.BodyChunk(nil) // sends nothing unless the milter takes the body
+	} else {
+		act, err = w.timed(stBody, func() (*milter.Action, error) { return s.BodyChunk(w.body) })
+		if err == nil && w.note(stBody, act) {
+			return abort()
 		}
 	}
-	if err := s.Macros(milter.CodeEOB, "i", qid, "{auth_authen}", "", "{daemon_name}", "mx.example.test"); err != nil {
+	if err != nil {
 		return err
 	}
 	act, err = w.timed(stEOM, func() (*milter.Action, error) {
@@ -394,19 +430,19 @@ func (w *worker) message(s *milter.ClientSession, k, m, offset int, ip string) e
 	}
 	w.add(stMessage, time.Since(start))
 	w.mu.Lock()
-	if act.Code == milter.ActContinue || act.Code == milter.ActAccept {
+	if act.Type == milter.ActionContinue || act.Type == milter.ActionAccept {
 		w.msgs++
 	} else {
 		w.refused[stEOM]++
 	}
 	w.mu.Unlock()
-	return s.Abort()
+	return abort()
 }
 
 // note counts a refusal; it reports whether the action ends the
 // transaction.
 func (w *worker) note(st int, act *milter.Action) bool {
-	if act.Code == milter.ActContinue {
+	if act.Type == milter.ActionContinue {
 		return false
 	}
 	w.mu.Lock()
@@ -455,20 +491,26 @@ func body(n int) []byte {
 	return b
 }
 
-// negotiated names the events the milter takes.
+// negotiated names the events the milter takes, each followed by "-"
+// when the milter does not answer it (SMFIP_NR_*).
 func negotiated(s *milter.ClientSession) string {
 	var ev []string
 	for _, e := range []struct {
-		opt  milter.OptProtocol
-		name string
+		opt, noReply milter.OptProtocol
+		name         string
 	}{
-		{milter.OptNoConnect, "connect"}, {milter.OptNoHelo, "helo"}, {milter.OptNoMailFrom, "mail"},
-		{milter.OptNoRcptTo, "rcpt"}, {milter.OptNoHeaders, "header"}, {milter.OptNoEOH, "eoh"},
-		{milter.OptNoBody, "body"},
+		{milter.OptNoConnect, milter.OptNoConnReply, "connect"}, {milter.OptNoHelo, milter.OptNoHeloReply, "helo"},
+		{milter.OptNoMailFrom, milter.OptNoMailReply, "mail"}, {milter.OptNoRcptTo, milter.OptNoRcptReply, "rcpt"},
+		{milter.OptNoHeaders, milter.OptNoHeaderReply, "header"}, {milter.OptNoEOH, milter.OptNoEOHReply, "eoh"},
+		{milter.OptNoBody, milter.OptNoBodyReply, "body"},
 	} {
-		if !s.ProtocolOption(e.opt) {
-			ev = append(ev, e.name)
+		if s.ProtocolOption(e.opt) {
+			continue
 		}
+		if s.ProtocolOption(e.noReply) {
+			e.name += "-"
+		}
+		ev = append(ev, e.name)
 	}
 	return strings.Join(append(ev, "eom"), ",")
 }

@@ -40,6 +40,9 @@ type PostfixOptions struct {
 	SASLUsers map[string]string
 	// Sink receives what Postfix relays; nil starts a new one.
 	Sink *Sink
+	// NoMacros empties milter_*_macros: Postfix sends a milter only the
+	// macros it asks for (milter protocol 6), none of its own accord.
+	NoMacros bool
 	// Main holds extra main.cf settings, applied last.
 	Main map[string]string
 }
@@ -177,11 +180,20 @@ func (p *Postfix) mainCF(opts PostfixOptions) string {
 		set("smtpd_milters", opts.Milter)
 		set("milter_protocol", "6")
 		set("milter_default_action", action)
-		set("milter_connect_macros", "j {daemon_name} {daemon_addr} {daemon_port} v _ {client_addr} {client_name} {client_ptr}")
-		set("milter_helo_macros", "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}")
-		set("milter_mail_macros", "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer} {client_addr} {daemon_name}")
-		set("milter_rcpt_macros", "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {auth_authen}")
-		set("milter_end_of_data_macros", "i {auth_authen} {daemon_name}")
+		macros := [][2]string{
+			{"milter_connect_macros", "j {daemon_name} {daemon_addr} {daemon_port} v _ {client_addr} {client_name} {client_ptr}"},
+			{"milter_helo_macros", "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"},
+			{"milter_mail_macros", "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer} {client_addr} {daemon_name}"},
+			{"milter_rcpt_macros", "i {rcpt_addr} {rcpt_host} {rcpt_mailer} {auth_authen}"},
+			{"milter_end_of_header_macros", "i"},
+			{"milter_end_of_data_macros", "i {auth_authen} {daemon_name}"},
+		}
+		for _, m := range macros {
+			if opts.NoMacros {
+				m[1] = ""
+			}
+			set(m[0], m[1])
+		}
 	}
 	return b.String()
 }

@@ -40,6 +40,9 @@ type SendmailOptions struct {
 	// SASLUsers turns SMTP AUTH on (Cyrus sasldb, PLAIN and LOGIN):
 	// "user@realm" -> password.
 	SASLUsers map[string]string
+	// NoMacros empties confMILTER_MACROS_*: Sendmail sends a milter only
+	// the macros it asks for (milter protocol 6), none of its own accord.
+	NoMacros bool
 }
 
 // Sendmail is a throw-away Sendmail daemon under one directory, relaying
@@ -109,13 +112,19 @@ define(` + "`confREFUSE_LA', `1000'" + `)dnl
 define(` + "`confDELAY_LA', `0'" + `)dnl
 define(` + "`SMART_HOST', `relay:[{{.SinkHost}}]'" + `)dnl
 define(` + "`RELAY_MAILER_ARGS', `TCP $h {{.SinkPort}}'" + `)dnl
-define(` + "`confMILTER_MACROS_CONNECT', `j, _, {daemon_name}, {daemon_addr}, {daemon_port}, {if_name}, {if_addr}, {client_addr}, {client_name}, {client_ptr}'" + `)dnl
+{{if .NoMacros}}define(` + "`confMILTER_MACROS_CONNECT', `'" + `)dnl
+define(` + "`confMILTER_MACROS_HELO', `'" + `)dnl
+define(` + "`confMILTER_MACROS_ENVFROM', `'" + `)dnl
+define(` + "`confMILTER_MACROS_ENVRCPT', `'" + `)dnl
+define(` + "`confMILTER_MACROS_EOH', `'" + `)dnl
+define(` + "`confMILTER_MACROS_EOM', `'" + `)dnl
+{{else}}define(` + "`confMILTER_MACROS_CONNECT', `j, _, {daemon_name}, {daemon_addr}, {daemon_port}, {if_name}, {if_addr}, {client_addr}, {client_name}, {client_ptr}'" + `)dnl
 define(` + "`confMILTER_MACROS_HELO', `{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, {cert_issuer}'" + `)dnl
 define(` + "`confMILTER_MACROS_ENVFROM', `i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, {mail_mailer}, {mail_host}, {mail_addr}, {client_addr}, {daemon_name}'" + `)dnl
 define(` + "`confMILTER_MACROS_ENVRCPT', `i, {rcpt_mailer}, {rcpt_host}, {rcpt_addr}, {auth_authen}'" + `)dnl
 define(` + "`confMILTER_MACROS_EOH', `i'" + `)dnl
 define(` + "`confMILTER_MACROS_EOM', `{msg_id}, i, {auth_authen}, {daemon_name}'" + `)dnl
-FEATURE(` + "`no_default_msa'" + `)dnl
+{{end}}FEATURE(` + "`no_default_msa'" + `)dnl
 dnl Tests relay from loopback to any domain and use made-up domains.
 FEATURE(` + "`promiscuous_relay'" + `)dnl
 FEATURE(` + "`accept_unresolvable_domains'" + `)dnl
@@ -195,6 +204,10 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 		opts.MC = "define(`confAUTH_MECHANISMS', `PLAIN LOGIN')dnl\nTRUST_AUTH_MECH(`PLAIN LOGIN')dnl\n" + opts.MC
 	}
 	var mc bytes.Buffer
+	noMacros := ""
+	if opts.NoMacros {
+		noMacros = "yes"
+	}
 	err := sendmailMC.Execute(&mc, map[string]string{
 		"Dir":      dir,
 		"Port":     portOf(s.Addr),
@@ -203,6 +216,7 @@ func StartSendmail(t testing.TB, opts SendmailOptions) *Sendmail {
 		"Milter":   milter,
 		"Flags":    flags,
 		"MC":       opts.MC,
+		"NoMacros": noMacros,
 	})
 	if err != nil {
 		t.Fatal(err)
