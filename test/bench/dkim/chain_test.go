@@ -5,8 +5,11 @@
 //
 // Run it through test/bench/dkim/run, which installs the Debian packages
 // and gives the test a mount namespace whose /etc/resolv.conf names the
-// loopback DNS server this test starts on port 53 (the Debian daemons
-// ask only the system's resolver).
+// loopback DNS server this test starts on port 53: opendmarc and
+// policyd-spf ask only the system's resolver. Debian's opendkim resolves
+// through libunbound, which ignores resolv.conf and recurses from the root
+// servers unless given Nameservers; without it every key lookup waited
+// for a timeout, and opendkim gave no result at all.
 package dkimbench
 
 import (
@@ -33,9 +36,12 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-// dnsAddr is where the zone is served: the nameserver the run script
-// writes into the namespace's resolv.conf.
-const dnsAddr = "127.0.0.153:53"
+// dnsHost is where the zone is served, on port 53: the nameserver the run
+// script writes into the namespace's resolv.conf, and opendkim's
+// Nameservers.
+const dnsHost = "127.0.0.153"
+
+const dnsAddr = dnsHost + ":53"
 
 const authID = "mx.bench.test"
 
@@ -104,7 +110,7 @@ type variant struct {
 
 func BenchmarkChain(b *testing.B) {
 	testenv.Require(b)
-	if rc, err := os.ReadFile("/etc/resolv.conf"); err != nil || !strings.Contains(string(rc), strings.TrimSuffix(dnsAddr, ":53")) {
+	if rc, err := os.ReadFile("/etc/resolv.conf"); err != nil || !strings.Contains(string(rc), dnsHost) {
 		b.Fatalf("/etc/resolv.conf does not name %s: run this through test/bench/dkim/run", dnsAddr)
 	}
 	srv, err := dnstest.NewServerAt(zone(), dnsAddr)
@@ -307,7 +313,10 @@ func sluiceVerdict(m mta.Message) verdict {
 // startChain starts opendkim (verify) and opendmarc as milters and
 // policyd-spf as Postfix's policy service, each in its Debian package's
 // setup with what a test needs changed: loopback is not skipped, nothing
-// is refused (every verdict is a header), logs off.
+// is refused (every verdict is a header), logs off. opendkim forwards to
+// the test's DNS server and has no TrustAnchorFile (Debian's default
+// config names one): the test's zone is unsigned, and with the root's
+// trust anchor every key lookup fails after a 5-second wait.
 func startChain(b *testing.B, work string) *mta.Postfix {
 	b.Helper()
 	for _, bin := range []string{"/usr/sbin/opendkim", "/usr/sbin/opendmarc", "/usr/bin/policyd-spf"} {
@@ -332,7 +341,8 @@ PidFile %s/opendkim.pid
 Syslog no
 PeerList %s
 InternalHosts %s
-`, dkimPort, authID, work, ignore, ignore))
+Nameservers %s
+`, dkimPort, authID, work, ignore, ignore, dnsHost))
 	dmarcConf := write("opendmarc.conf", fmt.Sprintf(`Socket inet:%d@127.0.0.1
 AuthservID %s
 TrustedAuthservIDs %s
