@@ -236,46 +236,101 @@ type verdict struct{ spf, dkim, dmarc string }
 func compare(b *testing.B, chain, sluice []mta.Message, n int) {
 	b.Helper()
 	raw := map[string]mta.Message{}
-	of := func(ms []mta.Message, read func(mta.Message) verdict) map[string]verdict {
+	of := func(name string, ms []mta.Message, read func(mta.Message) (verdict, error)) map[string]verdict {
 		out := map[string]verdict{}
 		for _, m := range ms {
-			out[m.Header.Get("Subject")] = read(m)
-			if _, ok := raw[m.Header.Get("Subject")]; !ok {
-				raw[m.Header.Get("Subject")] = m
+			subj := m.Header.Get("Subject")
+			v, err := read(m)
+			if err != nil {
+				b.Fatalf("%s, %q (%s): %v", name, subj, m.Path, err)
+			}
+			if _, ok := out[subj]; ok {
+				b.Fatalf("%s delivered %q twice", name, subj)
+			}
+			out[subj] = v
+			if _, ok := raw[subj]; !ok && name == "chain" {
+				raw[subj] = m
 			}
 		}
 		return out
 	}
-	c, s := of(chain, chainVerdict), of(sluice, sluiceVerdict)
-	same, kinds := 0, map[verdict]int{}
+	c, s := of("chain", chain, chainVerdict), of("sluice", sluice, sluiceVerdict)
+	same, kinds, logged := 0, map[verdict]int{}, false
 	for i := range n {
 		subj := fmt.Sprintf("bench %d", i)
-		if c[subj] != s[subj] {
-			if same == i {
+		cv, cok := c[subj]
+		sv, sok := s[subj]
+		switch {
+		case !cok || !sok:
+			b.Errorf("message %d: delivered through the chain %v, through sluice %v", i, cok, sok)
+			continue
+		case cv != sv:
+			if !logged {
 				b.Logf("first difference, message %d, as the chain delivered it: %v", i, raw[subj].Header)
+				logged = true
 			}
-			b.Errorf("message %d: chain %+v, sluice %+v", i, c[subj], s[subj])
+			b.Errorf("message %d: chain %+v, sluice %+v", i, cv, sv)
 			continue
 		}
 		same++
-		kinds[s[subj]]++
+		kinds[sv]++
 	}
 	fmt.Printf("value\tmessages with the same SPF, DKIM and DMARC verdict in both\t%d of %d\t%d\n", same, n, n)
+	var lines []string
 	for k, v := range kinds {
-		fmt.Printf("# %d messages: spf=%s dkim=%s dmarc=%s\n", v, k.spf, k.dkim, k.dmarc)
+		lines = append(lines, fmt.Sprintf("# %d messages: spf=%s dkim=%s dmarc=%s", v, k.spf, k.dkim, k.dmarc))
 	}
+	sort.Strings(lines)
+	fmt.Println(strings.Join(lines, "\n"))
 }
 
-func results(m mta.Message, id string) []authres.Result {
+// results are the Authentication-Results of m written by id.
+func results(m mta.Message, id string) ([]authres.Result, error) {
 	var out []authres.Result
 	for _, v := range m.Header["Authentication-Results"] {
-		v = strings.Join(strings.Fields(v), " ")
+		v = strings.Join(strings.Fields(uncomment(v)), " ")
 		got, rs, err := authres.Parse(v)
-		if err == nil && strings.EqualFold(got, id) {
+		if err != nil {
+			return nil, fmt.Errorf("parse Authentication-Results %q: %w", v, err)
+		}
+		if strings.EqualFold(got, id) {
 			out = append(out, rs...)
 		}
 	}
-	return out
+	return out, nil
+}
+
+// uncomment replaces the comments of a header field value (RFC 5322's
+// CFWS) by spaces. opendkim writes "dkim=pass (2048-bit key; unprotected)",
+// and go-msgauth's parser splits the results at every semicolon, even one
+// inside a comment; quoted strings (reason="...") are kept as they are.
+func uncomment(v string) string {
+	var b strings.Builder
+	depth, quoted, escaped := 0, false, false
+	for _, r := range v {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case quoted:
+			quoted = r != '"'
+		case r == '"' && depth == 0:
+			quoted = true
+		case r == '(':
+			depth++
+			continue
+		case r == ')' && depth > 0:
+			if depth--; depth == 0 {
+				b.WriteByte(' ')
+			}
+			continue
+		}
+		if depth == 0 {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func value(rs []authres.Result, method string) string {
@@ -299,15 +354,24 @@ func value(rs []authres.Result, method string) string {
 	return strings.Join(vals, ",")
 }
 
-func chainVerdict(m mta.Message) verdict {
-	rs := results(m, authID)
+// chainVerdict reads policyd-spf's Received-SPF and the
+// Authentication-Results of opendkim and opendmarc.
+func chainVerdict(m mta.Message) (verdict, error) {
+	rs, err := results(m, authID)
+	if err != nil {
+		return verdict{}, err
+	}
 	spf := strings.ToLower(strings.Fields(m.Header.Get("Received-SPF") + " none")[0])
-	return verdict{spf: spf, dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}
+	return verdict{spf: spf, dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}, nil
 }
 
-func sluiceVerdict(m mta.Message) verdict {
-	rs := results(m, authID)
-	return verdict{spf: value(rs, "spf"), dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}
+// sluiceVerdict reads sluice's one Authentication-Results.
+func sluiceVerdict(m mta.Message) (verdict, error) {
+	rs, err := results(m, authID)
+	if err != nil {
+		return verdict{}, err
+	}
+	return verdict{spf: value(rs, "spf"), dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}, nil
 }
 
 // startChain starts opendkim (verify) and opendmarc as milters and
