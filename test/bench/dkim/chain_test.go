@@ -59,9 +59,10 @@ var (
 
 const domains = 10
 
-// zone: d0..d9.example each publish both keys, SPF for loopback and
-// p=none (so every message is delivered and its verdict read from its
-// header); other.example's SPF allows nobody.
+// zone: d0..d9.example each publish both keys and p=none (so every
+// message is delivered and its verdict read from its header); SPF allows
+// loopback, except d8.example's, which soft-fails everyone, and
+// d9.example publishes no DMARC record. other.example's SPF allows nobody.
 func zone() *dnstest.Zone {
 	z := dnstest.NewZone()
 	for i := range domains {
@@ -71,7 +72,14 @@ func zone() *dnstest.Zone {
 			kk.Domain = d
 			z.MustAddText(kk.ZoneLine())
 		}
-		z.MustAddText(d+`. 3600 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"`, `_dmarc.`+d+`. 3600 IN TXT "v=DMARC1; p=none"`)
+		spf := "v=spf1 ip4:127.0.0.0/8 -all"
+		if i == 8 {
+			spf = "v=spf1 ~all"
+		}
+		z.MustAddText(d + `. 3600 IN TXT "` + spf + `"`)
+		if i != 9 {
+			z.MustAddText(`_dmarc.` + d + `. 3600 IN TXT "v=DMARC1; p=none"`)
+		}
 	}
 	z.MustAddText(`other.example. 3600 IN TXT "v=spf1 -all"`)
 	return z.NegativeTTL(3600)
