@@ -113,7 +113,9 @@ func message(i int) (sender string, msg []byte) {
 type variant struct {
 	name  string
 	pf    *mta.Postfix
-	rates []float64
+	cpu   *cpuGroup
+	rates []float64 // messages per second
+	cpus  []float64 // milliseconds of CPU per message
 }
 
 func BenchmarkChain(b *testing.B) {
@@ -130,9 +132,16 @@ func BenchmarkChain(b *testing.B) {
 	work := testenv.Dir(b, "dkimchain")
 	os.Chmod(work, 0o755)
 
-	bare := mta.StartPostfix(b, mta.PostfixOptions{})
-	chain := startChain(b, work)
-	sl := sluicetest.StartSluice(b, fmt.Sprintf("authserv_id = %q\n", authID)+sluicetest.CountEverything+fmt.Sprintf(`
+	vs := []*variant{
+		{name: "bare Postfix", cpu: newCPUGroup(b, "bare")},
+		{name: "opendkim+opendmarc+policyd-spf", cpu: newCPUGroup(b, "chain")},
+		{name: "sluice", cpu: newCPUGroup(b, "sluice")},
+	}
+	bare, chain, withSluice := vs[0], vs[1], vs[2]
+	bare.pf = startIn(b, bare.cpu, func() *mta.Postfix { return mta.StartPostfix(b, mta.PostfixOptions{}) })
+	chain.pf = startIn(b, chain.cpu, func() *mta.Postfix { return startChain(b, work) })
+	withSluice.pf = startIn(b, withSluice.cpu, func() *mta.Postfix {
+		sl := sluicetest.StartSluice(b, fmt.Sprintf("authserv_id = %q\n", authID)+sluicetest.CountEverything+fmt.Sprintf(`
 [dns]
 servers = [%q]
 
@@ -145,8 +154,8 @@ enabled = true
 [dmarc]
 enabled = true
 `, dnsAddr))
-	withSluice := mta.StartPostfix(b, mta.PostfixOptions{Milter: sl.Listen})
-	vs := []*variant{{name: "bare Postfix", pf: bare}, {name: "opendkim+opendmarc+policyd-spf", pf: chain}, {name: "sluice", pf: withSluice}}
+		return mta.StartPostfix(b, mta.PostfixOptions{Milter: sl.Listen})
+	})
 
 	msgs := make([][]byte, n)
 	senders := make([]string, n)
@@ -158,20 +167,38 @@ enabled = true
 		send(b, v.pf.Addr, senders, msgs)
 		v.pf.WaitDelivered(n, 5*time.Minute)
 	}
-	compare(b, chain.Sink.Messages(b), withSluice.Sink.Messages(b), n)
+	compare(b, chain.pf.Sink.Messages(b), withSluice.pf.Sink.Messages(b), n)
 	for r := 0; r < envInt("BENCH_ROUNDS", 3); r++ {
 		for _, v := range vs {
-			start := time.Now()
+			want := n * (r + 2)
+			start, cpu0 := time.Now(), v.cpu.usage(b)
 			send(b, v.pf.Addr, senders, msgs)
-			v.pf.WaitDelivered(n*(r+2), 10*time.Minute)
+			// Counting the sink's files is cheap; WaitDelivered reads
+			// every message, which is not the MTA's time.
+			if err := testenv.Poll(10*time.Minute, func() error {
+				if got := v.pf.Sink.Count(); got < want {
+					return fmt.Errorf("%s: sink has %d of %d messages", v.name, got, want)
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
 			v.rates = append(v.rates, float64(n)/time.Since(start).Seconds())
+			v.cpus = append(v.cpus, float64(v.cpu.usage(b)-cpu0)/float64(time.Millisecond)/float64(n))
+			v.pf.WaitDelivered(want, time.Minute)
 		}
 	}
-	base := median(vs[0].rates)
+	base := median(bare.rates)
 	for _, v := range vs {
 		fmt.Printf("value\t%s msg/s (median of %d)\t%.0f\t\n", v.name, len(v.rates), median(v.rates))
 	}
-	chainRatio, sluiceRatio := median(vs[1].rates)/base, median(vs[2].rates)/base
+	if bare.cpu != nil && chain.cpu != nil && withSluice.cpu != nil {
+		for _, v := range vs {
+			fmt.Printf("value\t%s CPU ms/msg, all its processes (median of %d)\t%.2f\t\n", v.name, len(v.cpus), median(v.cpus))
+		}
+		fmt.Printf("value\tCPU ms/msg above bare Postfix: chain, sluice\t%.2f, %.2f\t\n", median(chain.cpus)-median(bare.cpus), median(withSluice.cpus)-median(bare.cpus))
+	}
+	chainRatio, sluiceRatio := median(chain.rates)/base, median(withSluice.rates)/base
 	fmt.Printf("ratio\tchain / bare Postfix\t%.2f\t\n", chainRatio)
 	fmt.Printf("ratio\tsluice / bare Postfix\t%.2f\t\n", sluiceRatio)
 	fmt.Printf("ratio\tsluice's ratio / the chain's\t%.2f\t>= 1.5\n", sluiceRatio/chainRatio)
