@@ -111,11 +111,15 @@ func message(i int) (sender string, msg []byte) {
 }
 
 type variant struct {
-	name  string
-	pf    *mta.Postfix
-	cpu   *cpuGroup
-	rates []float64 // messages per second
-	cpus  []float64 // milliseconds of CPU per message
+	name string
+	pf   *mta.Postfix
+	cpu  *cpuGroup
+	// milters is in the command line of every milter and policy server
+	// of the setup (their config's directory); empty: none.
+	milters   string
+	rates     []float64 // messages per second
+	cpus      []float64 // milliseconds of CPU per message, all processes
+	milterCPU []float64 // milliseconds of CPU per message, the milters
 }
 
 func BenchmarkChain(b *testing.B) {
@@ -134,7 +138,7 @@ func BenchmarkChain(b *testing.B) {
 
 	vs := []*variant{
 		{name: "bare Postfix", cpu: newCPUGroup(b, "bare")},
-		{name: "opendkim+opendmarc+policyd-spf", cpu: newCPUGroup(b, "chain")},
+		{name: "opendkim+opendmarc+policyd-spf", cpu: newCPUGroup(b, "chain"), milters: work + "/"},
 		{name: "sluice", cpu: newCPUGroup(b, "sluice")},
 	}
 	bare, chain, withSluice := vs[0], vs[1], vs[2]
@@ -154,6 +158,7 @@ enabled = true
 [dmarc]
 enabled = true
 `, dnsAddr))
+		withSluice.milters = sl.Config
 		return mta.StartPostfix(b, mta.PostfixOptions{Milter: sl.Listen})
 	})
 
@@ -171,6 +176,10 @@ enabled = true
 	for r := 0; r < envInt("BENCH_ROUNDS", 3); r++ {
 		for _, v := range vs {
 			want := n * (r + 2)
+			var mcpu0 time.Duration
+			if v.milters != "" {
+				mcpu0 = processCPU(v.milters)
+			}
 			start, cpu0 := time.Now(), v.cpu.usage(b)
 			send(b, v.pf.Addr, senders, msgs)
 			// Counting the sink's files is cheap; WaitDelivered reads
@@ -185,6 +194,9 @@ enabled = true
 			}
 			v.rates = append(v.rates, float64(n)/time.Since(start).Seconds())
 			v.cpus = append(v.cpus, float64(v.cpu.usage(b)-cpu0)/float64(time.Millisecond)/float64(n))
+			if v.milters != "" {
+				v.milterCPU = append(v.milterCPU, float64(processCPU(v.milters)-mcpu0)/float64(time.Millisecond)/float64(n))
+			}
 			v.pf.WaitDelivered(want, time.Minute)
 		}
 	}
@@ -204,6 +216,7 @@ enabled = true
 	}
 	baseCPU, chainCPU, sluiceCPU := median(bare.cpus), median(chain.cpus), median(withSluice.cpus)
 	fmt.Printf("value\tCPU ms/msg above bare Postfix: chain, sluice\t%.2f, %.2f\t\n", chainCPU-baseCPU, sluiceCPU-baseCPU)
+	fmt.Printf("value\tof which the milters' own processes: chain, sluice\t%.2f, %.2f\t\n", median(chain.milterCPU), median(withSluice.milterCPU))
 	// As throughput would be if the machine were CPU-bound and the setup
 	// alone on it: bare Postfix's CPU per message over the setup's.
 	fmt.Printf("ratio\tchain / bare Postfix, by CPU cost\t%.2f\t\n", baseCPU/chainCPU)
