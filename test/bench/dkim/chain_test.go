@@ -5,8 +5,11 @@
 //
 // Run it through test/bench/dkim/run, which installs the Debian packages
 // and gives the test a mount namespace whose /etc/resolv.conf names the
-// loopback DNS server this test starts on port 53 (the Debian daemons
-// ask only the system's resolver).
+// loopback DNS server this test starts on port 53: opendmarc and
+// policyd-spf ask only the system's resolver. Debian's opendkim resolves
+// through libunbound, which ignores resolv.conf and recurses from the root
+// servers unless given Nameservers; without it every key lookup waited
+// for a timeout, and opendkim gave no result at all.
 package dkimbench
 
 import (
@@ -33,9 +36,12 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
-// dnsAddr is where the zone is served: the nameserver the run script
-// writes into the namespace's resolv.conf.
-const dnsAddr = "127.0.0.153:53"
+// dnsHost is where the zone is served, on port 53: the nameserver the run
+// script writes into the namespace's resolv.conf, and opendkim's
+// Nameservers.
+const dnsHost = "127.0.0.153"
+
+const dnsAddr = dnsHost + ":53"
 
 const authID = "mx.bench.test"
 
@@ -53,9 +59,10 @@ var (
 
 const domains = 10
 
-// zone: d0..d9.example each publish both keys, SPF for loopback and
-// p=none (so every message is delivered and its verdict read from its
-// header); other.example's SPF allows nobody.
+// zone: d0..d9.example each publish both keys and p=none (so every
+// message is delivered and its verdict read from its header); SPF allows
+// loopback, except d8.example's, which soft-fails everyone, and
+// d9.example publishes no DMARC record. other.example's SPF allows nobody.
 func zone() *dnstest.Zone {
 	z := dnstest.NewZone()
 	for i := range domains {
@@ -65,7 +72,14 @@ func zone() *dnstest.Zone {
 			kk.Domain = d
 			z.MustAddText(kk.ZoneLine())
 		}
-		z.MustAddText(d+`. 3600 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"`, `_dmarc.`+d+`. 3600 IN TXT "v=DMARC1; p=none"`)
+		spf := "v=spf1 ip4:127.0.0.0/8 -all"
+		if i == 8 {
+			spf = "v=spf1 ~all"
+		}
+		z.MustAddText(d + `. 3600 IN TXT "` + spf + `"`)
+		if i != 9 {
+			z.MustAddText(`_dmarc.` + d + `. 3600 IN TXT "v=DMARC1; p=none"`)
+		}
 	}
 	z.MustAddText(`other.example. 3600 IN TXT "v=spf1 -all"`)
 	return z.NegativeTTL(3600)
@@ -97,14 +111,20 @@ func message(i int) (sender string, msg []byte) {
 }
 
 type variant struct {
-	name  string
-	pf    *mta.Postfix
-	rates []float64
+	name string
+	pf   *mta.Postfix
+	cpu  *cpuGroup
+	// milters is in the command line of every milter and policy server
+	// of the setup (their config's directory); empty: none.
+	milters   string
+	rates     []float64 // messages per second
+	cpus      []float64 // milliseconds of CPU per message, all processes
+	milterCPU []float64 // milliseconds of CPU per message, the milters
 }
 
 func BenchmarkChain(b *testing.B) {
 	testenv.Require(b)
-	if rc, err := os.ReadFile("/etc/resolv.conf"); err != nil || !strings.Contains(string(rc), strings.TrimSuffix(dnsAddr, ":53")) {
+	if rc, err := os.ReadFile("/etc/resolv.conf"); err != nil || !strings.Contains(string(rc), dnsHost) {
 		b.Fatalf("/etc/resolv.conf does not name %s: run this through test/bench/dkim/run", dnsAddr)
 	}
 	srv, err := dnstest.NewServerAt(zone(), dnsAddr)
@@ -116,9 +136,16 @@ func BenchmarkChain(b *testing.B) {
 	work := testenv.Dir(b, "dkimchain")
 	os.Chmod(work, 0o755)
 
-	bare := mta.StartPostfix(b, mta.PostfixOptions{})
-	chain := startChain(b, work)
-	sl := sluicetest.StartSluice(b, fmt.Sprintf("authserv_id = %q\n", authID)+sluicetest.CountEverything+fmt.Sprintf(`
+	vs := []*variant{
+		{name: "bare Postfix", cpu: newCPUGroup(b, "bare")},
+		{name: "opendkim+opendmarc+policyd-spf", cpu: newCPUGroup(b, "chain"), milters: work + "/"},
+		{name: "sluice", cpu: newCPUGroup(b, "sluice")},
+	}
+	bare, chain, withSluice := vs[0], vs[1], vs[2]
+	bare.pf = startIn(b, bare.cpu, func() *mta.Postfix { return mta.StartPostfix(b, mta.PostfixOptions{}) })
+	chain.pf = startIn(b, chain.cpu, func() *mta.Postfix { return startChain(b, work) })
+	withSluice.pf = startIn(b, withSluice.cpu, func() *mta.Postfix {
+		sl := sluicetest.StartSluice(b, fmt.Sprintf("authserv_id = %q\n", authID)+sluicetest.CountEverything+fmt.Sprintf(`
 [dns]
 servers = [%q]
 
@@ -131,8 +158,9 @@ enabled = true
 [dmarc]
 enabled = true
 `, dnsAddr))
-	withSluice := mta.StartPostfix(b, mta.PostfixOptions{Milter: sl.Listen})
-	vs := []*variant{{name: "bare Postfix", pf: bare}, {name: "opendkim+opendmarc+policyd-spf", pf: chain}, {name: "sluice", pf: withSluice}}
+		withSluice.milters = sl.Config
+		return mta.StartPostfix(b, mta.PostfixOptions{Milter: sl.Listen})
+	})
 
 	msgs := make([][]byte, n)
 	senders := make([]string, n)
@@ -144,23 +172,56 @@ enabled = true
 		send(b, v.pf.Addr, senders, msgs)
 		v.pf.WaitDelivered(n, 5*time.Minute)
 	}
-	compare(b, chain.Sink.Messages(b), withSluice.Sink.Messages(b), n)
+	compare(b, chain.pf.Sink.Messages(b), withSluice.pf.Sink.Messages(b), n)
 	for r := 0; r < envInt("BENCH_ROUNDS", 3); r++ {
 		for _, v := range vs {
-			start := time.Now()
+			want := n * (r + 2)
+			var mcpu0 time.Duration
+			if v.milters != "" {
+				mcpu0 = processCPU(v.milters)
+			}
+			start, cpu0 := time.Now(), v.cpu.usage(b)
 			send(b, v.pf.Addr, senders, msgs)
-			v.pf.WaitDelivered(n*(r+2), 10*time.Minute)
+			// Counting the sink's files is cheap; WaitDelivered reads
+			// every message, which is not the MTA's time.
+			if err := testenv.Poll(10*time.Minute, func() error {
+				if got := v.pf.Sink.Count(); got < want {
+					return fmt.Errorf("%s: sink has %d of %d messages", v.name, got, want)
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
 			v.rates = append(v.rates, float64(n)/time.Since(start).Seconds())
+			v.cpus = append(v.cpus, float64(v.cpu.usage(b)-cpu0)/float64(time.Millisecond)/float64(n))
+			if v.milters != "" {
+				v.milterCPU = append(v.milterCPU, float64(processCPU(v.milters)-mcpu0)/float64(time.Millisecond)/float64(n))
+			}
+			v.pf.WaitDelivered(want, time.Minute)
 		}
 	}
-	base := median(vs[0].rates)
+	base := median(bare.rates)
 	for _, v := range vs {
 		fmt.Printf("value\t%s msg/s (median of %d)\t%.0f\t\n", v.name, len(v.rates), median(v.rates))
 	}
-	chainRatio, sluiceRatio := median(vs[1].rates)/base, median(vs[2].rates)/base
+	chainRatio, sluiceRatio := median(chain.rates)/base, median(withSluice.rates)/base
 	fmt.Printf("ratio\tchain / bare Postfix\t%.2f\t\n", chainRatio)
 	fmt.Printf("ratio\tsluice / bare Postfix\t%.2f\t\n", sluiceRatio)
 	fmt.Printf("ratio\tsluice's ratio / the chain's\t%.2f\t>= 1.5\n", sluiceRatio/chainRatio)
+	if bare.cpu == nil || chain.cpu == nil || withSluice.cpu == nil {
+		return
+	}
+	for _, v := range vs {
+		fmt.Printf("value\t%s CPU ms/msg, all its processes (median of %d)\t%.2f\t\n", v.name, len(v.cpus), median(v.cpus))
+	}
+	baseCPU, chainCPU, sluiceCPU := median(bare.cpus), median(chain.cpus), median(withSluice.cpus)
+	fmt.Printf("value\tCPU ms/msg above bare Postfix: chain, sluice\t%.2f, %.2f\t\n", chainCPU-baseCPU, sluiceCPU-baseCPU)
+	fmt.Printf("value\tof which the milters' own processes: chain, sluice\t%.2f, %.2f\t\n", median(chain.milterCPU), median(withSluice.milterCPU))
+	// As throughput would be if the machine were CPU-bound and the setup
+	// alone on it: bare Postfix's CPU per message over the setup's.
+	fmt.Printf("ratio\tchain / bare Postfix, by CPU cost\t%.2f\t\n", baseCPU/chainCPU)
+	fmt.Printf("ratio\tsluice / bare Postfix, by CPU cost\t%.2f\t\n", baseCPU/sluiceCPU)
+	fmt.Printf("ratio\tsluice's ratio / the chain's, by CPU cost\t%.2f\t>= 1.5\n", chainCPU/sluiceCPU)
 }
 
 func median(xs []float64) float64 {
@@ -230,46 +291,101 @@ type verdict struct{ spf, dkim, dmarc string }
 func compare(b *testing.B, chain, sluice []mta.Message, n int) {
 	b.Helper()
 	raw := map[string]mta.Message{}
-	of := func(ms []mta.Message, read func(mta.Message) verdict) map[string]verdict {
+	of := func(name string, ms []mta.Message, read func(mta.Message) (verdict, error)) map[string]verdict {
 		out := map[string]verdict{}
 		for _, m := range ms {
-			out[m.Header.Get("Subject")] = read(m)
-			if _, ok := raw[m.Header.Get("Subject")]; !ok {
-				raw[m.Header.Get("Subject")] = m
+			subj := m.Header.Get("Subject")
+			v, err := read(m)
+			if err != nil {
+				b.Fatalf("%s, %q (%s): %v", name, subj, m.Path, err)
+			}
+			if _, ok := out[subj]; ok {
+				b.Fatalf("%s delivered %q twice", name, subj)
+			}
+			out[subj] = v
+			if _, ok := raw[subj]; !ok && name == "chain" {
+				raw[subj] = m
 			}
 		}
 		return out
 	}
-	c, s := of(chain, chainVerdict), of(sluice, sluiceVerdict)
-	same, kinds := 0, map[verdict]int{}
+	c, s := of("chain", chain, chainVerdict), of("sluice", sluice, sluiceVerdict)
+	same, kinds, logged := 0, map[verdict]int{}, false
 	for i := range n {
 		subj := fmt.Sprintf("bench %d", i)
-		if c[subj] != s[subj] {
-			if same == i {
+		cv, cok := c[subj]
+		sv, sok := s[subj]
+		switch {
+		case !cok || !sok:
+			b.Errorf("message %d: delivered through the chain %v, through sluice %v", i, cok, sok)
+			continue
+		case cv != sv:
+			if !logged {
 				b.Logf("first difference, message %d, as the chain delivered it: %v", i, raw[subj].Header)
+				logged = true
 			}
-			b.Errorf("message %d: chain %+v, sluice %+v", i, c[subj], s[subj])
+			b.Errorf("message %d: chain %+v, sluice %+v", i, cv, sv)
 			continue
 		}
 		same++
-		kinds[s[subj]]++
+		kinds[sv]++
 	}
 	fmt.Printf("value\tmessages with the same SPF, DKIM and DMARC verdict in both\t%d of %d\t%d\n", same, n, n)
+	var lines []string
 	for k, v := range kinds {
-		fmt.Printf("# %d messages: spf=%s dkim=%s dmarc=%s\n", v, k.spf, k.dkim, k.dmarc)
+		lines = append(lines, fmt.Sprintf("# %d messages: spf=%s dkim=%s dmarc=%s", v, k.spf, k.dkim, k.dmarc))
 	}
+	sort.Strings(lines)
+	fmt.Println(strings.Join(lines, "\n"))
 }
 
-func results(m mta.Message, id string) []authres.Result {
+// results are the Authentication-Results of m written by id.
+func results(m mta.Message, id string) ([]authres.Result, error) {
 	var out []authres.Result
 	for _, v := range m.Header["Authentication-Results"] {
-		v = strings.Join(strings.Fields(v), " ")
+		v = strings.Join(strings.Fields(uncomment(v)), " ")
 		got, rs, err := authres.Parse(v)
-		if err == nil && strings.EqualFold(got, id) {
+		if err != nil {
+			return nil, fmt.Errorf("parse Authentication-Results %q: %w", v, err)
+		}
+		if strings.EqualFold(got, id) {
 			out = append(out, rs...)
 		}
 	}
-	return out
+	return out, nil
+}
+
+// uncomment replaces the comments of a header field value (RFC 5322's
+// CFWS) by spaces. opendkim writes "dkim=pass (2048-bit key; unprotected)",
+// and go-msgauth's parser splits the results at every semicolon, even one
+// inside a comment; quoted strings (reason="...") are kept as they are.
+func uncomment(v string) string {
+	var b strings.Builder
+	depth, quoted, escaped := 0, false, false
+	for _, r := range v {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case quoted:
+			quoted = r != '"'
+		case r == '"' && depth == 0:
+			quoted = true
+		case r == '(':
+			depth++
+			continue
+		case r == ')' && depth > 0:
+			if depth--; depth == 0 {
+				b.WriteByte(' ')
+			}
+			continue
+		}
+		if depth == 0 {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func value(rs []authres.Result, method string) string {
@@ -293,21 +409,33 @@ func value(rs []authres.Result, method string) string {
 	return strings.Join(vals, ",")
 }
 
-func chainVerdict(m mta.Message) verdict {
-	rs := results(m, authID)
+// chainVerdict reads policyd-spf's Received-SPF and the
+// Authentication-Results of opendkim and opendmarc.
+func chainVerdict(m mta.Message) (verdict, error) {
+	rs, err := results(m, authID)
+	if err != nil {
+		return verdict{}, err
+	}
 	spf := strings.ToLower(strings.Fields(m.Header.Get("Received-SPF") + " none")[0])
-	return verdict{spf: spf, dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}
+	return verdict{spf: spf, dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}, nil
 }
 
-func sluiceVerdict(m mta.Message) verdict {
-	rs := results(m, authID)
-	return verdict{spf: value(rs, "spf"), dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}
+// sluiceVerdict reads sluice's one Authentication-Results.
+func sluiceVerdict(m mta.Message) (verdict, error) {
+	rs, err := results(m, authID)
+	if err != nil {
+		return verdict{}, err
+	}
+	return verdict{spf: value(rs, "spf"), dkim: value(rs, "dkim"), dmarc: value(rs, "dmarc")}, nil
 }
 
 // startChain starts opendkim (verify) and opendmarc as milters and
 // policyd-spf as Postfix's policy service, each in its Debian package's
 // setup with what a test needs changed: loopback is not skipped, nothing
-// is refused (every verdict is a header), logs off.
+// is refused (every verdict is a header), logs off. opendkim forwards to
+// the test's DNS server and has no TrustAnchorFile (Debian's default
+// config names one): the test's zone is unsigned, and with the root's
+// trust anchor every key lookup fails after a 5-second wait.
 func startChain(b *testing.B, work string) *mta.Postfix {
 	b.Helper()
 	for _, bin := range []string{"/usr/sbin/opendkim", "/usr/sbin/opendmarc", "/usr/bin/policyd-spf"} {
@@ -332,7 +460,8 @@ PidFile %s/opendkim.pid
 Syslog no
 PeerList %s
 InternalHosts %s
-`, dkimPort, authID, work, ignore, ignore))
+Nameservers %s
+`, dkimPort, authID, work, ignore, ignore, dnsHost))
 	dmarcConf := write("opendmarc.conf", fmt.Sprintf(`Socket inet:%d@127.0.0.1
 AuthservID %s
 TrustedAuthservIDs %s
