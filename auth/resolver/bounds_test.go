@@ -113,8 +113,10 @@ func TestCacheCountsWhatItHolds(t *testing.T) {
 			runtime.KeepAlive(r)
 			held := with - heap()
 			t.Logf("200 answers: counted %d KB, the resolver holds %d KB", counted>>10, held>>10)
-			// The resolver itself (limiter, maps, config) is a few KB.
-			if held > int64(counted)+16<<10 || int64(counted) > held*5/4 {
+			// The resolver itself (limiter, maps, config) is a few KB, and
+			// the heap's own bookkeeping moves by a few per cent between
+			// two reads (more under -race).
+			if held > int64(counted)+int64(counted)/16+16<<10 || int64(counted) > held*5/4 {
 				t.Errorf("the cache counts %d KB for answers that take %d KB", counted>>10, held>>10)
 			}
 		})
