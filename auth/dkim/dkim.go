@@ -1,25 +1,28 @@
 // Package dkim verifies the DKIM signatures of a message (RFC 6376, RFC
 // 8463) as the MTA streams it, with keys fetched through sluice's resolver.
 //
-// go-msgauth verifies; this package feeds it the header fields and body
-// chunks as they come (memory: one chunk, whatever the message's size),
-// asks for keys through the resolver (cache, rate cap, byte budget; a
-// lookup that times out is temperror), enforces the key flags go-msgauth
-// parses but ignores (t=y testing, t=s no subdomains), reads what its
-// result lacks (selector, algorithm, b=) from the signature itself, and
-// maps the message's outcome to the action the config asks.
+// The body is hashed as the chunks come, in the session's goroutine
+// (memory: what one chunk needs, whatever the message's size); keys are
+// looked up through the resolver while it comes (cache, rate cap, byte
+// budget; a lookup that times out is temperror); key flags t=y and t=s
+// are honoured, RFC 8301's minimums enforced; the message's outcome maps
+// to the action the config asks.
 package dkim
 
 import (
 	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
-	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/emersion/go-msgauth/authres"
-	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"go.uber.org/zap"
 
 	"sluice/auth/resolver"
@@ -103,68 +106,136 @@ type Result struct {
 // Its methods are called from one goroutine.
 type Message struct {
 	v       *Verifier
-	sigs    []signature
-	pw      *io.PipeWriter // nil when nothing verifies or the verifier stopped reading
-	done    chan struct{}
-	cancel  context.CancelFunc
+	sigs    []*signature
+	heads   [][sha256.Size]byte // each signature's header hash
+	simple  *bodyHasher         // nil when no signature needs that form
+	relaxed *bodyHasher
 	written int64
 	cut     bool // the body went past max_bytes
 
-	// Set by the verifying goroutine before done closes.
-	verifs []*msgdkim.Verification
-	err    error
+	done   chan struct{} // closed when every key lookup has ended
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	keys   map[string]keyAnswer // by key record name
+}
 
-	mu   sync.Mutex
-	keys map[string]string // key records fetched, by name, for their flags
+type keyAnswer struct {
+	k   *key
+	bad *problem
 }
 
 // Start begins verifying a message whose header fields are fields. The
 // key lookups start at once, while the body comes.
 func (v *Verifier) Start(fields []Field) *Message {
 	m := &Message{v: v}
+	now := time.Now()
 	for _, f := range fields {
 		if IsSignature(f.Name) && len(m.sigs) < v.maxSigs {
-			m.sigs = append(m.sigs, parseSignature(f.Value))
+			m.sigs = append(m.sigs, parseSignature(f, now))
 		}
 	}
 	if len(m.sigs) == 0 {
 		return m
 	}
-	var hdr strings.Builder
-	for _, f := range fields {
-		writeField(&hdr, f)
+	m.heads = make([][sha256.Size]byte, len(m.sigs))
+	names := make(map[string]bool, len(m.sigs))
+	for i, s := range m.sigs {
+		if s.bad != nil {
+			continue
+		}
+		m.heads[i] = headerHash(fields, s)
+		names[strings.ToLower(s.keyName())] = true
+		switch {
+		case s.relaxedBody && m.relaxed == nil:
+			m.relaxed = &bodyHasher{h: sha256.New(), relaxed: true}
+		case !s.relaxedBody && m.simple == nil:
+			m.simple = &bodyHasher{h: sha256.New()}
+		}
 	}
-	hdr.WriteString("\r\n")
 	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
 	ctx = resolver.WithBudget(ctx, v.budget)
-	pr, pw := io.Pipe()
-	m.pw, m.cancel, m.done = pw, cancel, make(chan struct{})
-	opts := &msgdkim.VerifyOptions{MaxVerifications: v.maxSigs, LookupTXT: func(name string) ([]string, error) {
-		txts, err := v.res.LookupTXT(ctx, name)
-		if err == nil && len(txts) == 1 {
+	m.cancel, m.done, m.keys = cancel, make(chan struct{}), make(map[string]keyAnswer, len(names))
+	if len(names) == 0 {
+		close(m.done)
+		return m
+	}
+	var left sync.WaitGroup
+	for name := range names {
+		left.Add(1)
+		guard.Go(v.log, "dkim key lookup", func() {
+			defer left.Done()
+			k, bad := v.lookupKey(ctx, name)
 			m.mu.Lock()
-			if m.keys == nil {
-				m.keys = make(map[string]string)
-			}
-			m.keys[strings.ToLower(name)] = txts[0]
+			m.keys[name] = keyAnswer{k, bad}
 			m.mu.Unlock()
-		}
-		return txts, err
-	}}
-	guard.Go(v.log, "dkim verify", func() {
-		defer close(m.done)
-		defer func() {
-			// Whatever happened, the writer must not block on a reader
-			// that has gone.
-			pr.CloseWithError(errStopped)
-		}()
-		defer guard.RecoverErr(v.log, "dkim verify", &m.err)
-		m.verifs, m.err = msgdkim.VerifyWithOptions(io.MultiReader(strings.NewReader(hdr.String()), pr), opts)
+		})
+	}
+	guard.Go(v.log, "dkim key lookups", func() {
+		left.Wait()
+		close(m.done)
 	})
 	return m
 }
 
-var errStopped = errors.New("dkim: verifier stopped")
+// lookupKey fetches and parses a key record. A lookup that may succeed
+// later (timeout, SERVFAIL, the message's time up) is temperror; a name
+// that does not exist, or holds no single record, permerror.
+func (v *Verifier) lookupKey(ctx context.Context, name string) (*key, *problem) {
+	txts, err := v.res.LookupTXT(ctx, name)
+	var de *net.DNSError
+	switch {
+	case err != nil && (ctx.Err() != nil || errors.As(err, &de) && (de.IsTimeout || de.IsTemporary)):
+		return nil, &problem{TempError, "key unavailable: " + err.Error()}
+	case err != nil:
+		return nil, permErr("no key for signature: %v", err)
+	case len(txts) == 0:
+		return nil, permErr("no valid key found")
+	case len(txts) > 1:
+		// RFC 6376 §3.6.2.2 leaves several records undefined.
+		return nil, permErr("multiple TXT records found for key")
+	}
+	return parseKey(txts[0])
+}
+
+// headerHash hashes what a signature signed of the header (RFC 6376
+// §3.7): the fields h= names, each name taken from the bottom up, then
+// the signature's own field with its b= emptied and no line end.
+func headerHash(fields []Field, s *signature) [sha256.Size]byte {
+	var w strings.Builder
+	put := func(f Field, last bool) {
+		if s.relaxedHeader {
+			relaxedHeader(&w, f.Name, f.Value)
+			if !last {
+				w.WriteString("\r\n")
+			}
+			return
+		}
+		writeField(&w, f)
+		if last {
+			str := w.String()
+			w.Reset()
+			w.WriteString(strings.TrimSuffix(str, "\r\n"))
+		}
+	}
+	taken := make(map[string]int, len(s.headers))
+	for _, h := range s.headers {
+		name := strings.ToLower(h)
+		skip := taken[name]
+		for j := len(fields) - 1; j >= 0; j-- {
+			if !strings.EqualFold(fields[j].Name, h) {
+				continue
+			}
+			if skip == 0 {
+				put(fields[j], false)
+				taken[name]++
+				break
+			}
+			skip--
+		}
+	}
+	put(Field{Name: s.field.Name, Value: withoutB(s.field.Value)}, true)
+	return sha256.Sum256([]byte(w.String()))
+}
 
 // writeField writes a field as it was in the message. The MTA dropped
 // the space after the colon; a value that starts with a tab or a line
@@ -184,73 +255,69 @@ func writeField(b *strings.Builder, f Field) {
 	b.WriteString("\r\n")
 }
 
-// Write feeds a body chunk, as the MTA sent it (CRLF line ends), to the
-// verifier; it returns once the verifier has read it. Past max_bytes the
-// rest is only counted.
+// Write hashes a body chunk, as the MTA sent it (CRLF line ends). Past
+// max_bytes the rest is only counted.
 func (m *Message) Write(chunk []byte) {
-	if m.pw == nil || m.cut {
+	if m.cut || (m.simple == nil && m.relaxed == nil) {
 		return
 	}
 	if left := m.v.maxBytes - m.written; int64(len(chunk)) > left {
 		chunk, m.cut = chunk[:left], true
 	}
 	m.written += int64(len(chunk))
-	if _, err := m.pw.Write(chunk); err != nil {
-		m.pw = nil // the verifier is done reading: a failure found early
+	if m.simple != nil {
+		m.simple.Write(chunk)
+	}
+	if m.relaxed != nil {
+		m.relaxed.Write(chunk)
 	}
 }
 
 // Finish ends the body and returns each signature's result, from the top
 // of the header, at most max_signatures; nil for a message without one.
 // ctx bounds the wait for the key lookups still under way.
-func (m *Message) Finish(ctx context.Context) []Result {
+func (m *Message) Finish(ctx context.Context) (out []Result) {
 	if len(m.sigs) == 0 {
 		return nil
-	}
-	if m.pw != nil {
-		m.pw.Close()
-		m.pw = nil
 	}
 	select {
 	case <-m.done:
 	case <-ctx.Done():
-		m.cancel() // the lookups give up, and the verifier with them
+		m.cancel() // the lookups give up
 		<-m.done
 	}
 	m.cancel()
-	return m.results()
-}
-
-// Close drops a message not finished (aborted, refused, or ended with its
-// session).
-func (m *Message) Close() {
-	if m.pw != nil {
-		m.pw.CloseWithError(errStopped)
-		m.pw = nil
+	var simpleSum, relaxedSum []byte
+	if m.simple != nil {
+		simpleSum = m.simple.Sum()
 	}
-	if m.cancel != nil {
-		m.cancel()
+	if m.relaxed != nil {
+		relaxedSum = m.relaxed.Sum()
 	}
-}
-
-func (m *Message) results() []Result {
-	out := make([]Result, len(m.sigs))
+	out = make([]Result, len(m.sigs))
 	for i, s := range m.sigs {
 		r := Result{Domain: s.d, Identifier: s.i, Selector: s.s, Algorithm: s.a, B: s.b}
 		if r.Identifier == "" && r.Domain != "" {
 			r.Identifier = "@" + r.Domain
 		}
-		var err error
-		switch {
-		case i < len(m.verifs) && m.verifs[i] != nil:
-			err = m.verifs[i].Err
-		case m.err != nil:
-			err = m.err
-		default:
-			err = errors.New("not verified")
+		body := simpleSum
+		if s.relaxedBody {
+			body = relaxedSum
 		}
-		r.Value, r.Reason = judge(err)
-		m.applyKeyFlags(&r)
+		m.mu.Lock()
+		ka := m.keys[strings.ToLower(s.keyName())]
+		m.mu.Unlock()
+		var err error
+		func() {
+			defer guard.RecoverErr(m.v.log, "dkim verify", &err)
+			r.Value, r.Reason = judge(s, m.heads[i], body, ka)
+		}()
+		if err != nil {
+			r.Value, r.Reason = TempError, "internal error"
+		}
+		if ka.k != nil {
+			applyKeyFlags(&r, ka.k)
+		}
 		if m.cut && r.Value == Fail {
 			r.Value, r.Reason = Neutral, "message over max_bytes: its body was verified up to the cap only"
 		}
@@ -259,82 +326,61 @@ func (m *Message) results() []Result {
 	return out
 }
 
-// judge maps go-msgauth's error for one signature to a result.
-func judge(err error) (string, string) {
+// judge verifies one signature.
+func judge(s *signature, head [sha256.Size]byte, body []byte, ka keyAnswer) (value, reason string) {
 	switch {
-	case err == nil:
-		return Pass, ""
-	case msgdkim.IsTempFail(err):
-		return TempError, err.Error()
-	case msgdkim.IsPermFail(err):
-		return PermError, err.Error()
+	case s.bad != nil:
+		return s.bad.value, s.bad.reason
+	case ka.bad != nil:
+		return ka.bad.value, ka.bad.reason
+	case ka.k == nil:
+		return TempError, "key unavailable: the lookup did not finish"
+	case ka.k.algo != s.keyAlgo:
+		return PermError, "inappropriate key algorithm"
+	case ka.k.hashAlgs != nil && !containsFold(ka.k.hashAlgs, "sha256"):
+		return PermError, "inappropriate hash algorithm"
+	case subtle.ConstantTimeCompare(body, s.bodyHash) != 1:
+		return Fail, "body hash did not verify"
 	}
-	var pe *guard.PanicError
-	if errors.As(err, &pe) {
-		return TempError, "internal error"
+	var err error
+	if ka.k.algo == "rsa" {
+		err = rsa.VerifyPKCS1v15(ka.k.rsa, crypto.SHA256, head[:], s.sig)
+	} else if !ed25519.Verify(ka.k.ed25519, head[:], s.sig) {
+		err = errors.New("ed25519 verification error")
 	}
-	return Fail, err.Error()
+	if err != nil {
+		return Fail, "signature did not verify: " + err.Error()
+	}
+	return Pass, ""
+}
+
+// Close drops a message not finished (aborted, refused, or ended with its
+// session): its key lookups stop.
+func (m *Message) Close() {
+	if m.cancel != nil {
+		m.cancel()
+	}
 }
 
 // applyKeyFlags honours the t= flags of the key record (RFC 6376
-// §3.6.1): y, the domain is testing DKIM, and its signatures must count
-// as if the message were unsigned; s, the key signs for d= itself only,
-// so an i= in a subdomain is refused.
-func (m *Message) applyKeyFlags(r *Result) {
+// §3.6.1): s, the key signs for d= itself only, so an i= in a subdomain
+// is refused; y, the domain is testing DKIM, and its signatures must
+// count as if the message were unsigned.
+func applyKeyFlags(r *Result, k *key) {
 	if r.Value != Pass && r.Value != Fail {
 		return
 	}
-	m.mu.Lock()
-	rec, ok := m.keys[strings.ToLower(r.Selector+"._domainkey."+r.Domain)]
-	m.mu.Unlock()
-	if !ok {
-		return
-	}
-	flags := tagValue(rec, "t")
-	for f := range strings.SplitSeq(flags, ":") {
-		if strings.TrimSpace(f) == "s" {
-			_, idom, _ := strings.Cut(r.Identifier, "@")
-			if !strings.EqualFold(strings.TrimSuffix(idom, "."), strings.TrimSuffix(r.Domain, ".")) {
-				r.Value, r.Reason = PermError, "key flag t=s: i= must be in d= itself, not a subdomain"
-				return
-			}
-		}
-	}
-	for f := range strings.SplitSeq(flags, ":") {
-		if strings.TrimSpace(f) == "y" {
-			r.Reason = "key in testing mode (t=y): the signature " + map[bool]string{true: "verified", false: "did not verify"}[r.Value == Pass] + " and counts as none"
-			r.Value = Neutral
+	if k.strict {
+		_, idom, _ := strings.Cut(r.Identifier, "@")
+		if !strings.EqualFold(strings.TrimSuffix(idom, "."), strings.TrimSuffix(r.Domain, ".")) {
+			r.Value, r.Reason = PermError, "key flag t=s: i= must be in d= itself, not a subdomain"
 			return
 		}
 	}
-}
-
-// signature is what the result needs of a DKIM-Signature and go-msgauth
-// does not return: the tags as the signer wrote them, whitespace removed.
-type signature struct{ d, i, s, a, b string }
-
-func parseSignature(v string) signature {
-	return signature{
-		d: tagValue(v, "d"), i: tagValue(v, "i"), s: tagValue(v, "s"), a: tagValue(v, "a"),
-		b: prefix(tagValue(v, "b"), 12),
+	if k.testing {
+		r.Reason = "key in testing mode (t=y): the signature " + map[bool]string{true: "verified", false: "did not verify"}[r.Value == Pass] + " and counts as none"
+		r.Value = Neutral
 	}
-}
-
-// tagValue finds tag name in a tag=value list, folding whitespace
-// removed; "" when absent.
-func tagValue(list, name string) string {
-	for t := range strings.SplitSeq(list, ";") {
-		k, v, ok := strings.Cut(t, "=")
-		if ok && strings.TrimSpace(k) == name {
-			return strings.Map(func(r rune) rune {
-				if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
-					return -1
-				}
-				return r
-			}, v)
-		}
-	}
-	return ""
 }
 
 func prefix(s string, n int) string {
