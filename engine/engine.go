@@ -206,13 +206,14 @@ func (e *Engine) computeNeeds() smtp.Needs {
 	// (Postfix has no {msg_size}): bytes rules need the header lines too.
 	size := e.lim.Needs(smtp.Data)
 	n := smtp.Needs{
-		Helo:     checks || e.lim.UsesHelo() || e.alerts != nil, // alerts name the HELO
-		Rcpt:     e.lim.Needs(smtp.Rcpt),
-		Header:   edits || size || message,
-		Body:     size || e.dkim != nil,
-		Edits:    edits,
-		SASLUser: checks || message || e.lim.UsesSASLUser(),
-		QueueID:  true, // every refusal's log line names it
+		Helo:         checks || e.lim.UsesHelo() || e.alerts != nil, // alerts name the HELO
+		Rcpt:         e.lim.Needs(smtp.Rcpt),
+		Header:       edits || size || message,
+		Body:         size || e.dkim != nil,
+		ExactHeaders: e.dkim != nil,
+		Edits:        edits,
+		SASLUser:     checks || message || e.lim.UsesSASLUser(),
+		QueueID:      true, // every refusal's log line names it
 	}
 	// Nothing after MAIL FROM can change the answer or the message: no
 	// rule counts recipients or bytes, and no header is ever written. The

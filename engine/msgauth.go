@@ -49,12 +49,12 @@ func (s *Session) dmarcOn() bool {
 }
 
 // messageHeader keeps what DKIM and DMARC read of a header field.
-func (s *Session) messageHeader(name, value string) {
+func (s *Session) messageHeader(f dkim.Field) {
 	if s.dkimOn() {
-		s.ma.fields = append(s.ma.fields, dkim.Field{Name: name, Value: value})
+		s.ma.fields = append(s.ma.fields, f)
 	}
-	if s.dmarcOn() && strings.EqualFold(name, "From") {
-		s.ma.from = append(s.ma.from, value)
+	if s.dmarcOn() && strings.EqualFold(f.Name, "From") {
+		s.ma.from = append(s.ma.from, strings.TrimPrefix(f.Value, " "))
 	}
 }
 

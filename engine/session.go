@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"sluice/auth"
+	"sluice/auth/dkim"
 	"sluice/limits"
 	"sluice/policy"
 	"sluice/smtp"
@@ -128,6 +129,16 @@ func (s *Session) SetMacros(m smtp.Macros) {
 // Header counts a header field into the message's size and notes the
 // fields that only sluice may write, to remove them at end of message.
 func (s *Session) Header(name, value string) {
+	s.header(name, value, dkim.Field{Name: name, Value: value})
+}
+
+// ExactHeader is Header for a value with its leading space, if any:
+// DKIM reads it as it is, the rest without the space, as Header has it.
+func (s *Session) ExactHeader(name, value string) {
+	s.header(name, strings.TrimPrefix(value, " "), dkim.Field{Name: name, Value: value, Exact: true})
+}
+
+func (s *Session) header(name, value string, f dkim.Field) {
 	if s.seen == nil {
 		s.seen = make(map[string]int)
 	}
@@ -142,7 +153,7 @@ func (s *Session) Header(name, value string) {
 	if !s.f.Trusted && (hasPrefixFold(name, "X-Sluice-") || s.e.auth != nil && s.e.auth.Forged(name, value)) {
 		s.strip = append(s.strip, headerRef{name: name, index: s.seen[key]})
 	}
-	s.messageHeader(name, value)
+	s.messageHeader(f)
 }
 
 // Body counts a chunk of the message body, and streams it into the DKIM

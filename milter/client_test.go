@@ -89,9 +89,15 @@ func (m *mta) to(step int) error {
 	return nil
 }
 
+// HeaderField sends a field whose value is as MTAs send it by default,
+// without the space after the colon; it puts the space back, as Postfix
+// and Sendmail do, when the milter asked for it (SMFIP_HDR_LEADSPC).
 func (m *mta) HeaderField(name, value string) (*milter.Action, error) {
 	if err := m.to(afterData); err != nil {
 		return nil, err
+	}
+	if m.ClientSession.ProtocolOption(milter.OptHeaderLeadingSpace) {
+		value = " " + value
 	}
 	return m.ClientSession.HeaderField(name, value, nil)
 }

@@ -53,11 +53,12 @@ func TestMessageChecksNegotiation(t *testing.T) {
 			base | milter.OptNoBody | milter.OptNoRcptTo | milter.OptNoHelo},
 		{"a bytes rule", enginetest.Setup{Rules: []limits.Rule{{Name: "b", Count: "bytes", Per: "sender", Rate: "1MB/1h"}}},
 			base | milter.OptNoRcptTo | milter.OptNoHelo},
-		// With them: the header and the body.
+		// With them: the header and the body, DKIM's header values as
+		// written (the space after the colon kept).
 		{"DKIM", enginetest.Setup{Rules: limitsOnly, Auth: checker, DKIM: verifier, Accept: true},
-			base | milter.OptNoRcptTo | milter.OptNoHelo},
+			base | milter.OptNoRcptTo | milter.OptNoHelo | milter.OptHeaderLeadingSpace},
 		{"DKIM and DMARC", enginetest.Setup{Rules: limitsOnly, Auth: checker, DKIM: verifier, DMARC: evaluator, Accept: true},
-			base | milter.OptNoRcptTo | milter.OptNoHelo},
+			base | milter.OptNoRcptTo | milter.OptNoHelo | milter.OptHeaderLeadingSpace},
 		{"DMARC alone reads the header, not the body", enginetest.Setup{Rules: limitsOnly, Auth: checker, DMARC: evaluator},
 			base | milter.OptNoRcptTo | milter.OptNoHelo | milter.OptNoBody},
 	} {

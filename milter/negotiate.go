@@ -44,6 +44,9 @@ func negotiate(n smtp.Needs) offer {
 	if !n.Body {
 		o.protocol |= milter.OptNoBody
 	}
+	if n.ExactHeaders {
+		o.protocol |= milter.OptHeaderLeadingSpace
+	}
 	for _, q := range []struct {
 		answers bool
 		flag    milter.OptProtocol

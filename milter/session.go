@@ -136,7 +136,12 @@ func (s *session) Data(m milter.Modifier) (*milter.Response, error) {
 func (s *session) Header(name, value string, m milter.Modifier) (resp *milter.Response, err error) {
 	defer s.failOnPanic(&resp, &err)
 	defer guard.RecoverErr(s.log, "milter session", &err)
-	s.open().Header(name, value)
+	es := s.open()
+	if x, ok := es.(smtp.ExactHeaderSession); ok && m.Protocol()&milter.OptHeaderLeadingSpace != 0 {
+		x.ExactHeader(name, value)
+	} else {
+		es.Header(name, value)
+	}
 	return milter.RespContinue, nil
 }
 

@@ -271,6 +271,10 @@ type Needs struct {
 	Rcpt   bool // each RCPT TO
 	Header bool // the header fields (forged ones removed, a size counted, DKIM, DMARC's From)
 	Body   bool // the body: its size, or its bytes for DKIM
+	// ExactHeaders: header values as written after the colon, the
+	// leading space the MTA usually drops kept (DKIM's simple header
+	// canonicalisation hashes it). Given through ExactHeaderSession.
+	ExactHeaders bool
 	// Edits: the end of message may change the message (tags, holds,
 	// check results), so forged copies of sluice's fields must be seen.
 	Edits    bool
@@ -315,6 +319,15 @@ type Session interface {
 	EndMessage(ctx context.Context, accepted bool)
 	// Close ends the session and frees what it holds.
 	Close(ctx context.Context)
+}
+
+// ExactHeaderSession is a Session that can take a header field's value
+// exactly as written after the colon, leading whitespace included, where
+// the front end has it so (milter SMFIP_HDR_LEADSPC, a message file).
+// Header's value lacks the one space after the colon that MTAs drop.
+type ExactHeaderSession interface {
+	Session
+	ExactHeader(name, value string)
 }
 
 // BodySizer is a Session that can count body bytes it is not shown: a

@@ -122,7 +122,7 @@ func FuzzParseSignature(f *testing.F) {
 			t.Fatalf("%q parsed good without what verifying needs: %+v", sig, s)
 		}
 		if s.bad == nil {
-			headerHash([]Field{{"From", "a@b"}, {"DKIM-Signature", sig}}, s)
+			headerHash([]Field{{Name: "From", Value: "a@b"}, {Name: "DKIM-Signature", Value: sig}}, s)
 		}
 		if k, p := parseKey(rec); (k == nil) == (p == nil) {
 			t.Fatalf("%q: key %v and problem %v", rec, k, p)

@@ -84,8 +84,12 @@ func New(cfg *Config, res Resolver, budget int, log *zap.Logger) (*Verifier, err
 func (v *Verifier) SkipAuthenticated() bool { return v.skipAuth }
 
 // Field is one header field as the MTA passed it: the value without the
-// space after the colon, folded lines joined with "\n" or "\r\n".
-type Field struct{ Name, Value string }
+// space after the colon, or, when Exact, as written after the colon;
+// folded lines joined with "\n" or "\r\n".
+type Field struct {
+	Name, Value string
+	Exact       bool
+}
 
 // IsSignature reports whether a field is a DKIM-Signature.
 func IsSignature(name string) bool { return strings.EqualFold(name, "DKIM-Signature") }
@@ -233,17 +237,20 @@ func headerHash(fields []Field, s *signature) [sha256.Size]byte {
 			skip--
 		}
 	}
-	put(Field{Name: s.field.Name, Value: withoutB(s.field.Value)}, true)
+	own := s.field
+	own.Value = withoutB(own.Value)
+	put(own, true)
 	return sha256.Sum256([]byte(w.String()))
 }
 
-// writeField writes a field as it was in the message. The MTA dropped
-// the space after the colon; a value that starts with a tab or a line
-// break had none to drop (simple canonicalisation sees the difference).
+// writeField writes a field as it was in the message. Unless the value
+// is exact, the MTA dropped a space after the colon: one is put back,
+// except before a value that starts with a tab or a line break, which
+// had none to drop (simple canonicalisation sees the difference).
 func writeField(b *strings.Builder, f Field) {
 	b.WriteString(f.Name)
 	b.WriteByte(':')
-	if f.Value != "" && f.Value[0] != '\t' && f.Value[0] != '\n' && f.Value[0] != '\r' {
+	if !f.Exact && f.Value != "" && f.Value[0] != '\t' && f.Value[0] != '\n' && f.Value[0] != '\r' {
 		b.WriteByte(' ')
 	}
 	for i := 0; i < len(f.Value); i++ {

@@ -153,8 +153,8 @@ type field struct{ name, value string }
 // maxMessageFile bounds the message file explain reads.
 const maxMessageFile = 64 << 20
 
-// splitMessage cuts a message into the header fields a milter receives
-// (the value without the space after the colon, folded lines kept) and a
+// splitMessage cuts a message into its header fields, values as written
+// after the colon (leading space and folded lines kept) and a
 // body with CRLF line ends, whatever line ends the file has.
 func splitMessage(raw []byte) ([]field, []byte, error) {
 	if len(raw) > maxMessageFile {
@@ -178,7 +178,7 @@ func splitMessage(raw []byte) ([]field, []byte, error) {
 		if !ok || name == "" || strings.ContainsAny(name, " \t") {
 			return nil, nil, fmt.Errorf("line %d: not a header field: %q", i+1, smtp.Printable(line, 80))
 		}
-		fs = append(fs, field{name, strings.TrimPrefix(value, " ")})
+		fs = append(fs, field{name, value}) // as written: DKIM's simple form hashes the space
 	}
 	return fs, []byte(strings.ReplaceAll(body, "\n", "\r\n")), nil
 }
@@ -297,7 +297,7 @@ func (x *explainer) session(p *private, keepOpen bool) result {
 	}
 	if x.message {
 		for _, f := range x.fields {
-			s.Header(f.name, f.value)
+			s.ExactHeader(f.name, f.value)
 		}
 		for rest := x.body; len(rest) > 0; {
 			n := min(len(rest), 65535) // Postfix's chunks

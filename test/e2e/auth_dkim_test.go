@@ -97,6 +97,15 @@ func signedBy(k *dkimtest.Key, from, subject string, relaxed bool) []byte {
 	return dkimtest.Sign(dkimtest.Message(from, rcpt, subject, 3000), k, dkimtest.Options{Relaxed: relaxed})
 }
 
+// spacedSimple is signed simple/simple over header fields written with
+// no space after the colon and with two: it verifies only if the MTA
+// passed them as written (SMFIP_HDR_LEADSPC), not with one space dropped.
+func spacedSimple(k *dkimtest.Key, from string) []byte {
+	msg := dkimtest.Message(from, rcpt, "spaced", 1000)
+	msg = bytes.Replace(msg, []byte("Subject: spaced"), []byte("Subject:  two  spaces\r\nKeywords:tight"), 1)
+	return dkimtest.Sign(msg, k, dkimtest.Options{Headers: []string{"From", "To", "Subject", "Keywords", "Date", "Message-ID"}})
+}
+
 func dkimCases() []dkimCase {
 	plain := func(from, subject string) []byte { return dkimtest.Message(from, rcpt, subject, 500) }
 	// Its own Subject tells it apart: it signs the absence of a second
@@ -108,6 +117,8 @@ func dkimCases() []dkimCase {
 			results: []string{"spf=pass", "dkim=pass", "dmarc=pass"}, has: []string{"header.d=rsa.example", "header.s=r2048", "header.a=rsa-sha256", "header.i=@rsa.example"}},
 		{name: "ed25519", sender: "b@bounces.example", msg: signedBy(dkimEd, "a@ed.example", "ed25519", true),
 			results: []string{"spf=pass", "dkim=pass", "dmarc=pass"}, has: []string{"header.a=ed25519-sha256", "header.s=ed"}},
+		{name: "simple header canonicalisation, fields written with no space and with two", sender: "b@bounces.example", msg: spacedSimple(dkimEd, "a@ed.example"),
+			results: []string{"spf=pass", "dkim=pass", "dmarc=pass"}},
 		{name: "rfc 8463 example", sender: "b@bounces.example", msg: rfc8463,
 			results: []string{"spf=pass", "dkim=pass", "dkim=pass", "dmarc=none"}, has: []string{"header.s=brisbane", "header.s=test", "header.b=/gCrinpcQOoI"}},
 		{name: "changed body", sender: "b@bounces.example",

@@ -390,6 +390,9 @@ func (w *worker) message(s *milter.ClientSession, macros *milter.MacroBag, k, m,
 	if !s.ProtocolOption(milter.OptNoHeaders) {
 		for h := 0; h < cfg.Headers; h++ {
 			name, value := header(h, sender, qid)
+			if s.ProtocolOption(milter.OptHeaderLeadingSpace) {
+				value = " " + value // as an MTA sends it when asked to keep the space
+			}
 			act, err := w.timed(stHeader, func() (*milter.Action, error) { return s.HeaderField(name, value, nil) })
 			if err != nil {
 				return err

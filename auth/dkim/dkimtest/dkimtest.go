@@ -187,7 +187,10 @@ func RFC8463Key() *Key {
 
 // Field is one header field as a milter receives it: the value without
 // the space after the colon, folded lines joined with "\r\n".
-type Field struct{ Name, Value string }
+type Field struct {
+	Name, Value string
+	Exact       bool
+}
 
 // Split cuts a message into the header fields a milter receives and its
 // body.
