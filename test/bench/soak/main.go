@@ -10,9 +10,10 @@
 // 10 s it samples RSS and open fds (/proc), Go heap in use and goroutines
 // (/metrics), p99 per stage and CPU per message (from the load generator's
 // interval records). It writes soak.csv and soak.png into -out, prints a
-// table and a verdict: after -warmup each curve within ±10% of its median,
-// and the fds and goroutines of the idle daemon after the run equal those
-// before it. The exit code is 1 when the verdict fails.
+// table and a verdict: after -warmup each curve, taken a minute at a time
+// (-judge), within ±10% of its median, and the fds and goroutines of the
+// idle daemon after the run equal those before it. The exit code is 1
+// when the verdict fails. -rejudge FILE judges an earlier soak.csv again.
 //
 // test/bench/soak/run builds the binaries and runs this. It is a
 // benchmark, not part of the test suite's pass/fail.
@@ -23,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -42,6 +44,7 @@ type settings struct {
 	clients, senders         int
 	messages, concurrency    int
 	tolerance                float64
+	judge                    time.Duration
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -66,8 +69,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&s.messages, "messages", 5, "messages per session")
 	fs.IntVar(&s.concurrency, "concurrency", 20, "sessions open at once")
 	fs.Float64Var(&s.tolerance, "tolerance", 0.10, "how far from its median a curve may stray after the warmup")
+	fs.DurationVar(&s.judge, "judge", time.Minute, "the window the verdict judges each curve over (the schedule's period: a snapshot, a counters top and fresh keys each minute)")
+	rejudge := fs.String("rejudge", "", "judge the curves of an earlier run's soak.csv again (with -duration, -warmup, -sample, -judge, -tolerance as it ran) and run nothing")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *rejudge != "" {
+		samples, err := readCSV(*rejudge)
+		if err != nil {
+			fmt.Fprintln(stderr, "soak:", err)
+			return 1
+		}
+		if why := judgeCurves(stdout, s, samples); len(why) > 0 {
+			fmt.Fprintf(stdout, "\nCURVES: FAIL\n  %s\n", strings.Join(why, "\n  "))
+			return 1
+		}
+		fmt.Fprintln(stdout, "\nCURVES: PASS")
+		return 0
 	}
 	if s.sluice == "" || s.load == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "soak: -sluice and -load are required; no arguments")

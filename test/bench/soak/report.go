@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // stages are test/load's stage names in protocol order; "message" is a
@@ -88,6 +89,123 @@ func median(v []float64) float64 {
 	return (v[n/2-1] + v[n/2]) / 2
 }
 
+// windows folds consecutive samples into windows of length d: what a
+// window ran at. Rates (messages/s, CPU per message) are weighted by the
+// messages of each sample; gauges and p99s are the window's median. The
+// soak's schedule repeats every minute (a snapshot, a counters top, fresh
+// keys), so a 10 s sample holds that work or not, and its CPU and tail
+// swing with the schedule; a whole minute holds one of each.
+func windows(samples []sample, d time.Duration) []sample {
+	var out []sample
+	for i := 0; i < len(samples); {
+		j := i
+		var span time.Duration
+		for j < len(samples) && span < d*9/10 {
+			span += samples[j].length
+			j++
+		}
+		if span < d*9/10 {
+			break // a partial window at the end
+		}
+		out = append(out, fold(samples[i:j]))
+		i = j
+	}
+	return out
+}
+
+func fold(ss []sample) sample {
+	med := func(f func(sample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s)
+		}
+		return median(v)
+	}
+	w := sample{at: ss[len(ss)-1].at, p99: map[string]float64{}}
+	var msgs, cpu float64
+	for _, s := range ss {
+		w.length += s.length
+		n := s.msgsPerSec * s.length.Seconds()
+		msgs += n
+		cpu += s.cpuPerMsg * n
+	}
+	w.msgsPerSec = msgs / w.length.Seconds()
+	if msgs > 0 {
+		w.cpuPerMsg = cpu / msgs
+	}
+	w.rssMB = med(func(s sample) float64 { return s.rssMB })
+	w.heapMB = med(func(s sample) float64 { return s.heapMB })
+	w.heapGoalMB = med(func(s sample) float64 { return s.heapGoalMB })
+	w.goroutines = int(med(func(s sample) float64 { return float64(s.goroutines) }))
+	w.fds = int(med(func(s sample) float64 { return float64(s.fds) }))
+	w.keys = med(func(s sample) float64 { return s.keys })
+	for _, st := range stages {
+		var v []float64
+		for _, s := range ss {
+			if x, ok := s.p99[st]; ok {
+				v = append(v, x)
+			}
+		}
+		if len(v) > 0 {
+			w.p99[st] = median(v)
+		}
+	}
+	return w
+}
+
+// spread is a curve's median over samples, its extremes, and how far the
+// farthest strays from the median, as a fraction of it.
+func spread(c curve, samples []sample) (med, lo, hi, worst float64, ok bool) {
+	var v []float64
+	for _, sm := range samples {
+		if x, ok := c.get(sm); ok {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return 0, 0, 0, 0, false
+	}
+	med = median(v)
+	lo, hi = slices.Min(v), slices.Max(v)
+	if med != 0 {
+		worst = math.Max(hi-med, med-lo) / med
+	}
+	return med, lo, hi, worst, true
+}
+
+// judgeCurves prints the curves' table and returns why any failed: each
+// judged curve, over windows of s.judge after the warmup, within
+// ±tolerance of its median. The 10 s samples' own spread is printed
+// beside it.
+func judgeCurves(w io.Writer, s settings, samples []sample) []string {
+	var why []string
+	js := judged(s, samples)
+	ws := windows(js, s.judge)
+	fmt.Fprintf(w, "\n%d samples every %v; the verdict judges the %d whole ones after %v, folded into %d windows of %v (±%.0f%% of each median)\n",
+		len(samples), s.sample, len(js), s.warmup, len(ws), s.judge, s.tolerance*100)
+	fmt.Fprintf(w, "%-22s %10s %10s %10s %10s %10s  %s\n", "curve", "median", "min", "max", "worst", "worst "+s.sample.String(), "verdict")
+	if len(ws) == 0 {
+		why = append(why, "no whole window after the warmup: run longer than -warmup plus -judge")
+	}
+	for _, c := range curves(samples) {
+		med, lo, hi, worst, ok := spread(c, ws)
+		if !ok {
+			continue
+		}
+		_, _, _, raw, _ := spread(c, js)
+		verdict := "-"
+		if c.judged {
+			verdict = "ok"
+			if worst > s.tolerance {
+				verdict = "OUTSIDE"
+				why = append(why, fmt.Sprintf("%s strays %.0f%% from its median", c.name, worst*100))
+			}
+		}
+		fmt.Fprintf(w, "%-22s %10.3f %10.3f %10.3f %9.1f%% %9.1f%%  %s\n", c.name, med, lo, hi, worst*100, raw*100, verdict)
+	}
+	return why
+}
+
 // report prints the table and the verdict, and reports whether it passed.
 func report(w io.Writer, s settings, r *result) bool {
 	pass := true
@@ -96,38 +214,9 @@ func report(w io.Writer, s settings, r *result) bool {
 		pass = false
 		why = append(why, fmt.Sprintf(format, args...))
 	}
-	js := judged(s, r.samples)
-	fmt.Fprintf(w, "\n%d samples every %v; the verdict judges the %d whole ones after %v (±%.0f%% of each median)\n",
-		len(r.samples), s.sample, len(js), s.warmup, s.tolerance*100)
-	fmt.Fprintf(w, "%-22s %10s %10s %10s %8s  %s\n", "curve", "median", "min", "max", "worst", "verdict")
-	if len(js) == 0 {
-		fail("no sample after the warmup: run longer than -warmup")
-	}
-	for _, c := range curves(r.samples) {
-		var v []float64
-		for _, sm := range js {
-			if x, ok := c.get(sm); ok {
-				v = append(v, x)
-			}
-		}
-		if len(v) == 0 {
-			continue
-		}
-		med := median(v)
-		lo, hi := slices.Min(v), slices.Max(v)
-		worst := 0.0
-		if med != 0 {
-			worst = math.Max(hi-med, med-lo) / med
-		}
-		verdict := "-"
-		if c.judged {
-			verdict = "ok"
-			if worst > s.tolerance {
-				verdict = "OUTSIDE"
-				fail("%s strays %.0f%% from its median", c.name, worst*100)
-			}
-		}
-		fmt.Fprintf(w, "%-22s %10.3f %10.3f %10.3f %7.1f%%  %s\n", c.name, med, lo, hi, worst*100, verdict)
+	if curveWhy := judgeCurves(w, s, r.samples); len(curveWhy) > 0 {
+		pass = false
+		why = append(why, curveWhy...)
 	}
 
 	fmt.Fprintf(w, "\nidle fds:        before %d, after %d\n", r.before.fds, r.after.fds)
@@ -209,4 +298,58 @@ func writeCSV(path string, samples []sample) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// readCSV reads back the samples writeCSV wrote.
+func readCSV(path string) ([]sample, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(rows) < 2 {
+		return nil, fmt.Errorf("%s: no samples", path)
+	}
+	col := make(map[string]int, len(rows[0]))
+	for i, name := range rows[0] {
+		col[name] = i
+	}
+	var out []sample
+	for n, row := range rows[1:] {
+		var bad error
+		num := func(name string) float64 {
+			i, ok := col[name]
+			if !ok || i >= len(row) {
+				bad = fmt.Errorf("no column %s", name)
+				return 0
+			}
+			v, err := strconv.ParseFloat(row[i], 64)
+			if err != nil && bad == nil {
+				bad = fmt.Errorf("column %s: %w", name, err)
+			}
+			return v
+		}
+		s := sample{
+			at: time.Duration(num("at_s") * float64(time.Second)), length: time.Duration(num("interval_s") * float64(time.Second)),
+			msgsPerSec: num("messages_per_s"), refused: int(num("refused")), errors: int(num("errors")),
+			rssMB: num("rss_mb"), heapMB: num("heap_inuse_mb"), heapGoalMB: num("heap_goal_mb"),
+			goroutines: int(num("goroutines")), fds: int(num("open_fds")), keys: num("store_keys"),
+			sessions: num("sessions_open"), snapAge: num("snapshot_age_s"), snapFailing: num("snapshot_failing"),
+			cpuPerMsg: num("cpu_ms_per_message"), p99: map[string]float64{},
+		}
+		for _, st := range stages {
+			if i, ok := col["p99_ms_"+st]; ok && i < len(row) && row[i] != "" {
+				s.p99[st] = num("p99_ms_" + st)
+			}
+		}
+		if bad != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, n+2, bad)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
