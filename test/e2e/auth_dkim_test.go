@@ -160,8 +160,8 @@ func dkimCases() []dkimCase {
 // subjectOf is the Subject a case's message carries.
 func subjectOf(msg []byte) string {
 	for _, line := range strings.Split(string(msg), "\r\n") {
-		if s, ok := strings.CutPrefix(line, "Subject: "); ok {
-			return s
+		if s, ok := strings.CutPrefix(line, "Subject:"); ok {
+			return strings.TrimSpace(s) // as mail.Header.Get reads it back
 		}
 	}
 	return ""
