@@ -61,6 +61,9 @@ type conn struct {
 	macros   []stageBytes
 	macroSum int64
 	client   string // the client address of the connect packet, for the log
+	// held is a packet header written but not yet sent, then the packet
+	// while it is sent; its array is kept for the next.
+	held []byte
 }
 
 // maxPacket is the longest packet handed on: the largest data size the
@@ -332,12 +335,31 @@ func (c *conn) cut(reason string, n, limit int64) error {
 // on it without a log line of its own; the cut was logged already.
 var errCut = io.EOF
 
+// Write sends what go-milter writes, a whole packet at a time. go-milter
+// writes a packet's length and command in one call and its data in
+// another; sent as they come they are two segments, and the MTA wakes for
+// the first only to find the packet incomplete and wait again. A header
+// that announces data is held and goes out with the data, which go-milter
+// always writes next, from the same goroutine.
 func (c *conn) Write(p []byte) (int, error) {
+	if len(c.held) == 0 && len(p) == packetHeader && binary.BigEndian.Uint32(p) > 1 {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
 	if c.idle > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
 	}
-	return c.Conn.Write(p)
+	if len(c.held) == 0 {
+		return c.Conn.Write(p)
+	}
+	c.held = append(c.held, p...)
+	n, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
+	return max(n-packetHeader, 0), err
 }
+
+// packetHeader is a packet's length and command byte.
+const packetHeader = 5
 
 // Close ends the connection and runs the close hook once. go-milter calls
 // it from the session's own goroutine when the session ends, for whatever
