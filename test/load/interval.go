@@ -11,15 +11,18 @@ import (
 // JSON while the round goes on, so that a long run can be watched and
 // charted (test/bench/soak reads them).
 type Interval struct {
-	At        time.Duration      `json:"at_ns"`     // end of the interval, since the round started
-	Length    time.Duration      `json:"length_ns"` // the last one may be short
-	Sessions  int                `json:"sessions"`  // ended in the interval
-	Messages  int                `json:"messages"`  // accepted in the interval
-	Refused   int                `json:"refused"`
-	Errors    int                `json:"errors"`
-	FirstErr  string             `json:"first_error,omitempty"`
-	CPUPerMsg float64            `json:"milter_cpu_ms_per_message,omitempty"`
-	P99       map[string]float64 `json:"p99_ms"` // per stage, of the commands answered in the interval
+	At        time.Duration `json:"at_ns"`     // end of the interval, since the round started
+	Length    time.Duration `json:"length_ns"` // the last one may be short
+	Sessions  int           `json:"sessions"`  // ended in the interval
+	Messages  int           `json:"messages"`  // accepted in the interval
+	Refused   int           `json:"refused"`
+	Errors    int           `json:"errors"`
+	FirstErr  string        `json:"first_error,omitempty"`
+	CPUPerMsg float64       `json:"milter_cpu_ms_per_message,omitempty"`
+	// SelfCPUPerMsg is the load generator's own: a process doing the same
+	// work per message all along, so what moves it is the machine.
+	SelfCPUPerMsg float64            `json:"load_cpu_ms_per_message,omitempty"`
+	P99           map[string]float64 `json:"p99_ms"` // per stage, of the commands answered in the interval
 }
 
 // seen is how much of a worker's figures earlier intervals took.
@@ -35,9 +38,10 @@ type reporter struct {
 	start   time.Time
 	pid     int
 
-	last    time.Duration
-	lastCPU time.Duration
-	err     error
+	last     time.Duration
+	lastCPU  time.Duration
+	lastSelf time.Duration
+	err      error
 
 	quit chan struct{}
 	done sync.WaitGroup
@@ -46,6 +50,7 @@ type reporter struct {
 func startReporter(w io.Writer, workers []*worker, start time.Time, every time.Duration, pid int) *reporter {
 	r := &reporter{enc: json.NewEncoder(w), workers: workers, start: start, pid: pid, quit: make(chan struct{})}
 	r.lastCPU, _ = procCPU(pid)
+	r.lastSelf = selfCPU()
 	r.done.Add(1)
 	go func() {
 		defer r.done.Done()
@@ -113,6 +118,11 @@ func (r *reporter) write() {
 			r.lastCPU = cpu
 		}
 	}
+	self := selfCPU()
+	if iv.Messages > 0 {
+		iv.SelfCPUPerMsg = ms(self-r.lastSelf) / float64(iv.Messages)
+	}
+	r.lastSelf = self
 	if err := r.enc.Encode(iv); err != nil && r.err == nil {
 		r.err = err
 	}
