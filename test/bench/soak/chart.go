@@ -24,7 +24,7 @@ var panels = []panel{
 	{"memory", "MB", []string{"RSS MB", "Go heap in use MB", "Go heap goal MB"}},
 	{"goroutines and open fds", "count", []string{"goroutines", "open fds"}},
 	{"store keys (max_keys)", "keys", []string{"store keys"}},
-	{"sluice CPU per message", "ms", []string{"CPU ms/message"}},
+	{"CPU per message: sluice, the load generator", "ms", []string{"CPU ms/message", "load gen CPU ms/message"}},
 	{"p99 per stage (load generator)", "ms", []string{"p99 ms "}},
 }
 

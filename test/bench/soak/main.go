@@ -35,6 +35,7 @@ func main() {
 // settings is what the command line chose.
 type settings struct {
 	sluice, load, out, policy string
+	sluiceCPUs, loadCPUs      string
 
 	duration, warmup, sample time.Duration
 	churn, hup, top          time.Duration
@@ -55,6 +56,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&s.load, "load", "", "test/load binary (required)")
 	fs.StringVar(&s.policy, "policy", "cmd/sluice/default.toml", "the rules: a config whose listen line is replaced and to which the soak's tables are added")
 	fs.StringVar(&s.out, "out", "", "directory for soak.csv, soak.png, the config and sluice's log (default: a new one in /tmp)")
+	fs.StringVar(&s.sluiceCPUs, "sluice-cpus", "", "run sluice on these CPUs (taskset -c LIST; default: wherever the kernel puts it)")
+	fs.StringVar(&s.loadCPUs, "load-cpus", "", "run the load generator on these CPUs (taskset -c LIST)")
 	fs.DurationVar(&s.duration, "duration", 60*time.Minute, "how long the load runs")
 	fs.DurationVar(&s.warmup, "warmup", 5*time.Minute, "start of the stretch the verdict judges")
 	fs.DurationVar(&s.sample, "sample", 10*time.Second, "sampling interval")

@@ -27,6 +27,12 @@ func always(f func(sample) float64) func(sample) (float64, bool) {
 	return func(s sample) (float64, bool) { return f(s), true }
 }
 
+// positive leaves out the samples where f is 0: a figure an older CSV
+// does not hold.
+func positive(f func(sample) float64) func(sample) (float64, bool) {
+	return func(s sample) (float64, bool) { v := f(s); return v, v > 0 }
+}
+
 func curves(samples []sample) []curve {
 	cs := []curve{
 		{"messages/s", true, always(func(s sample) float64 { return s.msgsPerSec })},
@@ -37,6 +43,13 @@ func curves(samples []sample) []curve {
 		{"open fds", true, always(func(s sample) float64 { return float64(s.fds) })},
 		{"store keys", false, always(func(s sample) float64 { return s.keys })},
 		{"CPU ms/message", true, always(func(s sample) float64 { return s.cpuPerMsg })},
+		{"load gen CPU ms/message", false, positive(func(s sample) float64 { return s.loadCPU })},
+		{"CPU / load gen's", false, positive(func(s sample) float64 {
+			if s.loadCPU == 0 {
+				return 0
+			}
+			return s.cpuPerMsg / s.loadCPU
+		})},
 	}
 	for _, st := range stages {
 		present := slices.ContainsFunc(samples, func(s sample) bool { _, ok := s.p99[st]; return ok })
@@ -122,16 +135,18 @@ func fold(ss []sample) sample {
 		return median(v)
 	}
 	w := sample{at: ss[len(ss)-1].at, p99: map[string]float64{}}
-	var msgs, cpu float64
+	var msgs, cpu, loadCPU float64
 	for _, s := range ss {
 		w.length += s.length
 		n := s.msgsPerSec * s.length.Seconds()
 		msgs += n
 		cpu += s.cpuPerMsg * n
+		loadCPU += s.loadCPU * n
 	}
 	w.msgsPerSec = msgs / w.length.Seconds()
 	if msgs > 0 {
 		w.cpuPerMsg = cpu / msgs
+		w.loadCPU = loadCPU / msgs
 	}
 	w.rssMB = med(func(s sample) float64 { return s.rssMB })
 	w.heapMB = med(func(s sample) float64 { return s.heapMB })
@@ -273,7 +288,7 @@ func writeCSV(path string, samples []sample) error {
 	}
 	w := csv.NewWriter(f)
 	head := []string{"at_s", "interval_s", "messages_per_s", "refused", "errors", "rss_mb", "heap_inuse_mb", "heap_goal_mb",
-		"goroutines", "open_fds", "store_keys", "sessions_open", "snapshot_age_s", "snapshot_failing", "cpu_ms_per_message"}
+		"goroutines", "open_fds", "store_keys", "sessions_open", "snapshot_age_s", "snapshot_failing", "cpu_ms_per_message", "load_cpu_ms_per_message"}
 	for _, st := range stages {
 		head = append(head, "p99_ms_"+st)
 	}
@@ -282,7 +297,7 @@ func writeCSV(path string, samples []sample) error {
 	for _, s := range samples {
 		row := []string{ff(s.at.Seconds()), ff(s.length.Seconds()), ff(s.msgsPerSec), strconv.Itoa(s.refused), strconv.Itoa(s.errors),
 			ff(s.rssMB), ff(s.heapMB), ff(s.heapGoalMB), strconv.Itoa(s.goroutines), strconv.Itoa(s.fds),
-			ff(s.keys), ff(s.sessions), ff(s.snapAge), ff(s.snapFailing), ff(s.cpuPerMsg)}
+			ff(s.keys), ff(s.sessions), ff(s.snapAge), ff(s.snapFailing), ff(s.cpuPerMsg), ff(s.loadCPU)}
 		for _, st := range stages {
 			if v, ok := s.p99[st]; ok {
 				row = append(row, ff(v))
@@ -340,6 +355,9 @@ func readCSV(path string) ([]sample, error) {
 			goroutines: int(num("goroutines")), fds: int(num("open_fds")), keys: num("store_keys"),
 			sessions: num("sessions_open"), snapAge: num("snapshot_age_s"), snapFailing: num("snapshot_failing"),
 			cpuPerMsg: num("cpu_ms_per_message"), p99: map[string]float64{},
+		}
+		if _, ok := col["load_cpu_ms_per_message"]; ok {
+			s.loadCPU = num("load_cpu_ms_per_message")
 		}
 		for _, st := range stages {
 			if i, ok := col["p99_ms_"+st]; ok && i < len(row) && row[i] != "" {

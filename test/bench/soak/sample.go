@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -24,8 +25,8 @@ type sample struct {
 	refused     int
 	errors      int
 	rssMB       float64 // /proc/PID/status VmRSS
-	heapMB      float64 // go_memstats_heap_inuse_bytes
-	heapGoalMB  float64 // go_memstats_next_gc_bytes: what the GC lets the heap grow to
+	heapMB      float64 // go_memstats_heap_inuse_bytes, the mean of a scrape a second
+	heapGoalMB  float64 // go_memstats_next_gc_bytes (what the GC lets the heap grow to), the same
 	goroutines  int     // go_goroutines
 	fds         int     // entries of /proc/PID/fd
 	keys        float64 // sluice_store_keys
@@ -33,7 +34,75 @@ type sample struct {
 	snapAge     float64 // sluice_snapshot_age_seconds
 	snapFailing float64 // sluice_snapshot_write_failing
 	cpuPerMsg   float64 // ms of sluice's CPU per message, from /proc stat deltas
+	loadCPU     float64 // ms of the load generator's own CPU per message
 	p99         map[string]float64
+}
+
+func heapOf(m metricFamilies) (inUse, goal float64) {
+	return m.value("go_memstats_heap_inuse_bytes") / (1 << 20), m.value("go_memstats_next_gc_bytes") / (1 << 20)
+}
+
+// heapMeter scrapes the heap once a second between samples. Heap in use
+// climbs from the live heap to the goal and drops at each collection,
+// several times a second at the soak's rates; one reading every 10 s
+// lands anywhere on that saw, so a sample's spread would be the saw's,
+// not the daemon's. The mean of ten readings is the level a leak would
+// move.
+type heapMeter struct {
+	mu          sync.Mutex
+	inUse, goal float64
+	n           int
+	quit        chan struct{}
+	done        sync.WaitGroup
+}
+
+func startHeapMeter(addr string, every time.Duration) *heapMeter {
+	h := &heapMeter{quit: make(chan struct{})}
+	h.done.Add(1)
+	go func() {
+		defer h.done.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+			case <-h.quit:
+				return
+			}
+			m, err := scrape(addr)
+			if err != nil {
+				continue // the sample's own scrape reports a daemon that does not answer
+			}
+			inUse, goal := heapOf(m)
+			h.mu.Lock()
+			h.inUse += inUse
+			h.goal += goal
+			h.n++
+			h.mu.Unlock()
+		}
+	}()
+	return h
+}
+
+// take returns the means since the last take, 0 when there was no reading.
+func (h *heapMeter) take() (inUse, goal float64) {
+	if h == nil {
+		return 0, 0
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n > 0 {
+		inUse, goal = h.inUse/float64(h.n), h.goal/float64(h.n)
+	}
+	h.inUse, h.goal, h.n = 0, 0, 0
+	return inUse, goal
+}
+
+func (h *heapMeter) stop() {
+	if h != nil {
+		close(h.quit)
+		h.done.Wait()
+	}
 }
 
 // idle is what the daemon holds with no session open.
@@ -56,14 +125,18 @@ func (d *daemon) sample(rec loadRecord) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
+	heap, goal := d.heap.take()
+	if heap == 0 {
+		heap, goal = heapOf(m)
+	}
 	s := sample{
 		at:          rec.At,
 		length:      rec.Length,
 		refused:     rec.Refused,
 		errors:      rec.Errors,
 		rssMB:       rss,
-		heapMB:      m.value("go_memstats_heap_inuse_bytes") / (1 << 20),
-		heapGoalMB:  m.value("go_memstats_next_gc_bytes") / (1 << 20),
+		heapMB:      heap,
+		heapGoalMB:  goal,
 		goroutines:  int(m.value("go_goroutines")),
 		fds:         fds,
 		keys:        m.value("sluice_store_keys"),
@@ -71,6 +144,7 @@ func (d *daemon) sample(rec loadRecord) (sample, error) {
 		snapAge:     m.value("sluice_snapshot_age_seconds"),
 		snapFailing: m.value("sluice_snapshot_write_failing"),
 		cpuPerMsg:   rec.CPUPerMsg,
+		loadCPU:     rec.LoadCPUPerMsg,
 		p99:         rec.P99,
 	}
 	if rec.Length > 0 {

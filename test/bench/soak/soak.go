@@ -23,18 +23,20 @@ type daemon struct {
 	cmd                                 *exec.Cmd
 	exited                              chan struct{}
 	log                                 *os.File
+	heap                                *heapMeter
 }
 
 // loadRecord is test/load's Interval, as far as the soak reads it.
 type loadRecord struct {
-	At        time.Duration      `json:"at_ns"`
-	Length    time.Duration      `json:"length_ns"`
-	Messages  int                `json:"messages"`
-	Refused   int                `json:"refused"`
-	Errors    int                `json:"errors"`
-	FirstErr  string             `json:"first_error"`
-	CPUPerMsg float64            `json:"milter_cpu_ms_per_message"`
-	P99       map[string]float64 `json:"p99_ms"`
+	At            time.Duration      `json:"at_ns"`
+	Length        time.Duration      `json:"length_ns"`
+	Messages      int                `json:"messages"`
+	Refused       int                `json:"refused"`
+	Errors        int                `json:"errors"`
+	FirstErr      string             `json:"first_error"`
+	CPUPerMsg     float64            `json:"milter_cpu_ms_per_message"`
+	LoadCPUPerMsg float64            `json:"load_cpu_ms_per_message"`
+	P99           map[string]float64 `json:"p99_ms"`
 }
 
 // events counts what the soak did to the daemon besides the load.
@@ -80,7 +82,7 @@ func soak(s settings, out io.Writer) (*result, error) {
 		return nil, err
 	}
 	var loadOut bytes.Buffer
-	load := exec.Command(s.load, "-addr", d.listen, "-pid", fmt.Sprint(d.cmd.Process.Pid),
+	load := pinned(s.loadCPUs, s.load, "-addr", d.listen, "-pid", fmt.Sprint(d.cmd.Process.Pid),
 		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
 		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
 		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
@@ -92,6 +94,7 @@ func soak(s settings, out io.Writer) (*result, error) {
 	}
 	pw.Close()
 	start := time.Now()
+	d.heap = startHeapMeter(d.metrics, time.Second)
 	fmt.Fprintf(out, "load: %.0f messages/s for %v, fresh keys every %v (%d clients + %d senders each); SIGHUP every %v; counters top every %v\n\n",
 		s.rate, s.duration, s.churn, s.clients, s.senders, s.hup, s.top)
 	printHeader(out)
@@ -161,6 +164,7 @@ loop:
 			return nil, fmt.Errorf("sluice exited during the run; see %s", d.log.Name())
 		}
 	}
+	d.heap.stop()
 	if err := <-readErr; err != nil {
 		return nil, err
 	}
@@ -239,7 +243,7 @@ level = "info"
 	if d.log, err = os.Create(filepath.Join(s.out, "sluice.log")); err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(s.sluice, "serve", "-config", d.config)
+	d.cmd = pinned(s.sluiceCPUs, s.sluice, "serve", "-config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sluice: %w", err)
@@ -265,6 +269,17 @@ level = "info"
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// pinned is the command, run on the given CPUs (taskset's list form,
+// e.g. "1" or "0,2-3") when there are any. Pinned apart, sluice and the
+// load generator stop trading places on the same core mid-run, which
+// moves CPU per message and the tails with no change in the daemon.
+func pinned(cpus, name string, args ...string) *exec.Cmd {
+	if cpus == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
 }
 
 func freeAddr() (string, error) {
