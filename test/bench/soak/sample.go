@@ -168,6 +168,29 @@ func (d *daemon) idle() (idle, error) {
 	return idle{fds: fds, goroutines: int(m.value("go_goroutines"))}, nil
 }
 
+// steady returns what the idle daemon holds once n readings in a row,
+// every interval, agree; after timeout, the last reading.
+func (d *daemon) steady(n int, every, timeout time.Duration) (idle, error) {
+	deadline := time.Now().Add(timeout)
+	var last idle
+	same := 0
+	for {
+		now, err := d.idle()
+		if err != nil {
+			return now, err
+		}
+		if now == last {
+			same++
+		} else {
+			last, same = now, 1
+		}
+		if same >= n || time.Now().After(deadline) {
+			return last, nil
+		}
+		time.Sleep(every)
+	}
+}
+
 // settle waits, up to timeout, for the daemon to be idle with what it held
 // before; it returns what it holds at the end either way.
 func (d *daemon) settle(before idle, timeout time.Duration) (idle, error) {

@@ -69,9 +69,9 @@ func soak(s settings, out io.Writer) (*result, error) {
 	defer d.kill()
 	fmt.Fprintf(out, "sluice %s pid %d, config %s, log %s\n", d.listen, d.cmd.Process.Pid, d.config, d.log.Name())
 
-	// What the idle daemon holds before any session.
-	time.Sleep(2 * time.Second)
-	before, err := d.idle()
+	// What the idle daemon holds before any session, once its start-up
+	// work (loading the snapshot, the first scrapes) has ended.
+	before, err := d.steady(3, 500*time.Millisecond, 20*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("before the load: %w", err)
 	}
@@ -174,7 +174,15 @@ loop:
 	fmt.Fprintf(out, "\nload generator's summary:\n%s", loadOut.String())
 
 	// Idle again: every session closed, then the same fds and goroutines
-	// as before, given a little time for deferred closes.
+	// as before, given a little time for deferred closes. sluice starts
+	// the milter library's server for the policy in force at its first
+	// connection, and a reload retires it: one connection that sends
+	// nothing, as the readiness check made before the load, puts the
+	// daemon in the state it was read in then, whether or not a session
+	// came after the last reload.
+	if err := d.touch(); err != nil {
+		return nil, fmt.Errorf("after the load: %w", err)
+	}
 	after, err := d.settle(before, 30*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("after the load: %w", err)
@@ -289,6 +297,15 @@ func freeAddr() (string, error) {
 	}
 	defer l.Close()
 	return l.Addr().String(), nil
+}
+
+// touch opens a milter connection and closes it unused.
+func (d *daemon) touch() error {
+	c, err := net.DialTimeout("tcp", strings.TrimPrefix(d.listen, "inet:"), time.Second)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // reload sends SIGHUP and waits for the successful reload to be counted.
