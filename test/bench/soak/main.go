@@ -7,9 +7,10 @@
 // minute, metrics and the admin socket on), drives it with test/load at a
 // steady rate with fresh client addresses and senders every minute, sends
 // SIGHUP every 5 minutes and runs `sluice counters top` every minute. Every
-// 10 s it samples RSS and open fds (/proc), Go heap in use and goroutines
-// (/metrics), p99 per stage and CPU per message (from the load generator's
-// interval records). It writes soak.csv and soak.png into -out, prints a
+// 10 s it samples RSS and open fds (/proc), goroutines and Go heap in use
+// (/metrics; the heap as the mean of a scrape a second), p99 per stage and
+// CPU per message, sluice's and the load generator's own (from the load
+// generator's interval records). It writes soak.csv and soak.png into -out, prints a
 // table and a verdict: after -warmup each curve, taken a minute at a time
 // (-judge), within ±10% of its median, and the fds and goroutines of the
 // idle daemon after the run equal those before it. The exit code is 1
