@@ -10,10 +10,11 @@
 // 10 s it samples RSS and open fds (/proc), goroutines and Go heap in use
 // (/metrics; the heap as the mean of a scrape a second), p99 per stage and
 // CPU per message, sluice's and the load generator's own (from the load
-// generator's interval records). It writes soak.csv and soak.png into -out, prints a
-// table and a verdict: after -warmup each curve, taken a minute at a time
-// (-judge), within ±10% of its median, and the fds and goroutines of the
-// idle daemon after the run equal those before it. The exit code is 1
+// generator's interval records). It writes soak.csv and soak.png into
+// -out, prints a table and a verdict: after -warmup each judged curve,
+// taken a minute at a time (-judge), within ±10% of its median, and the
+// fds and goroutines of the idle daemon after the run equal those before
+// it. The exit code is 1
 // when the verdict fails. -rejudge FILE judges an earlier soak.csv again.
 //
 // test/bench/soak/run builds the binaries and runs this. It is a
