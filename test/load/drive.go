@@ -40,6 +40,11 @@ type Config struct {
 	Churn time.Duration `json:"churn_ns,omitempty"`
 	// Interval, when set, is how often Run writes an Interval record.
 	Interval time.Duration `json:"interval_ns,omitempty"`
+	// Window, a multiple of Interval, is how often a record also carries
+	// the p99s of the whole window.
+	Window time.Duration `json:"window_ns,omitempty"`
+	// Tag goes into each Interval record.
+	Tag string `json:"tag,omitempty"`
 }
 
 // The stages timed, in protocol order. "message" is a whole transaction,
@@ -190,7 +195,7 @@ func Run(cfg Config, pid int, intervals io.Writer) (*Result, error) {
 	}
 	var rep *reporter
 	if cfg.Interval > 0 && intervals != nil {
-		rep = startReporter(intervals, workers, start, cfg.Interval, pid)
+		rep = startReporter(intervals, workers, start, &cfg, pid)
 	}
 	wg.Wait()
 	elapsed := time.Since(start)

@@ -14,7 +14,8 @@
 // milter's own CPU time per message is read from /proc. With -duration a
 // round runs for a time instead of a number of sessions, -churn moves it
 // to fresh client addresses and senders every so often, and -intervals
-// writes the figures of every -interval as it goes (test/bench/soak).
+// writes the figures of every -interval as it goes (test/bench/soak), and
+// -beside-addr drives a second milter with the same load at the same time.
 package main
 
 import (
@@ -26,6 +27,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -41,14 +43,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var addr, baseAddr, name, baseName, out, intervals string
-	var pid, basePid, rounds int
+	var addr, baseAddr, name, baseName, out, intervals, besideAddr, besideName string
+	var pid, basePid, besidePid, rounds int
 	fs.StringVar(&addr, "addr", "inet:127.0.0.1:8890", "milter to drive: inet:host:port or unix:/path")
 	fs.IntVar(&pid, "pid", 0, "process id of that milter, to read its CPU time (0: not measured)")
 	fs.StringVar(&name, "name", "sluice", "name of that milter in the report")
 	fs.StringVar(&baseAddr, "baseline-addr", "", "baseline milter, driven with the same load in alternating rounds")
 	fs.IntVar(&basePid, "baseline-pid", 0, "process id of the baseline milter")
 	fs.StringVar(&baseName, "baseline-name", "noop", "name of the baseline in the report")
+	fs.StringVar(&besideAddr, "beside-addr", "", "a second milter driven at the same time with the same load from this process, its interval records tagged -beside-name (test/bench/soak's do-nothing control)")
+	fs.IntVar(&besidePid, "beside-pid", 0, "process id of the milter beside")
+	fs.StringVar(&besideName, "beside-name", "beside", "tag of the milter beside in interval records and the report")
 	fs.IntVar(&rounds, "rounds", 1, "rounds per milter; medians are reported")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 20, "sessions open at once")
 	fs.IntVar(&cfg.Sessions, "sessions", 2000, "sessions in all, per round")
@@ -65,6 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Duration, "duration", 0, "run each round this long instead of -sessions sessions")
 	fs.DurationVar(&cfg.Churn, "churn", 0, "move to fresh client addresses and senders this often (0: never)")
 	fs.DurationVar(&cfg.Interval, "interval", 10*time.Second, "how often to write a record to -intervals")
+	fs.DurationVar(&cfg.Window, "window", 0, "every this long (a multiple of -interval), a record also carries the p99s of the whole stretch (0: never)")
 	fs.StringVar(&intervals, "intervals", "", "write a JSON line of figures per interval to this file (/dev/fd/N: an inherited pipe)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -78,6 +84,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "load: -duration and -churn must not be negative, -interval must be positive")
 		return 2
 	}
+	if cfg.Window < 0 || cfg.Window%cfg.Interval != 0 {
+		fmt.Fprintln(stderr, "load: -window must be a multiple of -interval")
+		return 2
+	}
+	if besideAddr != "" && (baseAddr != "" || rounds != 1) {
+		fmt.Fprintln(stderr, "load: -beside-addr runs one round, without -baseline-addr")
+		return 2
+	}
 	var ivw io.Writer
 	if intervals != "" {
 		f, err := os.OpenFile(intervals, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -89,6 +103,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ivw = f
 	}
 
+	if besideAddr != "" {
+		if ivw != nil {
+			ivw = &lockedWriter{w: ivw}
+		}
+		return runBeside(cfg, ivw, stdout, stderr, &target{name: name, addr: addr, pid: pid},
+			&target{name: besideName, addr: besideAddr, pid: besidePid})
+	}
 	targets := []*target{{name: name, addr: addr, pid: pid}}
 	if baseAddr != "" {
 		targets = append([]*target{{name: baseName, addr: baseAddr, pid: basePid}}, targets...)
@@ -128,6 +149,57 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// runBeside drives both milters at once, each with the whole load, from
+// this one process: what the machine and the load generator do to the
+// latency of one they do to the other's in the same moments.
+func runBeside(cfg Config, ivw io.Writer, stdout, stderr io.Writer, ts ...*target) int {
+	var wg sync.WaitGroup
+	errs := make([]error, len(ts))
+	for i, t := range ts {
+		c := cfg
+		c.Addr, c.Tag = t.addr, t.name
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := Run(c, t.pid, ivw)
+			errs[i] = err
+			if err == nil {
+				t.results = append(t.results, res)
+			}
+		}()
+	}
+	wg.Wait()
+	rc := 0
+	for i, t := range ts {
+		if errs[i] != nil {
+			fmt.Fprintf(stderr, "load: %s: %v\n", t.name, errs[i])
+			rc = 1
+			continue
+		}
+		r := t.results[0]
+		fmt.Fprintf(stdout, "# %s\n", t.name)
+		r.Print(stdout)
+		if r.Errors > 0 {
+			fmt.Fprintf(stderr, "load: %s: %d sessions ended in errors\n", t.name, r.Errors)
+			rc = 1
+		}
+	}
+	return rc
+}
+
+// lockedWriter lets two reporters share the intervals file, a record at
+// a time.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 type target struct {
