@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -15,30 +16,41 @@ import (
 
 // panel is one tile of the chart: the curves named, on one y axis.
 type panel struct {
-	title, y string
-	curves   []string // curve names; "p99 ms " takes every stage's
+	title, y  string
+	curves    []string // curve names; "p99 ms " takes every stage's
+	perWindow bool     // drawn a judged window at a time, as the verdict reads them
 }
 
 var panels = []panel{
-	{"load", "messages/s", []string{"messages/s"}},
-	{"memory", "MB", []string{"RSS MB", "Go heap in use MB", "Go heap goal MB"}},
-	{"goroutines and open fds", "count", []string{"goroutines", "open fds"}},
-	{"store keys (max_keys)", "keys", []string{"store keys"}},
-	{"CPU per message: sluice, the load generator", "ms", []string{"CPU ms/message", "load gen CPU ms/message"}},
-	{"p99 per stage (load generator)", "ms", []string{"p99 ms "}},
+	{"load", "messages/s", []string{"messages/s"}, false},
+	{"memory", "MB", []string{"RSS MB", "Go heap in use MB", "Go heap goal MB"}, false},
+	{"goroutines and open fds", "count", []string{"goroutines", "open fds"}, false},
+	{"store keys (max_keys)", "keys", []string{"store keys"}, false},
+	{"CPU per message: sluice, the do-nothing milter, the load generator", "ms", []string{"CPU ms/message", "do-nothing CPU ms/message", "load gen CPU ms/message"}, false},
+	{"sluice's p99 per stage, a minute at a time", "ms", []string{"p99 ms "}, true},
+	{"the do-nothing milter's p99 per stage beside it, a minute at a time", "ms", []string{"do-nothing p99 ms "}, true},
+	{"sluice over the do-nothing milter, the same minute: CPU, p99 per stage", "ratio", []string{"CPU / do-nothing's", "p99 / do-nothing's "}, true},
 }
 
 // drawChart draws every curve against minutes since the load started, a
 // tile per panel, with a dashed line where the verdict starts judging.
 func drawChart(path string, s settings, samples []sample) error {
 	const cols = 2
-	rows := (len(panels) + cols - 1) / cols
+	all := curves(samples)
+	minutes := windows(samples, s.judge)
+	// Without the do-nothing milter its panels would be empty.
+	var drawn []panel
+	for _, pn := range panels {
+		if slices.ContainsFunc(all, func(c curve) bool { _, ok := wanted(pn, c.name); return ok }) {
+			drawn = append(drawn, pn)
+		}
+	}
+	rows := (len(drawn) + cols - 1) / cols
 	plots := make([][]*plot.Plot, rows)
 	for i := range plots {
 		plots[i] = make([]*plot.Plot, cols)
 	}
-	all := curves(samples)
-	for i, pn := range panels {
+	for i, pn := range drawn {
 		p := plot.New()
 		p.Title.Text = pn.title
 		p.X.Label.Text = "minutes"
@@ -50,18 +62,23 @@ func drawChart(path string, s settings, samples []sample) error {
 		var lines []any
 		top := 0.0
 		for _, c := range all {
-			if !wanted(pn, c.name) {
+			label, ok := wanted(pn, c.name)
+			if !ok {
 				continue
 			}
 			var xy plotter.XYs
-			for _, sm := range samples {
+			points := samples
+			if pn.perWindow {
+				points = minutes
+			}
+			for _, sm := range points {
 				if v, ok := c.get(sm); ok {
 					xy = append(xy, plotter.XY{X: sm.at.Minutes(), Y: v})
 					top = max(top, v)
 				}
 			}
 			if len(xy) > 0 {
-				lines = append(lines, strings.TrimPrefix(c.name, "p99 ms "), xy)
+				lines = append(lines, label, xy)
 			}
 		}
 		if err := plotutil.AddLines(p, lines...); err != nil {
@@ -101,11 +118,17 @@ func drawChart(path string, s settings, samples []sample) error {
 	return f.Close()
 }
 
-func wanted(p panel, name string) bool {
+// wanted reports whether the panel draws the curve, and its label there:
+// a name the panel lists ending in a space takes every curve it begins,
+// labelled by the rest (the stage).
+func wanted(p panel, name string) (string, bool) {
 	for _, c := range p.curves {
-		if name == c || strings.HasSuffix(c, " ") && strings.HasPrefix(name, c) {
-			return true
+		if name == c {
+			return name, true
+		}
+		if strings.HasSuffix(c, " ") && strings.HasPrefix(name, c) {
+			return strings.TrimPrefix(name, c), true
 		}
 	}
-	return false
+	return "", false
 }

@@ -6,16 +6,21 @@
 // It starts sluice on the memory store (max_keys 100,000, a snapshot every
 // minute, metrics and the admin socket on), drives it with test/load at a
 // steady rate with fresh client addresses and senders every minute, sends
-// SIGHUP every 5 minutes and runs `sluice counters top` every minute. Every
-// 10 s it samples RSS and open fds (/proc), goroutines and Go heap in use
-// (/metrics; the heap as the mean of a scrape a second), p99 per stage and
-// CPU per message, sluice's and the load generator's own (from the load
-// generator's interval records). It writes soak.csv and soak.png into
-// -out, prints a table and a verdict: after -warmup each judged curve,
-// taken a minute at a time (-judge), within ±10% of its median, and the
-// fds and goroutines of the idle daemon after the run equal those before
-// it. The exit code is 1
-// when the verdict fails. -rejudge FILE judges an earlier soak.csv again.
+// SIGHUP every 5 minutes and runs `sluice counters top` every minute. With
+// -control, a do-nothing milter (test/noopmilter) runs beside it under the
+// same load from a second load generator. Every 10 s it samples RSS and
+// open fds (/proc), goroutines and Go heap in use (/metrics; the heap as
+// the mean of a scrape a second), p99 per stage and CPU per message,
+// sluice's, the do-nothing milter's and the load generator's own (from
+// the load generators' interval records). It writes soak.csv and soak.png
+// into -out, prints a table and a verdict: after -warmup each judged
+// curve, taken a minute at a time (-judge), within ±10% of its median,
+// and the fds and goroutines of the idle daemon after the run equal those
+// before it. With the do-nothing milter beside it, sluice's CPU per
+// message and p99s are judged as ratios to the do-nothing's in the same
+// minute, which moves with the machine and not with sluice; the raw
+// curves are printed and drawn beside them. The exit code is 1 when the
+// verdict fails. -rejudge FILE judges an earlier soak.csv again.
 //
 // test/bench/soak/run builds the binaries and runs this. It is a
 // benchmark, not part of the test suite's pass/fail.
@@ -37,6 +42,7 @@ func main() {
 // settings is what the command line chose.
 type settings struct {
 	sluice, load, out, policy string
+	control                   string // the do-nothing milter's binary; "" runs none
 	sluiceCPUs, loadCPUs      string
 
 	duration, warmup, sample time.Duration
@@ -56,6 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var s settings
 	fs.StringVar(&s.sluice, "sluice", "", "sluice binary (required)")
 	fs.StringVar(&s.load, "load", "", "test/load binary (required)")
+	fs.StringVar(&s.control, "control", "", "test/noopmilter binary: drive this do-nothing milter beside sluice with the same load, and judge sluice's CPU per message and p99s as ratios to its own in the same minute (default: none, and the raw curves are judged)")
 	fs.StringVar(&s.policy, "policy", "cmd/sluice/default.toml", "the rules: a config whose listen line is replaced and to which the soak's tables are added")
 	fs.StringVar(&s.out, "out", "", "directory for soak.csv, soak.png, the config and sluice's log (default: a new one in /tmp)")
 	fs.StringVar(&s.sluiceCPUs, "sluice-cpus", "", "run sluice on these CPUs (taskset -c LIST; default: wherever the kernel puts it)")

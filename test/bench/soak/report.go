@@ -34,6 +34,20 @@ func positive(f func(sample) float64) func(sample) (float64, bool) {
 }
 
 func curves(samples []sample) []curve {
+	// With the do-nothing milter beside it, sluice's CPU and tails are
+	// judged as ratios to the do-nothing's in the same minute: what the
+	// machine does to both cancels, and what sluice alone does (a map
+	// that grows, a leak that slows the collector) is left.
+	control := slices.ContainsFunc(samples, func(s sample) bool { return s.ctl != nil })
+	withCtl := func(f func(sample) float64) func(sample) (float64, bool) {
+		return func(s sample) (float64, bool) {
+			if s.ctl == nil {
+				return 0, false
+			}
+			v := f(s)
+			return v, v > 0 && !math.IsInf(v, 0)
+		}
+	}
 	cs := []curve{
 		{"messages/s", true, always(func(s sample) float64 { return s.msgsPerSec })},
 		{"RSS MB", true, always(func(s sample) float64 { return s.rssMB })},
@@ -42,7 +56,7 @@ func curves(samples []sample) []curve {
 		{"goroutines", true, always(func(s sample) float64 { return float64(s.goroutines) })},
 		{"open fds", true, always(func(s sample) float64 { return float64(s.fds) })},
 		{"store keys", false, always(func(s sample) float64 { return s.keys })},
-		{"CPU ms/message", true, always(func(s sample) float64 { return s.cpuPerMsg })},
+		{"CPU ms/message", !control, always(func(s sample) float64 { return s.cpuPerMsg })},
 		{"load gen CPU ms/message", false, positive(func(s sample) float64 { return s.loadCPU })},
 		{"CPU / load gen's", false, positive(func(s sample) float64 {
 			if s.loadCPU == 0 {
@@ -51,15 +65,56 @@ func curves(samples []sample) []curve {
 			return s.cpuPerMsg / s.loadCPU
 		})},
 	}
+	if control {
+		cs = append(cs,
+			curve{"do-nothing CPU ms/message", false, withCtl(func(s sample) float64 { return s.ctl.cpuPerMsg })},
+			curve{"CPU / do-nothing's", true, withCtl(func(s sample) float64 { return s.cpuPerMsg / s.ctl.cpuPerMsg })})
+	}
 	for _, st := range stages {
 		present := slices.ContainsFunc(samples, func(s sample) bool { _, ok := s.p99[st]; return ok })
 		if !present {
 			continue
 		}
-		cs = append(cs, curve{"p99 ms " + st, true, func(s sample) (float64, bool) {
+		cs = append(cs, curve{"p99 ms " + st, !control, func(s sample) (float64, bool) {
 			v, ok := s.p99[st]
 			return v, ok
 		}})
+	}
+	if !control {
+		return cs
+	}
+	for _, st := range stages {
+		if !slices.ContainsFunc(samples, func(s sample) bool {
+			if s.ctl == nil {
+				return false
+			}
+			_, ok := s.ctl.p99[st]
+			return ok
+		}) {
+			continue
+		}
+		cs = append(cs, curve{"do-nothing p99 ms " + st, false, withCtl(func(s sample) float64 { return s.ctl.p99[st] })})
+	}
+	for _, st := range stages {
+		both := slices.ContainsFunc(samples, func(s sample) bool {
+			if s.ctl == nil {
+				return false
+			}
+			_, ok := s.p99[st]
+			_, cok := s.ctl.p99[st]
+			return ok && cok
+		})
+		if !both {
+			continue
+		}
+		cs = append(cs, curve{"p99 / do-nothing's " + st, true, withCtl(func(s sample) float64 {
+			v, ok := s.p99[st]
+			c, cok := s.ctl.p99[st]
+			if !ok || !cok || c == 0 {
+				return 0
+			}
+			return v / c
+		})})
 	}
 	return cs
 }
@@ -79,13 +134,13 @@ func printSample(w io.Writer, s sample) {
 	fmt.Fprintln(w)
 }
 
-// judged are the samples the verdict looks at: after the warmup and
-// before the load winds down (the last interval ends as workers stop
-// starting sessions, and the one after it is cut short).
+// judged are the samples the verdict looks at: those that start after the
+// warmup and end before the load winds down (the last interval ends as
+// workers stop starting sessions, and the one after it is cut short).
 func judged(s settings, samples []sample) []sample {
 	var out []sample
 	for _, sm := range samples {
-		if sm.at > s.warmup && sm.at < s.duration-s.sample/2 && sm.length >= s.sample*9/10 {
+		if sm.at-sm.length >= s.warmup-s.sample/10 && sm.at < s.duration-s.sample/2 && sm.length >= s.sample*9/10 {
 			out = append(out, sm)
 		}
 	}
@@ -108,16 +163,25 @@ func median(v []float64) float64 {
 // soak's schedule repeats every minute (a snapshot, a counters top, fresh
 // keys), so a 10 s sample holds that work or not, and its CPU and tail
 // swing with the schedule; a whole minute holds one of each.
+//
+// When the load generator closed windows of its own (-window), a window
+// ends where one of its records does, and its p99s are the load
+// generator's over every command of the window.
 func windows(samples []sample, d time.Duration) []sample {
+	closed := slices.ContainsFunc(samples, func(s sample) bool { return s.winP99 != nil })
 	var out []sample
 	for i := 0; i < len(samples); {
 		j := i
 		var span time.Duration
-		for j < len(samples) && span < d*9/10 {
+		for j < len(samples) && (closed && (j == i || samples[j-1].winP99 == nil) || !closed && span < d*9/10) {
 			span += samples[j].length
 			j++
 		}
 		if span < d*9/10 {
+			if closed && j < len(samples) {
+				i = j // the stretch before the first window the load generator closed
+				continue
+			}
 			break // a partial window at the end
 		}
 		out = append(out, fold(samples[i:j]))
@@ -134,7 +198,7 @@ func fold(ss []sample) sample {
 		}
 		return median(v)
 	}
-	w := sample{at: ss[len(ss)-1].at, p99: map[string]float64{}}
+	w := sample{at: ss[len(ss)-1].at}
 	var msgs, cpu, loadCPU float64
 	for _, s := range ss {
 		w.length += s.length
@@ -154,18 +218,46 @@ func fold(ss []sample) sample {
 	w.goroutines = int(med(func(s sample) float64 { return float64(s.goroutines) }))
 	w.fds = int(med(func(s sample) float64 { return float64(s.fds) }))
 	w.keys = med(func(s sample) float64 { return s.keys })
+	last := ss[len(ss)-1]
+	w.p99 = last.winP99
+	if w.p99 == nil {
+		w.p99 = medianP99(ss, func(s sample) map[string]float64 { return s.p99 })
+	}
+	if !slices.ContainsFunc(ss, func(s sample) bool { return s.ctl == nil }) {
+		c := &controlSample{p99: last.ctl.winP99}
+		if c.p99 == nil {
+			c.p99 = medianP99(ss, func(s sample) map[string]float64 { return s.ctl.p99 })
+		}
+		var msgs, cpu float64
+		for _, s := range ss {
+			n := s.ctl.msgsPerSec * s.length.Seconds()
+			msgs += n
+			cpu += s.ctl.cpuPerMsg * n
+		}
+		c.msgsPerSec = msgs / w.length.Seconds()
+		if msgs > 0 {
+			c.cpuPerMsg = cpu / msgs
+		}
+		w.ctl = c
+	}
+	return w
+}
+
+// medianP99 is each stage's median p99 over the samples.
+func medianP99(ss []sample, p99 func(sample) map[string]float64) map[string]float64 {
+	out := map[string]float64{}
 	for _, st := range stages {
 		var v []float64
 		for _, s := range ss {
-			if x, ok := s.p99[st]; ok {
+			if x, ok := p99(s)[st]; ok {
 				v = append(v, x)
 			}
 		}
 		if len(v) > 0 {
-			w.p99[st] = median(v)
+			out[st] = median(v)
 		}
 	}
-	return w
+	return out
 }
 
 // spread is a curve's median over samples, its extremes, and how far the
@@ -292,17 +384,45 @@ func writeCSV(path string, samples []sample) error {
 	for _, st := range stages {
 		head = append(head, "p99_ms_"+st)
 	}
+	for _, st := range stages {
+		head = append(head, "window_p99_ms_"+st)
+	}
+	control := slices.ContainsFunc(samples, func(s sample) bool { return s.ctl != nil })
+	if control {
+		head = append(head, "ctl_messages_per_s", "ctl_cpu_ms_per_message")
+		for _, st := range stages {
+			head = append(head, "ctl_p99_ms_"+st)
+		}
+		for _, st := range stages {
+			head = append(head, "ctl_window_p99_ms_"+st)
+		}
+	}
 	w.Write(head)
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 	for _, s := range samples {
 		row := []string{ff(s.at.Seconds()), ff(s.length.Seconds()), ff(s.msgsPerSec), strconv.Itoa(s.refused), strconv.Itoa(s.errors),
 			ff(s.rssMB), ff(s.heapMB), ff(s.heapGoalMB), strconv.Itoa(s.goroutines), strconv.Itoa(s.fds),
 			ff(s.keys), ff(s.sessions), ff(s.snapAge), ff(s.snapFailing), ff(s.cpuPerMsg), ff(s.loadCPU)}
-		for _, st := range stages {
-			if v, ok := s.p99[st]; ok {
-				row = append(row, ff(v))
+		p99s := func(m map[string]float64) {
+			for _, st := range stages {
+				if v, ok := m[st]; ok {
+					row = append(row, ff(v))
+				} else {
+					row = append(row, "")
+				}
+			}
+		}
+		p99s(s.p99)
+		p99s(s.winP99)
+		if control {
+			if s.ctl == nil {
+				row = append(row, "", "")
+				p99s(nil)
+				p99s(nil)
 			} else {
-				row = append(row, "")
+				row = append(row, ff(s.ctl.msgsPerSec), ff(s.ctl.cpuPerMsg))
+				p99s(s.ctl.p99)
+				p99s(s.ctl.winP99)
 			}
 		}
 		w.Write(row)
@@ -354,14 +474,30 @@ func readCSV(path string) ([]sample, error) {
 			rssMB: num("rss_mb"), heapMB: num("heap_inuse_mb"), heapGoalMB: num("heap_goal_mb"),
 			goroutines: int(num("goroutines")), fds: int(num("open_fds")), keys: num("store_keys"),
 			sessions: num("sessions_open"), snapAge: num("snapshot_age_s"), snapFailing: num("snapshot_failing"),
-			cpuPerMsg: num("cpu_ms_per_message"), p99: map[string]float64{},
+			cpuPerMsg: num("cpu_ms_per_message"),
 		}
 		if _, ok := col["load_cpu_ms_per_message"]; ok {
 			s.loadCPU = num("load_cpu_ms_per_message")
 		}
-		for _, st := range stages {
-			if i, ok := col["p99_ms_"+st]; ok && i < len(row) && row[i] != "" {
-				s.p99[st] = num("p99_ms_" + st)
+		p99s := func(prefix string) map[string]float64 {
+			var m map[string]float64
+			for _, st := range stages {
+				if i, ok := col[prefix+st]; ok && i < len(row) && row[i] != "" {
+					if m == nil {
+						m = map[string]float64{}
+					}
+					m[st] = num(prefix + st)
+				}
+			}
+			return m
+		}
+		s.p99 = p99s("p99_ms_")
+		s.winP99 = p99s("window_p99_ms_")
+		if i, ok := col["ctl_cpu_ms_per_message"]; ok && i < len(row) && row[i] != "" {
+			s.ctl = &controlSample{msgsPerSec: num("ctl_messages_per_s"), cpuPerMsg: num("ctl_cpu_ms_per_message"),
+				p99: p99s("ctl_p99_ms_"), winP99: p99s("ctl_window_p99_ms_")}
+			if len(s.ctl.winP99) == 0 {
+				s.ctl.winP99 = nil
 			}
 		}
 		if bad != nil {

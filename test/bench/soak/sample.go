@@ -36,6 +36,30 @@ type sample struct {
 	cpuPerMsg   float64 // ms of sluice's CPU per message, from /proc stat deltas
 	loadCPU     float64 // ms of the load generator's own CPU per message
 	p99         map[string]float64
+	// winP99 is set on the sample that closes a judged window: each
+	// stage's p99 over every command of the window.
+	winP99 map[string]float64
+	// ctl is the do-nothing milter driven beside sluice with the same
+	// load over the same interval; nil when the soak ran without one.
+	ctl *controlSample
+}
+
+// controlSample is what the load generator beside sluice's measured of
+// the do-nothing milter: the machine's own latency and CPU at that moment,
+// with no daemon work in them.
+type controlSample struct {
+	msgsPerSec float64
+	cpuPerMsg  float64 // ms of the do-nothing milter's CPU per message
+	p99        map[string]float64
+	winP99     map[string]float64
+}
+
+func controlOf(rec loadRecord) *controlSample {
+	c := &controlSample{cpuPerMsg: rec.CPUPerMsg, p99: rec.P99, winP99: rec.WindowP99}
+	if rec.Length > 0 {
+		c.msgsPerSec = float64(rec.Messages) / rec.Length.Seconds()
+	}
+	return c
 }
 
 func heapOf(m metricFamilies) (inUse, goal float64) {
@@ -146,6 +170,7 @@ func (d *daemon) sample(rec loadRecord) (sample, error) {
 		cpuPerMsg:   rec.CPUPerMsg,
 		loadCPU:     rec.LoadCPUPerMsg,
 		p99:         rec.P99,
+		winP99:      rec.WindowP99,
 	}
 	if rec.Length > 0 {
 		s.msgsPerSec = float64(rec.Messages) / rec.Length.Seconds()

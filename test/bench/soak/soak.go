@@ -37,7 +37,12 @@ type loadRecord struct {
 	CPUPerMsg     float64            `json:"milter_cpu_ms_per_message"`
 	LoadCPUPerMsg float64            `json:"load_cpu_ms_per_message"`
 	P99           map[string]float64 `json:"p99_ms"`
+	WindowP99     map[string]float64 `json:"window_p99_ms"`
+	Tag           string             `json:"tag"`
 }
+
+// controlTag tags the do-nothing milter's records.
+const controlTag = "do-nothing"
 
 // events counts what the soak did to the daemon besides the load.
 type events struct {
@@ -77,22 +82,19 @@ func soak(s settings, out io.Writer) (*result, error) {
 	}
 	fmt.Fprintf(out, "idle before the load: %d fds, %d goroutines\n", before.fds, before.goroutines)
 
-	pr, pw, err := os.Pipe()
+	var ctl *controlMilter
+	if s.control != "" {
+		if ctl, err = startControl(s); err != nil {
+			return nil, err
+		}
+		defer ctl.kill()
+		fmt.Fprintf(out, "do-nothing milter %s pid %d, driven beside sluice with the same load by the same load generator\n", ctl.listen, ctl.cmd.Process.Pid)
+	}
+	load, err := startLoad(s, d.listen, d.cmd.Process.Pid, ctl)
 	if err != nil {
 		return nil, err
 	}
-	var loadOut bytes.Buffer
-	load := pinned(s.loadCPUs, s.load, "-addr", d.listen, "-pid", fmt.Sprint(d.cmd.Process.Pid),
-		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
-		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
-		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
-		"-messages", fmt.Sprint(s.messages), "-concurrency", fmt.Sprint(s.concurrency))
-	load.Stdout, load.Stderr = &loadOut, &loadOut
-	load.ExtraFiles = []*os.File{pw}
-	if err := load.Start(); err != nil {
-		return nil, fmt.Errorf("start the load generator: %w", err)
-	}
-	pw.Close()
+	defer load.kill()
 	start := time.Now()
 	d.heap = startHeapMeter(d.metrics, time.Second)
 	fmt.Fprintf(out, "load: %.0f messages/s for %v, fresh keys every %v (%d clients + %d senders each); SIGHUP every %v; counters top every %v\n\n",
@@ -100,37 +102,42 @@ func soak(s settings, out io.Writer) (*result, error) {
 	printHeader(out)
 
 	r := &result{before: before}
-	records := make(chan loadRecord)
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(records)
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			var rec loadRecord
-			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-				readErr <- fmt.Errorf("load generator record %q: %w", sc.Text(), err)
-				return
-			}
-			records <- rec
-		}
-		readErr <- sc.Err()
-	}()
-
 	hup := time.NewTicker(s.hup)
 	defer hup.Stop()
 	top := time.NewTicker(s.top)
 	defer top.Stop()
 	ev := &r.ev
+	var mainQ, ctlQ []loadRecord
 loop:
 	for {
 		select {
-		case rec, ok := <-records:
+		case rec, ok := <-load.records:
 			if !ok {
 				break loop
 			}
+			// With the do-nothing milter beside it, each interval's two
+			// records (sluice's and the do-nothing's) make one sample.
+			if rec.Tag == controlTag {
+				ctlQ = append(ctlQ, rec)
+			} else {
+				mainQ = append(mainQ, rec)
+			}
+			if ctl != nil && len(ctlQ) == 0 || len(mainQ) == 0 {
+				continue
+			}
+			rec = mainQ[0]
+			mainQ = mainQ[1:]
 			sm, err := d.sample(rec)
 			if err != nil {
 				return nil, fmt.Errorf("sample at %v: %w", rec.At, err)
+			}
+			if ctl != nil {
+				c := ctlQ[0]
+				ctlQ = ctlQ[1:]
+				if c.Errors > 0 {
+					return nil, fmt.Errorf("the do-nothing milter's load at %v: %d sessions in error (first: %s)", c.At, c.Errors, c.FirstErr)
+				}
+				sm.ctl = controlOf(c)
 			}
 			r.samples = append(r.samples, sm)
 			ev.messages += rec.Messages
@@ -164,14 +171,19 @@ loop:
 			return nil, fmt.Errorf("sluice exited during the run; see %s", d.log.Name())
 		}
 	}
+	for _, rec := range mainQ {
+		// sluice's last, partial interval, with no partner
+		sm, err := d.sample(rec)
+		if err != nil {
+			return nil, fmt.Errorf("sample at %v: %w", rec.At, err)
+		}
+		r.samples = append(r.samples, sm)
+	}
 	d.heap.stop()
-	if err := <-readErr; err != nil {
+	if err := load.wait(ev.loadErrors > 0); err != nil {
 		return nil, err
 	}
-	if err := load.Wait(); err != nil && ev.loadErrors == 0 {
-		return nil, fmt.Errorf("load generator: %v\n%s", err, loadOut.String())
-	}
-	fmt.Fprintf(out, "\nload generator's summary:\n%s", loadOut.String())
+	fmt.Fprintf(out, "\nload generator's summary:\n%s", load.out.String())
 
 	// Idle again: every session closed, then the same fds and goroutines
 	// as before, given a little time for deferred closes. sluice starts
@@ -198,6 +210,118 @@ loop:
 	}
 	fmt.Fprintf(out, "\nwrote %s and %s\n", filepath.Join(s.out, "soak.csv"), filepath.Join(s.out, "soak.png"))
 	return r, nil
+}
+
+// loadRun is one load generator process and its interval records.
+type loadRun struct {
+	cmd     *exec.Cmd
+	out     bytes.Buffer
+	records chan loadRecord
+	readErr chan error
+}
+
+// startLoad drives the milter at addr (whose process is pid) with the
+// soak's load for the soak's duration, and the do-nothing milter beside
+// it, when there is one, with the same load from the same process.
+func startLoad(s settings, addr string, pid int, ctl *controlMilter) (*loadRun, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	l := &loadRun{records: make(chan loadRecord), readErr: make(chan error, 1)}
+	l.cmd = pinned(s.loadCPUs, s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
+		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
+		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
+		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
+		"-messages", fmt.Sprint(s.messages), "-concurrency", fmt.Sprint(s.concurrency),
+		"-window", s.judge.String())
+	if ctl != nil {
+		l.cmd.Args = append(l.cmd.Args, "-beside-addr", ctl.listen, "-beside-pid", fmt.Sprint(ctl.cmd.Process.Pid),
+			"-beside-name", controlTag)
+	}
+	l.cmd.Stdout, l.cmd.Stderr = &l.out, &l.out
+	l.cmd.ExtraFiles = []*os.File{pw}
+	err = l.cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		return nil, fmt.Errorf("start the load generator: %w", err)
+	}
+	go func() {
+		defer close(l.records)
+		defer pr.Close()
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var rec loadRecord
+			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+				l.readErr <- fmt.Errorf("load generator record %q: %w", sc.Text(), err)
+				return
+			}
+			l.records <- rec
+		}
+		l.readErr <- sc.Err()
+	}()
+	return l, nil
+}
+
+// wait waits for the records to end and the process to exit. An exit
+// status that sessions in error already explain is not an error here.
+func (l *loadRun) wait(errorsCounted bool) error {
+	if err := <-l.readErr; err != nil {
+		return err
+	}
+	if err := l.cmd.Wait(); err != nil && !errorsCounted {
+		return fmt.Errorf("load generator: %v\n%s", err, l.out.String())
+	}
+	return nil
+}
+
+func (l *loadRun) kill() {
+	if l.cmd.ProcessState == nil {
+		l.cmd.Process.Kill()
+	}
+}
+
+// controlMilter is the do-nothing milter (test/noopmilter) driven beside
+// sluice: on a shared machine the tails and CPU per message move with
+// whatever else runs, and its curves, measured at the same moments, show
+// how far.
+type controlMilter struct {
+	listen string
+	cmd    *exec.Cmd
+}
+
+func startControl(s settings) (*controlMilter, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	c := &controlMilter{listen: "inet:" + addr}
+	c.cmd = pinned(s.sluiceCPUs, s.control, "-listen", c.listen)
+	if c.cmd.Stderr, err = os.Create(filepath.Join(s.out, "noopmilter.log")); err != nil {
+		return nil, err
+	}
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the do-nothing milter: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return c, nil
+		}
+		if time.Now().After(deadline) {
+			c.kill()
+			return nil, fmt.Errorf("the do-nothing milter does not answer on %s: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (c *controlMilter) kill() {
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
 }
 
 func startDaemon(s settings) (*daemon, error) {
