@@ -27,7 +27,8 @@ var panels = []panel{
 	{"goroutines and open fds", "count", []string{"goroutines", "open fds"}, false},
 	{"store keys (max_keys)", "keys", []string{"store keys"}, false},
 	{"CPU per message: sluice, the do-nothing milter, the load generator", "ms", []string{"CPU ms/message", "do-nothing CPU ms/message", "load gen CPU ms/message"}, false},
-	{"sluice's p99 per stage, a minute at a time", "ms", []string{"p99 ms "}, true},
+	{"sluice's own time per stage (its stage histogram), p99 a minute at a time", "ms", []string{"own p99 ms "}, true},
+	{"sluice's p99 per stage, round trip from the load generator, a minute at a time", "ms", []string{"p99 ms "}, true},
 	{"the do-nothing milter's p99 per stage beside it, a minute at a time", "ms", []string{"do-nothing p99 ms "}, true},
 	{"sluice over the do-nothing milter, the same minute: CPU, p99 per stage", "ratio", []string{"CPU / do-nothing's", "p99 / do-nothing's "}, true},
 }

@@ -10,16 +10,20 @@
 // -control, a do-nothing milter (test/noopmilter) runs beside it under the
 // same load from a second load generator. Every 10 s it samples RSS and
 // open fds (/proc), goroutines and Go heap in use (/metrics; the heap as
-// the mean of a scrape a second), p99 per stage and CPU per message,
-// sluice's, the do-nothing milter's and the load generator's own (from
-// the load generators' interval records). It writes soak.csv and soak.png
-// into -out, prints a table and a verdict: after -warmup each judged
-// curve, taken a minute at a time (-judge), within ±10% of its median,
-// and the fds and goroutines of the idle daemon after the run equal those
-// before it. With the do-nothing milter beside it, sluice's CPU per
-// message and p99s are judged as ratios to the do-nothing's in the same
-// minute, which moves with the machine and not with sluice; the raw
-// curves are printed and drawn beside them. The exit code is 1 when the
+// the mean of a scrape a second), sluice's own time per stage (its
+// sluice_stage_duration_seconds histogram, p99 over each interval), and
+// from the load generators' interval records the round trip's p99 per
+// stage and the CPU per message of sluice, the do-nothing milter and the
+// load generator itself. It writes soak.csv and soak.png into -out,
+// prints a table and a verdict: after -warmup each judged curve, taken a
+// minute at a time (-judge), within ±10% of its median, and the fds and
+// goroutines of the idle daemon after the run equal those before it. The
+// tail judged is sluice's own time per stage: a round trip's p99 on a
+// virtual machine is mostly how soon a halted vCPU wakes, for a milter
+// that does nothing as much as for sluice, so those are printed and drawn
+// only. With the do-nothing milter beside it, sluice's CPU per message is
+// judged as a ratio to the do-nothing's in the same minute, which moves
+// with the machine and not with sluice. The exit code is 1 when the
 // verdict fails. -rejudge FILE judges an earlier soak.csv again.
 //
 // test/bench/soak/run builds the binaries and runs this. It is a

@@ -14,11 +14,12 @@ func tenSeconds(n int) []sample {
 	for i := range n {
 		s := sample{
 			at: time.Duration(i+1) * 10 * time.Second, length: 10 * time.Second,
-			msgsPerSec: 500, cpuPerMsg: 0.3, p99: map[string]float64{"mail": 1},
+			msgsPerSec: 500, cpuPerMsg: 0.3, p99: map[string]float64{"mail": 1}, ownP99: map[string]float64{"mail": 0.1},
 			ctl: &controlSample{msgsPerSec: 500, cpuPerMsg: 0.6, p99: map[string]float64{"mail": 2}},
 		}
 		if (i+1)%6 == 0 {
 			s.winP99 = map[string]float64{"mail": float64(i)}
+			s.ownWinP99 = map[string]float64{"mail": float64(i) / 10}
 			s.ctl.winP99 = map[string]float64{"mail": float64(2 * i)}
 		}
 		out = append(out, s)
@@ -43,6 +44,9 @@ func TestWindowsAreTheLoadGeneratorsMinutes(t *testing.T) {
 			t.Errorf("window %d: p99 mail %v, the do-nothing's %v; want the closing record's, %d and %d",
 				k, w.p99["mail"], w.ctl.p99["mail"], end, 2*end)
 		}
+		if w.ownP99["mail"] != float64(end)/10 {
+			t.Errorf("window %d: sluice's own p99 mail %v, want the closing sample's, %v", k, w.ownP99["mail"], float64(end)/10)
+		}
 		if w.cpuPerMsg != 0.3 || w.ctl.cpuPerMsg != 0.6 || w.msgsPerSec != 500 {
 			t.Errorf("window %d: CPU %v and %v, %v msgs/s", k, w.cpuPerMsg, w.ctl.cpuPerMsg, w.msgsPerSec)
 		}
@@ -66,8 +70,9 @@ func TestWindowsOfAnOlderCSV(t *testing.T) {
 	}
 }
 
-// With the do-nothing milter beside sluice, its CPU and p99s are judged as
-// ratios to the do-nothing's, and the raw curves are only shown.
+// With the do-nothing milter beside sluice, its CPU is judged as a ratio to
+// the do-nothing's and the raw curve only shown; either way the tail judged
+// is sluice's own time per stage, and the round trips' are only shown.
 func TestControlMovesTheVerdictToRatios(t *testing.T) {
 	judgedNames := func(ss []sample) []string {
 		var out []string
@@ -80,14 +85,14 @@ func TestControlMovesTheVerdictToRatios(t *testing.T) {
 	}
 	base := []string{"messages/s", "RSS MB", "Go heap in use MB", "goroutines", "open fds"}
 	with := tenSeconds(6)
-	if got, want := judgedNames(with), append(base[:5:5], "CPU / do-nothing's", "p99 / do-nothing's mail"); !reflect.DeepEqual(got, want) {
+	if got, want := judgedNames(with), append(base[:5:5], "CPU / do-nothing's", "own p99 ms mail"); !reflect.DeepEqual(got, want) {
 		t.Errorf("judged with the do-nothing milter: %q, want %q", got, want)
 	}
 	without := tenSeconds(6)
 	for i := range without {
 		without[i].ctl = nil
 	}
-	if got, want := judgedNames(without), append(base[:5:5], "CPU ms/message", "p99 ms mail"); !reflect.DeepEqual(got, want) {
+	if got, want := judgedNames(without), append(base[:5:5], "CPU ms/message", "own p99 ms mail"); !reflect.DeepEqual(got, want) {
 		t.Errorf("judged alone: %q, want %q", got, want)
 	}
 }

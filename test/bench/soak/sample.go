@@ -39,6 +39,10 @@ type sample struct {
 	// winP99 is set on the sample that closes a judged window: each
 	// stage's p99 over every command of the window.
 	winP99 map[string]float64
+	// ownP99 is sluice's own time per stage (its stage histogram) over
+	// the interval, p99 in ms; ownWinP99 the same over the window that
+	// closes with this sample.
+	ownP99, ownWinP99 map[string]float64
 	// ctl is the do-nothing milter driven beside sluice with the same
 	// load over the same interval; nil when the soak ran without one.
 	ctl *controlSample
@@ -174,6 +178,13 @@ func (d *daemon) sample(rec loadRecord) (sample, error) {
 	}
 	if rec.Length > 0 {
 		s.msgsPerSec = float64(rec.Messages) / rec.Length.Seconds()
+	}
+	hists := stageHists(m)
+	s.ownP99 = ownP99s(hists, d.lastHists)
+	d.lastHists = hists
+	if rec.WindowP99 != nil {
+		s.ownWinP99 = ownP99s(hists, d.windowHists)
+		d.windowHists = hists
 	}
 	return s, nil
 }

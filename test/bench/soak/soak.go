@@ -24,6 +24,9 @@ type daemon struct {
 	exited                              chan struct{}
 	log                                 *os.File
 	heap                                *heapMeter
+	// the stage histograms at the last sample and at the last window's
+	// close, which the next sample's own p99s are taken since
+	lastHists, windowHists map[string]stageHist
 }
 
 // loadRecord is test/load's Interval, as far as the soak reads it.
