@@ -123,8 +123,12 @@ func FuzzParseConfig(f *testing.F) {
 			if !strings.HasPrefix(msg, "fuzz.toml") {
 				t.Fatalf("error does not name the file: %q", msg)
 			}
-			if m := goWords.FindString(msg); m != "" {
-				t.Fatalf("error speaks Go (%q): %q", m, msg)
+			// A word the file itself holds (a key named Go) is quoted
+			// back, not Go speaking.
+			for _, m := range goWords.FindAllString(msg, -1) {
+				if !bytes.Contains(data, []byte(m)) {
+					t.Fatalf("error speaks Go (%q): %q", m, msg)
+				}
 			}
 			for _, line := range strings.Split(msg, "\n") {
 				if len(line) > 1100 {
