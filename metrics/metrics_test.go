@@ -60,6 +60,55 @@ func TestStageAndDecisions(t *testing.T) {
 	}
 }
 
+// TestStageBucketsTellCPUWaitFromWork proves the stage histogram keeps
+// apart a stage that did its work (tens of microseconds on the memory
+// store) from one that also waited for a CPU: 20 µs, 40 µs and 150 µs fall
+// in three different buckets, and the last bucket reaches the stage
+// timeout so a hanging backend is not lumped into +Inf.
+func TestStageBucketsTellCPUWaitFromWork(t *testing.T) {
+	m := New("test")
+	for _, d := range []time.Duration{20 * time.Microsecond, 40 * time.Microsecond, 150 * time.Microsecond} {
+		m.Stage(smtp.Mail, d, &smtp.Decision{})
+	}
+	fams, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cumulative []uint64
+	var top float64
+	for _, f := range fams {
+		if f.GetName() != "sluice_stage_duration_seconds" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			if s.GetLabel()[0].GetValue() != "mail" {
+				continue
+			}
+			for _, b := range s.GetHistogram().GetBucket() {
+				cumulative = append(cumulative, b.GetCumulativeCount())
+				top = b.GetUpperBound()
+			}
+		}
+	}
+	if len(cumulative) == 0 {
+		t.Fatal("no mail stage histogram")
+	}
+	steps := map[uint64]bool{}
+	for _, c := range cumulative {
+		steps[c] = true
+	}
+	// Three observations in three buckets: the cumulative counts pass
+	// through 1, 2 and 3 (and 0 below the first).
+	for _, want := range []uint64{1, 2, 3} {
+		if !steps[want] {
+			t.Errorf("no bucket holds exactly %d of the 20/40/150 µs stages: cumulative counts %v", want, cumulative)
+		}
+	}
+	if top < 20 {
+		t.Errorf("largest bucket %gs; want one at the 20 s stage timeout", top)
+	}
+}
+
 // failing is a store that can only count, and whose every count fails.
 type failing struct{}
 
