@@ -76,6 +76,9 @@ func soak(s settings, out io.Writer) (*result, error) {
 	}
 	defer d.kill()
 	fmt.Fprintf(out, "sluice %s pid %d, config %s, log %s\n", d.listen, d.cmd.Process.Pid, d.config, d.log.Name())
+	if m := s.milters(); m != (placement{}) {
+		fmt.Fprintf(out, "milters placed: %s\n", m)
+	}
 
 	// What the idle daemon holds before any session, once its start-up
 	// work (loading the snapshot, the first scrapes) has ended.
@@ -232,7 +235,7 @@ func startLoad(s settings, addr string, pid int, ctl *controlMilter) (*loadRun, 
 		return nil, err
 	}
 	l := &loadRun{records: make(chan loadRecord), readErr: make(chan error, 1)}
-	l.cmd = pinned(s.loadCPUs, s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
+	l.cmd = placement{cpus: s.loadCPUs}.command(s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
 		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
 		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
 		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
@@ -300,7 +303,7 @@ func startControl(s settings) (*controlMilter, error) {
 		return nil, err
 	}
 	c := &controlMilter{listen: "inet:" + addr}
-	c.cmd = pinned(s.sluiceCPUs, s.control, "-listen", c.listen)
+	c.cmd = s.milters().command(s.control, "-listen", c.listen)
 	if c.cmd.Stderr, err = os.Create(filepath.Join(s.out, "noopmilter.log")); err != nil {
 		return nil, err
 	}
@@ -378,7 +381,7 @@ level = "info"
 	if d.log, err = os.Create(filepath.Join(s.out, "sluice.log")); err != nil {
 		return nil, err
 	}
-	d.cmd = pinned(s.sluiceCPUs, s.sluice, "serve", "-config", d.config)
+	d.cmd = s.milters().command(s.sluice, "serve", "-config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sluice: %w", err)
@@ -406,15 +409,42 @@ level = "info"
 	}
 }
 
-// pinned is the command, run on the given CPUs (taskset's list form,
-// e.g. "1" or "0,2-3") when there are any. Pinned apart, sluice and the
-// load generator stop trading places on the same core mid-run, which
-// moves CPU per message and the tails with no change in the daemon.
-func pinned(cpus, name string, args ...string) *exec.Cmd {
-	if cpus == "" {
+// placement is where and how a process of the soak runs.
+type placement struct {
+	cpus string // taskset's list form, e.g. "1" or "0,2-3"; "" for any
+	fifo bool   // in the real-time FIFO class, above every ordinary process
+}
+
+func (p placement) String() string {
+	var on []string
+	if p.cpus != "" {
+		on = append(on, "on CPUs "+p.cpus)
+	}
+	if p.fifo {
+		on = append(on, "in the real-time FIFO class, above the load generator")
+	}
+	return strings.Join(on, ", ")
+}
+
+// command is the command run as p says: taskset and chrt exec what they
+// are given, so the process keeps the pid the soak samples. Pinned
+// apart, sluice and the load generator stop trading places on the same
+// core mid-run. In the FIFO class a milter is never put off its CPU by
+// the load generator mid-stage, as on a relay that gives it a core of its
+// own; without it, on a machine with no core to spare, a stage's time
+// holds the scheduler's slices given to others.
+func (p placement) command(name string, args ...string) *exec.Cmd {
+	var prefix []string
+	if p.cpus != "" {
+		prefix = append(prefix, "taskset", "-c", p.cpus)
+	}
+	if p.fifo {
+		prefix = append(prefix, "chrt", "--fifo", "1")
+	}
+	if len(prefix) == 0 {
 		return exec.Command(name, args...)
 	}
-	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
+	return exec.Command(prefix[0], append(append(prefix[1:], name), args...)...)
 }
 
 func freeAddr() (string, error) {
