@@ -26,11 +26,11 @@
 // with the machine and not with sluice. The exit code is 1 when the
 // verdict fails. -rejudge FILE judges an earlier soak.csv again.
 //
-// -fifo runs both milters in the real-time FIFO class, above the load
-// generator: on a machine with no core to spare, a stage's own time then
+// -load-idle runs the load generator in the SCHED_IDLE class, below both
+// milters: on a machine with no core to spare, a stage's own time then
 // holds sluice's work and not the turns the scheduler gave the load
 // generator meanwhile (which put sluice's own p99 at 0.1–0.2 ms, against
-// under 50 µs in the FIFO class, on a 2-vCPU machine).
+// under 50 µs with sluice never put off its CPU, on a 2-vCPU machine).
 //
 // test/bench/soak/run builds the binaries and runs this. It is a
 // benchmark, not part of the test suite's pass/fail.
@@ -54,7 +54,7 @@ type settings struct {
 	sluice, load, out, policy string
 	control                   string // the do-nothing milter's binary; "" runs none
 	sluiceCPUs, loadCPUs      string
-	fifo                      bool // both milters in the real-time FIFO class
+	loadIdle                  bool // the load generator in SCHED_IDLE
 
 	duration, warmup, sample time.Duration
 	churn, hup, top          time.Duration
@@ -67,10 +67,6 @@ type settings struct {
 	judge                    time.Duration
 }
 
-// milters is where sluice and the do-nothing milter run: alike, so that
-// the one measures the other's machine.
-func (s settings) milters() placement { return placement{cpus: s.sluiceCPUs, fifo: s.fifo} }
-
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -82,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&s.out, "out", "", "directory for soak.csv, soak.png, the config and sluice's log (default: a new one in /tmp)")
 	fs.StringVar(&s.sluiceCPUs, "sluice-cpus", "", "run sluice on these CPUs (taskset -c LIST; default: wherever the kernel puts it)")
 	fs.StringVar(&s.loadCPUs, "load-cpus", "", "run the load generator on these CPUs (taskset -c LIST)")
-	fs.BoolVar(&s.fifo, "fifo", false, "run sluice and the do-nothing milter in the real-time FIFO class (chrt --fifo 1; needs root), above the load generator: with no core to spare, a stage's own time then holds no other process's turn on the CPU")
+	fs.BoolVar(&s.loadIdle, "load-idle", false, "run the load generator in the SCHED_IDLE class (chrt --idle 0), below both milters: with no core to spare, a stage's own time then holds none of the load generator's turns on the CPU")
 	fs.DurationVar(&s.duration, "duration", 60*time.Minute, "how long the load runs")
 	fs.DurationVar(&s.warmup, "warmup", 5*time.Minute, "start of the stretch the verdict judges")
 	fs.DurationVar(&s.sample, "sample", 10*time.Second, "sampling interval")

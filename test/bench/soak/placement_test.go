@@ -15,8 +15,8 @@ func TestPlacementKeepsThePid(t *testing.T) {
 	}{
 		{placement{}, []string{"./sluice", "serve"}},
 		{placement{cpus: "1"}, []string{"taskset", "-c", "1", "./sluice", "serve"}},
-		{placement{fifo: true}, []string{"chrt", "--fifo", "1", "./sluice", "serve"}},
-		{placement{cpus: "0,1", fifo: true}, []string{"taskset", "-c", "0,1", "chrt", "--fifo", "1", "./sluice", "serve"}},
+		{placement{idle: true}, []string{"chrt", "--idle", "0", "./sluice", "serve"}},
+		{placement{cpus: "0,1", idle: true}, []string{"taskset", "-c", "0,1", "chrt", "--idle", "0", "./sluice", "serve"}},
 	} {
 		if got := c.p.command("./sluice", "serve").Args; !slices.Equal(got, c.want) {
 			t.Errorf("%+v runs %q, want %q", c.p, got, c.want)

@@ -76,8 +76,11 @@ func soak(s settings, out io.Writer) (*result, error) {
 	}
 	defer d.kill()
 	fmt.Fprintf(out, "sluice %s pid %d, config %s, log %s\n", d.listen, d.cmd.Process.Pid, d.config, d.log.Name())
-	if m := s.milters(); m != (placement{}) {
-		fmt.Fprintf(out, "milters placed: %s\n", m)
+	if p := (placement{cpus: s.sluiceCPUs}); p != (placement{}) {
+		fmt.Fprintf(out, "milters placed: %s\n", p)
+	}
+	if p := (placement{cpus: s.loadCPUs, idle: s.loadIdle}); p != (placement{}) {
+		fmt.Fprintf(out, "load generator placed: %s\n", p)
 	}
 
 	// What the idle daemon holds before any session, once its start-up
@@ -235,7 +238,7 @@ func startLoad(s settings, addr string, pid int, ctl *controlMilter) (*loadRun, 
 		return nil, err
 	}
 	l := &loadRun{records: make(chan loadRecord), readErr: make(chan error, 1)}
-	l.cmd = placement{cpus: s.loadCPUs}.command(s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
+	l.cmd = placement{cpus: s.loadCPUs, idle: s.loadIdle}.command(s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
 		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
 		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
 		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
@@ -303,7 +306,7 @@ func startControl(s settings) (*controlMilter, error) {
 		return nil, err
 	}
 	c := &controlMilter{listen: "inet:" + addr}
-	c.cmd = s.milters().command(s.control, "-listen", c.listen)
+	c.cmd = placement{cpus: s.sluiceCPUs}.command(s.control, "-listen", c.listen)
 	if c.cmd.Stderr, err = os.Create(filepath.Join(s.out, "noopmilter.log")); err != nil {
 		return nil, err
 	}
@@ -381,7 +384,7 @@ level = "info"
 	if d.log, err = os.Create(filepath.Join(s.out, "sluice.log")); err != nil {
 		return nil, err
 	}
-	d.cmd = s.milters().command(s.sluice, "serve", "-config", d.config)
+	d.cmd = placement{cpus: s.sluiceCPUs}.command(s.sluice, "serve", "-config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sluice: %w", err)
@@ -412,7 +415,7 @@ level = "info"
 // placement is where and how a process of the soak runs.
 type placement struct {
 	cpus string // taskset's list form, e.g. "1" or "0,2-3"; "" for any
-	fifo bool   // in the real-time FIFO class, above every ordinary process
+	idle bool   // in the SCHED_IDLE class: only on a CPU nothing else wants
 }
 
 func (p placement) String() string {
@@ -420,8 +423,8 @@ func (p placement) String() string {
 	if p.cpus != "" {
 		on = append(on, "on CPUs "+p.cpus)
 	}
-	if p.fifo {
-		on = append(on, "in the real-time FIFO class, above the load generator")
+	if p.idle {
+		on = append(on, "in the SCHED_IDLE class, below the milters")
 	}
 	return strings.Join(on, ", ")
 }
@@ -429,17 +432,21 @@ func (p placement) String() string {
 // command is the command run as p says: taskset and chrt exec what they
 // are given, so the process keeps the pid the soak samples. Pinned
 // apart, sluice and the load generator stop trading places on the same
-// core mid-run. In the FIFO class a milter is never put off its CPU by
-// the load generator mid-stage, as on a relay that gives it a core of its
-// own; without it, on a machine with no core to spare, a stage's time
-// holds the scheduler's slices given to others.
+// core mid-run. A load generator in the SCHED_IDLE class never puts a
+// milter off its CPU mid-stage and gives way as soon as one wakes, as on
+// a relay where the milter has a core to itself; otherwise, on a machine
+// with no core to spare, a stage's time holds the slices the scheduler
+// gave the load generator meanwhile. (The milters are not raised to a
+// real-time class instead: a Go process there can spin the other
+// processes off both CPUs until the kernel throttles it, which ended a
+// soak at 20 minutes.)
 func (p placement) command(name string, args ...string) *exec.Cmd {
 	var prefix []string
 	if p.cpus != "" {
 		prefix = append(prefix, "taskset", "-c", p.cpus)
 	}
-	if p.fifo {
-		prefix = append(prefix, "chrt", "--fifo", "1")
+	if p.idle {
+		prefix = append(prefix, "chrt", "--idle", "0")
 	}
 	if len(prefix) == 0 {
 		return exec.Command(name, args...)
