@@ -76,10 +76,10 @@ func soak(s settings, out io.Writer) (*result, error) {
 	}
 	defer d.kill()
 	fmt.Fprintf(out, "sluice %s pid %d, config %s, log %s\n", d.listen, d.cmd.Process.Pid, d.config, d.log.Name())
-	if p := (placement{cpus: s.sluiceCPUs}); p != (placement{}) {
+	if p := s.milterPlacement(); p != (placement{}) {
 		fmt.Fprintf(out, "milters placed: %s\n", p)
 	}
-	if p := (placement{cpus: s.loadCPUs, idle: s.loadIdle}); p != (placement{}) {
+	if p := s.loadPlacement(); p != (placement{}) {
 		fmt.Fprintf(out, "load generator placed: %s\n", p)
 	}
 
@@ -238,7 +238,7 @@ func startLoad(s settings, addr string, pid int, ctl *controlMilter) (*loadRun, 
 		return nil, err
 	}
 	l := &loadRun{records: make(chan loadRecord), readErr: make(chan error, 1)}
-	l.cmd = placement{cpus: s.loadCPUs, idle: s.loadIdle}.command(s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
+	l.cmd = s.loadPlacement().command(s.load, "-addr", addr, "-pid", fmt.Sprint(pid),
 		"-duration", s.duration.String(), "-rate", fmt.Sprint(s.rate), "-churn", s.churn.String(),
 		"-interval", s.sample.String(), "-intervals", "/dev/fd/3",
 		"-clients", fmt.Sprint(s.clients), "-senders", fmt.Sprint(s.senders),
@@ -306,7 +306,7 @@ func startControl(s settings) (*controlMilter, error) {
 		return nil, err
 	}
 	c := &controlMilter{listen: "inet:" + addr}
-	c.cmd = placement{cpus: s.sluiceCPUs}.command(s.control, "-listen", c.listen)
+	c.cmd = s.milterPlacement().command(s.control, "-listen", c.listen)
 	if c.cmd.Stderr, err = os.Create(filepath.Join(s.out, "noopmilter.log")); err != nil {
 		return nil, err
 	}
@@ -384,7 +384,7 @@ level = "info"
 	if d.log, err = os.Create(filepath.Join(s.out, "sluice.log")); err != nil {
 		return nil, err
 	}
-	d.cmd = placement{cpus: s.sluiceCPUs}.command(s.sluice, "serve", "-config", d.config)
+	d.cmd = s.milterPlacement().command(s.sluice, "serve", "-config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start sluice: %w", err)
@@ -417,6 +417,12 @@ type placement struct {
 	cpus string // taskset's list form, e.g. "1" or "0,2-3"; "" for any
 	idle bool   // in the SCHED_IDLE class: only on a CPU nothing else wants
 }
+
+// milterPlacement is where sluice and the do-nothing milter run: alike,
+// so that the one measures the other's machine.
+func (s settings) milterPlacement() placement { return placement{cpus: s.sluiceCPUs} }
+
+func (s settings) loadPlacement() placement { return placement{cpus: s.loadCPUs, idle: s.loadIdle} }
 
 func (p placement) String() string {
 	var on []string
